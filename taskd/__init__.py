@@ -1,0 +1,22 @@
+"""
+taskd: hand blocking or heavy work from a Twisted program to a pool of
+worker processes, in-process or over a JSON-lines network protocol.
+
+C{from taskd import task} is all a task module needs; it imports nothing
+from Twisted, so workers start fast.  The Twisted-side names
+(L{ProcessPool}, L{PoolService}) are imported on first use.
+"""
+
+from typing import Any
+
+from taskd.registry import Registry, registry, task
+
+__all__ = ["task", "registry", "Registry", "ProcessPool", "PoolService"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ProcessPool", "PoolService"):
+        from taskd import pool
+
+        return getattr(pool, name)
+    raise AttributeError(f"module 'taskd' has no attribute {name!r}")

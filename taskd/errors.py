@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.test_errors -*-
+"""
+One exception hierarchy shared by the pool, the server and the client.
+
+Every error that can end a call has a stable, machine-readable C{type}
+string (the C{type} field of an error reply on the wire) and a human
+C{message}.  L{errorFromType} turns a wire error back into the right class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskdError(Exception):
+    """
+    Base class of every error taskd reports.
+
+    @cvar type: the stable machine-readable name of this kind of error.
+    @ivar message: a human-readable explanation.
+    """
+
+    type = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def toDict(self) -> dict[str, Any]:
+        """
+        @return: the error as the JSON object an error reply carries.
+        """
+        return {"type": self.type, "message": self.message}
+
+
+class BadRequest(TaskdError):
+    """
+    The request is malformed: not JSON, wrong field types, arguments of the
+    wrong shape.
+    """
+
+    type = "bad_request"
+
+
+class UnknownTask(TaskdError):
+    """
+    No task is registered under the requested name.
+    """
+
+    type = "unknown_task"
+
+
+class TaskFailed(TaskdError):
+    """
+    The task raised an exception in its worker.
+
+    @ivar remoteType: the name of the remote exception's class, e.g.
+        C{"ValueError"} or C{"myapp.errors.MailRejected"}.
+    @ivar remoteTraceback: the remote traceback, as text.
+    """
+
+    type = "task_failed"
+
+    def __init__(
+        self, message: str, remoteType: str = "", remoteTraceback: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.remoteType = remoteType
+        self.remoteTraceback = remoteTraceback
+
+    def __str__(self) -> str:
+        return f"{self.remoteType}: {self.message}"
+
+    def toDict(self) -> dict[str, Any]:
+        d = super().toDict()
+        d["exception"] = self.remoteType
+        d["traceback"] = self.remoteTraceback
+        return d
+
+
+class ResultNotSerializable(TaskdError):
+    """
+    The task returned a value that JSON cannot hold (an arbitrary object,
+    NaN, a set, bytes ...).
+    """
+
+    type = "bad_result"
+
+
+class ResultTooLarge(TaskdError):
+    """
+    The task's encoded result is larger than the pool allows.
+    """
+
+    type = "result_too_large"
+
+
+class TaskTimeout(TaskdError):
+    """
+    The task ran longer than its timeout; its worker was terminated.
+    """
+
+    type = "timeout"
+
+
+class WorkerCrashed(TaskdError):
+    """
+    The worker process running the task died (it exited, was killed or
+    crashed) before it replied.
+    """
+
+    type = "worker_crashed"
+
+
+class PoolBusy(TaskdError):
+    """
+    The pool's queue is full; the call was not accepted.
+    """
+
+    type = "busy"
+
+
+class PoolStopping(TaskdError):
+    """
+    The pool is stopping (or stopped) and does not accept or finish the call.
+    """
+
+    type = "stopping"
+
+
+class TaskCancelled(TaskdError):
+    """
+    The call was cancelled.  On the Python side a cancelled L{Deferred}
+    fails with L{twisted.internet.defer.CancelledError}; this class names
+    the same outcome on the wire.
+    """
+
+    type = "cancelled"
+
+
+class WorkerStartError(TaskdError):
+    """
+    A worker process could not start, most often because a task module
+    failed to import in it.
+
+    @ivar remoteTraceback: the worker's traceback, if it sent one.
+    """
+
+    type = "worker_start_failed"
+
+    def __init__(self, message: str, remoteTraceback: str = "") -> None:
+        super().__init__(message)
+        self.remoteTraceback = remoteTraceback
+
+    def toDict(self) -> dict[str, Any]:
+        d = super().toDict()
+        d["traceback"] = self.remoteTraceback
+        return d
+
+
+_byType: dict[str, type[TaskdError]] = {
+    cls.type: cls
+    for cls in (
+        BadRequest,
+        UnknownTask,
+        TaskFailed,
+        ResultNotSerializable,
+        ResultTooLarge,
+        TaskTimeout,
+        WorkerCrashed,
+        PoolBusy,
+        PoolStopping,
+        TaskCancelled,
+        WorkerStartError,
+    )
+}
+
+
+def errorFromDict(d: dict[str, Any]) -> TaskdError:
+    """
+    Build the exception an error object (as made by L{TaskdError.toDict})
+    stands for.  An unknown C{type} gives a plain L{TaskdError} that keeps
+    the type, so newer peers do not break older ones.
+    """
+    kind = str(d.get("type", "error"))
+    message = str(d.get("message", ""))
+    cls = _byType.get(kind)
+    if cls is TaskFailed:
+        return TaskFailed(
+            message, str(d.get("exception", "")), str(d.get("traceback", ""))
+        )
+    if cls is WorkerStartError:
+        return WorkerStartError(message, str(d.get("traceback", "")))
+    if cls is None:
+        err = TaskdError(message)
+        err.type = kind
+        return err
+    return cls(message)

@@ -1,0 +1,777 @@
+# -*- test-case-name: tests.test_pool,tests.test_pool_unit -*-
+"""
+A pool of long-lived worker processes that runs registered tasks.
+
+L{ProcessPool} starts its workers with C{reactor.spawnProcess}; each is
+driven by a L{WorkerProcess} protocol that talks to the worker on dedicated
+pipes (see L{taskd.worker} for the framing) and logs the worker's standard
+output and error.  Calls wait in a bounded FIFO queue; each idle worker takes
+the next one.  The pool knows nothing of sockets or JSON lines: it takes a
+task name and a JSON-encoded argument object, and gives back the task's
+JSON-encoded result, so a server can pass bytes from the network to a
+worker and back without decoding and encoding them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import sys
+from collections import deque
+from typing import Any, Callable, Sequence
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskd import errors
+from taskd.registry import Registry, loadTaskModules, registry as _defaultRegistry
+from taskd.worker import DEFAULT_MAX_RESULT, MAX_ERROR_TEXT, REPLY_FD, REQUEST_FD
+
+_header = struct.Struct("!I")
+_encodeArgs = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+#: Marks "use the pool's default" where L{None} means "no limit".
+_DEFAULT: Any = object()
+
+#: Longest line of a worker's stdout/stderr logged as one event.
+MAX_OUTPUT_LINE = 64 * 1024
+
+
+def _decodeResult(encoded: bytes) -> Any:
+    return json.loads(encoded)
+
+
+class _FrameDecoder:
+    """
+    Split a byte stream into length-prefixed frames.
+
+    Not L{twisted.protocols.basic.Int32StringReceiver}: that joins its whole
+    buffer to every new chunk, which is quadratic in the size of a large
+    result arriving in 64 KiB pipe reads.  A C{bytearray} appends in place
+    and drops consumed bytes from its front cheaply.
+    """
+
+    def __init__(
+        self,
+        frameReceived: Callable[[bytes], None],
+        tooLong: Callable[[int], None],
+        maxLength: int,
+    ) -> None:
+        self._buffer = bytearray()
+        self._frameReceived = frameReceived
+        self._tooLong = tooLong
+        self._maxLength = maxLength
+
+    def feed(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        while len(buf) >= 4:
+            (length,) = _header.unpack_from(buf)
+            if length > self._maxLength:
+                buf.clear()
+                self._tooLong(length)
+                return
+            end = 4 + length
+            if len(buf) < end:
+                return
+            with memoryview(buf) as view:
+                frame = bytes(view[4:end])
+            del buf[:end]
+            self._frameReceived(frame)
+
+
+class _OutputLogger:
+    """
+    Log one stream of a worker's output line by line.
+    """
+
+    def __init__(self, worker: WorkerProcess, stream: str) -> None:
+        self._worker = worker
+        self._stream = stream
+        self._pending = b""
+
+    def feed(self, data: bytes) -> None:
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        while len(self._pending) > MAX_OUTPUT_LINE:
+            lines.append(self._pending[:MAX_OUTPUT_LINE])
+            self._pending = self._pending[MAX_OUTPUT_LINE:]
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = b""
+
+    def _emit(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        emit = (
+            self._worker.log.warn if self._stream == "stderr" else self._worker.log.info
+        )
+        emit(
+            "worker {pid} {stream}: {line}",
+            pid=self._worker.pid,
+            stream=self._stream,
+            line=text,
+        )
+
+
+@define(eq=False)
+class _Call:
+    """
+    One submitted call, from L{ProcessPool.submitEncoded} to its end.
+    """
+
+    name: str
+    payload: bytes
+    timeout: float | None
+    deferred: Deferred[bytes] = field(init=False)
+    worker: WorkerProcess | None = None
+    timer: IDelayedCall | None = None
+    done: bool = False
+
+
+class WorkerProcess(ProcessProtocol):
+    """
+    The parent's side of one worker process.
+
+    @ivar state: C{"starting"} until the worker says it is ready, then
+        C{"idle"} or C{"busy"}; C{"leaving"} once the pool has let it go
+        (retired, timed out, cancelled, stopping); C{"ended"} after exit.
+    @ivar call: the call it is running, if any.
+    @ivar calls: how many calls it has answered.
+    """
+
+    log = Logger()
+    transport: IProcessTransport | None
+
+    def __init__(self, pool: ProcessPool) -> None:
+        self._pool = pool
+        self.state = "starting"
+        self.call: _Call | None = None
+        self.calls = 0
+        self.pid: int | None = None
+        self.startError: errors.WorkerStartError | None = None
+        self._frames = _FrameDecoder(
+            self._frameReceived,
+            self._frameTooLong,
+            pool.maxResult + 4 * MAX_ERROR_TEXT + 1024,
+        )
+        self._output = {1: _OutputLogger(self, "stdout"), 2: _OutputLogger(self, "stderr")}
+        self._killTimer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+        # A task that reads stdin gets end of file, not a hang.
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == REPLY_FD:
+            self._frames.feed(data)
+        elif childFD in self._output:
+            self._output[childFD].feed(data)
+
+    def _frameReceived(self, frame: bytes) -> None:
+        kind = frame[:1]
+        if kind == b"E" and self.state == "starting":
+            # The worker could not load its task modules; it exits next.
+            error = errors.errorFromDict(json.loads(frame[1:]))
+            self.startError = errors.WorkerStartError(
+                error.message, getattr(error, "remoteTraceback", "")
+            )
+        elif kind == b"R" or kind == b"E":
+            self._pool._replied(self, kind == b"R", frame[1:])
+        elif kind == b"H":
+            self._pool._workerReady(self)
+        else:
+            self.log.error(
+                "worker {pid} sent an unknown frame kind {kind!r}; stopping it",
+                pid=self.pid,
+                kind=kind,
+            )
+            self._pool._discard(self)
+
+    def _frameTooLong(self, length: int) -> None:
+        self.log.error(
+            "worker {pid} sent a {length}-byte frame, over the limit; stopping it",
+            pid=self.pid,
+            length=length,
+        )
+        call = self.call
+        self._pool._discard(self)
+        if call is not None:
+            self._pool._finish(
+                call,
+                Failure(
+                    errors.ResultTooLarge(
+                        f"task {call.name!r} sent a {length}-byte reply, "
+                        f"over the pool's limit"
+                    )
+                ),
+            )
+
+    def run(self, call: _Call) -> None:
+        """
+        Hand C{call} to the worker.
+        """
+        assert self.transport is not None
+        self.state = "busy"
+        self.call = call
+        call.worker = self
+        name = call.name.encode("utf-8")
+        self.transport.writeToChild(
+            REQUEST_FD,
+            _header.pack(len(name) + 1 + len(call.payload)) + name + b"\n" + call.payload,
+        )
+
+    def retire(self) -> None:
+        """
+        Ask the worker to exit once it is idle: close its request pipe.  If
+        it has not exited after the pool's kill grace, terminate it.
+        """
+        self.state = "leaving"
+        if self.transport is None:
+            return
+        try:
+            self.transport.closeChildFD(REQUEST_FD)
+        except OSError:  # pragma: no cover: already closed
+            pass
+        self._scheduleKill(self.terminate)
+
+    def terminate(self) -> None:
+        """
+        Send SIGTERM now and SIGKILL after the pool's kill grace.
+        """
+        self.state = "leaving"
+        if self._signal(signal.SIGTERM):
+            self._scheduleKill(lambda: self._signal(signal.SIGKILL))
+
+    def _scheduleKill(self, action: Callable[[], object]) -> None:
+        if self._killTimer is not None and self._killTimer.active():
+            self._killTimer.cancel()
+        self._killTimer = self._pool._reactor.callLater(self._pool.killGrace, action)
+
+    def _signal(self, number: int) -> bool:
+        if self.transport is None:
+            return False
+        try:
+            self.transport.signalProcess(number)
+        except ProcessExitedAlready:
+            return False
+        return True
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._killTimer is not None and self._killTimer.active():
+            self._killTimer.cancel()
+        self._killTimer = None
+        for output in self._output.values():
+            output.flush()
+        self._pool._ended(self, reason)
+
+    def describeExit(self, reason: Failure) -> str:
+        """
+        @return: how the worker ended, for error messages and logs.
+        """
+        value = reason.value
+        if isinstance(value, ProcessDone):
+            return "exited with status 0"
+        status = getattr(value, "exitCode", None)
+        sig = getattr(value, "signal", None)
+        if sig is not None:
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            return f"was killed by {name}"
+        return f"exited with status {status}"
+
+
+class ProcessPool:
+    """
+    A pool of worker processes running registered tasks.
+
+    @ivar workers: how many worker processes to keep running.
+    @ivar maxQueue: how many calls may wait for a worker; past it,
+        submitting fails at once with L{errors.PoolBusy}.
+    @ivar timeout: the default limit, in seconds, on the time a call runs in
+        its worker, or L{None} for no limit.  Time spent queued is not
+        counted.
+    @ivar maxTasksPerWorker: replace a worker after it has answered this
+        many calls (L{None}: never).
+    @ivar grace: on L{stop}, how long running calls may go on.
+    @ivar killGrace: how long a worker has between SIGTERM and SIGKILL (and
+        between being asked to exit and SIGTERM).
+    @ivar maxResult: the largest JSON-encoded result, in bytes.
+    @ivar minRestartDelay: the first delay before replacing a worker that
+        failed to start; it doubles for each further failure in a row, up
+        to C{maxRestartDelay}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        tasks: Sequence[str] = ("taskd.examples",),
+        workers: int | None = None,
+        *,
+        maxQueue: int = 1000,
+        timeout: float | None = None,
+        maxTasksPerWorker: int | None = None,
+        grace: float = 10.0,
+        killGrace: float = 5.0,
+        maxResult: int = DEFAULT_MAX_RESULT,
+        minRestartDelay: float = 0.5,
+        maxRestartDelay: float = 30.0,
+        registry: Registry | None = None,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if workers < 1:
+            raise ValueError("a pool needs at least one worker")
+        if maxQueue < 0:
+            raise ValueError("maxQueue must not be negative")
+        if maxTasksPerWorker is not None and maxTasksPerWorker < 1:
+            raise ValueError("maxTasksPerWorker must be at least 1")
+        self._reactor = reactor
+        self.tasks = list(tasks)
+        self.workers = workers
+        self.maxQueue = maxQueue
+        self.timeout = timeout
+        self.maxTasksPerWorker = maxTasksPerWorker
+        self.grace = grace
+        self.killGrace = killGrace
+        self.maxResult = maxResult
+        self.minRestartDelay = minRestartDelay
+        self.maxRestartDelay = maxRestartDelay
+        self.registry = _defaultRegistry if registry is None else registry
+        self._python = python
+        self._env = env
+
+        self.state = "new"
+        self._queue: deque[_Call] = deque()
+        self._idle: list[WorkerProcess] = []
+        # Workers counted against capacity: starting, idle or busy.
+        self._live: set[WorkerProcess] = set()
+        # Every worker process not yet ended, leaving ones included.
+        self._processes: set[WorkerProcess] = set()
+        self._restartDelay = minRestartDelay
+        self._restartTimers: set[IDelayedCall] = set()
+        self._startError: errors.WorkerStartError | None = None
+        self._starting: Deferred[None] | None = None
+        self._stopping: list[Deferred[None]] = []
+        self._graceTimer: IDelayedCall | None = None
+
+    # -- public API -------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Import the task modules here, start the workers and wait until all
+        of them are ready.
+
+        @return: a L{Deferred} that fires with L{None} once every worker is
+            ready, or fails with the import error or
+            L{errors.WorkerStartError} (after which the pool is stopped).
+        """
+        if self.state != "new":
+            return fail(RuntimeError(f"cannot start a pool that is {self.state}"))
+        try:
+            loadTaskModules(self.tasks)
+        except BaseException:
+            self.state = "stopped"
+            return fail()
+        self.state = "starting"
+        self._starting = Deferred()
+        for _ in range(self.workers):
+            self._spawn()
+        return self._starting
+
+    def submit(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = _DEFAULT,
+    ) -> Deferred[Any]:
+        """
+        Run task C{name} with C{args} and C{kwargs} in a worker.
+
+        @param timeout: seconds the call may run in its worker; the pool's
+            default if not given, no limit if L{None}.
+        @return: a L{Deferred} firing with the task's result (decoded from
+            JSON), or failing with an L{errors.TaskdError} (or
+            L{twisted.internet.defer.CancelledError} if cancelled).
+        """
+        try:
+            payload = _encodeArgs({"args": list(args), "kwargs": kwargs or {}})
+        except (TypeError, ValueError) as e:
+            return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
+        d = self.submitEncoded(name, payload.encode("ascii"), timeout=timeout)
+        return d.addCallback(_decodeResult)
+
+    def submitEncoded(
+        self, name: str, payload: bytes, *, timeout: float | None = _DEFAULT
+    ) -> Deferred[bytes]:
+        """
+        Like L{submit}, with the arguments already encoded and the result
+        left encoded.
+
+        @param payload: a UTF-8 JSON object whose C{"args"} is an array
+            (positional arguments) or an object (keyword arguments) and
+            whose optional C{"kwargs"} is an object; other keys are ignored,
+            so a whole request line from the wire will do.
+        @return: a L{Deferred} firing with the result as JSON bytes.
+        """
+        if self.state not in ("starting", "running"):
+            return fail(
+                errors.PoolStopping(f"the pool is not running (it is {self.state})")
+            )
+        if name not in self.registry:
+            return fail(errors.UnknownTask(f"no task named {name!r}"))
+        if self._startError is not None and not self._anyReady():
+            return fail(self._startError)
+        if not self._idle and len(self._queue) >= self.maxQueue:
+            return fail(
+                errors.PoolBusy(
+                    f"the queue is full ({self.maxQueue} calls waiting); "
+                    "try again later"
+                )
+            )
+        call = _Call(name, payload, self.timeout if timeout is _DEFAULT else timeout)
+        call.deferred = Deferred(lambda d: self._cancel(call))
+        if self._idle:
+            self._run(self._idle.pop(), call)
+        else:
+            self._queue.append(call)
+        return call.deferred
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop: refuse new calls, fail queued ones with L{errors.PoolStopping},
+        give running calls C{grace} seconds to finish (then fail them with
+        L{errors.PoolStopping} and terminate their workers), and end every
+        worker.
+
+        @return: a L{Deferred} that fires when every worker process has
+            exited.
+        """
+        if self.state == "new":
+            self.state = "stopped"
+        if self.state == "stopped" and not self._processes:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._stopping.append(d)
+        if self.state == "stopping":
+            return d
+        self.state = "stopping"
+        for timer in self._restartTimers:
+            timer.cancel()
+        self._restartTimers.clear()
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            starting.errback(errors.PoolStopping("the pool was stopped while starting"))
+        self._failQueue(errors.PoolStopping("the pool is stopping"))
+        for worker in list(self._processes):
+            if worker.state == "idle":
+                self._release(worker)
+            elif worker.state == "starting":
+                self._discard(worker)
+        if any(w.state == "busy" for w in self._processes):
+            self._graceTimer = self._reactor.callLater(self.grace, self._graceOver)
+        self._checkStopped()
+        return d
+
+    def stats(self) -> dict[str, int]:
+        """
+        @return: counts of workers and calls, for monitoring.
+        """
+        busy = sum(1 for w in self._live if w.state == "busy")
+        return {
+            "workers": len(self._live),
+            "idle": len(self._idle),
+            "busy": busy,
+            "queued": len(self._queue),
+            "processes": len(self._processes),
+        }
+
+    def pids(self) -> set[int]:
+        """
+        @return: the process ids of every worker process not yet ended.
+        """
+        return {w.pid for w in self._processes if w.pid is not None}
+
+    # -- workers ----------------------------------------------------------
+
+    def _spawn(self) -> None:
+        worker = WorkerProcess(self)
+        args = [self._python, "-u", "-m", "taskd.worker", "--max-result", str(self.maxResult)]
+        args.extend(self.tasks)
+        env = dict(os.environ if self._env is None else self._env)
+        # The workers import what the parent can import.
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self._live.add(worker)
+        self._processes.add(worker)
+        try:
+            self._reactor.spawnProcess(
+                worker,
+                self._python,
+                args,
+                env=env,
+                childFDs={0: "w", 1: "r", 2: "r", REQUEST_FD: "w", REPLY_FD: "r"},
+            )
+        except Exception as e:
+            self._live.discard(worker)
+            self._processes.discard(worker)
+            self._startFailed(errors.WorkerStartError(f"cannot spawn a worker: {e}"))
+
+    def _anyReady(self) -> bool:
+        return any(w.state in ("idle", "busy") for w in self._live)
+
+    def _workerReady(self, worker: WorkerProcess) -> None:
+        self.log.info("worker {pid} started", pid=worker.pid)
+        self._restartDelay = self.minRestartDelay
+        self._startError = None
+        if self.state == "stopping":
+            self._release(worker)
+            return
+        self._idleWorker(worker)
+        if self._starting is not None and all(w.state != "starting" for w in self._live):
+            starting, self._starting = self._starting, None
+            self.state = "running"
+            starting.callback(None)
+
+    def _idleWorker(self, worker: WorkerProcess) -> None:
+        if self._queue:
+            self._run(worker, self._queue.popleft())
+        else:
+            worker.state = "idle"
+            self._idle.append(worker)
+
+    def _run(self, worker: WorkerProcess, call: _Call) -> None:
+        worker.run(call)
+        if call.timeout is not None:
+            call.timer = self._reactor.callLater(call.timeout, self._timedOut, call)
+
+    def _release(self, worker: WorkerProcess) -> None:
+        """
+        Let a worker go gracefully: it exits when its request pipe closes.
+        """
+        self._forget(worker)
+        worker.retire()
+
+    def _discard(self, worker: WorkerProcess) -> None:
+        """
+        Let a worker go at once: terminate it.  Its call, if any, must have
+        been finished by the caller.
+        """
+        worker.call = None
+        self._forget(worker)
+        worker.terminate()
+        self._replace()
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        self._live.discard(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+
+    def _replace(self, delay: float = 0.0) -> None:
+        if self.state not in ("starting", "running"):
+            return
+        if len(self._live) + len(self._restartTimers) >= self.workers:
+            return
+        if delay <= 0:
+            self._spawn()
+            return
+
+        def restart() -> None:
+            self._restartTimers.discard(timer)
+            self._spawn()
+
+        timer = self._reactor.callLater(delay, restart)
+        self._restartTimers.add(timer)
+
+    def _replied(self, worker: WorkerProcess, ok: bool, body: bytes) -> None:
+        call = worker.call
+        if call is None:
+            self.log.error(
+                "worker {pid} replied with no call running; stopping it", pid=worker.pid
+            )
+            self._discard(worker)
+            return
+        worker.call = None
+        worker.calls += 1
+        if ok:
+            self._finish(call, body)
+        else:
+            self._finish(call, Failure(errors.errorFromDict(json.loads(body))))
+        if self.state != "running" and self.state != "starting":
+            self._release(worker)
+            self._checkStopped()
+        elif self.maxTasksPerWorker is not None and worker.calls >= self.maxTasksPerWorker:
+            self._release(worker)
+            self._replace()
+        else:
+            self._idleWorker(worker)
+
+    def _ended(self, worker: WorkerProcess, reason: Failure) -> None:
+        wasLive = worker in self._live
+        self._processes.discard(worker)
+        self._forget(worker)
+        how = worker.describeExit(reason)
+        neverReady = worker.state == "starting"
+        worker.state = "ended"
+        call, worker.call = worker.call, None
+        if call is not None:
+            self._finish(
+                call,
+                Failure(
+                    errors.WorkerCrashed(
+                        f"the worker running task {call.name!r} "
+                        f"(pid {worker.pid}) {how}"
+                    )
+                ),
+            )
+        if neverReady:
+            error = worker.startError or errors.WorkerStartError(
+                f"worker {worker.pid} {how} before it was ready"
+            )
+            self.log.error(
+                "worker {pid} could not start: {message}\n{traceback}",
+                pid=worker.pid,
+                message=error.message,
+                traceback=error.remoteTraceback,
+            )
+            if wasLive:
+                self._startFailed(error)
+        else:
+            self.log.info("worker {pid} {how}", pid=worker.pid, how=how)
+            if wasLive:
+                self._replace()
+        self._checkStopped()
+
+    def _startFailed(self, error: errors.WorkerStartError) -> None:
+        if self._starting is not None:
+            # Fail start() only once every worker is gone again.
+            starting, self._starting = self._starting, None
+            self.stop().addBoth(lambda _: starting.errback(error))
+            return
+        self._startError = error
+        if not self._anyReady():
+            self._failQueue(error)
+        delay = self._restartDelay
+        self._restartDelay = min(delay * 2, self.maxRestartDelay)
+        self._replace(delay)
+
+    # -- calls ------------------------------------------------------------
+
+    def _finish(self, call: _Call, result: bytes | Failure) -> None:
+        if call.done:
+            return
+        call.done = True
+        call.worker = None
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.deferred.callback(result)
+
+    def _failQueue(self, error: Exception) -> None:
+        queue, self._queue = self._queue, deque()
+        for call in queue:
+            self._finish(call, Failure(error))
+
+    def _timedOut(self, call: _Call) -> None:
+        worker = call.worker
+        call.timer = None
+        self._finish(
+            call,
+            Failure(
+                errors.TaskTimeout(
+                    f"task {call.name!r} did not finish within {call.timeout} seconds"
+                )
+            ),
+        )
+        if worker is not None:
+            self._discard(worker)
+
+    def _cancel(self, call: _Call) -> None:
+        if call.done:
+            return
+        worker = call.worker
+        call.done = True
+        call.worker = None
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        if worker is not None:
+            self._discard(worker)
+        else:
+            self._queue.remove(call)
+
+    # -- stopping ---------------------------------------------------------
+
+    def _graceOver(self) -> None:
+        self._graceTimer = None
+        for worker in list(self._processes):
+            call = worker.call
+            if call is not None:
+                self._finish(
+                    call,
+                    Failure(
+                        errors.PoolStopping(
+                            f"task {call.name!r} did not finish within the "
+                            f"{self.grace}-second shutdown grace period"
+                        )
+                    ),
+                )
+                self._discard(worker)
+
+    def _checkStopped(self) -> None:
+        if self.state != "stopping" or self._processes:
+            return
+        self.state = "stopped"
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
+        self._graceTimer = None
+        waiting, self._stopping = self._stopping, []
+        for d in waiting:
+            d.callback(None)
+
+
+class PoolService(Service):
+    """
+    A L{ProcessPool} as a service: started with its parent, and stopping
+    (with the pool's grace period) before its parent's C{stopService} is
+    done.
+    """
+
+    log = Logger()
+
+    def __init__(self, pool: ProcessPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.pool.start()
+        d.addCallback(
+            lambda _: self.log.info(
+                "pool ready: {n} workers running {tasks}",
+                n=self.pool.workers,
+                tasks=", ".join(self.pool.tasks),
+            )
+        )
+        d.addErrback(lambda f: self.log.failure("the pool could not start", f))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.pool.stop()

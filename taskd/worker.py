@@ -1,0 +1,198 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+The loop inside each worker process.
+
+The pool starts a worker as C{python -u -m taskd.worker [options] MODULE...}
+with two extra pipes: the parent writes requests to the worker's fd 3 and
+reads replies from its fd 4.  Standard output and error are left to the
+tasks; the parent logs whatever appears there, tagged with the worker.
+
+Framing, both ways: a 4-byte big-endian length, then that many bytes.
+
+Parent to worker, one frame per call::
+
+    <task name> "\\n" <JSON object with "args" (array or object) and/or
+                       "kwargs" (object); other keys are ignored>
+
+Worker to parent, the first byte names the frame::
+
+    H <JSON {"pid": ..., "tasks": [...]}>   ready, sent once after import
+    R <JSON result>                         the call's result
+    E <JSON {"type", "message", ...}>       the call's error, or (before H)
+                                            why the worker could not start
+
+The worker runs one call at a time with no reactor, so a task may block as
+it likes.  End of file on fd 3 means the parent is done with it (or gone):
+the worker exits.
+
+This module imports nothing from Twisted: workers start fast and small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import struct
+import sys
+import traceback
+from typing import IO
+
+from taskd.registry import Registry, loadTaskModules, registry as _registry
+
+REQUEST_FD = 3
+REPLY_FD = 4
+
+#: Default largest encoded result, in bytes.
+DEFAULT_MAX_RESULT = 16 * 1024 * 1024
+
+#: Longest error message or traceback a worker sends, in characters.
+MAX_ERROR_TEXT = 64 * 1024
+
+_header = struct.Struct("!I")
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _typeName(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _safeStr(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {_typeName(exc)}>"
+
+
+def _clip(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return text[:MAX_ERROR_TEXT] + " [... truncated]"
+
+
+def _error(kind: str, message: str, **extra: str) -> bytes:
+    fields = {k: _clip(v) for k, v in extra.items()}
+    fields["type"] = kind
+    fields["message"] = _clip(message)
+    return b"E" + _dumps(fields).encode("ascii")
+
+
+def runCall(reg: Registry, body: bytes, maxResult: int) -> bytes:
+    """
+    Run one request frame's call.
+
+    @return: the reply frame's payload (an C{R} or C{E} frame).
+    """
+    rawName, _, payload = body.partition(b"\n")
+    name = rawName.decode("utf-8", "replace")
+    function = reg.get(name)
+    if function is None:
+        return _error("unknown_task", f"no task named {name!r}")
+    try:
+        request = json.loads(payload) if payload else {}
+        if not isinstance(request, dict):
+            raise ValueError("the request is not a JSON object")
+        args = request.get("args")
+        kwargs = request.get("kwargs")
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, dict):
+            raise ValueError("'kwargs' must be an object")
+        if isinstance(args, dict):
+            kwargs = {**args, **kwargs}
+            args = ()
+        elif args is None:
+            args = ()
+        elif not isinstance(args, list):
+            raise ValueError("'args' must be an array or an object")
+    except ValueError as e:
+        return _error("bad_request", _safeStr(e))
+    try:
+        result = function(*args, **kwargs)
+    except BaseException as e:
+        return _error(
+            "task_failed",
+            _safeStr(e),
+            exception=_typeName(e),
+            traceback=traceback.format_exc(),
+        )
+    try:
+        encoded = _dumps(result)
+    except (TypeError, ValueError) as e:
+        return _error(
+            "bad_result",
+            f"task {name!r} returned a value JSON cannot hold: {_safeStr(e)}",
+        )
+    except RecursionError:
+        return _error(
+            "bad_result", f"task {name!r} returned a value nested too deeply"
+        )
+    if len(encoded) > maxResult:
+        return _error(
+            "result_too_large",
+            f"task {name!r} returned {len(encoded)} bytes of JSON; "
+            f"the limit is {maxResult}",
+        )
+    return b"R" + encoded.encode("ascii")
+
+
+def _send(out: IO[bytes], data: bytes) -> None:
+    out.write(_header.pack(len(data)) + data)
+    out.flush()
+
+
+def serve(reg: Registry, inp: IO[bytes], out: IO[bytes], maxResult: int) -> None:
+    """
+    Answer request frames from C{inp} on C{out} until end of file.
+    """
+    read = inp.read
+    while True:
+        head = read(4)
+        if len(head) < 4:
+            return
+        (length,) = _header.unpack(head)
+        body = read(length)
+        if len(body) < length:
+            return
+        _send(out, runCall(reg, body, maxResult))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m taskd.worker")
+    parser.add_argument("--max-result", type=int, default=DEFAULT_MAX_RESULT)
+    parser.add_argument("modules", nargs="*")
+    options = parser.parse_args(argv)
+
+    # Ctrl-C in a terminal reaches the whole process group; the parent
+    # decides when its workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The protocol pipes must not leak into processes a task starts, or a
+    # lingering grandchild would keep them open after this worker is gone.
+    os.set_inheritable(REQUEST_FD, False)
+    os.set_inheritable(REPLY_FD, False)
+    inp = os.fdopen(REQUEST_FD, "rb")
+    out = os.fdopen(REPLY_FD, "wb")
+    try:
+        loadTaskModules(options.modules)
+    except BaseException as e:
+        _send(
+            out,
+            _error(
+                "worker_start_failed",
+                f"cannot load task modules: {_typeName(e)}: {_safeStr(e)}",
+                traceback=traceback.format_exc(),
+            ),
+        )
+        return 3
+    hello = {"pid": os.getpid(), "tasks": list(_registry)}
+    _send(out, b"H" + _dumps(hello).encode("ascii"))
+    serve(_registry, inp, out, options.max_result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

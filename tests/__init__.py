@@ -1,0 +1,3 @@
+"""
+Tests for taskd; run with C{python -m twisted.trial tests}.
+"""

@@ -1,0 +1,5 @@
+"""
+A task module that cannot be imported.
+"""
+
+raise ImportError("this task module is broken on purpose")

@@ -1,0 +1,627 @@
+"""
+Unit tests for L{taskd.pool} with a fake process reactor and a L{Clock}:
+exact control of timers, signals and process exits.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from taskd import errors
+from taskd.pool import PoolService, ProcessPool, _FrameDecoder
+from taskd.registry import Registry
+from taskd.worker import REPLY_FD, REQUEST_FD, _header
+
+
+def frame(data: bytes) -> bytes:
+    return _header.pack(len(data)) + data
+
+
+class FakeProcess:
+    """
+    A process transport that records what the pool does to it.
+    """
+
+    def __init__(self, proto: Any, pid: int, args: list[str], env: dict[str, str]) -> None:
+        self.proto = proto
+        self.pid = pid
+        self.args = args
+        self.env = env
+        self.written: list[bytes] = []
+        self.closed: list[int] = []
+        self.signals: list[str] = []
+        self.stdinClosed = False
+        self.ended = False
+
+    # IProcessTransport, as far as the pool uses it
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        assert fd == REQUEST_FD and not self.ended
+        self.written.append(data)
+
+    def closeStdin(self) -> None:
+        self.stdinClosed = True
+
+    def closeChildFD(self, fd: int) -> None:
+        self.closed.append(fd)
+
+    def signalProcess(self, name: int) -> None:
+        if self.ended:
+            raise ProcessExitedAlready()
+        self.signals.append(signal.Signals(name).name)
+
+    # driving the worker's side
+    def send(self, data: bytes) -> None:
+        self.proto.childDataReceived(REPLY_FD, frame(data))
+
+    def ready(self) -> None:
+        self.send(b'H{"pid":%d,"tasks":[]}' % (self.pid,))
+
+    def requests(self) -> list[tuple[str, Any]]:
+        out = []
+        for data in self.written:
+            name, _, payload = data[4:].partition(b"\n")
+            out.append((name.decode(), json.loads(payload)))
+        return out
+
+    def exit(self, code: int | None = 0, sig: int | None = None) -> None:
+        self.ended = True
+        if code == 0 and sig is None:
+            reason = Failure(ProcessDone(0))
+        else:
+            reason = Failure(ProcessTerminated(code, sig))
+        self.proto.processEnded(reason)
+
+
+class FakeProcessReactor(MemoryReactorClock):
+    """
+    A memory reactor whose C{spawnProcess} connects the protocol to a
+    L{FakeProcess}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None, **kw: Any) -> FakeProcess:
+        self.lastChildFDs = kw.get("childFDs")
+        process = FakeProcess(proto, 1000 + len(self.processes), args, env)
+        self.processes.append(process)
+        proto.makeConnection(process)
+        return process
+
+
+def makeRegistry() -> Registry:
+    reg = Registry()
+    for name in ("add", "sleep", "pid"):
+        reg.register(lambda *a, **k: None, name)
+    return reg
+
+
+class PoolTestsMixin:
+    def makePool(self, workers: int = 1, **kw: Any) -> tuple[ProcessPool, FakeProcessReactor]:
+        reactor = FakeProcessReactor()
+        kw.setdefault("registry", makeRegistry())
+        pool = ProcessPool(reactor, tasks=[], workers=workers, **kw)
+        return pool, reactor
+
+    def startedPool(self, workers: int = 1, **kw: Any) -> tuple[ProcessPool, FakeProcessReactor]:
+        pool, reactor = self.makePool(workers, **kw)
+        d = pool.start()
+        for p in reactor.processes:
+            p.ready()
+        self.successResultOf(d)  # type: ignore[attr-defined]
+        return pool, reactor
+
+
+class StartTests(PoolTestsMixin, SynchronousTestCase):
+    def test_spawnsWorkersOnDedicatedFDs(self) -> None:
+        """
+        L{ProcessPool.start} spawns C{workers} children of C{taskd.worker}
+        with the protocol on fds 3 and 4 and stdio as plain pipes, closes
+        their stdin, and fires once every one is ready.
+        """
+        pool, reactor = self.makePool(workers=3, maxResult=1234)
+        d = pool.start()
+        self.assertEqual(len(reactor.processes), 3)
+        p = reactor.processes[0]
+        self.assertEqual(p.args[1:6], ["-u", "-m", "taskd.worker", "--max-result", "1234"])
+        self.assertEqual(
+            reactor.lastChildFDs, {0: "w", 1: "r", 2: "r", REQUEST_FD: "w", REPLY_FD: "r"}
+        )
+        self.assertIn("PYTHONPATH", p.env)
+        self.assertTrue(p.stdinClosed)
+        reactor.processes[0].ready()
+        reactor.processes[1].ready()
+        self.assertNoResult(d)
+        reactor.processes[2].ready()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(pool.stats()["idle"], 3)
+
+    def test_workerStartFailure(self) -> None:
+        """
+        A worker that reports an import error and exits makes L{start} fail
+        with L{errors.WorkerStartError} carrying the worker's message and
+        traceback, once the other workers are gone too; nothing respawns.
+        """
+        pool, reactor = self.makePool(workers=2)
+        d = pool.start()
+        bad, good = reactor.processes
+        good.ready()
+        bad.send(
+            b"E"
+            + json.dumps(
+                {"type": "worker_start_failed", "message": "cannot load: boom", "traceback": "TB"}
+            ).encode()
+        )
+        bad.exit(3)
+        self.assertNoResult(d)
+        self.assertEqual(good.closed, [REQUEST_FD])
+        good.exit(0)
+        f = self.failureResultOf(d, errors.WorkerStartError)
+        self.assertEqual(f.value.message, "cannot load: boom")
+        self.assertEqual(f.value.remoteTraceback, "TB")
+        reactor.advance(100)
+        self.assertEqual(len(reactor.processes), 2)
+        self.assertEqual(pool.state, "stopped")
+
+    def test_importErrorInParent(self) -> None:
+        """
+        A task module that cannot be imported in the parent fails L{start}
+        with the import error before any worker is spawned.
+        """
+        reactor = FakeProcessReactor()
+        pool = ProcessPool(reactor, tasks=["tests.brokentasks"], workers=1)
+        f = self.failureResultOf(pool.start(), ImportError)
+        self.assertIn("broken on purpose", str(f.value))
+        self.assertEqual(reactor.processes, [])
+
+    def test_restartBackoff(self) -> None:
+        """
+        When replacements fail to start, each next attempt waits twice as
+        long as the last, up to C{maxRestartDelay}; a worker that starts
+        resets the delay.  Calls queued meanwhile fail with the start error
+        rather than wait forever.
+        """
+        pool, reactor = self.startedPool(minRestartDelay=1.0, maxRestartDelay=4.0)
+        reactor.processes[0].exit(1)  # an idle worker dies: replaced at once
+        self.assertEqual(len(reactor.processes), 2)
+        delays = []
+        for _ in range(5):
+            spawned = len(reactor.processes)
+            reactor.processes[-1].exit(3)  # dies before it is ready
+            waited = 0.0
+            while len(reactor.processes) == spawned:
+                reactor.advance(0.5)
+                waited += 0.5
+            delays.append(waited)
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 4.0, 4.0])
+        f = self.failureResultOf(pool.submit("add", [1, 2]), errors.WorkerStartError)
+        self.assertIn("before it was ready", f.value.message)
+        reactor.processes[-1].ready()
+        d = pool.submit("add", [1, 2])
+        reactor.processes[-1].send(b"R3")
+        self.assertEqual(self.successResultOf(d), 3)
+        reactor.processes[-1].exit(1)
+        reactor.processes[-1].exit(3)
+        spawned = len(reactor.processes)
+        reactor.advance(1.0)
+        self.assertEqual(len(reactor.processes), spawned + 1)
+
+    def test_stopWhileStarting(self) -> None:
+        """
+        Stopping a pool that is still starting fails L{start} with
+        L{errors.PoolStopping} and ends the workers.
+        """
+        pool, reactor = self.makePool(workers=1)
+        d = pool.start()
+        stopped = pool.stop()
+        self.failureResultOf(d, errors.PoolStopping)
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        reactor.processes[0].exit(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+
+
+class CallTests(PoolTestsMixin, SynchronousTestCase):
+    def test_roundTrip(self) -> None:
+        """
+        A call is written to the worker as its name and a JSON object of
+        arguments; the worker's C{R} frame is the decoded result.
+        """
+        pool, reactor = self.startedPool()
+        d = pool.submit("add", [1, 2], {"c": 3})
+        self.assertEqual(reactor.processes[0].requests(), [("add", {"args": [1, 2], "kwargs": {"c": 3}})])
+        self.assertNoResult(d)
+        reactor.processes[0].send(b'R{"sum":6}')
+        self.assertEqual(self.successResultOf(d), {"sum": 6})
+
+    def test_submitEncodedPassesBytesThrough(self) -> None:
+        """
+        L{ProcessPool.submitEncoded} sends the payload unchanged and fires
+        with the result's JSON bytes unchanged.
+        """
+        pool, reactor = self.startedPool()
+        line = b'{"function":"add","args":[1,2],"id":7}'
+        d = pool.submitEncoded("add", line)
+        self.assertEqual(reactor.processes[0].written, [frame(b"add\n" + line)])
+        reactor.processes[0].send(b"R3")
+        self.assertEqual(self.successResultOf(d), b"3")
+
+    def test_fifoQueue(self) -> None:
+        """
+        Calls wait in arrival order and each idle worker takes the next.
+        """
+        pool, reactor = self.startedPool()
+        p = reactor.processes[0]
+        ds = [pool.submit("add", [i, i]) for i in range(3)]
+        self.assertEqual(len(p.written), 1)
+        self.assertEqual(pool.stats()["queued"], 2)
+        for i in range(3):
+            p.send(b"R%d" % (2 * i,))
+        self.assertEqual([self.successResultOf(d) for d in ds], [0, 2, 4])
+        self.assertEqual([r[1]["args"] for r in p.requests()], [[0, 0], [1, 1], [2, 2]])
+
+    def test_remoteError(self) -> None:
+        """
+        An C{E} frame fails the call with the matching L{errors} class,
+        keeping the remote type and traceback, and the worker takes the
+        next call.
+        """
+        pool, reactor = self.startedPool()
+        d = pool.submit("add", [1])
+        reactor.processes[0].send(
+            b'E{"type":"task_failed","message":"boom","exception":"ValueError","traceback":"TB"}'
+        )
+        f = self.failureResultOf(d, errors.TaskFailed)
+        self.assertEqual((f.value.message, f.value.remoteType, f.value.remoteTraceback), ("boom", "ValueError", "TB"))
+        d = pool.submit("add", [1, 1])
+        reactor.processes[0].send(b"R2")
+        self.assertEqual(self.successResultOf(d), 2)
+
+    def test_unknownTask(self) -> None:
+        """
+        A name not in the registry fails at once; no worker sees it.
+        """
+        pool, reactor = self.startedPool()
+        f = self.failureResultOf(pool.submit("os.system", ["true"]), errors.UnknownTask)
+        self.assertEqual(f.value.message, "no task named 'os.system'")
+        self.assertEqual(reactor.processes[0].written, [])
+
+    def test_unencodableArguments(self) -> None:
+        """
+        Arguments JSON cannot hold fail the call with L{errors.BadRequest}.
+        """
+        pool, reactor = self.startedPool()
+        self.failureResultOf(pool.submit("add", [object()]), errors.BadRequest)
+        self.failureResultOf(pool.submit("add", [float("nan")]), errors.BadRequest)
+
+    def test_busy(self) -> None:
+        """
+        Past C{maxQueue} waiting calls, submitting fails with
+        L{errors.PoolBusy}; the calls already accepted are unaffected.
+        """
+        pool, reactor = self.startedPool(maxQueue=2)
+        ds = [pool.submit("add", [i, 0]) for i in range(3)]
+        f = self.failureResultOf(pool.submit("add", [9, 0]), errors.PoolBusy)
+        self.assertIn("2 calls waiting", f.value.message)
+        for i in range(3):
+            reactor.processes[0].send(b"R%d" % (i,))
+        self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])
+
+    def test_notStarted(self) -> None:
+        """
+        A pool that was not started refuses calls with
+        L{errors.PoolStopping}.
+        """
+        pool, reactor = self.makePool()
+        f = self.failureResultOf(pool.submit("add", [1, 2]), errors.PoolStopping)
+        self.assertEqual(f.value.message, "the pool is not running (it is new)")
+
+
+class TimeoutTests(PoolTestsMixin, SynchronousTestCase):
+    def test_timeoutTerminatesAndReplaces(self) -> None:
+        """
+        A call that outlives its timeout fails with L{errors.TaskTimeout}
+        at once; its worker gets SIGTERM, then SIGKILL after C{killGrace},
+        and a replacement is spawned straight away.
+        """
+        pool, reactor = self.startedPool(killGrace=2.0)
+        d = pool.submit("sleep", [10], timeout=1.5)
+        reactor.advance(1.4)
+        self.assertNoResult(d)
+        reactor.advance(0.1)
+        f = self.failureResultOf(d, errors.TaskTimeout)
+        self.assertEqual(f.value.message, "task 'sleep' did not finish within 1.5 seconds")
+        old = reactor.processes[0]
+        self.assertEqual(old.signals, ["SIGTERM"])
+        self.assertEqual(len(reactor.processes), 2)
+        reactor.advance(2.0)
+        self.assertEqual(old.signals, ["SIGTERM", "SIGKILL"])
+        old.exit(None, signal.SIGKILL)
+        reactor.processes[1].ready()
+        d = pool.submit("add", [1, 2])
+        reactor.processes[1].send(b"R3")
+        self.assertEqual(self.successResultOf(d), 3)
+
+    def test_defaultTimeout(self) -> None:
+        """
+        The pool's C{timeout} applies when a call gives none; C{None}
+        given per call means no limit.
+        """
+        pool, reactor = self.startedPool(workers=2, timeout=5.0)
+        limited = pool.submit("sleep", [10])
+        unlimited = pool.submit("sleep", [10], timeout=None)
+        reactor.advance(5.0)
+        self.failureResultOf(limited, errors.TaskTimeout)
+        self.assertNoResult(unlimited)
+        reactor.advance(1000)
+        self.assertNoResult(unlimited)
+
+    def test_replyCancelsTimer(self) -> None:
+        """
+        A call answered in time leaves no timer behind.
+        """
+        pool, reactor = self.startedPool()
+        d = pool.submit("add", [1, 2], timeout=3)
+        reactor.processes[0].send(b"R3")
+        self.successResultOf(d)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class CancelTests(PoolTestsMixin, SynchronousTestCase):
+    def test_cancelQueued(self) -> None:
+        """
+        Cancelling a queued call removes it from the queue; the worker
+        never sees it.
+        """
+        pool, reactor = self.startedPool()
+        first = pool.submit("sleep", [1])
+        queued = pool.submit("add", [1, 2], timeout=10)
+        queued.cancel()
+        self.failureResultOf(queued, CancelledError)
+        self.assertEqual(pool.stats()["queued"], 0)
+        reactor.processes[0].send(b"R1")
+        self.assertEqual(self.successResultOf(first), 1)
+        self.assertEqual(len(reactor.processes[0].written), 1)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_cancelRunning(self) -> None:
+        """
+        Cancelling a running call terminates its worker and starts a
+        replacement, which takes the next queued call.
+        """
+        pool, reactor = self.startedPool()
+        running = pool.submit("sleep", [100])
+        queued = pool.submit("add", [1, 2])
+        running.cancel()
+        self.failureResultOf(running, CancelledError)
+        old, new = reactor.processes
+        self.assertEqual(old.signals, ["SIGTERM"])
+        new.ready()
+        self.assertEqual(new.requests(), [("add", {"args": [1, 2], "kwargs": {}})])
+        new.send(b"R3")
+        self.assertEqual(self.successResultOf(queued), 3)
+        old.exit(None, signal.SIGTERM)
+        self.assertEqual(pool.stats()["processes"], 1)
+
+    def test_cancelAfterResult(self) -> None:
+        """
+        Cancelling a call that has ended does nothing.
+        """
+        pool, reactor = self.startedPool()
+        d = pool.submit("add", [1, 2])
+        reactor.processes[0].send(b"R3")
+        d.cancel()
+        self.assertEqual(self.successResultOf(d), 3)
+        self.assertEqual(reactor.processes[0].signals, [])
+
+
+class CrashTests(PoolTestsMixin, SynchronousTestCase):
+    def test_crashFailsOnlyItsCall(self) -> None:
+        """
+        A worker that dies mid-call fails that call with
+        L{errors.WorkerCrashed}, naming the signal; it is replaced at once
+        and the other worker's call is unaffected.
+        """
+        pool, reactor = self.startedPool(workers=2)
+        a = pool.submit("add", [1, 1])
+        b = pool.submit("add", [2, 2])
+        victim = next(p for p in reactor.processes if p.requests()[0][1]["args"] == [1, 1])
+        other = next(p for p in reactor.processes if p is not victim)
+        victim.exit(None, signal.SIGSEGV)
+        f = self.failureResultOf(a, errors.WorkerCrashed)
+        self.assertEqual(
+            f.value.message,
+            f"the worker running task 'add' (pid {victim.pid}) was killed by SIGSEGV",
+        )
+        self.assertEqual(len(reactor.processes), 3)
+        self.assertNoResult(b)
+        other.send(b"R4")
+        self.assertEqual(self.successResultOf(b), 4)
+
+    def test_exitStatus(self) -> None:
+        """
+        A worker that exits mid-call names its exit status.
+        """
+        pool, reactor = self.startedPool()
+        d = pool.submit("add", [1, 1])
+        reactor.processes[0].exit(70)
+        f = self.failureResultOf(d, errors.WorkerCrashed)
+        self.assertIn("exited with status 70", f.value.message)
+
+    def test_oversizedFrame(self) -> None:
+        """
+        A frame longer than the pool allows fails the call with
+        L{errors.ResultTooLarge} and stops the worker, without buffering it.
+        """
+        pool, reactor = self.startedPool(maxResult=10)
+        d = pool.submit("add", [1, 1])
+        reactor.processes[0].proto.childDataReceived(REPLY_FD, _header.pack(10**9) + b"R")
+        self.failureResultOf(d, errors.ResultTooLarge)
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+
+
+class RecycleTests(PoolTestsMixin, SynchronousTestCase):
+    def test_recycleAfterMaxTasks(self) -> None:
+        """
+        After C{maxTasksPerWorker} calls a worker is asked to exit (its
+        request pipe is closed) and a fresh one takes the next calls; no
+        call fails.
+        """
+        pool, reactor = self.startedPool(maxTasksPerWorker=2)
+        ds = [pool.submit("pid") for _ in range(3)]
+        first = reactor.processes[0]
+        first.send(b"R1")
+        self.assertEqual(first.closed, [])
+        first.send(b"R1")
+        self.assertEqual(first.closed, [REQUEST_FD])
+        second = reactor.processes[1]
+        second.ready()
+        second.send(b"R2")
+        self.assertEqual([self.successResultOf(d) for d in ds], [1, 1, 2])
+        first.exit(0)
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1})
+
+    def test_retiredWorkerThatHangsIsKilled(self) -> None:
+        """
+        A retired worker that does not exit is sent SIGTERM after
+        C{killGrace}, then SIGKILL.
+        """
+        pool, reactor = self.startedPool(maxTasksPerWorker=1, killGrace=1.0)
+        d = pool.submit("pid")
+        reactor.processes[0].send(b"R1")
+        self.successResultOf(d)
+        reactor.advance(1.0)
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        reactor.advance(1.0)
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM", "SIGKILL"])
+
+
+class StopTests(PoolTestsMixin, SynchronousTestCase):
+    def test_stop(self) -> None:
+        """
+        L{ProcessPool.stop} fails queued calls with L{errors.PoolStopping},
+        lets the running call finish, closes idle workers' pipes, refuses
+        new calls and fires when every worker has exited.
+        """
+        pool, reactor = self.startedPool(workers=2)
+        slow = pool.submit("sleep", [1])
+        quick = pool.submit("add", [1, 1])
+        queued = pool.submit("add", [2, 2])
+        a = next(p for p in reactor.processes if p.requests()[0][0] == "sleep")
+        b = next(p for p in reactor.processes if p is not a)
+        d = pool.stop()
+        f = self.failureResultOf(queued, errors.PoolStopping)
+        self.assertEqual(f.value.message, "the pool is stopping")
+        self.failureResultOf(pool.submit("add", [1, 1]), errors.PoolStopping)
+        b.send(b"R2")
+        self.assertEqual(self.successResultOf(quick), 2)
+        self.assertEqual((a.closed, b.closed), ([], [REQUEST_FD]))
+        b.exit(0)
+        self.assertNoResult(d)
+        a.send(b"R1")
+        self.assertEqual(self.successResultOf(slow), 1)
+        self.assertEqual(a.closed, [REQUEST_FD])
+        self.assertNoResult(d)
+        a.exit(0)
+        self.successResultOf(d)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertEqual(len(reactor.processes), 2)
+
+    def test_graceOver(self) -> None:
+        """
+        A call still running when the grace period ends fails with
+        L{errors.PoolStopping}; its worker is terminated, then killed.
+        """
+        pool, reactor = self.startedPool(grace=3.0, killGrace=1.0)
+        running = pool.submit("sleep", [100])
+        d = pool.stop()
+        reactor.advance(2.9)
+        self.assertNoResult(running)
+        reactor.advance(0.1)
+        f = self.failureResultOf(running, errors.PoolStopping)
+        self.assertIn("3.0-second shutdown grace period", f.value.message)
+        p = reactor.processes[0]
+        self.assertEqual(p.signals, ["SIGTERM"])
+        reactor.advance(1.0)
+        self.assertEqual(p.signals, ["SIGTERM", "SIGKILL"])
+        self.assertNoResult(d)
+        p.exit(None, signal.SIGKILL)
+        self.successResultOf(d)
+        self.assertEqual(len(reactor.processes), 1)
+
+    def test_stopTwiceAndUnstarted(self) -> None:
+        """
+        Stopping twice gives two Deferreds that fire together; stopping a
+        pool never started succeeds at once.
+        """
+        pool, reactor = self.startedPool()
+        d1, d2 = pool.stop(), pool.stop()
+        self.assertEqual(reactor.processes[0].closed, [REQUEST_FD])
+        self.assertNoResult(d1)
+        reactor.processes[0].exit(0)
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        self.successResultOf(pool.stop())
+        fresh, _ = self.makePool()
+        self.successResultOf(fresh.stop())
+
+    def test_service(self) -> None:
+        """
+        L{PoolService} starts the pool with the service and its
+        C{stopService} waits for the pool to stop.
+        """
+        pool, reactor = self.makePool()
+        service = PoolService(pool)
+        service.startService()
+        reactor.processes[0].ready()
+        self.assertEqual(pool.state, "running")
+        d = service.stopService()
+        self.assertNoResult(d)
+        reactor.processes[0].exit(0)
+        self.successResultOf(d)
+
+
+class FrameDecoderTests(SynchronousTestCase):
+    def test_anySplit(self) -> None:
+        """
+        Frames come out whole however the stream is cut.
+        """
+        frames = [b"", b"a", b"R" + b"x" * 70000, b"E{}"]
+        stream = b"".join(frame(f) for f in frames)
+        for size in (1, 3, 4, 5, 4096, len(stream)):
+            got: list[bytes] = []
+            decoder = _FrameDecoder(got.append, self.fail, 100000)
+            for i in range(0, len(stream), size):
+                decoder.feed(stream[i : i + size])
+            self.assertEqual(got, frames)
+
+
+class OutputTests(PoolTestsMixin, SynchronousTestCase):
+    def test_outputLoggedByLine(self) -> None:
+        """
+        Worker stdout and stderr are logged a whole line at a time, tagged
+        with the worker's pid and the stream; a partial line is logged when
+        the worker ends.
+        """
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pool, reactor = self.startedPool()
+        p = reactor.processes[0]
+        p.proto.childDataReceived(1, b"hel")
+        p.proto.childDataReceived(1, b"lo\r\nwor")
+        p.proto.childDataReceived(2, b"oops\n")
+        p.exit(0)
+        lines = [(e["pid"], e["stream"], e["line"]) for e in events if "stream" in e]
+        self.assertEqual(
+            lines, [(p.pid, "stdout", "hello"), (p.pid, "stderr", "oops"), (p.pid, "stdout", "wor")]
+        )

@@ -1,0 +1,111 @@
+"""
+Unit tests for the worker loop, L{taskd.worker}, run in this process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from taskd.registry import Registry
+from taskd.worker import _header, runCall, serve
+
+
+def makeRegistry() -> Registry:
+    reg = Registry()
+    reg.register(lambda a, b=0: a + b, "add")
+    reg.register(lambda: {1, 2}, "aset")
+
+    def fail() -> None:
+        raise KeyError("k")
+
+    reg.register(fail, "fail")
+    return reg
+
+
+def decode(reply: bytes) -> tuple[str, Any]:
+    return reply[:1].decode(), json.loads(reply[1:])
+
+
+class RunCallTests(SynchronousTestCase):
+    def run_(self, body: bytes, maxResult: int = 1000) -> tuple[str, Any]:
+        return decode(runCall(makeRegistry(), body, maxResult))
+
+    def test_argumentShapes(self) -> None:
+        """
+        C{args} as an array is positional, as an object is keyword
+        arguments; C{kwargs} adds keyword arguments; other keys of the
+        object (a whole request line) are ignored.
+        """
+        self.assertEqual(self.run_(b'add\n{"args":[1,2]}'), ("R", 3))
+        self.assertEqual(self.run_(b'add\n{"args":{"a":1,"b":5}}'), ("R", 6))
+        self.assertEqual(self.run_(b'add\n{"args":[1],"kwargs":{"b":9}}'), ("R", 10))
+        self.assertEqual(self.run_(b'add\n{"function":"add","id":3,"args":[2,2]}'), ("R", 4))
+
+    def test_badRequests(self) -> None:
+        """
+        Payloads of the wrong shape give C{bad_request} errors.
+        """
+        for body, message in [
+            (b"add\n[1]", "the request is not a JSON object"),
+            (b'add\n{"args":5}', "'args' must be an array or an object"),
+            (b'add\n{"args":[1],"kwargs":[]}', "'kwargs' must be an object"),
+        ]:
+            kind, error = self.run_(body)
+            self.assertEqual((kind, error["type"], error["message"]), ("E", "bad_request", message))
+        kind, error = self.run_(b"add\n{nope")
+        self.assertEqual(error["type"], "bad_request")
+
+    def test_unknownTask(self) -> None:
+        """
+        The worker checks the name too.
+        """
+        self.assertEqual(
+            self.run_(b"os.system\n{}"),
+            ("E", {"type": "unknown_task", "message": "no task named 'os.system'"}),
+        )
+
+    def test_exceptions(self) -> None:
+        """
+        A raised exception gives a C{task_failed} error with type, message
+        and traceback.
+        """
+        kind, error = self.run_(b"fail\n{}")
+        self.assertEqual((error["type"], error["exception"], error["message"]), ("task_failed", "KeyError", "'k'"))
+        self.assertIn("raise KeyError", error["traceback"])
+
+    def test_badResults(self) -> None:
+        """
+        Results JSON cannot hold, or over the size limit, give precise
+        errors.
+        """
+        kind, error = self.run_(b"aset\n{}")
+        self.assertEqual(error["type"], "bad_result")
+        self.assertIn("Object of type set is not JSON serializable", error["message"])
+        kind, error = self.run_(b'add\n{"args":["aaaa","bbbb"]}', maxResult=9)
+        self.assertEqual(error, {"type": "result_too_large", "message": "task 'add' returned 10 bytes of JSON; the limit is 9"})
+        self.assertEqual(self.run_(b'add\n{"args":["aaa","bbbb"]}', maxResult=9), ("R", "aaabbbb"))
+
+
+class ServeTests(SynchronousTestCase):
+    def test_framesInAndOut(self) -> None:
+        """
+        L{serve} answers each request frame with one reply frame, in order,
+        and returns at end of file (also in the middle of a frame).
+        """
+        requests = [b'add\n{"args":[1,2]}', b"fail\n{}"]
+        stream = b"".join(_header.pack(len(r)) + r for r in requests) + _header.pack(50) + b"add"
+        out = io.BytesIO()
+        serve(makeRegistry(), io.BytesIO(stream), out, 1000)
+        data = out.getvalue()
+        replies = []
+        while data:
+            (n,) = _header.unpack(data[:4])
+            replies.append(data[4 : 4 + n])
+            data = data[4 + n :]
+        self.assertEqual(replies[0], b"R3")
+        self.assertEqual(decode(replies[1])[1]["type"], "task_failed")
+        self.assertEqual(len(replies), 2)
