@@ -42,6 +42,25 @@ class BadRequest(TaskdError):
     type = "bad_request"
 
 
+class LineTooLong(BadRequest):
+    """
+    A request line is longer than the daemon accepts.  The daemon replies,
+    then closes the connection: it cannot tell where the next request
+    starts.
+    """
+
+    type = "line_too_long"
+
+
+class DuplicateId(BadRequest):
+    """
+    A call reused the C{id} of a call still in flight on the connection.
+    The new call is refused; the one in flight goes on.
+    """
+
+    type = "duplicate_id"
+
+
 class UnknownTask(TaskdError):
     """
     No task is registered under the requested name.
@@ -114,7 +133,8 @@ class WorkerCrashed(TaskdError):
 
 class PoolBusy(TaskdError):
     """
-    The pool's queue is full; the call was not accepted.
+    The pool's queue is full, or the daemon has as many connections as it
+    accepts; the call (or connection) was not accepted.
     """
 
     type = "busy"
@@ -162,6 +182,8 @@ _byType: dict[str, type[TaskdError]] = {
     cls.type: cls
     for cls in (
         BadRequest,
+        LineTooLong,
+        DuplicateId,
         UnknownTask,
         TaskFailed,
         ResultNotSerializable,

@@ -644,7 +644,7 @@ class ProcessPool:
                     )
                 ),
             )
-        if neverReady:
+        if neverReady and wasLive:
             error = worker.startError or errors.WorkerStartError(
                 f"worker {worker.pid} {how} before it was ready"
             )
@@ -654,8 +654,7 @@ class ProcessPool:
                 message=error.message,
                 traceback=error.remoteTraceback,
             )
-            if wasLive:
-                self._startFailed(error)
+            self._startFailed(error)
         else:
             self.log.info("worker {pid} {how}", pid=worker.pid, how=how)
             if wasLive:
@@ -757,20 +756,31 @@ class PoolService(Service):
 
     log = Logger()
 
-    def __init__(self, pool: ProcessPool) -> None:
+    def __init__(
+        self, pool: ProcessPool, onStartFailure: Callable[[], object] | None = None
+    ) -> None:
+        """
+        @param onStartFailure: called (after the failure is logged) if the
+            pool cannot start; the daemon stops its reactor.
+        """
         self.pool = pool
+        self._onStartFailure = onStartFailure
 
     def startService(self) -> None:
         super().startService()
-        d = self.pool.start()
-        d.addCallback(
-            lambda _: self.log.info(
-                "pool ready: {n} workers running {tasks}",
-                n=self.pool.workers,
-                tasks=", ".join(self.pool.tasks),
-            )
+        self.pool.start().addCallbacks(self._started, self._startFailed)
+
+    def _started(self, _: None) -> None:
+        self.log.info(
+            "pool ready: {n} workers running {tasks}",
+            n=self.pool.workers,
+            tasks=", ".join(self.pool.tasks),
         )
-        d.addErrback(lambda f: self.log.failure("the pool could not start", f))
+
+    def _startFailed(self, failure: Failure) -> None:
+        self.log.failure("the pool could not start", failure)
+        if self._onStartFailure is not None:
+            self._onStartFailure()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

@@ -17,6 +17,8 @@ class ErrorTests(SynchronousTestCase):
         """
         samples = [
             errors.BadRequest("b"),
+            errors.LineTooLong("l"),
+            errors.DuplicateId("d"),
             errors.UnknownTask("u"),
             errors.TaskFailed("m", "ValueError", "TB"),
             errors.ResultNotSerializable("r"),

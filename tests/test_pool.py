@@ -5,12 +5,11 @@ Tests for L{taskd.pool} that drive real worker processes.
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 from typing import Any, Callable
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase

@@ -1,0 +1,305 @@
+# -*- test-case-name: tests.test_protocol -*-
+"""
+The JSON-lines wire protocol: message types, decoding with precise errors,
+and encoding.  No I/O happens here.  C{docs/protocol.md} is the
+specification; this module follows it.
+
+Requests (one JSON object per line)::
+
+    {"function": "add", "args": [1, 2], "id": 7, "timeout": 5}
+    {"type": "cancel", "id": 7}
+    {"type": "hello", "version": 1}
+
+Replies::
+
+    {"type": "result", "id": 7, "result": 3}
+    {"type": "error", "id": 7, "error": {"type": "timeout", "message": "..."}}
+    {"type": "hello", "version": 1, "server": "taskd/0.1.0", "tasks": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Union
+
+from attrs import frozen
+
+from taskd import errors
+
+#: The protocol version this module speaks.
+VERSION = 1
+
+#: Stands for "no id": the call is answered in arrival order.
+NO_ID: Any = None
+
+CallId = Union[str, int, None]
+
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+@frozen
+class Call:
+    """
+    Run a task.
+
+    @ivar function: the task's registered name.
+    @ivar args: positional arguments.
+    @ivar kwargs: keyword arguments.
+    @ivar id: the client's id for the call, or L{NO_ID}.
+    @ivar timeout: seconds the call may run, or L{None} for the daemon's
+        default.
+    @ivar raw: the request line itself, which holds the arguments in the
+        form a worker reads (see L{taskd.pool.ProcessPool.submitEncoded}).
+    """
+
+    function: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    id: CallId = NO_ID
+    timeout: float | None = None
+    raw: bytes = b""
+
+
+@frozen
+class Cancel:
+    """
+    Cancel the call in flight with this id.
+    """
+
+    id: str | int
+
+
+@frozen
+class Hello:
+    """
+    Open a conversation: the highest protocol version the client speaks,
+    and any other fields it sends (room for authentication later).
+    """
+
+    version: int
+    fields: dict[str, Any]
+
+
+Request = Union[Call, Cancel, Hello]
+
+
+@frozen
+class Result:
+    """
+    A call's result.  C{result} is the decoded value.
+    """
+
+    id: CallId
+    result: Any
+
+
+@frozen
+class ErrorReply:
+    """
+    A call's (or a bad line's) error.
+    """
+
+    id: CallId
+    error: errors.TaskdError
+
+
+@frozen
+class HelloReply:
+    """
+    The daemon's answer to L{Hello}.
+    """
+
+    version: int
+    fields: dict[str, Any]
+
+
+Reply = Union[Result, ErrorReply, HelloReply]
+
+
+class ProtocolError(Exception):
+    """
+    A line could not be decoded into a request.
+
+    @ivar error: the error to reply with.
+    @ivar id: the id of the call the line was meant to be, if it could be
+        read, so the error reply can carry it.
+    """
+
+    def __init__(self, error: errors.TaskdError, id: CallId = NO_ID) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.id = id
+
+
+def _bad(message: str, id: CallId = NO_ID) -> ProtocolError:
+    return ProtocolError(errors.BadRequest(message), id)
+
+
+def _checkId(value: Any) -> CallId:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _bad("'id' must be a string or an integer")
+
+
+def decodeRequest(line: bytes) -> Request:
+    """
+    Decode one request line (without its line ending).
+
+    @raise ProtocolError: if the line is not a valid request; the error says
+        precisely what is wrong.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _bad(f"the line is not valid UTF-8 (byte {e.start})")
+    try:
+        message = json.loads(text)
+    except ValueError as e:
+        raise _bad(f"the line is not valid JSON: {e}")
+    if not isinstance(message, dict):
+        raise _bad(f"a request must be a JSON object, not {_jsonType(message)}")
+    id = _checkId(message.get("id"))
+    kind = message.get("type", "call")
+    if kind == "call":
+        return _decodeCall(message, id, line)
+    if kind == "cancel":
+        if id is None:
+            raise _bad("a cancel needs the 'id' of the call to cancel")
+        return Cancel(id)
+    if kind == "hello":
+        version = message.get("version", VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise _bad("'version' must be a positive integer")
+        fields = {k: v for k, v in message.items() if k not in ("type", "version")}
+        return Hello(version, fields)
+    raise _bad(f"unknown request type {kind!r}", id)
+
+
+def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
+    function = message.get("function")
+    if function is None:
+        raise _bad("missing 'function': the name of the task to run", id)
+    if not isinstance(function, str) or not function:
+        raise _bad("'function' must be a non-empty string", id)
+    args = message.get("args")
+    kwargs = message.get("kwargs")
+    if kwargs is None:
+        kwargs = {}
+    elif not isinstance(kwargs, dict):
+        raise _bad(f"'kwargs' must be an object, not {_jsonType(kwargs)}", id)
+    if args is None:
+        args = []
+    elif isinstance(args, dict):
+        kwargs = {**args, **kwargs}
+        args = []
+    elif not isinstance(args, list):
+        raise _bad(
+            f"'args' must be an array (positional arguments) or an object "
+            f"(keyword arguments), not {_jsonType(args)}",
+            id,
+        )
+    timeout = message.get("timeout")
+    if timeout is not None:
+        if (
+            not isinstance(timeout, (int, float))
+            or isinstance(timeout, bool)
+            or not timeout > 0
+        ):
+            raise _bad("'timeout' must be a positive number of seconds", id)
+        timeout = float(timeout)
+    return Call(function, args, kwargs, id, timeout, line)
+
+
+def _jsonType(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "null"
+    return "an object"
+
+
+def encodeRequest(request: Request) -> bytes:
+    """
+    Encode a request as a line, line ending included.
+    """
+    message: dict[str, Any]
+    if isinstance(request, Call):
+        message = {"function": request.function}
+        if request.args:
+            message["args"] = request.args
+        if request.kwargs:
+            message["kwargs"] = request.kwargs
+        if request.timeout is not None:
+            message["timeout"] = request.timeout
+    elif isinstance(request, Cancel):
+        message = {"type": "cancel"}
+    else:
+        message = {"type": "hello", "version": request.version, **request.fields}
+    if not isinstance(request, Hello) and request.id is not None:
+        message["id"] = request.id
+    return _dumps(message).encode("utf-8") + b"\n"
+
+
+def _idField(id: CallId) -> bytes:
+    return b"" if id is None else b'"id":' + _dumps(id).encode("utf-8") + b","
+
+
+def encodeResult(id: CallId, encodedResult: bytes) -> bytes:
+    """
+    Encode a result reply around a result that is already JSON.
+    """
+    return b'{"type":"result",' + _idField(id) + b'"result":' + encodedResult + b"}\n"
+
+
+def encodeError(id: CallId, error: errors.TaskdError) -> bytes:
+    """
+    Encode an error reply.
+    """
+    return (
+        b'{"type":"error",'
+        + _idField(id)
+        + b'"error":'
+        + _dumps(error.toDict()).encode("utf-8")
+        + b"}\n"
+    )
+
+
+def encodeHelloReply(reply: HelloReply) -> bytes:
+    """
+    Encode the daemon's hello reply.
+    """
+    return _dumps({"type": "hello", "version": reply.version, **reply.fields}).encode(
+        "utf-8"
+    ) + b"\n"
+
+
+def decodeReply(line: bytes) -> Reply:
+    """
+    Decode one reply line, as a client does.
+
+    @raise ValueError: if the line is not a reply this version understands.
+    """
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError("a reply must be a JSON object")
+    kind = message.get("type")
+    id = message.get("id")
+    if kind == "result":
+        return Result(id, message.get("result"))
+    if kind == "error":
+        error = message.get("error")
+        if not isinstance(error, dict):
+            raise ValueError("an error reply needs an 'error' object")
+        return ErrorReply(id, errors.errorFromDict(error))
+    if kind == "hello":
+        fields = {k: v for k, v in message.items() if k not in ("type", "version")}
+        return HelloReply(int(message.get("version", VERSION)), fields)
+    raise ValueError(f"unknown reply type {kind!r}")

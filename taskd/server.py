@@ -1,0 +1,321 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The daemon's network side: a L{LineReceiver} that decodes requests, hands
+calls to a L{ProcessPool} and writes the replies.
+
+A request line is passed to the pool as it arrived (the worker reads the
+arguments from it) and a result comes back as the worker encoded it, so a
+call costs the parent one C{json.loads} of the line and no encoding.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from taskd import errors
+from taskd.pool import _DEFAULT, ProcessPool
+from taskd.protocol import (
+    VERSION,
+    Call,
+    CallId,
+    Cancel,
+    HelloReply,
+    ProtocolError,
+    decodeRequest,
+    encodeError,
+    encodeHelloReply,
+    encodeResult,
+)
+
+#: Default longest request line, in bytes.
+DEFAULT_MAX_LINE = 1024 * 1024
+
+
+class _Slot:
+    """
+    A place in the line of replies to calls without an id, which are
+    written in the order the calls arrived.
+    """
+
+    __slots__ = ("line",)
+
+    def __init__(self, line: bytes | None = None) -> None:
+        self.line = line
+
+
+@implementer(IPushProducer)
+class _WriteBackpressure:
+    """
+    Told by the transport when its write buffer is full (the client is not
+    reading); the protocol then stops reading new requests.
+    """
+
+    def __init__(self, protocol: TaskServerProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol._writeBlocked = True
+        self._protocol._updateReading()
+
+    def resumeProducing(self) -> None:
+        self._protocol._writeBlocked = False
+        self._protocol._updateReading()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class TaskServerProtocol(LineReceiver):
+    """
+    One client connection.
+
+    A client may close its sending side once its requests are written (as
+    C{nc -q} and C{shutdown(SHUT_WR)} do); every request still gets its
+    reply, then the daemon closes the connection.
+
+    @ivar _calls: the calls in flight, keyed by their id, or by their
+        L{_Slot} for calls without one.
+    @ivar _ordered: the slots of replies without an id, oldest first.
+    @ivar _unanswered: requests accepted whose reply is not yet written;
+        reading pauses while it is at the factory's C{maxInFlight}.
+    """
+
+    delimiter = b"\n"
+    factory: TaskServerFactory
+    # A stream transport that is also a consumer (TCP, TLS, UNIX).
+    transport: Any
+    log = Logger()
+
+    _closed = False
+    _readClosed = False
+    _writeBlocked = False
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.MAX_LENGTH = factory.maxLineLength
+        self._calls: dict[Any, Deferred[bytes]] = {}
+        self._ordered: deque[_Slot] = deque()
+        self._unanswered = 0
+        if len(factory.connections) >= factory.maxConnections:
+            self._closed = True
+            error = errors.PoolBusy(
+                f"the daemon has {factory.maxConnections} connections, its "
+                "limit; try again later"
+            )
+            self.transport.write(encodeError(None, error))
+            self.transport.loseConnection()
+            return
+        factory.connections.add(self)
+        self.transport.registerProducer(_WriteBackpressure(self), True)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._closed = True
+        self.factory._connectionLost(self)
+        calls, self._calls = self._calls, {}
+        for d in calls.values():
+            d.cancel()
+
+    def readConnectionLost(self) -> None:
+        self._readClosed = True
+        self._maybeFinish()
+
+    def writeConnectionLost(self) -> None:
+        # The client will not read replies: nothing left to do for it.
+        self.transport.loseConnection()
+
+    def _maybeFinish(self) -> None:
+        """
+        Once the client has stopped sending: treat what is left of the
+        buffer as a last line, and close after the last reply.
+        """
+        if not self._readClosed or self.paused or self._closed:
+            return
+        if self._buffer:
+            rest, self._buffer = self._buffer, b""
+            self.lineReceived(rest)
+        if self._unanswered == 0 and not self._closed:
+            self._closed = True
+            self.transport.loseConnection()
+
+    # -- reading ----------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            request = decodeRequest(line)
+        except ProtocolError as e:
+            self._answer(e.id, encodeError(e.id, e.error))
+            return
+        if isinstance(request, Call):
+            self._call(request)
+        elif isinstance(request, Cancel):
+            d = self._calls.get(request.id)
+            if d is not None:
+                d.cancel()
+        else:
+            self._answer(None, encodeHelloReply(self._hello()))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        error = errors.LineTooLong(
+            f"a request line is longer than {self.MAX_LENGTH} bytes; "
+            "closing the connection"
+        )
+        self.transport.write(encodeError(None, error))
+        self.transport.loseConnection()
+
+    def _hello(self) -> HelloReply:
+        pool = self.factory.pool
+        return HelloReply(
+            VERSION,
+            {
+                "server": "taskd",
+                "tasks": list(pool.registry),
+                "maxLineLength": self.MAX_LENGTH,
+                "maxInFlight": self.factory.maxInFlight,
+            },
+        )
+
+    def _call(self, call: Call) -> None:
+        id = call.id
+        if id is not None and id in self._calls:
+            error = errors.DuplicateId(
+                f"id {id!r} belongs to a call still in flight; "
+                "this call was not run"
+            )
+            self._answer(id, encodeError(id, error))
+            return
+        pool = self.factory.pool
+        timeout = _DEFAULT
+        if call.timeout is not None:
+            # A client may shorten the daemon's limit, not lengthen it.
+            timeout = call.timeout
+            if pool.timeout is not None:
+                timeout = min(timeout, pool.timeout)
+        key: Any = id if id is not None else _Slot()
+        self._accept(key)
+        d = pool.submitEncoded(call.function, call.raw, timeout=timeout)
+        self._calls[key] = d
+        d.addCallbacks(
+            self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
+        )
+        self._updateReading()
+
+    # -- writing ----------------------------------------------------------
+
+    def _accept(self, key: Any) -> None:
+        self._unanswered += 1
+        if isinstance(key, _Slot):
+            self._ordered.append(key)
+
+    def _answer(self, id: CallId, line: bytes) -> None:
+        """
+        Reply to a request that is not a running call.
+        """
+        key: Any = id if id is not None else _Slot()
+        self._accept(key)
+        self._done(key, line)
+
+    def _succeeded(self, result: bytes, key: Any) -> None:
+        id = None if isinstance(key, _Slot) else key
+        self._done(key, encodeResult(id, result))
+
+    def _failed(self, failure: Failure, key: Any) -> None:
+        id = None if isinstance(key, _Slot) else key
+        error = failure.value
+        if isinstance(error, CancelledError):
+            error = errors.TaskCancelled("the call was cancelled")
+        elif not isinstance(error, errors.TaskdError):
+            self.log.failure("unexpected error in a call", failure)
+            error = errors.TaskdError(f"internal error: {error!r}")
+        self._done(key, encodeError(id, error))
+
+    def _done(self, key: Any, line: bytes) -> None:
+        if self._closed:
+            return
+        self._calls.pop(key, None)
+        if isinstance(key, _Slot):
+            key.line = line
+            ordered = self._ordered
+            while ordered and (ready := ordered[0].line) is not None:
+                ordered.popleft()
+                self.transport.write(ready)
+                self._unanswered -= 1
+        else:
+            self.transport.write(line)
+            self._unanswered -= 1
+        self._updateReading()
+        self._maybeFinish()
+
+    def _updateReading(self) -> None:
+        if self._closed:
+            return
+        stop = self._writeBlocked or self._unanswered >= self.factory.maxInFlight
+        if stop and not self.paused:
+            self.pauseProducing()
+        elif not stop and self.paused:
+            self.resumeProducing()
+
+
+class TaskServerFactory(Factory):
+    """
+    Serves a L{ProcessPool} to JSON-lines clients.
+
+    @ivar maxLineLength: the longest request line accepted, in bytes.
+    @ivar maxConnections: connections accepted at once; past it a new
+        connection gets a C{busy} error and is closed.
+    @ivar maxInFlight: requests per connection accepted but not yet
+        answered; past it the connection is not read until replies go out.
+    """
+
+    protocol = TaskServerProtocol  # type: ignore[assignment]
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: ProcessPool,
+        *,
+        maxLineLength: int = DEFAULT_MAX_LINE,
+        maxConnections: int = 1000,
+        maxInFlight: int = 100,
+    ) -> None:
+        self.pool = pool
+        self.maxLineLength = maxLineLength
+        self.maxConnections = maxConnections
+        self.maxInFlight = maxInFlight
+        self.connections: set[TaskServerProtocol] = set()
+        self._closing: dict[TaskServerProtocol, Deferred[None]] = {}
+
+    def _connectionLost(self, protocol: TaskServerProtocol) -> None:
+        self.connections.discard(protocol)
+        d = self._closing.pop(protocol, None)
+        if d is not None:
+            d.callback(None)
+
+    def closeConnections(self) -> Deferred[Any]:
+        """
+        Close every connection once its pending replies are written.
+
+        @return: a L{Deferred} that fires when all are closed.
+        """
+        waiting = []
+        for protocol in list(self.connections):
+            d: Deferred[None] = Deferred()
+            self._closing[protocol] = d
+            waiting.append(d)
+            protocol.transport.loseConnection()
+        if not waiting:
+            return succeed(None)
+        return DeferredList(waiting)

@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd taskd}: command-line options and the daemon's service tree.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from taskd.pool import PoolService, ProcessPool
+from taskd.registry import loadTaskModules
+from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
+
+DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
+DEFAULT_TASKS = "taskd.examples"
+
+
+def _positiveInt(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"must be at least 1, not {n}")
+    return n
+
+
+def _nonNegativeInt(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"must not be negative, not {n}")
+    return n
+
+
+def _seconds(value: str) -> float:
+    n = float(value)
+    if not n >= 0 or n == float("inf"):
+        raise ValueError(f"must be a number of seconds, not {value!r}")
+    return n
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run registered Python tasks in a pool of worker processes and serve "
+        "them over a JSON-lines protocol (see docs/protocol.md). With no "
+        f"options it runs the example tasks ({DEFAULT_TASKS}) on "
+        f"{DEFAULT_LISTEN} with one worker per CPU."
+    )
+
+    optParameters = [
+        ["workers", "w", None, "Worker processes [default: CPU count].", _positiveInt],
+        ["max-queue", None, 1000, "Calls that may wait for a worker.", _nonNegativeInt],
+        ["timeout", "t", None, "Default (and longest) run time of a call, in seconds [default: none].", _seconds],
+        ["max-tasks-per-worker", None, None, "Replace a worker after this many calls [default: never].", _positiveInt],
+        ["max-line-length", None, DEFAULT_MAX_LINE, "Longest request line, in bytes.", _positiveInt],
+        ["max-connections", None, 1000, "Connections accepted at once.", _positiveInt],
+        ["max-in-flight", None, 100, "Unanswered requests per connection before it stops being read.", _positiveInt],
+        ["grace", None, 10.0, "On shutdown, seconds running calls may go on.", _seconds],
+        ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL for a worker.", _seconds],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["tasks"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A Twisted server endpoint to listen on (tcp:, ssl:, unix: ...); repeatable [default: tcp:12345:interface=127.0.0.1]."""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_tasks(self, module: str) -> None:
+        """A task module to load; repeatable [default: taskd.examples]."""
+        self["tasks"].append(module)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if not self["tasks"]:
+            self["tasks"] = [DEFAULT_TASKS]
+        if self["workers"] is None:
+            self["workers"] = os.cpu_count() or 1
+        try:
+            loadTaskModules(self["tasks"])
+        except Exception as e:
+            raise usage.UsageError(
+                f"cannot load task module: {type(e).__name__}: {e}"
+            ) from e
+
+
+class TaskdService(MultiService):
+    """
+    The daemon: the pool and its listeners, stopped in order: stop
+    listening, drain the pool (see L{ProcessPool.stop}), then close the
+    connections once their last replies are written.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        pool: ProcessPool,
+        factory: TaskServerFactory,
+        listen: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.factory = factory
+        self.listen = list(listen)
+        # A daemon whose workers cannot start has nothing to serve: exit.
+        self.poolService = PoolService(pool, onStartFailure=reactor.stop)
+        self.poolService.setServiceParent(self)
+        self.listeners: list[IService] = []
+
+    def addListener(self, service: IService) -> None:
+        self.listeners.append(service)
+        service.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.log.info(
+            "taskd starting: {workers} workers running {tasks}, listening on {listen}",
+            workers=self.pool.workers,
+            tasks=", ".join(self.pool.tasks),
+            listen=", ".join(self.listen),
+        )
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        Service.stopService(self)
+        d: Deferred[Any] = DeferredList(
+            [maybeDeferred(s.stopService) for s in self.listeners]
+        )
+        d.addCallback(lambda _: self.poolService.stopService())
+        d.addCallback(lambda _: self.factory.closeConnections())
+        d.addCallback(lambda _: self.log.info("taskd stopped"))
+        return d
+
+
+def makeService(options: Options, reactor: Any = None) -> TaskdService:
+    """
+    Build the daemon's service tree from parsed L{Options}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    pool = ProcessPool(
+        reactor,
+        tasks=options["tasks"],
+        workers=options["workers"],
+        maxQueue=options["max-queue"],
+        timeout=options["timeout"],
+        maxTasksPerWorker=options["max-tasks-per-worker"],
+        grace=options["grace"],
+        killGrace=options["kill-grace"],
+    )
+    factory = TaskServerFactory(
+        pool,
+        maxLineLength=options["max-line-length"],
+        maxConnections=options["max-connections"],
+        maxInFlight=options["max-in-flight"],
+    )
+    service = TaskdService(reactor, pool, factory, options["listen"])
+    for description in options["listen"]:
+        service.addListener(strports.service(description, factory, reactor=reactor))
+    return service

@@ -1,0 +1,117 @@
+"""
+Test doubles: a process reactor whose workers the test drives by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from taskd.pool import ProcessPool
+from taskd.registry import Registry
+from taskd.worker import REPLY_FD, REQUEST_FD, _header
+
+
+def frame(data: bytes) -> bytes:
+    return _header.pack(len(data)) + data
+
+
+class FakeProcess:
+    """
+    A process transport that records what the pool does to it.
+    """
+
+    def __init__(self, proto: Any, pid: int, args: list[str], env: dict[str, str]) -> None:
+        self.proto = proto
+        self.pid = pid
+        self.args = args
+        self.env = env
+        self.written: list[bytes] = []
+        self.closed: list[int] = []
+        self.signals: list[str] = []
+        self.stdinClosed = False
+        self.ended = False
+
+    # IProcessTransport, as far as the pool uses it
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        assert fd == REQUEST_FD and not self.ended
+        self.written.append(data)
+
+    def closeStdin(self) -> None:
+        self.stdinClosed = True
+
+    def closeChildFD(self, fd: int) -> None:
+        self.closed.append(fd)
+
+    def signalProcess(self, name: int) -> None:
+        if self.ended:
+            raise ProcessExitedAlready()
+        self.signals.append(signal.Signals(name).name)
+
+    # driving the worker's side
+    def send(self, data: bytes) -> None:
+        self.proto.childDataReceived(REPLY_FD, frame(data))
+
+    def ready(self) -> None:
+        self.send(b'H{"pid":%d,"tasks":[]}' % (self.pid,))
+
+    def requests(self) -> list[tuple[str, Any]]:
+        out = []
+        for data in self.written:
+            name, _, payload = data[4:].partition(b"\n")
+            out.append((name.decode(), json.loads(payload)))
+        return out
+
+    def exit(self, code: int | None = 0, sig: int | None = None) -> None:
+        self.ended = True
+        if code == 0 and sig is None:
+            reason = Failure(ProcessDone(0))
+        else:
+            reason = Failure(ProcessTerminated(code, sig))
+        self.proto.processEnded(reason)
+
+
+class FakeProcessReactor(MemoryReactorClock):
+    """
+    A memory reactor whose C{spawnProcess} connects the protocol to a
+    L{FakeProcess}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[FakeProcess] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None, **kw: Any) -> FakeProcess:
+        self.lastChildFDs = kw.get("childFDs")
+        process = FakeProcess(proto, 1000 + len(self.processes), args, env)
+        self.processes.append(process)
+        proto.makeConnection(process)
+        return process
+
+
+def makeRegistry() -> Registry:
+    reg = Registry()
+    for name in ("add", "sleep", "pid"):
+        reg.register(lambda *a, **k: None, name)
+    return reg
+
+
+class PoolTestsMixin:
+    def makePool(self, workers: int = 1, **kw: Any) -> tuple[ProcessPool, FakeProcessReactor]:
+        reactor = FakeProcessReactor()
+        kw.setdefault("registry", makeRegistry())
+        pool = ProcessPool(reactor, tasks=[], workers=workers, **kw)
+        return pool, reactor
+
+    def startedPool(self, workers: int = 1, **kw: Any) -> tuple[ProcessPool, FakeProcessReactor]:
+        pool, reactor = self.makePool(workers, **kw)
+        d = pool.start()
+        for p in reactor.processes:
+            p.ready()
+        self.successResultOf(d)  # type: ignore[attr-defined]
+        return pool, reactor

@@ -1,0 +1,376 @@
+"""
+Tests for L{taskd.server}: the protocol over a L{StringTransport} with a
+pool of hand-driven fake workers, then over real TCP with real workers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from taskd.pool import ProcessPool
+from taskd.server import TaskServerFactory, TaskServerProtocol
+
+from tests.fakes import FakeProcessReactor, PoolTestsMixin
+
+
+class ServerTestsMixin(PoolTestsMixin):
+    def connect(
+        self, workers: int = 1, poolOptions: dict[str, Any] | None = None, **kw: Any
+    ) -> tuple[TaskServerProtocol, StringTransport, FakeProcessReactor]:
+        pool, reactor = self.startedPool(workers, **(poolOptions or {}))
+        factory = TaskServerFactory(pool, **kw)
+        self.factory = factory
+        proto, transport = self.newConnection(factory)
+        return proto, transport, reactor
+
+    def newConnection(self, factory: TaskServerFactory) -> tuple[TaskServerProtocol, StringTransport]:
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        assert isinstance(proto, TaskServerProtocol)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def replies(self, transport: StringTransport) -> list[Any]:
+        data = transport.value()
+        transport.clear()
+        self.assertTrue(data == b"" or data.endswith(b"\n"))
+        return [json.loads(line) for line in data.splitlines()]
+
+    def error(self, type: str, message: str, id: Any = None) -> dict[str, Any]:
+        reply: dict[str, Any] = {"type": "error", "error": {"type": type, "message": message}}
+        if id is not None:
+            reply["id"] = id
+        return reply
+
+
+class CallTests(ServerTestsMixin, SynchronousTestCase):
+    def test_seedShape(self) -> None:
+        """
+        The seed's request is passed to a worker as it arrived, and the
+        worker's result comes back in a result reply.
+        """
+        proto, transport, reactor = self.connect()
+        line = b'{"function": "add", "args": [1, 2]}'
+        proto.dataReceived(line + b"\r\n")
+        worker = reactor.processes[0]
+        self.assertEqual(worker.written[0][4:], b"add\n" + line)
+        worker.send(b"R3")
+        self.assertEqual(self.replies(transport), [{"type": "result", "result": 3}])
+
+    def test_idsAnsweredAsTheyFinish(self) -> None:
+        """
+        Calls with ids are answered as they finish, each reply carrying
+        its call's id.
+        """
+        proto, transport, reactor = self.connect(workers=2)
+        proto.dataReceived(b'{"function":"sleep","args":[9],"id":"slow"}\n{"function":"add","args":[1,1],"id":2}\n')
+        slow, fast = sorted(reactor.processes, key=lambda p: p.requests()[0][0] != "sleep")
+        fast.send(b"R2")
+        self.assertEqual(self.replies(transport), [{"type": "result", "id": 2, "result": 2}])
+        slow.send(b"R9")
+        self.assertEqual(self.replies(transport), [{"type": "result", "id": "slow", "result": 9}])
+
+    def test_noIdAnsweredInOrder(self) -> None:
+        """
+        Calls without ids, and errors for lines without ids, are answered
+        in the order they arrived even when they finish out of order.
+        """
+        proto, transport, reactor = self.connect(workers=2)
+        proto.dataReceived(b'{"function":"sleep","args":[9]}\n{"function":"add","args":[1,1]}\nnot json\n{"function":"x","id":5,"args":3}\n')
+        slow, fast = sorted(reactor.processes, key=lambda p: p.requests()[0][0] != "sleep")
+        fast.send(b"R2")
+        replies = self.replies(transport)
+        self.assertEqual([r.get("id") for r in replies], [5])
+        slow.send(b"R9")
+        replies = self.replies(transport)
+        self.assertEqual([r.get("result", r.get("error", {}).get("type")) for r in replies], [9, 2, "bad_request"])
+
+    def test_unknownTask(self) -> None:
+        """
+        An unknown task name is refused before any worker sees it.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"os.system","args":["rm -rf /"],"id":1}\n')
+        self.assertEqual(self.replies(transport), [self.error("unknown_task", "no task named 'os.system'", 1)])
+        self.assertEqual(reactor.processes[0].written, [])
+
+    def test_badLinesKeepTheConnection(self) -> None:
+        """
+        Each malformed line gets its error and the connection goes on
+        serving; blank lines are ignored.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'\xff\xfe\n[]\n{"args":[1]}\n{"function":"add","args":5}\n\n  \r\n')
+        types = [r["error"]["type"] for r in self.replies(transport)]
+        self.assertEqual(types, ["bad_request"] * 4)
+        proto.dataReceived(b'{"function":"add","args":[2,2]}\n')
+        reactor.processes[0].send(b"R4")
+        self.assertEqual(self.replies(transport), [{"type": "result", "result": 4}])
+        self.assertFalse(transport.disconnecting)
+
+    def test_taskErrorReply(self) -> None:
+        """
+        A task's failure reaches the client with its type, message,
+        exception name and traceback.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"add","id":1}\n')
+        reactor.processes[0].send(b'E{"type":"task_failed","message":"m","exception":"TypeError","traceback":"TB"}')
+        self.assertEqual(
+            self.replies(transport),
+            [{"type": "error", "id": 1, "error": {"type": "task_failed", "message": "m", "exception": "TypeError", "traceback": "TB"}}],
+        )
+
+    def test_duplicateId(self) -> None:
+        """
+        Reusing the id of a call in flight is refused with C{duplicate_id};
+        the first call goes on and is answered once.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"sleep","args":[1],"id":7}\n{"function":"add","args":[1,1],"id":7}\n')
+        self.assertEqual(
+            self.replies(transport),
+            [self.error("duplicate_id", "id 7 belongs to a call still in flight; this call was not run", 7)],
+        )
+        reactor.processes[0].send(b"R1")
+        self.assertEqual(self.replies(transport), [{"type": "result", "id": 7, "result": 1}])
+        proto.dataReceived(b'{"function":"add","args":[1,1],"id":7}\n')
+        reactor.processes[0].send(b"R2")
+        self.assertEqual(self.replies(transport), [{"type": "result", "id": 7, "result": 2}])
+
+    def test_lineTooLong(self) -> None:
+        """
+        A line over the limit gets a C{line_too_long} error, then the
+        connection is closed; calls in flight on it are cancelled.
+        """
+        proto, transport, reactor = self.connect(maxLineLength=100)
+        proto.dataReceived(b'{"function":"sleep","args":[9],"id":1}\n')
+        proto.dataReceived(b'{"function":"echo","args":["' + b"x" * 200)
+        self.assertEqual(
+            self.replies(transport),
+            [self.error("line_too_long", "a request line is longer than 100 bytes; closing the connection")],
+        )
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+
+    def test_lineJustUnderLimit(self) -> None:
+        """
+        A line of exactly the limit is accepted.
+        """
+        proto, transport, reactor = self.connect(maxLineLength=100)
+        line = b'{"function":"add","args":["' + b"x" * 70 + b'"]}'
+        self.assertEqual(len(line), 100)
+        proto.dataReceived(line + b"\n")
+        self.assertEqual(len(reactor.processes[0].written), 1)
+
+    def test_timeout(self) -> None:
+        """
+        A call's C{timeout} applies, capped by the daemon's default.
+        """
+        proto, transport, reactor = self.connect(workers=2, poolOptions={"timeout": 10.0})
+        proto.dataReceived(b'{"function":"sleep","args":[99],"timeout":2,"id":"a"}\n{"function":"sleep","args":[99],"timeout":60,"id":"b"}\n')
+        reactor.advance(2)
+        self.assertEqual(self.replies(transport), [self.error("timeout", "task 'sleep' did not finish within 2.0 seconds", "a")])
+        reactor.advance(8)
+        self.assertEqual(self.replies(transport), [self.error("timeout", "task 'sleep' did not finish within 10.0 seconds", "b")])
+
+    def test_hello(self) -> None:
+        """
+        A hello is answered with the version, the server and its tasks.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"type":"hello","version":1}\n')
+        self.assertEqual(
+            self.replies(transport),
+            [{"type": "hello", "version": 1, "server": "taskd", "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100}],
+        )
+
+
+class CancelTests(ServerTestsMixin, SynchronousTestCase):
+    def test_cancelMessage(self) -> None:
+        """
+        A cancel message ends the named call with a C{cancelled} error and
+        frees its worker; a cancel for an unknown id is ignored.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"sleep","args":[99],"id":"s"}\n{"type":"cancel","id":"nope"}\n')
+        self.assertEqual(self.replies(transport), [])
+        proto.dataReceived(b'{"type":"cancel","id":"s"}\n')
+        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", "s")])
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        self.assertEqual(len(reactor.processes), 2)
+
+    def test_disconnectCancels(self) -> None:
+        """
+        A client that goes away has its queued calls dropped and its
+        running calls' workers freed; another connection is unaffected.
+        """
+        proto, transport, reactor = self.connect()
+        other, otherTransport = self.newConnection(self.factory)
+        proto.dataReceived(b'{"function":"sleep","args":[99]}\n{"function":"add","args":[1,2]}\n')
+        other.dataReceived(b'{"function":"add","args":[5,5]}\n')
+        pool = self.factory.pool
+        self.assertEqual(pool.stats()["queued"], 2)
+        proto.connectionLost()
+        self.assertEqual(pool.stats()["queued"], 1)
+        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        replacement = reactor.processes[1]
+        replacement.ready()
+        self.assertEqual(replacement.requests(), [("add", {"function": "add", "args": [5, 5]})])
+        replacement.send(b"R10")
+        self.assertEqual(self.replies(otherTransport), [{"type": "result", "result": 10}])
+        self.assertEqual(transport.value(), b"")
+
+
+class LimitTests(ServerTestsMixin, SynchronousTestCase):
+    def test_maxInFlightPausesReading(self) -> None:
+        """
+        With C{maxInFlight} requests unanswered the connection stops being
+        read; lines already buffered wait, and reading resumes as replies
+        go out.
+        """
+        proto, transport, reactor = self.connect(maxInFlight=2, poolOptions={"maxQueue": 100})
+        proto.dataReceived(b"".join(b'{"function":"add","args":[%d,0]}\n' % i for i in range(5)))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.factory.pool.stats()["queued"], 1)
+        worker = reactor.processes[0]
+        worker.send(b"R0")
+        self.assertEqual(transport.producerState, "paused")
+        for i in range(1, 5):
+            worker.send(b"R%d" % i)
+        self.assertEqual([r["result"] for r in self.replies(transport)], [0, 1, 2, 3, 4])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_slowReaderPausesReading(self) -> None:
+        """
+        When the transport's write buffer is full (the client does not
+        read), the connection stops being read until it drains.
+        """
+        proto, transport, reactor = self.connect()
+        producer = transport.producer
+        self.assertTrue(transport.streaming)
+        producer.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        proto.dataReceived(b'{"function":"add","args":[1,2]}\n')
+        self.assertEqual(reactor.processes[0].written, [])
+        producer.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(len(reactor.processes[0].written), 1)
+
+    def test_maxConnections(self) -> None:
+        """
+        Past C{maxConnections}, a new connection gets a C{busy} error and
+        is closed; once one closes, a new one is served.
+        """
+        proto, transport, reactor = self.connect(maxConnections=1)
+        extra, extraTransport = self.newConnection(self.factory)
+        self.assertEqual(
+            self.replies(extraTransport),
+            [self.error("busy", "the daemon has 1 connections, its limit; try again later")],
+        )
+        self.assertTrue(extraTransport.disconnecting)
+        extra.connectionLost()
+        proto.connectionLost()
+        again, againTransport = self.newConnection(self.factory)
+        again.dataReceived(b'{"function":"add","args":[1,2]}\n')
+        reactor.processes[0].send(b"R3")
+        self.assertEqual(self.replies(againTransport), [{"type": "result", "result": 3}])
+
+    def test_halfClose(self) -> None:
+        """
+        A client that closes its sending side still gets every reply, a
+        last line without a newline included; then the daemon closes.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"add","args":[1,2]}\n{"function":"add","args":[3,4]}')
+        proto.readConnectionLost()
+        self.assertFalse(transport.disconnecting)
+        worker = reactor.processes[0]
+        worker.send(b"R3")
+        self.assertFalse(transport.disconnecting)
+        worker.send(b"R7")
+        self.assertEqual([r["result"] for r in self.replies(transport)], [3, 7])
+        self.assertTrue(transport.disconnecting)
+
+
+class Collector(Protocol):
+    def __init__(self, lines: int) -> None:
+        self.want = lines
+        self.data = b""
+        self.done: Deferred[list[Any]] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if self.data.count(b"\n") >= self.want and not self.done.called:
+            self.done.callback([json.loads(l) for l in self.data.splitlines()])
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback([json.loads(l) for l in self.data.splitlines()])
+
+
+class RealTCPTests(TestCase):
+    """
+    The server over real TCP on 127.0.0.1 with real workers.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.pool = ProcessPool(reactor, tasks=["taskd.examples", "tests.tasks"], workers=2, killGrace=1.0)
+        yield self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.factory = TaskServerFactory(self.pool, maxLineLength=64 * 1024)
+        self.port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.factory)
+        self.addCleanup(self.port.stopListening)
+
+    @inlineCallbacks
+    def exchange(self, data: bytes, lines: int) -> Any:
+        collector = Collector(lines)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
+        proto = yield endpoint.connect(Factory.forProtocol(lambda: collector))
+        proto.transport.write(data)
+        replies = yield collector.done
+        proto.transport.loseConnection()
+        return replies
+
+    @inlineCallbacks
+    def test_manyClientsAndBadInput(self) -> Any:
+        """
+        While one client sends garbage, crashes a worker and overflows a
+        line, other clients are served correctly.
+        """
+        bad = self.exchange(
+            b'garbage\n{"function":"crash","args":["kill"],"id":1}\n{"function":"nan","id":2}\n',
+            3,
+        )
+        long = self.exchange(b"x" * 70000 + b"\n", 1)
+        goods = [
+            self.exchange(b"".join(b'{"function":"add","args":[%d,%d],"id":%d}\n' % (c, i, i) for i in range(20)), 20)
+            for c in range(3)
+        ]
+        replies = yield bad
+        types = sorted(r["error"]["type"] for r in replies)
+        self.assertEqual(types, ["bad_request", "bad_result", "worker_crashed"])
+        replies = yield long
+        self.assertEqual([r["error"]["type"] for r in replies], ["line_too_long"])
+        for c, d in enumerate(goods):
+            replies = yield d
+            self.assertEqual(sorted((r["id"], r["result"]) for r in replies), [(i, c + i) for i in range(20)])
+
+    @inlineCallbacks
+    def test_bigResultOverTCP(self) -> Any:
+        """
+        A multi-megabyte result crosses worker pipe and socket intact.
+        """
+        (reply,) = yield self.exchange(b'{"function":"big","args":[5000000]}\n', 1)
+        self.assertEqual(len(reply["result"]), 5000000)

@@ -1,0 +1,258 @@
+"""
+Tests for the daemon: L{taskd.tap}'s options and service tree, the twistd
+plugin, and a real C{twistd taskd} process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceMaker
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from taskd import tap
+from taskd.pool import PoolService
+
+from tests.test_pool import alive
+from tests.test_server import Collector
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """
+        With no options: the example tasks, one worker per CPU, loopback
+        port 12345, and the documented limits.
+        """
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(
+            {k: options[k] for k in options if k != "help" and k != "version"},
+            {
+                "listen": ["tcp:12345:interface=127.0.0.1"],
+                "tasks": ["taskd.examples"],
+                "workers": os.cpu_count(),
+                "max-queue": 1000,
+                "timeout": None,
+                "max-tasks-per-worker": None,
+                "max-line-length": 1024 * 1024,
+                "max-connections": 1000,
+                "max-in-flight": 100,
+                "grace": 10.0,
+                "kill-grace": 5.0,
+            },
+        )
+
+    def test_everything(self) -> None:
+        """
+        Every option is parsed and coerced; C{--listen} and C{--tasks}
+        repeat.
+        """
+        options = tap.Options()
+        options.parseOptions(
+            [
+                "--listen", "tcp:0", "-l", "unix:/tmp/x.sock", "--tasks", "taskd.examples",
+                "--tasks", "tests.tasks", "-w", "3", "--max-queue", "0", "-t", "2.5",
+                "--max-tasks-per-worker", "9", "--max-line-length", "100",
+                "--max-connections", "7", "--max-in-flight", "4", "--grace", "1",
+                "--kill-grace", "0.5",
+            ]
+        )
+        self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/x.sock"])
+        self.assertEqual(options["tasks"], ["taskd.examples", "tests.tasks"])
+        self.assertEqual(
+            [options[k] for k in ("workers", "max-queue", "timeout", "max-tasks-per-worker", "max-line-length", "max-connections", "max-in-flight", "grace", "kill-grace")],
+            [3, 0, 2.5, 9, 100, 7, 4, 1.0, 0.5],
+        )
+
+    def test_badValues(self) -> None:
+        """
+        Bad values are refused with a message naming the option.
+        """
+        for args, text in [
+            (["--workers", "0"], "must be at least 1"),
+            (["--workers", "many"], "invalid literal"),
+            (["--timeout", "-1"], "must be a number of seconds"),
+            (["--grace", "nan"], "must be a number of seconds"),
+            (["--max-queue", "-5"], "must not be negative"),
+            (["--tasks", "tests.brokentasks"], "cannot load task module: ImportError: this task module is broken on purpose"),
+            (["--tasks", "no.such.module"], "cannot load task module: ModuleNotFoundError"),
+        ]:
+            e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, args)
+            self.assertIn(text, str(e))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_serviceTree(self) -> None:
+        """
+        L{tap.makeService} gives the pool service and one listener per
+        C{--listen}.
+        """
+        options = tap.Options()
+        options.parseOptions(["-l", "tcp:0:interface=127.0.0.1", "-l", "unix:/tmp/taskd-test.sock", "-w", "2", "-t", "3"])
+        service = tap.makeService(options)
+        self.assertIsInstance(service, tap.TaskdService)
+        children = list(service)
+        self.assertIsInstance(children[0], PoolService)
+        self.assertEqual([type(c) for c in children[1:]], [StreamServerEndpointService] * 2)
+        self.assertEqual((service.pool.workers, service.pool.timeout), (2, 3.0))
+        self.assertIs(children[1].factory, service.factory)
+
+
+class PluginTests(SynchronousTestCase):
+    def test_discovered(self) -> None:
+        """
+        Twisted's plugin system finds exactly one C{taskd} service maker,
+        which provides both interfaces and builds the daemon.
+        """
+        makers = [p for p in getPlugins(IServiceMaker) if p.tapname == "taskd"]
+        self.assertEqual(len(makers), 1)
+        (maker,) = makers
+        verifyObject(IPlugin, maker)
+        verifyObject(IServiceMaker, maker)
+        self.assertIs(maker.options, tap.Options)
+
+
+class Twistd(ProcessProtocol):
+    """
+    A C{twistd taskd} child; collects its log and fires C{ended} with its
+    exit status.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Any] = Deferred()
+        self._waiting: list[tuple[re.Pattern[bytes], Deferred[Any]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for pattern, d in list(self._waiting):
+            m = pattern.search(self.output)
+            if m:
+                self._waiting.remove((pattern, d))
+                d.callback(m)
+
+    errReceived = outReceived
+
+    def waitFor(self, pattern: bytes) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._waiting.append((re.compile(pattern), d))
+        self.outReceived(b"")
+        d.addTimeout(30, reactor)
+        return d
+
+    def processEnded(self, reason: Any) -> None:
+        # (exit status, signal): twistd re-raises the signal that stopped
+        # it once it has shut down cleanly, as an init system expects.
+        self.ended.callback((reason.value.exitCode, reason.value.signal))
+
+
+class TwistdTests(TestCase):
+    """
+    A real C{twistd -n taskd} process.
+    """
+
+    def spawn(self, *args: str, **extraEnv: str) -> Twistd:
+        proto = Twistd()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path), **extraEnv)
+        argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "taskd", *args]
+        process = reactor.spawnProcess(proto, sys.executable, argv, env=env, path=ROOT)
+
+        def cleanup() -> Any:
+            if proto.ended.called:
+                return None
+            process.signalProcess("KILL")
+            return proto.ended
+
+        self.addCleanup(cleanup)
+        self.process = process
+        return proto
+
+    @inlineCallbacks
+    def test_serveAndStopOnSIGTERM(self) -> Any:
+        """
+        twistd starts the daemon with its workers and serves calls; on
+        SIGTERM it stops listening, lets running calls finish, answers
+        queued ones with C{stopping}, ends its workers and exits 0.
+        """
+        daemon = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--tasks", "taskd.examples", "--grace", "20")
+        m = yield daemon.waitFor(rb"starting on (\d+)")
+        port = int(m.group(1))
+        yield daemon.waitFor(rb"pool ready: 2 workers")
+        workers = [int(p) for p in re.findall(rb"worker (\d+) started", daemon.output)]
+        self.assertEqual(len(workers), 2)
+
+        collector = Collector(4)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        proto = yield endpoint.connect(Factory.forProtocol(lambda: collector))
+        proto.transport.write(
+            b'{"function":"add","args":[1,2],"id":"first"}\n'
+            b'{"function":"sleep","args":[1],"id":"s1"}\n'
+            b'{"function":"sleep","args":[1],"id":"s2"}\n'
+            b'{"function":"add","args":[3,4],"id":"queued"}\n'
+        )
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.process.signalProcess("TERM")
+        replies = yield collector.done
+        byId = {r["id"]: r for r in replies}
+        self.assertEqual(byId["first"]["result"], 3)
+        self.assertEqual((byId["s1"]["result"], byId["s2"]["result"]), (1, 1))
+        self.assertEqual(byId["queued"]["error"], {"type": "stopping", "message": "the pool is stopping"})
+        status = yield daemon.ended
+        self.assertEqual(status, (None, signal.SIGTERM))
+        self.assertIn(b"taskd stopped", daemon.output)
+        self.assertIn(b"Server Shut Down.", daemon.output)
+        self.assertEqual([p for p in workers if alive(p)], [])
+
+    @inlineCallbacks
+    def test_badOptionExits(self) -> Any:
+        """
+        A task module that cannot be imported makes twistd exit non-zero
+        with the reason.
+        """
+        daemon = self.spawn("--tasks", "tests.brokentasks")
+        status = yield daemon.ended
+        self.assertEqual(status, (1, None))
+        self.assertIn(b"cannot load task module: ImportError: this task module is broken on purpose", daemon.output)
+
+    @inlineCallbacks
+    def test_workersCannotStart(self) -> Any:
+        """
+        If the workers cannot load the task modules, the daemon logs the
+        worker's traceback and exits instead of serving nothing.
+        """
+        daemon = self.spawn("--tasks", "tests.childbroken", "--listen", "tcp:0:interface=127.0.0.1", TASKD_TEST_BREAK="always")
+        status = yield daemon.ended
+        self.assertIn(b"the pool could not start", daemon.output)
+        self.assertIn(b"ImportError: broken in the worker on purpose", daemon.output)
+        self.assertIn(b"Server Shut Down.", daemon.output)
+        self.assertEqual(status, (0, None))
+
+    @inlineCallbacks
+    def test_busyPortExits(self) -> Any:
+        """
+        A port already in use makes twistd exit non-zero.
+        """
+        first = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1")
+        m = yield first.waitFor(rb"starting on (\d+)")
+        firstProcess = self.process
+        second = self.spawn("--listen", f"tcp:{int(m.group(1))}:interface=127.0.0.1", "--workers", "1")
+        status = yield second.ended
+        self.assertEqual(status, (1, None))
+        self.assertIn(b"Address already in use", second.output)
+        firstProcess.signalProcess("TERM")
+        self.assertEqual((yield first.ended), (None, signal.SIGTERM))
