@@ -389,14 +389,16 @@ class ProcessPool:
             return fail(RuntimeError(f"cannot start a pool that is {self.state}"))
         try:
             loadTaskModules(self.tasks)
-        except BaseException:
+        except Exception:
             self.state = "stopped"
             return fail()
         self.state = "starting"
-        self._starting = Deferred()
+        starting = self._starting = Deferred()
         for _ in range(self.workers):
+            if self.state != "starting":
+                break  # a spawn failed and stopped the pool
             self._spawn()
-        return self._starting
+        return starting
 
     def submit(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -118,7 +118,7 @@ class TaskServerProtocol(LineReceiver):
         factory.connections.add(self)
         self.transport.registerProducer(_WriteBackpressure(self), True)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
         self.factory._connectionLost(self)
         calls, self._calls = self._calls, {}

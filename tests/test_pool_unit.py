@@ -522,3 +522,24 @@ class OutputTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual(
             lines, [(p.pid, "stdout", "hello"), (p.pid, "stderr", "oops"), (p.pid, "stdout", "wor")]
         )
+
+
+class SpawnFailureTests(PoolTestsMixin, SynchronousTestCase):
+    def test_spawnRaises(self) -> None:
+        """
+        If C{spawnProcess} itself fails (no such executable, out of file
+        descriptors), L{ProcessPool.start} fails with
+        L{errors.WorkerStartError} and spawns nothing more.
+        """
+        pool, reactor = self.makePool(workers=3)
+        calls = []
+
+        def spawnProcess(*a: object, **kw: object) -> None:
+            calls.append(a)
+            raise OSError(24, "Too many open files")
+
+        reactor.spawnProcess = spawnProcess  # type: ignore[method-assign]
+        f = self.failureResultOf(pool.start(), errors.WorkerStartError)
+        self.assertEqual(f.value.message, "cannot spawn a worker: [Errno 24] Too many open files")
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(pool.state, "stopped")
