@@ -4,14 +4,14 @@ worker processes, in-process or over a JSON-lines network protocol.
 
 C{from taskd import task} is all a task module needs; it imports nothing
 from Twisted, so workers start fast.  The Twisted-side names
-(L{ProcessPool}, L{PoolService}) are imported on first use.
+(L{ProcessPool}, L{PoolService}, L{connect}, L{TaskClient}) are imported on first use.
 """
 
 from typing import Any
 
 from taskd.registry import Registry, registry, task
 
-__all__ = ["task", "registry", "Registry", "ProcessPool", "PoolService"]
+__all__ = ["task", "registry", "Registry", "ProcessPool", "PoolService", "connect", "TaskClient"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from taskd import pool
 
         return getattr(pool, name)
+    if name in ("connect", "TaskClient"):
+        from taskd import client
+
+        return getattr(client, name)
     raise AttributeError(f"module 'taskd' has no attribute {name!r}")

@@ -158,6 +158,16 @@ class TaskCancelled(TaskdError):
     type = "cancelled"
 
 
+class ConnectionLost(TaskdError):
+    """
+    The client's connection to the daemon was lost (or closed) before the
+    call's reply arrived.  The call may or may not have run.  Never sent on
+    the wire.
+    """
+
+    type = "connection_lost"
+
+
 class WorkerStartError(TaskdError):
     """
     A worker process could not start, most often because a task module
@@ -193,6 +203,7 @@ _byType: dict[str, type[TaskdError]] = {
         PoolBusy,
         PoolStopping,
         TaskCancelled,
+        ConnectionLost,
         WorkerStartError,
     )
 }

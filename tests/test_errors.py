@@ -28,6 +28,7 @@ class ErrorTests(SynchronousTestCase):
             errors.PoolBusy("busy"),
             errors.PoolStopping("s"),
             errors.TaskCancelled("x"),
+            errors.ConnectionLost("gone"),
             errors.WorkerStartError("w", "TB"),
         ]
         types = set()

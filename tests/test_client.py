@@ -1,0 +1,155 @@
+"""
+Tests for L{taskd.client}: against a real server and real workers on
+127.0.0.1, and the protocol alone over a L{StringTransport}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from taskd import errors
+from taskd.client import TaskClientProtocol, connect
+from taskd.pool import ProcessPool
+from taskd.server import TaskServerFactory
+
+from tests.test_pool import waitFor
+
+
+class ClientProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.proto = TaskClientProtocol()
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def sent(self) -> list[Any]:
+        data = self.transport.value()
+        self.transport.clear()
+        return [json.loads(line) for line in data.splitlines()]
+
+    def test_callsMatchedById(self) -> None:
+        """
+        Each call gets the next integer id; replies are matched by id in
+        whatever order they come.
+        """
+        a = self.proto.call("add", [1, 2])
+        b = self.proto.call("echo", [], {"value": "x"}, timeout=2.5)
+        self.assertEqual(
+            self.sent(),
+            [{"function": "add", "args": [1, 2], "id": 1}, {"function": "echo", "kwargs": {"value": "x"}, "timeout": 2.5, "id": 2}],
+        )
+        self.proto.dataReceived(b'{"type":"result","id":2,"result":"x"}\n{"type":"result","id":1,"result":3}\n')
+        self.assertEqual((self.successResultOf(a), self.successResultOf(b)), (3, "x"))
+
+    def test_errorsMapToClasses(self) -> None:
+        """
+        An error reply fails the call with the matching L{errors} class.
+        """
+        d = self.proto.call("fail")
+        self.proto.dataReceived(
+            b'{"type":"error","id":1,"error":{"type":"task_failed","message":"m","exception":"KeyError","traceback":"TB"}}\n'
+        )
+        f = self.failureResultOf(d, errors.TaskFailed)
+        self.assertEqual((f.value.remoteType, f.value.remoteTraceback), ("KeyError", "TB"))
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling fails the call at once and sends a cancel; the daemon's
+        later C{cancelled} reply is ignored.
+        """
+        d = self.proto.call("sleep", [9])
+        self.sent()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.sent(), [{"type": "cancel", "id": 1}])
+        self.proto.dataReceived(b'{"type":"error","id":1,"error":{"type":"cancelled","message":"c"}}\n')
+
+    def test_connectionLost(self) -> None:
+        """
+        Losing the connection fails every pending call with
+        L{errors.ConnectionLost}; later calls fail at once.
+        """
+        ds = [self.proto.call("sleep", [9]) for _ in range(3)]
+        self.proto.connectionLost()
+        for d in ds:
+            self.failureResultOf(d, errors.ConnectionLost)
+        self.failureResultOf(self.proto.call("add", [1, 2]), errors.ConnectionLost)
+
+    def test_unencodable(self) -> None:
+        """
+        Arguments JSON cannot hold fail the call without sending anything.
+        """
+        self.failureResultOf(self.proto.call("echo", [object()]), errors.BadRequest)
+        self.assertEqual(self.transport.value(), b"")
+
+
+class ClientTests(TestCase):
+    """
+    L{connect} and L{TaskClient} against a real daemon on 127.0.0.1.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.pool = ProcessPool(reactor, tasks=["taskd.examples", "tests.tasks"], workers=2, killGrace=1.0)
+        yield self.pool.start()
+        self.addCleanup(self.pool.stop)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TaskServerFactory(self.pool))
+        self.addCleanup(port.stopListening)
+        self.client = yield connect(reactor, f"tcp:127.0.0.1:{port.getHost().port}")
+        self.addCleanup(self.client.close)
+
+    @inlineCallbacks
+    def test_call(self) -> Any:
+        """
+        C{call} passes positional and keyword arguments; many calls run at
+        once on one connection.
+        """
+        self.assertEqual((yield self.client.call("add", 1, 2)), 3)
+        self.assertEqual((yield self.client.call("add", a="x", b="y")), "xy")
+        results = yield gatherResults([self.client.call("add", i, i) for i in range(100)])
+        self.assertEqual(results, [2 * i for i in range(100)])
+
+    @inlineCallbacks
+    def test_remoteErrors(self) -> Any:
+        """
+        Remote failures arrive as L{errors} exceptions with their details.
+        """
+        e = yield self.assertFailure(self.client.call("fail", "no luck"), errors.TaskFailed)
+        self.assertEqual((e.remoteType, e.message), ("ValueError", "no luck"))
+        self.assertIn("raise ValueError(message)", e.remoteTraceback)
+        yield self.assertFailure(self.client.call("os.system", "true"), errors.UnknownTask)
+        yield self.assertFailure(self.client.callWith("sleep", [5], timeout=0.2), errors.TaskTimeout)
+        yield self.assertFailure(self.client.call("crash", "kill"), errors.WorkerCrashed)
+
+    @inlineCallbacks
+    def test_cancelFreesTheWorker(self) -> Any:
+        """
+        Cancelling a running call fails it at once, and the daemon stops
+        its worker; the client goes on working.
+        """
+        before = self.pool.pids()
+        d = self.client.call("sleep", 30)
+        yield waitFor(lambda: self.pool.stats()["busy"] == 1, "the call to start")
+        d.cancel()
+        yield self.assertFailure(d, CancelledError)
+        yield waitFor(lambda: self.pool.stats()["busy"] == 0 and len(self.pool.pids() - before) == 1, "a replacement worker")
+        self.assertEqual((yield self.client.call("add", 2, 2)), 4)
+
+    @inlineCallbacks
+    def test_close(self) -> Any:
+        """
+        C{close} fails pending calls with L{errors.ConnectionLost} and fires
+        once the connection is closed; the daemon drops the calls.
+        """
+        d = self.client.call("sleep", 30)
+        yield deferLater(reactor, 0.1, lambda: None)
+        yield self.client.close()
+        yield self.assertFailure(d, errors.ConnectionLost)
+        yield waitFor(lambda: self.pool.stats()["busy"] == 0, "the daemon to cancel the call")
