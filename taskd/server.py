@@ -304,9 +304,11 @@ class TaskServerFactory(Factory):
         if d is not None:
             d.callback(None)
 
-    def closeConnections(self) -> Deferred[Any]:
+    def closeConnections(self, timeout: float = 5.0) -> Deferred[Any]:
         """
-        Close every connection once its pending replies are written.
+        Close every connection once its pending replies are written; abort
+        the ones still open after C{timeout} seconds (a client that does not
+        read must not hold up a shutdown).
 
         @return: a L{Deferred} that fires when all are closed.
         """
@@ -318,4 +320,19 @@ class TaskServerFactory(Factory):
             protocol.transport.loseConnection()
         if not waiting:
             return succeed(None)
-        return DeferredList(waiting)
+        timer = self.pool._reactor.callLater(timeout, self._abortClosing)
+
+        def closed(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return DeferredList(waiting).addBoth(closed)
+
+    def _abortClosing(self) -> None:
+        for protocol in list(self._closing):
+            self.log.warn(
+                "aborting a connection whose replies could not be delivered "
+                "in time"
+            )
+            protocol.transport.abortConnection()

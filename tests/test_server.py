@@ -303,6 +303,35 @@ class LimitTests(ServerTestsMixin, SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+class CloseTests(ServerTestsMixin, SynchronousTestCase):
+    def test_closeConnections(self) -> None:
+        """
+        L{TaskServerFactory.closeConnections} closes every connection once
+        its replies are written, and aborts the ones still open after the
+        timeout; it fires when all are gone and leaves no timer behind.
+        """
+        proto, transport, reactor = self.connect()
+        other, otherTransport = self.newConnection(self.factory)
+        d = self.factory.closeConnections(timeout=5)
+        self.assertTrue(transport.disconnecting and otherTransport.disconnecting)
+        proto.connectionLost()
+        self.assertNoResult(d)
+        reactor.advance(5)
+        self.assertTrue(otherTransport.disconnected)
+        self.assertTrue(not transport.disconnected)
+        other.connectionLost()
+        self.successResultOf(d)
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_closeNothing(self) -> None:
+        """
+        With no connections, closing fires at once.
+        """
+        self.connect()[0].connectionLost()
+        self.successResultOf(self.factory.closeConnections())
+
+
 class Collector(Protocol):
     def __init__(self, lines: int) -> None:
         self.want = lines
