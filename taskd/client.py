@@ -16,11 +16,15 @@ the worker.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from collections import deque
+from typing import Any, Callable, Sequence
 
+from attrs import define, field
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -112,6 +116,18 @@ class TaskClientProtocol(LineReceiver):
         for waiter in waiters:
             waiter.callback(None)
 
+    def cancelPending(self) -> None:
+        """
+        Send a cancel for every call still waiting for its reply.  The daemon
+        takes a clean end of stream as "done sending" and would still run
+        them (see docs/protocol.md), so a client closing on purpose calls
+        this first.
+        """
+        if self._closed:
+            return
+        for id in list(self._pending):
+            self.transport.write(encodeRequest(Cancel(id)))
+
     def whenLost(self) -> Deferred[None]:
         """
         @return: a L{Deferred} that fires once the connection is gone.
@@ -165,10 +181,7 @@ class TaskClient:
         """
         protocol = self._protocol
         lost = protocol.whenLost()
-        # The daemon takes a clean end of stream as "done sending" and would
-        # still run these calls (see docs/protocol.md): cancel them first.
-        for id in list(protocol._pending):
-            protocol.transport.write(encodeRequest(Cancel(id)))
+        protocol.cancelPending()
         protocol.transport.loseConnection()
         return lost
 
@@ -192,10 +205,178 @@ def _wrap(protocol: TaskClientProtocol) -> TaskClient:
     return TaskClient(protocol)
 
 
+@define(eq=False)
+class _Waiting:
+    """
+    A call made while no daemon was connected.
+    """
+
+    name: str
+    args: Sequence[Any]
+    kwargs: dict[str, Any] | None
+    timeout: float | None
+    deferred: Deferred[Any] = field(init=False)
+    timer: IDelayedCall | None = None
+    sent: Deferred[Any] | None = None
+
+
+class ReconnectingClient(MultiService):
+    """
+    A client of one or more daemons that stays connected.
+
+    It keeps a connection to every endpoint (a
+    L{twisted.application.internet.ClientService} each, reconnecting with
+    backoff) and spreads calls over the connected ones in turn; a daemon
+    that is down is skipped until it is back.  A call made while no daemon
+    is connected waits up to C{waitTimeout} seconds for one (at most
+    C{maxWaiting} calls wait), or fails at once with
+    L{errors.NotConnected} if C{failFast}.
+
+    A call already sent is not retried elsewhere when its connection is
+    lost: it fails with L{errors.ConnectionLost}, since it may have run.
+
+    Add it to a service tree, or call C{startService()} yourself.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoints: Sequence[str | IStreamClientEndpoint],
+        *,
+        waitTimeout: float = 30.0,
+        maxWaiting: int = 1000,
+        failFast: bool = False,
+        retryPolicy: Callable[[int], float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not endpoints:
+            raise ValueError("a client needs at least one endpoint")
+        self._reactor = reactor
+        self.waitTimeout = waitTimeout
+        self.maxWaiting = maxWaiting
+        self.failFast = failFast
+        self._connected: list[TaskClientProtocol] = []
+        self._turn = 0
+        self._waiting: deque[_Waiting] = deque()
+        if retryPolicy is None:
+            retryPolicy = backoffPolicy(initialDelay=0.2, maxDelay=10.0)
+        for endpoint in endpoints:
+            if isinstance(endpoint, str):
+                endpoint = clientFromString(reactor, endpoint)
+            ClientService(
+                endpoint,
+                Factory.forProtocol(TaskClientProtocol),
+                retryPolicy=retryPolicy,
+                clock=reactor,
+                prepareConnection=self._connectionUp,
+            ).setServiceParent(self)
+
+    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Like L{TaskClient.call}, on one of the connected daemons.
+        """
+        return self._dispatch(name, args, kwargs, None)
+
+    def callWith(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Deferred[Any]:
+        """
+        Like L{TaskClient.callWith}, on one of the connected daemons.
+        """
+        return self._dispatch(name, args, kwargs, timeout)
+
+    def connectedCount(self) -> int:
+        """
+        @return: how many daemons are connected now.
+        """
+        return len(self._connected)
+
+    def _dispatch(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Deferred[Any]:
+        if self._connected:
+            protocol = self._connected[self._turn % len(self._connected)]
+            self._turn += 1
+            return protocol.call(name, args, kwargs, timeout)
+        if not self.running:
+            return _failed(errors.NotConnected("the client is not running"))
+        if self.failFast:
+            return _failed(errors.NotConnected("no daemon is connected"))
+        if len(self._waiting) >= self.maxWaiting:
+            return _failed(
+                errors.NotConnected(
+                    f"no daemon is connected and {self.maxWaiting} calls "
+                    "are already waiting for one"
+                )
+            )
+        waiting = _Waiting(name, args, kwargs, timeout)
+
+        def cancel(d: Deferred[Any]) -> None:
+            if waiting.sent is not None:
+                waiting.sent.cancel()
+            else:
+                self._unwait(waiting)
+
+        waiting.deferred = Deferred(cancel)
+        waiting.timer = self._reactor.callLater(self.waitTimeout, self._expire, waiting)
+        self._waiting.append(waiting)
+        return waiting.deferred
+
+    def _unwait(self, waiting: _Waiting) -> None:
+        self._waiting.remove(waiting)
+        if waiting.timer is not None and waiting.timer.active():
+            waiting.timer.cancel()
+
+    def _expire(self, waiting: _Waiting) -> None:
+        waiting.timer = None
+        self._waiting.remove(waiting)
+        waiting.deferred.errback(
+            errors.NotConnected(
+                f"no daemon could be reached within {self.waitTimeout} seconds"
+            )
+        )
+
+    def _connectionUp(self, protocol: Any) -> None:
+        # ClientService hands over a proxy of our TaskClientProtocol.
+        self._connected.append(protocol)
+        protocol.whenLost().addCallback(lambda _: self._connected.remove(protocol))
+        while self._waiting and self._connected:
+            waiting = self._waiting[0]
+            self._unwait(waiting)
+            waiting.sent = self._dispatch(
+                waiting.name, waiting.args, waiting.kwargs, waiting.timeout
+            )
+            waiting.sent.chainDeferred(waiting.deferred)
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Fail the calls waiting for a connection, cancel the ones in flight
+        on the daemons, and close every connection.
+        """
+        while self._waiting:
+            waiting = self._waiting[0]
+            self._unwait(waiting)
+            waiting.deferred.errback(errors.NotConnected("the client was stopped"))
+        for protocol in self._connected:
+            protocol.cancelPending()
+        return super().stopService()  # type: ignore[no-any-return]
+
+
 def _failed(error: Exception) -> Deferred[Any]:
     d: Deferred[Any] = Deferred()
     d.errback(error)
     return d
 
 
-__all__ = ["connect", "TaskClient", "TaskClientProtocol"]
+__all__ = ["connect", "TaskClient", "TaskClientProtocol", "ReconnectingClient"]

@@ -168,6 +168,16 @@ class ConnectionLost(TaskdError):
     type = "connection_lost"
 
 
+class NotConnected(TaskdError):
+    """
+    The reconnecting client has no connection to any daemon, and either
+    fails fast or could not get one within its wait timeout.  The call was
+    not sent.  Never sent on the wire.
+    """
+
+    type = "not_connected"
+
+
 class WorkerStartError(TaskdError):
     """
     A worker process could not start, most often because a task module
@@ -204,6 +214,7 @@ _byType: dict[str, type[TaskdError]] = {
         PoolStopping,
         TaskCancelled,
         ConnectionLost,
+        NotConnected,
         WorkerStartError,
     )
 }

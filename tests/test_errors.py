@@ -29,6 +29,7 @@ class ErrorTests(SynchronousTestCase):
             errors.PoolStopping("s"),
             errors.TaskCancelled("x"),
             errors.ConnectionLost("gone"),
+            errors.NotConnected("none"),
             errors.WorkerStartError("w", "TB"),
         ]
         types = set()

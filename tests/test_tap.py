@@ -161,9 +161,10 @@ class Twistd(ProcessProtocol):
         self.ended.callback((reason.value.exitCode, reason.value.signal))
 
 
-class TwistdTests(TestCase):
+class TwistdMixin:
     """
-    A real C{twistd -n taskd} process.
+    Spawns real C{twistd -n taskd} processes, killed by PID at cleanup if
+    still running.
     """
 
     def spawn(self, *args: str, **extraEnv: str) -> Twistd:
@@ -178,9 +179,15 @@ class TwistdTests(TestCase):
             process.signalProcess("KILL")
             return proto.ended
 
-        self.addCleanup(cleanup)
+        self.addCleanup(cleanup)  # type: ignore[attr-defined]
         self.process = process
         return proto
+
+
+class TwistdTests(TwistdMixin, TestCase):
+    """
+    A real C{twistd -n taskd} process.
+    """
 
     @inlineCallbacks
     def test_serveAndStopOnSIGTERM(self) -> Any:
