@@ -97,7 +97,10 @@ class ClientTests(TestCase):
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.pool = ProcessPool(reactor, tasks=["taskd.examples", "tests.tasks"], workers=2, killGrace=1.0)
+        self.pool = ProcessPool(
+            reactor, tasks=["taskd.examples", "tests.tasks"], workers=2, killGrace=1.0,
+            maxResult=1024 * 1024,
+        )
         yield self.pool.start()
         self.addCleanup(self.pool.stop)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TaskServerFactory(self.pool))
@@ -127,6 +130,38 @@ class ClientTests(TestCase):
         yield self.assertFailure(self.client.call("os.system", "true"), errors.UnknownTask)
         yield self.assertFailure(self.client.callWith("sleep", [5], timeout=0.2), errors.TaskTimeout)
         yield self.assertFailure(self.client.call("crash", "kill"), errors.WorkerCrashed)
+
+    @inlineCallbacks
+    def test_outOfOrder(self) -> Any:
+        """
+        A quick call made after a slow one completes first.
+        """
+        order: list[str] = []
+        slow = self.client.call("sleep", 0.5).addCallback(lambda _: order.append("slow"))
+        quick = self.client.call("add", 1, 1).addCallback(lambda _: order.append("quick"))
+        yield gatherResults([slow, quick])
+        self.assertEqual(order, ["quick", "slow"])
+
+    @inlineCallbacks
+    def test_moreErrorTypes(self) -> Any:
+        """
+        Results JSON cannot hold, results over the limit, a full queue and
+        a stopping daemon each arrive as their own L{errors} class.
+        """
+        e = yield self.assertFailure(self.client.call("nan"), errors.ResultNotSerializable)
+        self.assertIn("returned a value JSON cannot hold", e.message)
+        e = yield self.assertFailure(self.client.call("big", 2 * 1024 * 1024), errors.ResultTooLarge)
+        self.assertIn("the limit is 1048576", e.message)
+        self.pool.maxQueue = 1
+        running = [self.client.call("sleep", 0.5) for _ in range(2)]
+        queued = self.client.call("add", 1, 2)
+        yield waitFor(lambda: self.pool.stats()["queued"] == 1, "a queued call")
+        e = yield self.assertFailure(self.client.call("add", 3, 4), errors.PoolBusy)
+        self.assertIn("queue is full", e.message)
+        stopped = self.pool.stop()
+        yield self.assertFailure(queued, errors.PoolStopping)
+        self.assertEqual((yield gatherResults(running)), [0.5, 0.5])
+        yield stopped
 
     @inlineCallbacks
     def test_cancelFreesTheWorker(self) -> Any:
