@@ -60,17 +60,27 @@ def _errorObject(failure: Failure) -> dict[str, Any]:
     return {"type": "error", "message": str(error)}
 
 
-async def _connect(reactor: Any, endpoint: str) -> TaskClient | None:
+def _token(options: argparse.Namespace) -> str | None:
+    if options.token_file is not None:
+        with open(options.token_file, encoding="utf-8") as f:
+            return f.read().strip()
+    return os.environ.get("TASKD_TOKEN") or None
+
+
+async def _connect(reactor: Any, options: argparse.Namespace) -> TaskClient | None:
+    endpoint = options.connect
     try:
-        return await connect(reactor, endpoint)
+        return await connect(reactor, endpoint, token=_token(options))
+    except errors.Unauthenticated as e:
+        print(f"taskd: {endpoint} refused the token: {e.message}", file=sys.stderr)
     except Exception as e:
         print(f"taskd: cannot connect to {endpoint}: {e}", file=sys.stderr)
-        return None
+    return None
 
 
 async def callCommand(reactor: Any, options: argparse.Namespace) -> int:
     args, kwargs = _arguments(options.args)
-    client = await _connect(reactor, options.connect)
+    client = await _connect(reactor, options)
     if client is None:
         return EXIT_UNREACHABLE
     try:
@@ -135,7 +145,7 @@ async def mapCommand(reactor: Any, options: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"taskd: input is not JSON lines: {e}", file=sys.stderr)
         return EXIT_USAGE
-    client = await _connect(reactor, options.connect)
+    client = await _connect(reactor, options)
     if client is None:
         return EXIT_UNREACHABLE
     progress = Progress(len(calls), sys.stderr)
@@ -209,6 +219,11 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout", "-t", type=float, default=None, help="seconds each call may run"
+    )
+    common.add_argument(
+        "--token-file",
+        default=None,
+        help="a file holding the daemon's auth token [default: $TASKD_TOKEN, if set]",
     )
     top = argparse.ArgumentParser(
         prog="python -m taskd", description="Call tasks on a taskd daemon."

@@ -32,9 +32,12 @@ from twisted.python.failure import Failure
 
 from taskd import errors
 from taskd.protocol import (
+    VERSION,
     Call,
     Cancel,
     ErrorReply,
+    Hello,
+    HelloReply,
     Result,
     decodeReply,
     encodeRequest,
@@ -59,7 +62,10 @@ class TaskClientProtocol(LineReceiver):
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
         self._lostWaiters: list[Deferred[None]] = []
+        self._helloWaiters: deque[Deferred[HelloReply]] = deque()
         self._closed = False
+        #: The daemon's answer to the hello sent at connect time.
+        self.serverHello: HelloReply | None = None
 
     def call(
         self,
@@ -85,18 +91,41 @@ class TaskClientProtocol(LineReceiver):
         self.transport.write(line)
         return d
 
+    def hello(self, fields: dict[str, Any]) -> Deferred[HelloReply]:
+        """
+        Send a hello (with a token, say) and wait for the daemon's answer.
+
+        @return: a L{Deferred} firing with the L{HelloReply}, or failing
+            with the daemon's error (L{errors.Unauthenticated}).
+        """
+        d: Deferred[HelloReply] = Deferred()
+        if self._closed:
+            d.errback(errors.ConnectionLost("the connection is closed"))
+            return d
+        self._helloWaiters.append(d)
+        self.transport.write(encodeRequest(Hello(VERSION, fields)))
+        return d
+
     def lineReceived(self, line: bytes) -> None:
         try:
             reply = decodeReply(line)
         except ValueError as e:
             self.log.warn("ignoring a reply taskd.client cannot read: {error}", error=e)
             return
+        if isinstance(reply, HelloReply):
+            if self._helloWaiters:
+                self._helloWaiters.popleft().callback(reply)
+            return
         if isinstance(reply, (Result, ErrorReply)):
             d = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
             if d is None:
                 if isinstance(reply, ErrorReply) and reply.id is None:
-                    # An error about the connection itself, e.g. "busy".
-                    self.log.warn("taskd: {error}", error=reply.error.message)
+                    # An error about the connection itself ("busy",
+                    # "unauthenticated"), or an answer to our hello.
+                    if self._helloWaiters:
+                        self._helloWaiters.popleft().errback(reply.error)
+                    else:
+                        self.log.warn("taskd: {error}", error=reply.error.message)
                 return
             if isinstance(reply, Result):
                 d.callback(reply.result)
@@ -112,6 +141,9 @@ class TaskClientProtocol(LineReceiver):
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
+        hellos, self._helloWaiters = self._helloWaiters, deque()
+        for hello in hellos:
+            hello.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
         waiters, self._lostWaiters = self._lostWaiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -186,23 +218,44 @@ class TaskClient:
         return lost
 
 
-def connect(reactor: Any, endpoint: str | IStreamClientEndpoint) -> Deferred[TaskClient]:
+def connect(
+    reactor: Any, endpoint: str | IStreamClientEndpoint, *, token: str | None = None
+) -> Deferred[TaskClient]:
     """
     Connect to a taskd daemon.
 
     @param endpoint: a client endpoint, or its string description
-        (C{"tcp:127.0.0.1:12345"}, C{"unix:/run/taskd.sock"}, C{"tls:..."}).
-    @return: a L{Deferred} firing with a connected L{TaskClient}.
+        (C{"tcp:127.0.0.1:12345"}, C{"unix:/run/taskd.sock"},
+        C{"tls:taskd.example.com:12345"}; C{tls:} verifies the daemon's
+        certificate and host name).
+    @param token: the daemon's shared secret, if it requires one.
+    @return: a L{Deferred} firing with a connected (and authenticated)
+        L{TaskClient}, or failing with the connection error or
+        L{errors.Unauthenticated}.
     """
     if isinstance(endpoint, str):
         endpoint = clientFromString(reactor, endpoint)
     assert IStreamClientEndpoint.providedBy(endpoint)
     d: Deferred[Any] = endpoint.connect(Factory.forProtocol(TaskClientProtocol))
-    return d.addCallback(_wrap)
+    return d.addCallback(_prepare, token).addCallback(TaskClient)
 
 
-def _wrap(protocol: TaskClientProtocol) -> TaskClient:
-    return TaskClient(protocol)
+async def _authenticate(protocol: Any, token: str | None) -> Any:
+    # Always open with a hello: a refused token, a TLS certificate that
+    # does not verify, or a peer that is not taskd fail here, at connect
+    # time, rather than on the first call.
+    try:
+        protocol.serverHello = await protocol.hello(
+            {} if token is None else {"token": token}
+        )
+    except BaseException:
+        protocol.transport.loseConnection()
+        raise
+    return protocol
+
+
+def _prepare(protocol: Any, token: str | None) -> Deferred[Any]:
+    return Deferred.fromCoroutine(_authenticate(protocol, token))
 
 
 @define(eq=False)
@@ -249,6 +302,7 @@ class ReconnectingClient(MultiService):
         maxWaiting: int = 1000,
         failFast: bool = False,
         retryPolicy: Callable[[int], float] | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__()
         if not endpoints:
@@ -260,18 +314,13 @@ class ReconnectingClient(MultiService):
         self._connected: list[TaskClientProtocol] = []
         self._turn = 0
         self._waiting: deque[_Waiting] = deque()
+        self._token = token
         if retryPolicy is None:
             retryPolicy = backoffPolicy(initialDelay=0.2, maxDelay=10.0)
         for endpoint in endpoints:
             if isinstance(endpoint, str):
                 endpoint = clientFromString(reactor, endpoint)
-            ClientService(
-                endpoint,
-                Factory.forProtocol(TaskClientProtocol),
-                retryPolicy=retryPolicy,
-                clock=reactor,
-                prepareConnection=self._connectionUp,
-            ).setServiceParent(self)
+            _Connection(self, endpoint, retryPolicy).setServiceParent(self)
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
@@ -347,8 +396,7 @@ class ReconnectingClient(MultiService):
             )
         )
 
-    def _connectionUp(self, protocol: Any) -> None:
-        # ClientService hands over a proxy of our TaskClientProtocol.
+    def _ready(self, protocol: Any) -> None:
         self._connected.append(protocol)
         protocol.whenLost().addCallback(lambda _: self._connected.remove(protocol))
         while self._waiting and self._connected:
@@ -371,6 +419,55 @@ class ReconnectingClient(MultiService):
         for protocol in self._connected:
             protocol.cancelPending()
         return super().stopService()  # type: ignore[no-any-return]
+
+
+class _Connection(ClientService):
+    """
+    The connection to one daemon of a L{ReconnectingClient}: opened with a
+    hello (carrying the token), and used only once the daemon answers it.
+
+    A hello that fails (wrong token, TLS certificate that does not verify)
+    closes the connection and lengthens the next reconnection delay as a
+    failed connection would.  This is done here rather than with
+    C{ClientService}'s C{prepareConnection}: a connection that
+    C{prepareConnection} rejects and that then closes drives its state
+    machine into an unhandled transition (Twisted 26.10).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        client: ReconnectingClient,
+        endpoint: IStreamClientEndpoint,
+        retryPolicy: Callable[[int], float],
+    ) -> None:
+        self._client = client
+        self._helloFailures = 0
+        super().__init__(
+            endpoint,
+            Factory.forProtocol(TaskClientProtocol),
+            retryPolicy=lambda attempts: retryPolicy(attempts + self._helloFailures),
+            clock=client._reactor,
+            prepareConnection=self._connected,
+        )
+        self._endpoint = endpoint
+
+    def _connected(self, protocol: Any) -> None:
+        # Not waited for: see the class docstring.
+        _prepare(protocol, self._client._token).addCallbacks(self._ready, self._refused)
+
+    def _ready(self, protocol: Any) -> None:
+        self._helloFailures = 0
+        self._client._ready(protocol)
+
+    def _refused(self, failure: Failure) -> None:
+        self._helloFailures += 1
+        self.log.error(
+            "taskd at {endpoint} refused the connection: {error}",
+            endpoint=self._endpoint,
+            error=failure.getErrorMessage(),
+        )
 
 
 def _failed(error: Exception) -> Deferred[Any]:

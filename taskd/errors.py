@@ -61,6 +61,15 @@ class DuplicateId(BadRequest):
     type = "duplicate_id"
 
 
+class Unauthenticated(TaskdError):
+    """
+    The daemon requires a token and the connection has not (or not
+    correctly) authenticated; the daemon closes the connection.
+    """
+
+    type = "unauthenticated"
+
+
 class UnknownTask(TaskdError):
     """
     No task is registered under the requested name.
@@ -204,6 +213,7 @@ _byType: dict[str, type[TaskdError]] = {
         BadRequest,
         LineTooLong,
         DuplicateId,
+        Unauthenticated,
         UnknownTask,
         TaskFailed,
         ResultNotSerializable,

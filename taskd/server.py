@@ -10,11 +10,18 @@ call costs the parent one C{json.loads} of the line and no encoding.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import deque
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -28,8 +35,10 @@ from taskd.protocol import (
     Call,
     CallId,
     Cancel,
+    Hello,
     HelloReply,
     ProtocolError,
+    Request,
     decodeRequest,
     encodeError,
     encodeHelloReply,
@@ -38,6 +47,13 @@ from taskd.protocol import (
 
 #: Default longest request line, in bytes.
 DEFAULT_MAX_LINE = 1024 * 1024
+
+#: Longest line accepted before a connection has authenticated.
+MAX_HELLO_LINE = 4096
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 class _Slot:
@@ -99,6 +115,8 @@ class TaskServerProtocol(LineReceiver):
     _closed = False
     _readClosed = False
     _writeBlocked = False
+    _authenticated = True
+    _authTimer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -117,9 +135,18 @@ class TaskServerProtocol(LineReceiver):
             return
         factory.connections.add(self)
         self.transport.registerProducer(_WriteBackpressure(self), True)
+        if factory.authToken is not None:
+            self._authenticated = False
+            # Before authentication a line has no business being long.
+            self.MAX_LENGTH = min(self.MAX_LENGTH, MAX_HELLO_LINE)
+            self._authTimer = factory.clock.callLater(
+                factory.authTimeout, self._authTimedOut
+            )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
+        if self._authTimer is not None and self._authTimer.active():
+            self._authTimer.cancel()
         self.factory._connectionLost(self)
         calls, self._calls = self._calls, {}
         for d in calls.values():
@@ -150,6 +177,9 @@ class TaskServerProtocol(LineReceiver):
     # -- reading ----------------------------------------------------------
 
     def lineReceived(self, line: bytes) -> None:
+        if self._closed:
+            # Refused or closing: lines still buffered are not served.
+            return
         if line[-1:] == b"\r":
             line = line[:-1]
         if not line.strip():
@@ -157,9 +187,14 @@ class TaskServerProtocol(LineReceiver):
         try:
             request = decodeRequest(line)
         except ProtocolError as e:
+            if not self._authenticated:
+                self._refuse("authenticate first, with a hello that carries the token")
+                return
             self._answer(e.id, encodeError(e.id, e.error))
             return
-        if isinstance(request, Call):
+        if not self._authenticated:
+            self._authenticate(request)
+        elif isinstance(request, Call):
             self._call(request)
         elif isinstance(request, Cancel):
             d = self._calls.get(request.id)
@@ -174,6 +209,34 @@ class TaskServerProtocol(LineReceiver):
             "closing the connection"
         )
         self.transport.write(encodeError(None, error))
+        self.transport.loseConnection()
+
+    # -- authentication ---------------------------------------------------
+
+    def _authenticate(self, request: Request) -> None:
+        if not isinstance(request, Hello):
+            self._refuse("authenticate first, with a hello that carries the token")
+            return
+        token = request.fields.get("token")
+        if not isinstance(token, str) or not self.factory.checkToken(token):
+            self._refuse("the token is wrong")
+            return
+        self._authenticated = True
+        self.MAX_LENGTH = self.factory.maxLineLength
+        if self._authTimer is not None and self._authTimer.active():
+            self._authTimer.cancel()
+        self._answer(None, encodeHelloReply(self._hello()))
+
+    def _authTimedOut(self) -> None:
+        self._refuse(
+            f"no authentication within {self.factory.authTimeout} seconds"
+        )
+
+    def _refuse(self, message: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.transport.write(encodeError(None, errors.Unauthenticated(message)))
         self.transport.loseConnection()
 
     def _hello(self) -> HelloReply:
@@ -290,13 +353,38 @@ class TaskServerFactory(Factory):
         maxLineLength: int = DEFAULT_MAX_LINE,
         maxConnections: int = 1000,
         maxInFlight: int = 100,
+        authToken: str | None = None,
+        authTimeout: float = 10.0,
+        clock: IReactorTime | None = None,
     ) -> None:
+        """
+        @param authToken: if set, each connection must send
+            C{{"type": "hello", "token": ...}} with this token before
+            anything else, within C{authTimeout} seconds, or it is refused
+            with an C{unauthenticated} error and closed.
+        @param clock: for the timeouts; the pool's reactor by default.
+        """
         self.pool = pool
         self.maxLineLength = maxLineLength
         self.maxConnections = maxConnections
         self.maxInFlight = maxInFlight
+        self.authToken = authToken
+        self.authTimeout = authTimeout
+        self.clock: IReactorTime = pool._reactor if clock is None else clock
+        self._tokenDigest = (
+            None if authToken is None else _digest(authToken.encode("utf-8"))
+        )
         self.connections: set[TaskServerProtocol] = set()
         self._closing: dict[TaskServerProtocol, Deferred[None]] = {}
+
+    def checkToken(self, token: str) -> bool:
+        """
+        Compare C{token} with the daemon's in constant time (the digests are
+        compared, so not even the length leaks).
+        """
+        if self._tokenDigest is None:
+            return True
+        return hmac.compare_digest(_digest(token.encode("utf-8")), self._tokenDigest)
 
     def _connectionLost(self, protocol: TaskServerProtocol) -> None:
         self.connections.discard(protocol)
@@ -320,7 +408,7 @@ class TaskServerFactory(Factory):
             protocol.transport.loseConnection()
         if not waiting:
             return succeed(None)
-        timer = self.pool._reactor.callLater(timeout, self._abortClosing)
+        timer = self.clock.callLater(timeout, self._abortClosing)
 
         def closed(result: object) -> object:
             if timer.active():

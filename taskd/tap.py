@@ -62,6 +62,8 @@ class Options(usage.Options):
         ["max-in-flight", None, 100, "Unanswered requests per connection before it stops being read.", _positiveInt],
         ["grace", None, 10.0, "On shutdown, seconds running calls may go on.", _seconds],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL for a worker.", _seconds],
+        ["auth-token-file", None, None, "A file holding the shared secret clients must send in their hello [default: no authentication]."],
+        ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", _seconds],
     ]
 
     def __init__(self) -> None:
@@ -86,12 +88,87 @@ class Options(usage.Options):
             self["tasks"] = [DEFAULT_TASKS]
         if self["workers"] is None:
             self["workers"] = os.cpu_count() or 1
+        self["auth-token"] = None
+        if self["auth-token-file"] is not None:
+            self["auth-token"] = _readToken(self["auth-token-file"])
         try:
             loadTaskModules(self["tasks"])
         except Exception as e:
             raise usage.UsageError(
                 f"cannot load task module: {type(e).__name__}: {e}"
             ) from e
+
+
+def _readToken(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"cannot read the auth token file: {e}") from e
+    if not token:
+        raise usage.UsageError(f"the auth token file {path} is empty")
+    return token
+
+
+def _splitDescription(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    Split an endpoint description (C{tcp:80:interface=127.0.0.1}) into its
+    type, positional arguments and keyword arguments, honouring C{\\:}.
+    """
+    parts, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    kind, args, kwargs = parts[0], [], {}
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if eq:
+            kwargs[key] = value
+        else:
+            args.append(part)
+    return kind, args, kwargs
+
+
+_LOOPBACK = ("127.", "::1", "localhost", "0:0:0:0:0:0:0:1")
+
+
+def exposureWarnings(description: str, token: bool) -> list[str]:
+    """
+    @return: what is unsafe about listening on C{description}: a network
+        address beyond loopback without TLS (calls, results and the token
+        travel in clear text) or without authentication (anyone who can
+        reach it runs tasks).
+    """
+    kind, _, kwargs = _splitDescription(description)
+    if kind not in ("tcp", "tcp6", "ssl", "mtls"):
+        return []  # unix sockets and the like: file permissions apply
+    interface = kwargs.get("interface", "")
+    if interface.startswith(_LOOPBACK):
+        return []
+    where = interface or ("all interfaces" if kind != "tcp6" else "all IPv6 interfaces")
+    warnings = []
+    if kind in ("tcp", "tcp6"):
+        warnings.append(
+            f"{description} listens on {where} without TLS: calls, results"
+            + (" and the auth token" if token else "")
+            + " cross the network in clear text; use ssl: or mtls:"
+        )
+    if not token and kind != "mtls":
+        warnings.append(
+            f"{description} listens on {where} without authentication: "
+            "anyone who can reach it can run tasks; set --auth-token-file "
+            "or use mtls:"
+        )
+    return warnings
 
 
 class TaskdService(MultiService):
@@ -124,6 +201,9 @@ class TaskdService(MultiService):
         service.setServiceParent(self)
 
     def startService(self) -> None:
+        for description in self.listen:
+            for warning in exposureWarnings(description, self.factory.authToken is not None):
+                self.log.warn("SECURITY: {problem}", problem=warning)
         self.log.info(
             "taskd starting: {workers} workers running {tasks}, listening on {listen}",
             workers=self.pool.workers,
@@ -164,6 +244,8 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         maxLineLength=options["max-line-length"],
         maxConnections=options["max-connections"],
         maxInFlight=options["max-in-flight"],
+        authToken=options["auth-token"],
+        authTimeout=options["auth-timeout"],
     )
     service = TaskdService(reactor, pool, factory, options["listen"])
     for description in options["listen"]:

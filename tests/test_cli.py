@@ -45,10 +45,14 @@ class _Run(ProcessProtocol):
         self.ended.callback((self.out, self.err, reason.value.exitCode))
 
 
-def runCLI(*args: str, stdin: bytes = b"") -> Deferred[tuple[bytes, bytes, int]]:
+def runCLI(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> Deferred[tuple[bytes, bytes, int]]:
     proto = _Run(stdin)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
-    env.pop("TASKD_CONNECT", None)
+    base = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+    base.pop("TASKD_CONNECT", None)
+    base.pop("TASKD_TOKEN", None)
+    env = {**base, **(env or {})}
     reactor.spawnProcess(proto, sys.executable, [sys.executable, "-m", "taskd", *args], env=env, path=ROOT)
     return proto.ended
 

@@ -19,6 +19,7 @@ class ErrorTests(SynchronousTestCase):
             errors.BadRequest("b"),
             errors.LineTooLong("l"),
             errors.DuplicateId("d"),
+            errors.Unauthenticated("who"),
             errors.UnknownTask("u"),
             errors.TaskFailed("m", "ValueError", "TB"),
             errors.ResultNotSerializable("r"),

@@ -403,3 +403,92 @@ class RealTCPTests(TestCase):
         """
         (reply,) = yield self.exchange(b'{"function":"big","args":[5000000]}\n', 1)
         self.assertEqual(len(reply["result"]), 5000000)
+
+
+class AuthTests(ServerTestsMixin, SynchronousTestCase):
+    def connectWithToken(self, **kw: Any) -> tuple[TaskServerProtocol, StringTransport, FakeProcessReactor]:
+        return self.connect(authToken="s3cret", authTimeout=10.0, **kw)
+
+    def test_tokenAccepted(self) -> None:
+        """
+        A hello with the right token is answered, and calls then run.
+        """
+        proto, transport, reactor = self.connectWithToken()
+        proto.dataReceived(b'{"type":"hello","version":1,"token":"s3cret"}\n{"function":"add","args":[1,2]}\n')
+        hello, = self.replies(transport)
+        self.assertEqual(hello["type"], "hello")
+        reactor.processes[0].send(b"R3")
+        self.assertEqual(self.replies(transport), [{"type": "result", "result": 3}])
+        reactor.advance(60)
+        self.assertFalse(transport.disconnecting)
+
+    def test_wrongToken(self) -> None:
+        """
+        A wrong token is refused and the connection closed; lines that
+        followed it in the same packet are not served.
+        """
+        proto, transport, reactor = self.connectWithToken()
+        proto.dataReceived(
+            b'{"type":"hello","token":"guess"}\n{"type":"hello","token":"s3cret"}\n{"function":"add","args":[1,2]}\n'
+        )
+        self.assertEqual(self.replies(transport), [self.error("unauthenticated", "the token is wrong")])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(reactor.processes[0].written, [])
+
+    def test_callBeforeHello(self) -> None:
+        """
+        A call (or any line) before authenticating is refused, not run.
+        """
+        for line in (b'{"function":"add","args":[1,2],"id":1}', b"garbage", b'{"type":"hello"}'):
+            proto, transport, reactor = self.connectWithToken()
+            proto.dataReceived(line + b"\n")
+            self.assertEqual(
+                self.replies(transport),
+                [self.error("unauthenticated", "authenticate first, with a hello that carries the token")]
+                if line != b'{"type":"hello"}'
+                else [self.error("unauthenticated", "the token is wrong")],
+            )
+            self.assertTrue(transport.disconnecting)
+            self.assertEqual(reactor.processes[0].written, [])
+
+    def test_idleUnauthenticatedClosed(self) -> None:
+        """
+        A connection that does not authenticate within C{authTimeout} is
+        refused and closed (slowloris); one that does is not.
+        """
+        proto, transport, reactor = self.connectWithToken()
+        reactor.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(0.1)
+        self.assertEqual(self.replies(transport), [self.error("unauthenticated", "no authentication within 10.0 seconds")])
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_shortLinesBeforeAuth(self) -> None:
+        """
+        Before authenticating, a line over 4 KiB is refused.
+        """
+        proto, transport, reactor = self.connectWithToken()
+        proto.dataReceived(b"x" * 5000)
+        self.assertEqual(self.replies(transport)[0]["error"]["type"], "line_too_long")
+        self.assertTrue(transport.disconnecting)
+
+    def test_constantTimeCompare(self) -> None:
+        """
+        Tokens are compared as SHA-256 digests with L{hmac.compare_digest}.
+        """
+        import hmac
+
+        calls: list[tuple[bytes, bytes]] = []
+        original = hmac.compare_digest
+
+        def spy(a: bytes, b: bytes) -> bool:
+            calls.append((a, b))
+            return original(a, b)
+
+        self.patch(hmac, "compare_digest", spy)
+        proto, transport, reactor = self.connectWithToken()
+        self.assertTrue(self.factory.checkToken("s3cret"))
+        self.assertFalse(self.factory.checkToken("s3cre"))
+        self.assertEqual([(len(a), len(b)) for a, b in calls], [(32, 32), (32, 32)])

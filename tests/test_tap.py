@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -25,6 +26,8 @@ from zope.interface.verify import verifyObject
 
 from taskd import tap
 from taskd.pool import PoolService
+
+from tests.fakes import FakeProcessReactor
 
 from tests.test_pool import alive
 from tests.test_server import Collector
@@ -54,6 +57,9 @@ class OptionsTests(SynchronousTestCase):
                 "max-in-flight": 100,
                 "grace": 10.0,
                 "kill-grace": 5.0,
+                "auth-token-file": None,
+                "auth-token": None,
+                "auth-timeout": 10.0,
             },
         )
 
@@ -111,6 +117,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual([type(c) for c in children[1:]], [StreamServerEndpointService] * 2)
         self.assertEqual((service.pool.workers, service.pool.timeout), (2, 3.0))
         self.assertIs(children[1].factory, service.factory)
+
+
+class StartupWarningTests(SynchronousTestCase):
+    def test_warnsWhenExposed(self) -> None:
+        """
+        Starting a daemon that listens on all interfaces with neither TLS
+        nor a token logs both security warnings (nothing is bound: the
+        reactor is a fake).
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        options = tap.Options()
+        options.parseOptions(["-l", "tcp:12345", "-w", "1"])
+        service = tap.makeService(options, reactor=FakeProcessReactor())
+        service.startService()
+        warnings = [e["problem"] for e in events if "problem" in e]
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("without TLS", warnings[0])
+        self.assertIn("without authentication", warnings[1])
 
 
 class PluginTests(SynchronousTestCase):
@@ -224,6 +250,33 @@ class TwistdTests(TwistdMixin, TestCase):
         self.assertIn(b"taskd stopped", daemon.output)
         self.assertIn(b"Server Shut Down.", daemon.output)
         self.assertEqual([p for p in workers if alive(p)], [])
+
+    @inlineCallbacks
+    def test_token(self) -> Any:
+        """
+        With C{--auth-token-file} the daemon refuses calls without the
+        token and serves the CLI given it through C{TASKD_TOKEN} or
+        C{--token-file}; on loopback it logs no security warning.
+        """
+        tokenFile = os.path.abspath(self.mktemp())
+        with open(tokenFile, "w") as f:
+            f.write("s3cret\n")
+        daemon = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1", "--auth-token-file", tokenFile)
+        m = yield daemon.waitFor(rb"starting on (\d+)")
+        yield daemon.waitFor(rb"pool ready")
+        self.assertNotIn(b"SECURITY", daemon.output)
+        from tests.test_cli import runCLI
+
+        connect = f"tcp:127.0.0.1:{int(m.group(1))}"
+        out, err, status = yield runCLI("call", "-c", connect, "add", "[1, 2]")
+        self.assertEqual((out, status), (b"", 3))
+        self.assertIn(b"refused the token: the token is wrong", err)
+        out, err, status = yield runCLI("call", "-c", connect, "add", "[1, 2]", env={"TASKD_TOKEN": "s3cret"})
+        self.assertEqual((out, err, status), (b"3\n", b"", 0))
+        out, err, status = yield runCLI("call", "-c", connect, "--token-file", tokenFile, "add", "[2, 2]")
+        self.assertEqual((out, status), (b"4\n", 0))
+        self.process.signalProcess("TERM")
+        yield daemon.ended
 
     @inlineCallbacks
     def test_badOptionExits(self) -> Any:
