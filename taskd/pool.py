@@ -312,6 +312,8 @@ class ProcessPool:
     @ivar killGrace: how long a worker has between SIGTERM and SIGKILL (and
         between being asked to exit and SIGTERM).
     @ivar maxResult: the largest JSON-encoded result, in bytes.
+    @ivar maxMemory: each worker's address-space limit in bytes
+        (C{RLIMIT_AS}), or L{None}; a task past it gets C{MemoryError}.
     @ivar minRestartDelay: the first delay before replacing a worker that
         failed to start; it doubles for each further failure in a row, up
         to C{maxRestartDelay}.
@@ -331,6 +333,7 @@ class ProcessPool:
         grace: float = 10.0,
         killGrace: float = 5.0,
         maxResult: int = DEFAULT_MAX_RESULT,
+        maxMemory: int | None = None,
         minRestartDelay: float = 0.5,
         maxRestartDelay: float = 30.0,
         registry: Registry | None = None,
@@ -354,6 +357,7 @@ class ProcessPool:
         self.grace = grace
         self.killGrace = killGrace
         self.maxResult = maxResult
+        self.maxMemory = maxMemory
         self.minRestartDelay = minRestartDelay
         self.maxRestartDelay = maxRestartDelay
         self.registry = _defaultRegistry if registry is None else registry
@@ -520,6 +524,8 @@ class ProcessPool:
     def _spawn(self) -> None:
         worker = WorkerProcess(self)
         args = [self._python, "-u", "-m", "taskd.worker", "--max-result", str(self.maxResult)]
+        if self.maxMemory:
+            args += ["--max-memory", str(self.maxMemory)]
         args.extend(self.tasks)
         env = dict(os.environ if self._env is None else self._env)
         # The workers import what the parent can import.

@@ -80,7 +80,14 @@ class Hello:
     fields: dict[str, Any]
 
 
-Request = Union[Call, Cancel, Hello]
+@frozen
+class Stats:
+    """
+    Ask for the daemon's counters (workers, queue, connections).
+    """
+
+
+Request = Union[Call, Cancel, Hello, Stats]
 
 
 @frozen
@@ -113,7 +120,16 @@ class HelloReply:
     fields: dict[str, Any]
 
 
-Reply = Union[Result, ErrorReply, HelloReply]
+@frozen
+class StatsReply:
+    """
+    The daemon's counters, as names and integers.
+    """
+
+    fields: dict[str, Any]
+
+
+Reply = Union[Result, ErrorReply, HelloReply, StatsReply]
 
 
 class ProtocolError(Exception):
@@ -174,6 +190,8 @@ def decodeRequest(line: bytes) -> Request:
             raise _bad("'version' must be a positive integer")
         fields = {k: v for k, v in message.items() if k not in ("type", "version")}
         return Hello(version, fields)
+    if kind == "stats":
+        return Stats()
     raise _bad(f"unknown request type {kind!r}", id)
 
 
@@ -240,10 +258,12 @@ def encodeRequest(request: Request) -> bytes:
         if request.timeout is not None:
             message["timeout"] = request.timeout
     elif isinstance(request, Cancel):
-        message = {"type": "cancel"}
+        message = {"type": "cancel", "id": request.id}
+    elif isinstance(request, Stats):
+        message = {"type": "stats"}
     else:
         message = {"type": "hello", "version": request.version, **request.fields}
-    if not isinstance(request, Hello) and request.id is not None:
+    if isinstance(request, Call) and request.id is not None:
         message["id"] = request.id
     return _dumps(message).encode("utf-8") + b"\n"
 
@@ -281,6 +301,13 @@ def encodeHelloReply(reply: HelloReply) -> bytes:
     ) + b"\n"
 
 
+def encodeStatsReply(reply: StatsReply) -> bytes:
+    """
+    Encode the daemon's stats reply.
+    """
+    return _dumps({"type": "stats", **reply.fields}).encode("utf-8") + b"\n"
+
+
 def decodeReply(line: bytes) -> Reply:
     """
     Decode one reply line, as a client does.
@@ -302,4 +329,6 @@ def decodeReply(line: bytes) -> Reply:
     if kind == "hello":
         fields = {k: v for k, v in message.items() if k not in ("type", "version")}
         return HelloReply(int(message.get("version", VERSION)), fields)
+    if kind == "stats":
+        return StatsReply({k: v for k, v in message.items() if k != "type"})
     raise ValueError(f"unknown reply type {kind!r}")

@@ -39,10 +39,13 @@ from taskd.protocol import (
     HelloReply,
     ProtocolError,
     Request,
+    Stats,
+    StatsReply,
     decodeRequest,
     encodeError,
     encodeHelloReply,
     encodeResult,
+    encodeStatsReply,
 )
 
 #: Default longest request line, in bytes.
@@ -200,6 +203,8 @@ class TaskServerProtocol(LineReceiver):
             d = self._calls.get(request.id)
             if d is not None:
                 d.cancel()
+        elif isinstance(request, Stats):
+            self._answer(None, encodeStatsReply(self.factory.stats()))
         else:
             self._answer(None, encodeHelloReply(self._hello()))
 
@@ -376,6 +381,12 @@ class TaskServerFactory(Factory):
         )
         self.connections: set[TaskServerProtocol] = set()
         self._closing: dict[TaskServerProtocol, Deferred[None]] = {}
+
+    def stats(self) -> StatsReply:
+        """
+        @return: the pool's counters and the number of connections.
+        """
+        return StatsReply({**self.pool.stats(), "connections": len(self.connections)})
 
     def checkToken(self, token: str) -> bool:
         """

@@ -164,6 +164,7 @@ def serve(reg: Registry, inp: IO[bytes], out: IO[bytes], maxResult: int) -> None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskd.worker")
     parser.add_argument("--max-result", type=int, default=DEFAULT_MAX_RESULT)
+    parser.add_argument("--max-memory", type=int, default=0)
     parser.add_argument("modules", nargs="*")
     options = parser.parse_args(argv)
 
@@ -174,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     # lingering grandchild would keep them open after this worker is gone.
     os.set_inheritable(REQUEST_FD, False)
     os.set_inheritable(REPLY_FD, False)
+    if options.max_memory:
+        # A task that allocates without end gets MemoryError, not the host.
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (options.max_memory, options.max_memory))
     inp = os.fdopen(REQUEST_FD, "rb")
     out = os.fdopen(REPLY_FD, "wb")
     try:

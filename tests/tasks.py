@@ -77,3 +77,33 @@ class Custom(Exception):
 @task(name="tests.custom")
 def raiseCustom() -> None:
     raise Custom("custom failure")
+
+
+@task
+def hog(chunkMiB: int = 16) -> int:
+    """
+    Allocate memory without end.
+    """
+    held = []
+    while True:
+        held.append(bytearray(chunkMiB * 1024 * 1024))
+
+
+@task
+def spin() -> None:
+    """
+    Spin the CPU without end.
+    """
+    while True:
+        pass
+
+
+@task
+def touch(directory: str, name: str, seconds: float = 0.0) -> str:
+    """
+    Sleep, then create C{directory/name}: a trace that the call ran.
+    """
+    time.sleep(seconds)
+    with open(os.path.join(directory, name), "w"):
+        pass
+    return name

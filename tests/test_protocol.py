@@ -17,6 +17,8 @@ from taskd.protocol import (
     HelloReply,
     ProtocolError,
     Result,
+    Stats,
+    StatsReply,
     decodeReply,
     decodeRequest,
     encodeError,
@@ -54,6 +56,7 @@ class DecodeRequestTests(SynchronousTestCase):
         self.assertEqual(decodeRequest(b'{"type":"cancel","id":7}'), Cancel(7))
         self.assertEqual(decodeRequest(b'{"type":"hello","version":1,"token":"t"}'), Hello(1, {"token": "t"}))
         self.assertEqual(decodeRequest(b'{"type":"hello"}'), Hello(1, {}))
+        self.assertEqual(decodeRequest(b'{"type":"stats"}'), Stats())
 
     def assertBad(self, line: bytes, message: str, id: object = None) -> None:
         e = self.assertRaises(ProtocolError, decodeRequest, line)
@@ -124,4 +127,5 @@ class EncodeTests(SynchronousTestCase):
         assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, errors.TaskTimeout)
         self.assertEqual(decodeReply(encodeHelloReply(HelloReply(1, {"server": "taskd"}))), HelloReply(1, {"server": "taskd"}))
+        self.assertEqual(decodeReply(b'{"type":"stats","busy":1}'), StatsReply({"busy": 1}))
         self.assertRaises(ValueError, decodeReply, b'{"type":"nope"}')

@@ -196,6 +196,20 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         )
 
 
+class StatsTests(ServerTestsMixin, SynchronousTestCase):
+    def test_stats(self) -> None:
+        """
+        A stats request is answered with the pool's counters and the
+        number of connections.
+        """
+        proto, transport, reactor = self.connect(workers=2)
+        proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
+        self.assertEqual(
+            self.replies(transport),
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "connections": 1}],
+        )
+
+
 class CancelTests(ServerTestsMixin, SynchronousTestCase):
     def test_cancelMessage(self) -> None:
         """

@@ -57,6 +57,7 @@ class OptionsTests(SynchronousTestCase):
                 "max-in-flight": 100,
                 "grace": 10.0,
                 "kill-grace": 5.0,
+                "max-memory": None,
                 "auth-token-file": None,
                 "auth-token": None,
                 "auth-timeout": 10.0,

@@ -1,0 +1,527 @@
+"""
+Reliability under load and faults, against real C{twistd taskd} daemons
+and real workers on 127.0.0.1.  Every scenario is bounded in count and
+time, and prints its figures as a C{RELIABILITY ...} line on stdout.
+
+The guarantees and the last run's figures are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import sys
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.protocols.basic import LineReceiver
+from twisted.trial.unittest import TestCase
+
+from taskd import errors
+from taskd.client import ReconnectingClient
+
+from tests.test_pool import alive, waitFor
+from tests.test_tap import TwistdMixin
+
+
+def report(scenario: str, **figures: Any) -> None:
+    """
+    Print a scenario's figures where CI's log shows them.
+    """
+    text = " ".join(f"{k}={v}" for k, v in figures.items())
+    sys.__stdout__.write(f"\nRELIABILITY {scenario}: {text}\n")
+    sys.__stdout__.flush()
+
+
+def rss(pid: int) -> int:
+    """
+    @return: the resident memory of process C{pid}, in KiB.
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ValueError("no VmRSS")
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+_lastFds: dict[int, int] = {}
+
+
+def _stable(pid: int) -> bool:
+    """
+    @return: whether C{pid}'s descriptor count is what it was at the
+        previous call (polled every 25 ms by L{waitFor}).
+    """
+    now = fds(pid)
+    stable = _lastFds.get(pid) == now
+    _lastFds[pid] = now
+    return stable
+
+
+class Pipeline(LineReceiver):
+    """
+    Sends request lines with at most C{inFlight} unanswered, and records
+    every reply by id.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024 * 1024
+
+    def __init__(self, lines: list[bytes], inFlight: int, gate: Deferred[None] | None = None) -> None:
+        self.gate = gate
+        self.lines = lines
+        self.inFlight = inFlight
+        self.sent = 0
+        self.replies: dict[Any, list[dict[str, Any]]] = {}
+        self.count = 0
+        self.done: Deferred[Pipeline] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.gate is None:
+            self.fill()
+        else:
+            self.gate.addCallback(lambda _: self.fill())
+
+    def fill(self) -> None:
+        while self.sent < len(self.lines) and self.sent - self.count < self.inFlight:
+            self.transport.write(self.lines[self.sent] + b"\n")
+            self.sent += 1
+
+    def lineReceived(self, line: bytes) -> None:
+        message = json.loads(line)
+        self.replies.setdefault(message.get("id"), []).append(message)
+        self.count += 1
+        if self.count == len(self.lines):
+            if not self.done.called:
+                self.done.callback(self)
+        else:
+            self.fill()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(self)
+
+
+class DaemonTestCase(TwistdMixin, TestCase):
+    """
+    Starts a C{twistd taskd} per test; knows its port and, from its log,
+    its worker processes.
+    """
+
+    @inlineCallbacks
+    def startDaemon(self, *options: str, port: int = 0, workers: int = 2) -> Any:
+        daemon = self.spawn(
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", str(workers),
+            "--tasks", "taskd.examples", "--tasks", "tests.tasks", "--kill-grace", "1", *options,
+        )
+        m = yield daemon.waitFor(rb"starting on (\d+)")
+        yield daemon.waitFor(rb"pool ready")
+        self.daemon = daemon
+        self.daemonProcess = self.process
+        self.port = int(m.group(1))
+        self.workersTotal = workers
+        self.addCleanup(self.killWorkers, daemon)
+        return daemon
+
+    def workerPids(self, daemon: Any = None) -> tuple[set[int], set[int]]:
+        """
+        @return: (ready workers alive by the log, every worker ever started)
+        """
+        output = (daemon or self.daemon).output
+        started = {int(p) for p in re.findall(rb"worker (\d+) started", output)}
+        ended = {int(p) for p in re.findall(rb"worker (\d+) (?:exited|was killed|could not start)", output)}
+        return started - ended, started
+
+    def killWorkers(self, daemon: Any) -> None:
+        # Whatever a scenario did, no worker outlives the test.
+        for pid in self.workerPids(daemon)[1]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    @inlineCallbacks
+    def pipeline(self, lines: list[bytes], inFlight: int = 100, gate: Deferred[None] | None = None, connected: Deferred[None] | None = None) -> Any:
+        proto = Pipeline(lines, inFlight, gate)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        yield endpoint.connect(Factory.forProtocol(lambda: proto))
+        if connected is not None:
+            connected.callback(None)
+        yield proto.done
+        proto.transport.loseConnection()
+        return proto
+
+    @inlineCallbacks
+    def stats(self) -> Any:
+        proto = yield self.pipeline([b'{"type":"stats"}'])
+        return proto.replies[None][0]
+
+
+class WorkerChaosTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_randomKills(self) -> Any:
+        """
+        5,000 calls with 100 in flight while a ready worker is SIGKILLed
+        every 50 ms: every call gets exactly one reply, a result or
+        C{worker_crashed}; crashes are at most the kills; the pool is back
+        to full strength afterwards.
+        """
+        yield self.startDaemon()
+        kills = []
+
+        def kill() -> None:
+            ready = sorted(p for p in self.workerPids()[0] if alive(p))
+            if ready:
+                pid = random.choice(ready)
+                os.kill(pid, signal.SIGKILL)
+                kills.append(pid)
+
+        killer = LoopingCall(kill)
+        killer.start(0.05, now=False)
+        n = 5000
+        lines = [b'{"function":"add","args":[%d,1],"id":%d}' % (i, i) for i in range(n)]
+        try:
+            proto = yield self.pipeline(lines, inFlight=100)
+        finally:
+            killer.stop()
+        self.assertEqual(sorted(proto.replies), list(range(n)))
+        outcomes: Counter[str] = Counter()
+        for i, replies in proto.replies.items():
+            self.assertEqual(len(replies), 1, f"call {i} answered {len(replies)} times")
+            reply = replies[0]
+            if reply["type"] == "result":
+                self.assertEqual(reply["result"], i + 1)
+                outcomes["result"] += 1
+            else:
+                outcomes[reply["error"]["type"]] += 1
+        self.assertEqual(set(outcomes) - {"result", "worker_crashed"}, set())
+        self.assertLessEqual(outcomes["worker_crashed"], len(kills))
+        yield waitFor(lambda: len(self.workerPids()[0]) == 2, "two live workers")
+        stats = yield self.stats()
+        self.assertEqual((stats["workers"], stats["idle"]), (2, 2))
+        report("worker chaos", calls=n, kills=len(kills), results=outcomes["result"], worker_crashed=outcomes["worker_crashed"])
+
+
+class RunawayTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_hungAndRunaway(self) -> Any:
+        """
+        A task that sleeps forever or spins times out; one that allocates
+        without end hits the worker's memory cap; each worker is replaced
+        or survives, and 200 other calls flow meanwhile.
+        """
+        yield self.startDaemon("--max-memory", "512")
+        bad = [
+            b'{"function":"sleep","args":[1000000],"timeout":0.5,"id":"sleep"}',
+            b'{"function":"spin","timeout":0.5,"id":"spin"}',
+            b'{"function":"hog","timeout":20,"id":"hog"}',
+        ]
+        good = [b'{"function":"add","args":[%d,1],"id":%d}' % (i, i) for i in range(200)]
+        badRun = self.pipeline(bad, inFlight=1)
+        goodRun = self.pipeline(good, inFlight=10)
+        badProto, goodProto = yield gatherResults([badRun, goodRun])
+        self.assertEqual([goodProto.replies[i][0].get("result") for i in range(200)], [i + 1 for i in range(200)])
+        outcome = {k: v[0]["error"] for k, v in badProto.replies.items()}
+        self.assertEqual(outcome["sleep"]["type"], "timeout")
+        self.assertEqual(outcome["spin"]["type"], "timeout")
+        self.assertEqual((outcome["hog"]["type"], outcome["hog"].get("exception")), ("task_failed", "MemoryError"))
+        yield waitFor(lambda: len(self.workerPids()[0]) == 2, "two live workers")
+        report("runaway tasks", sleep=outcome["sleep"]["type"], spin=outcome["spin"]["type"], hog=outcome["hog"]["exception"], other_calls_ok=200)
+
+
+class GarbageTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_garbage(self) -> Any:
+        """
+        Random bytes, random JSON and mutations of valid requests, sent on
+        real connections (Hypothesis): every complete line but a cancel gets
+        exactly one reply, the daemon survives, and serves a valid call on a
+        new connection afterwards.
+        """
+        yield self.startDaemon("--timeout", "2")
+        port = self.port
+        tried = yield deferToThreadPool(lambda: _fuzz(port))
+        proto = yield self.pipeline([b'{"function":"add","args":[1,2]}'])
+        self.assertEqual(proto.replies[None][0]["result"], 3)
+        self.assertTrue(alive(self.daemonProcess.pid))
+        report("garbage on the wire", lines_tried=tried)
+
+
+def deferToThreadPool(f: Callable[[], Any]) -> Deferred[Any]:
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f)
+
+
+def _fuzz(port: int) -> int:
+    """
+    Run the Hypothesis property with blocking sockets (in a thread, so the
+    reactor running the daemon's log reader goes on).
+
+    @return: how many lines were sent.
+    """
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from taskd.protocol import Cancel, ProtocolError, decodeRequest
+
+    valid = [
+        {"function": "add", "args": [1, 2]},
+        {"function": "echo", "args": {"value": "x"}, "id": 5},
+        {"function": "add", "args": [1, 2], "id": "k", "timeout": 1},
+        {"type": "hello", "version": 1},
+        {"type": "cancel", "id": 5},
+    ]
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=10,
+    )
+    keys = st.sampled_from(["function", "args", "kwargs", "id", "timeout", "type", "version"])
+
+    @st.composite
+    def mutated(draw: Any) -> bytes:
+        request = dict(draw(st.sampled_from(valid)))
+        for _ in range(draw(st.integers(0, 3))):
+            request[draw(keys)] = draw(json_values | st.sampled_from(["add", "echo", "cancel", "hello", "call", "stats"]))
+        if draw(st.booleans()) and request:
+            del request[draw(st.sampled_from(sorted(request)))]
+        return json.dumps(request).encode()
+
+    lines = st.one_of(
+        st.binary(max_size=200).map(lambda b: b.replace(b"\n", b"")),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        mutated(),
+    )
+    sent = [0]
+
+    def expectedReplies(line: bytes) -> int:
+        stripped = line[:-1] if line.endswith(b"\r") else line
+        if not stripped.strip():
+            return 0
+        try:
+            request = decodeRequest(stripped)
+        except ProtocolError:
+            return 1
+        return 0 if isinstance(request, Cancel) else 1
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.lists(lines, min_size=1, max_size=8))
+    def property(batch: list[bytes]) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"".join(line + b"\n" for line in batch))
+            s.shutdown(socket.SHUT_WR)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        sent[0] += len(batch)
+        replies = [json.loads(r) for r in data.splitlines()]
+        expected = sum(expectedReplies(line) for line in batch)
+        # A cancel may name a call of the same batch: that call is then
+        # answered "cancelled"; it still gets exactly one reply.
+        assert len(replies) == expected, (batch, replies)
+
+    property()
+    return sent[0]
+
+
+class ManyClientsTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_thousandConnections(self) -> Any:
+        """
+        1,000 concurrent connections each make 5 calls: all answered; once
+        they are gone the daemon's file descriptors are back to their
+        baseline and its memory close to it.
+        """
+        yield self.startDaemon("--max-queue", "10000", "--max-connections", "2000")
+        pid = self.daemonProcess.pid
+        yield self.pipeline([b'{"function":"add","args":[1,1]}'] * 200)  # warm up
+        for _ in range(4):  # four equal readings in a row, 25 ms apart
+            yield waitFor(lambda: _stable(pid), "the daemon's descriptors to settle")
+        baseFds, baseRss = fds(pid), rss(pid)
+        gate: Deferred[None] = Deferred()
+        connected: list[Deferred[None]] = [Deferred() for _ in range(1000)]
+        clients = [
+            self.pipeline([b'{"function":"add","args":[%d,%d],"id":%d}' % (c, i, i) for i in range(5)], inFlight=5, gate=gate, connected=connected[c])
+            for c in range(1000)
+        ]
+        yield gatherResults(connected)
+        yield waitFor(lambda: fds(pid) >= baseFds + 1000, "1,000 connections accepted")
+        stats = yield self.stats()
+        concurrent = stats["connections"] - 1
+        self.assertEqual(concurrent, 1000)
+        gate.callback(None)
+        protos = yield gatherResults(clients)
+        for c, proto in enumerate(protos):
+            self.assertEqual({i: r[0]["result"] for i, r in proto.replies.items()}, {i: c + i for i in range(5)})
+        peakRss = rss(pid)
+
+        yield waitFor(lambda: fds(pid) == baseFds, "the daemon's descriptors back to baseline")
+        afterFds, afterRss = fds(pid), rss(pid)
+        self.assertEqual(afterFds, baseFds)
+        self.assertLess(afterRss - baseRss, 20 * 1024)
+        report("many clients", concurrent_connections=concurrent, calls=5000, fds_before=baseFds, fds_after=afterFds,
+               rss_before_kib=baseRss, rss_peak_kib=peakRss, rss_after_kib=afterRss)
+
+
+class SlowReaderTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_slowReader(self) -> Any:
+        """
+        A client that asks for 400 results of 1 MiB and never reads: the
+        daemon stops reading it, its memory grows by a bounded amount (not
+        400 MiB), other clients are served, and closing the slow client
+        frees its calls.
+        """
+        yield self.startDaemon("--max-in-flight", "8")
+        pid = self.daemonProcess.pid
+        baseRss = rss(pid)
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        slow.connect(("127.0.0.1", self.port))
+        slow.setblocking(False)
+        payload = b"".join(b'{"function":"big","args":[1048576],"id":%d}\n' % i for i in range(400))
+        sentBytes = 0
+        for _ in range(100):
+            try:
+                sentBytes += slow.send(payload[sentBytes:])
+            except BlockingIOError:
+                pass
+            yield deferLater(reactor, 0.02, lambda: None)
+            stats = yield self.stats()
+            if stats["busy"] == 0 and stats["queued"] == 0 and sentBytes:
+                break
+        heldRss = rss(pid)
+        proto = yield self.pipeline([b'{"function":"add","args":[2,2]}'])
+        self.assertEqual(proto.replies[None][0]["result"], 4)
+        self.assertLess(heldRss - baseRss, 100 * 1024)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        slow.close()
+        for _ in range(100):
+            stats = yield self.stats()
+            if stats["connections"] == 1:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual((stats["connections"], stats["busy"], stats["queued"]), (1, 0, 0))
+        report("slow reader", requested_mib=400, rss_before_kib=baseRss, rss_held_kib=heldRss,
+               request_bytes_accepted=sentBytes, request_bytes_total=len(payload))
+
+
+class VanishingClientTests(DaemonTestCase):
+    @inlineCallbacks
+    def vanish(self, reset: bool) -> Any:
+        yield self.startDaemon()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.sendall(b"".join(
+            json.dumps({"function": "touch", "args": [directory, str(i), 0.5], "id": i}).encode() + b"\n"
+            for i in range(50)
+        ))
+        yield waitFor(lambda: len(self.workerPids()[0]) == 2, "workers")
+        yield deferLater(reactor, 0.2, lambda: None)
+        if reset:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        for _ in range(200):
+            stats = yield self.stats()
+            if (stats["connections"], stats["busy"], stats["queued"]) == (1, 0, 0):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual((stats["connections"], stats["busy"], stats["queued"]), (1, 0, 0))
+        yield waitFor(lambda: len(self.workerPids()[0]) == 2, "two live workers")
+        ran = len(os.listdir(directory))
+        return ran
+
+    @inlineCallbacks
+    def test_reset(self) -> Any:
+        """
+        A client that vanishes with a reset (a crashed host, a killed
+        process with unread data): its running calls are cancelled and
+        their workers replaced, its queued calls dropped.
+        """
+        ran = yield self.vanish(reset=True)
+        self.assertEqual(ran, 0)
+        report("vanishing client (reset)", calls=50, ran=ran)
+
+    @inlineCallbacks
+    def test_closed(self) -> Any:
+        """
+        A client that closes cleanly and goes away: the calls already
+        running finish (a clean close means "done sending"), then the first
+        reply that cannot be delivered ends the connection and the rest are
+        dropped.
+        """
+        ran = yield self.vanish(reset=False)
+        self.assertLessEqual(ran, 2 * self.workersTotal)
+        report("vanishing client (close)", calls=50, ran=ran)
+
+
+class GracefulStopTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_stopUnderLoad(self) -> Any:
+        """
+        SIGTERM with 200 calls queued and running: each gets exactly one
+        reply, a result or C{stopping}; the daemon exits cleanly and no
+        worker remains.
+        """
+        yield self.startDaemon("--max-in-flight", "300", "--grace", "10")
+        lines = [b'{"function":"sleep","args":[0.05],"id":%d}' % i for i in range(200)]
+        run = self.pipeline(lines, inFlight=200)
+        yield deferLater(reactor, 0.3, lambda: None)
+        workers = self.workerPids()[1]
+        self.daemonProcess.signalProcess("TERM")
+        proto = yield run
+        status = yield self.daemon.ended
+        outcomes: Counter[str] = Counter()
+        for i in range(200):
+            self.assertEqual(len(proto.replies.get(i, [])), 1, f"call {i}")
+            reply = proto.replies[i][0]
+            outcomes["result" if reply["type"] == "result" else reply["error"]["type"]] += 1
+        self.assertEqual(set(outcomes), {"result", "stopping"})
+        self.assertEqual(status, (None, signal.SIGTERM))
+        self.assertEqual([p for p in workers if alive(p)], [])
+        report("graceful stop", calls=200, finished=outcomes["result"], stopping=outcomes["stopping"], workers_left=0)
+
+
+class RestartTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_restart(self) -> Any:
+        """
+        The reconnecting client keeps working across a daemon restart:
+        a call made during the gap waits and succeeds; with C{failFast}
+        it fails at once with L{errors.NotConnected}.
+        """
+        first = yield self.startDaemon()
+        port = self.port
+        policy = backoffPolicy(initialDelay=0.05, maxDelay=0.2, jitter=lambda: 0)
+        client = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{port}"], retryPolicy=policy)
+        fast = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{port}"], retryPolicy=policy, failFast=True)
+        for c in (client, fast):
+            c.startService()
+            self.addCleanup(c.stopService)
+        yield waitFor(lambda: client.connectedCount() == 1 and fast.connectedCount() == 1, "connections")
+        self.assertEqual((yield client.call("add", 1, 2)), 3)
+        self.daemonProcess.signalProcess("TERM")
+        yield first.ended
+        yield waitFor(lambda: client.connectedCount() == 0, "the old connection to go")
+        during = client.call("add", 2, 3)
+        yield self.assertFailure(fast.call("add", 2, 3), errors.NotConnected)
+        yield self.startDaemon(port=port)
+        self.assertEqual((yield during), 5)
+        report("daemon restart", waited_call="succeeded", fail_fast_call="not_connected")
