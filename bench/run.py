@@ -1,0 +1,314 @@
+"""
+The benchmark: C{python -m bench [--quick] [--runs N] [--json FILE]}.
+
+Starts everything it needs on 127.0.0.1 (C{twistd taskd} daemons, the
+ceiling line server), runs each workload C{--runs} times against taskd
+and the references, and prints medians and the target ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from bench import rawclient
+from bench.rawclient import request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + [p for p in sys.path if p]))
+
+
+class Process:
+    """
+    A subprocess we started, stopped by its PID when done.
+    """
+
+    def __init__(self, args: list[str], wait: str | None = None) -> None:
+        self.log = tempfile.TemporaryFile()
+        self.popen = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+        self.match: re.Match[bytes] | None = None
+        if wait is not None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                self.log.seek(0)
+                self.match = re.search(wait.encode(), self.log.read())
+                if self.match:
+                    return
+                if self.popen.poll() is not None:
+                    break
+                time.sleep(0.05)
+            self.stop()
+            self.log.seek(0)
+            raise RuntimeError(f"{args} did not start:\n{self.log.read().decode(errors='replace')}")
+
+    def output(self) -> bytes:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+class Daemon(Process):
+    def __init__(self, workers: int) -> None:
+        super().__init__(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             "taskd", "--listen", "tcp:0:interface=127.0.0.1", "--workers", str(workers),
+             "--max-queue", "100000", "--max-connections", "20000"],
+            wait=r"starting on (\d+)[\s\S]*pool ready",
+        )
+        assert self.match is not None
+        self.port = int(self.match.group(1))
+        self.pid = self.popen.pid
+
+    def workerPids(self) -> list[int]:
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+
+
+def rssMB(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.measure", json.dumps(spec)],
+        capture_output=True, env=ENV, cwd=ROOT, timeout=600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{spec['kind']} {spec.get('workload')} failed:\n{out.stdout.decode()}{out.stderr.decode()}")
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def calibrateBurn(target: float = 0.02) -> int:
+    from taskd.examples import burn
+
+    n = 10000
+    while True:
+        t = time.perf_counter()
+        burn(n)
+        took = time.perf_counter() - t
+        if took > 0.005:
+            return int(n * target / took)
+        n *= 2
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few hundred calls, one run: to check the benchmark works, not to judge speed")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument("--skip-ampoule", action="store_true", help="leave out ampoule (if the bench extra is not installed)")
+    options = parser.parse_args(argv)
+    quick = options.quick
+    runs = 1 if quick else options.runs
+    n1 = 300 if quick else 20000
+    n2 = 100 if quick else 2000
+    n3 = 20 if quick else 200
+    n4 = 50 if quick else 2000
+    n5 = 50 if quick else 1000
+    nInline = 20 if quick else 100
+    idleConnections = 200 if quick else 10000
+    burnN = calibrateBurn()
+    results: dict[str, Any] = {"machine": machine(), "quick": quick, "runs": runs, "burn_n": burnN}
+    ampoule = not options.skip_ampoule
+
+    def repeat(name: str, f: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for i in range(runs):
+            r = f()
+            out.append(r)
+            print(f"  {name} run {i + 1}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()})}", file=sys.stderr)
+        return out
+
+    daemon = Daemon(2)
+    line = None
+    try:
+        portFile = tempfile.mktemp()
+        line = Process([sys.executable, "-m", "bench.servers", "line", portFile], wait=None)
+        for _ in range(200):
+            if os.path.exists(portFile) and open(portFile).read():
+                break
+            time.sleep(0.05)
+        linePort = int(open(portFile).read())
+        os.remove(portFile)
+
+        addLines = [request("add", [i, 1], i) for i in range(n1)]
+        addCheck = lambda i, r: r == i + 1  # noqa: E731
+        value = "x" * 65536
+        echoLines = [request("echo", [value], i) for i in range(n4)]
+        echoCheck = lambda i, r: r == value  # noqa: E731
+
+        w1 = results["w1"] = {}
+        w1["taskd_raw"] = repeat("W1 taskd raw", lambda: {"calls_per_s": n1 / rawclient.pipelined(daemon.port, addLines, 100, addCheck)})
+        w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
+        w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: {"calls_per_s": n1 / rawclient.pipelined(linePort, addLines, 100, addCheck)})
+        w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
+        w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
+        if ampoule:
+            w1["ampoule"] = repeat("W1 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w1", "n": n1}))
+
+        w1a = results["w1a"] = {}
+        w1a["taskd_raw"] = repeat("W1a taskd", lambda: {"calls_per_s": n1 / rawclient.connectionPerCall(daemon.port, [request("add", [i, 1]) for i in range(n1)], 100, addCheck)})
+
+        w2 = results["w2"] = {}
+
+        def seq(port: int) -> dict[str, Any]:
+            times = sorted(rawclient.sequential(port, [request("add", [i, 1], i) for i in range(n2)], addCheck))
+            return {"p50_us": 1e6 * times[len(times) // 2], "p99_us": 1e6 * times[int(len(times) * 0.99)]}
+
+        w2["taskd_raw"] = repeat("W2 taskd raw", lambda: seq(daemon.port))
+        w2["taskd_client"] = repeat("W2 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w2", "n": n2}))
+        w2["ceiling_tcp"] = repeat("W2 line ceiling", lambda: seq(linePort))
+        w2["ceiling_pipe"] = repeat("W2 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w2", "n": n2}))
+        w2["multiprocessing"] = repeat("W2 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w2", "n": n2}))
+        if ampoule:
+            w2["ampoule"] = repeat("W2 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w2", "n": n2}))
+
+        w3 = results["w3"] = {}
+        one = Daemon(1)
+        try:
+            burnLines = [request("burn", [burnN], i) for i in range(n3)]
+            anyCheck = lambda i, r: isinstance(r, int)  # noqa: E731
+            w3["taskd_1"] = repeat("W3 taskd 1 worker", lambda: {"seconds": rawclient.pipelined(one.port, burnLines, 100, anyCheck)})
+        finally:
+            one.stop()
+        w3["taskd_2"] = repeat("W3 taskd 2 workers", lambda: {"seconds": rawclient.pipelined(daemon.port, burnLines, 100, anyCheck)})
+        for workers in (1, 2):
+            w3[f"multiprocessing_{workers}"] = repeat(f"W3 multiprocessing {workers}", lambda: measure({"kind": "multiprocessing", "workers": workers, "workload": "w3", "n": n3, "burn": burnN}))
+            if ampoule:
+                w3[f"ampoule_{workers}"] = repeat(f"W3 ampoule {workers}", lambda: measure({"kind": "ampoule", "workers": workers, "workload": "w3", "n": n3, "burn": burnN}))
+
+        w4 = results["w4"] = {}
+        w4["taskd_raw"] = repeat("W4 taskd raw", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(daemon.port, echoLines, 50, echoCheck) / 1e6})
+        w4["ceiling_tcp"] = repeat("W4 line ceiling", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(linePort, echoLines, 50, echoCheck) / 1e6})
+        w4["multiprocessing"] = repeat("W4 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w4", "n": n4, "size": 65536}))
+        if ampoule:
+            # AMP caps a value near 64 KiB: ampoule echoes 60 KiB.
+            w4["ampoule_60k"] = repeat("W4 ampoule (60 KiB)", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w4", "n": n4, "size": 61440}))
+
+        w5 = results["w5"] = {}
+        w5["taskd"] = repeat("W5 taskd", lambda: measure({"kind": "w5", "port": daemon.port, "n": n5, "inline": False}))
+        w5["inline"] = repeat("W5 inline", lambda: measure({"kind": "w5", "n": nInline, "inline": True}))
+
+        memory = results["memory"] = {}
+        memory["daemon_idle_mb"] = rssMB(daemon.pid)
+        memory["worker_mb"] = [round(rssMB(p), 1) for p in daemon.workerPids()]
+        socks = []
+        for _ in range(idleConnections):
+            socks.append(socket.create_connection(("127.0.0.1", daemon.port)))
+        deadline = time.monotonic() + 30
+        while len(os.listdir(f"/proc/{daemon.pid}/fd")) < idleConnections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        memory["idle_connections"] = idleConnections
+        memory["daemon_with_connections_mb"] = rssMB(daemon.pid)
+        for s in socks:
+            s.close()
+    finally:
+        daemon.stop()
+        if line is not None:
+            line.stop()
+
+    report(results)
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def machine() -> dict[str, Any]:
+    import twisted
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "twisted": twisted.__version__, "platform": platform.platform()}
+
+
+def report(r: dict[str, Any]) -> None:
+    def m(section: str, name: str, key: str) -> float | None:
+        runs = r.get(section, {}).get(name)
+        return median(runs, key) if runs else None
+
+    rows = []
+
+    def row(workload: str, system: str, value: float | None, unit: str) -> None:
+        if value is not None:
+            rows.append((workload, system, f"{value:,.1f}", unit))
+
+    for name in ("taskd_raw", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
+        row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
+    row("W1a connection per call", "taskd_raw", m("w1a", "taskd_raw", "calls_per_s"), "calls/s")
+    for name in ("taskd_raw", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
+        row("W2 latency p50", name, m("w2", name, "p50_us"), "us")
+        row("W2 latency p99", name, m("w2", name, "p99_us"), "us")
+    for name in ("taskd_1", "taskd_2", "ampoule_1", "ampoule_2", "multiprocessing_1", "multiprocessing_2"):
+        row("W3 200 x 20 ms CPU", name, m("w3", name, "seconds"), "s")
+    for name in ("taskd_raw", "ampoule_60k", "multiprocessing", "ceiling_tcp"):
+        row("W4 64 KiB echo", name, m("w4", name, "mb_per_s"), "MB/s")
+    for name in ("taskd", "inline"):
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            row(f"W5 lateness {key[:-3]}", name, m("w5", name, key), "ms")
+    mem = r.get("memory", {})
+    row("memory", "daemon idle RSS", mem.get("daemon_idle_mb"), "MB")
+    row("memory", f"daemon with {mem.get('idle_connections')} idle connections", mem.get("daemon_with_connections_mb"), "MB")
+    for i, w in enumerate(mem.get("worker_mb", [])):
+        row("memory", f"worker {i + 1} RSS", w, "MB")
+    print(f"\ntaskd benchmark ({'quick' if r['quick'] else r['runs']} run(s), medians) on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Twisted {r['machine']['twisted']}")
+    width = max(len(x[0]) + len(x[1]) for x in rows) + 3
+    for workload, system, value, unit in rows:
+        print(f"  {workload + ' / ' + system:<{width}} {value:>12} {unit}")
+
+    targets = []
+
+    def target(name: str, value: float | None, goal: float, higher: bool = True) -> None:
+        if value is None:
+            targets.append((name, "n/a", "SKIP"))
+            return
+        ok = value >= goal if higher else value < goal
+        targets.append((name, f"{value:.2f} ({'>=' if higher else '<'} {goal})", "PASS" if ok else "MISS"))
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
+    target("W1 raw / ampoule", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 10)
+    target("W1 raw / TCP line ceiling", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ceiling_tcp", "calls_per_s")), 0.5)
+    target("W1 taskd client / ampoule", ratio(m("w1", "taskd_client", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 6)
+    target("W2 p50 ampoule / taskd raw", ratio(m("w2", "ampoule", "p50_us"), m("w2", "taskd_raw", "p50_us")), 1 / 0.3)
+    target("W3 speedup 1 -> 2 workers", ratio(m("w3", "taskd_1", "seconds"), m("w3", "taskd_2", "seconds")), 1.85)
+    target("W4 raw / ampoule", ratio(m("w4", "taskd_raw", "mb_per_s"), m("w4", "ampoule_60k", "mb_per_s")), 2)
+    target("W5 p99 lateness with taskd, ms", m("w5", "taskd", "p99_ms"), 5, higher=False)
+    target("daemon idle RSS, MB", mem.get("daemon_idle_mb"), 40, higher=False)
+    grow = None if mem.get("daemon_with_connections_mb") is None else mem["daemon_with_connections_mb"] - mem["daemon_idle_mb"]
+    target(f"RSS growth with {mem.get('idle_connections')} connections, MB", grow, 100, higher=False)
+    print("\ntargets:")
+    for name, value, verdict in targets:
+        print(f"  {verdict:4}  {name}: {value}")
+    r["targets"] = [{"name": n, "value": v, "verdict": x} for n, v, x in targets]
