@@ -5,6 +5,7 @@ Test doubles: a process reactor whose workers the test drives by hand.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from typing import Any
 
@@ -26,27 +27,58 @@ class FakeProcess:
     A process transport that records what the pool does to it.
     """
 
-    def __init__(self, proto: Any, pid: int, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, proto: Any, pid: int, args: list[str], env: dict[str, str], requestFd: int) -> None:
         self.proto = proto
         self.pid = pid
         self.args = args
         self.env = env
-        self.written: list[bytes] = []
-        self.closed: list[int] = []
         self.signals: list[str] = []
         self.stdinClosed = False
         self.ended = False
+        # The worker's end of its request pipe, as the pool handed it over.
+        self._requests = os.dup(requestFd)
+        os.set_blocking(self._requests, False)
+        self._frames: list[bytes] = []
+        self._buffer = b""
+        self._eof = False
+
+    def _read(self) -> None:
+        while not self._eof:
+            try:
+                chunk = os.read(self._requests, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self._eof = True
+                os.close(self._requests)
+                break
+            self._buffer += chunk
+        while len(self._buffer) >= 4:
+            (length,) = _header.unpack(self._buffer[:4])
+            if len(self._buffer) < 4 + length:
+                break
+            self._frames.append(self._buffer[: 4 + length])
+            self._buffer = self._buffer[4 + length :]
+
+    @property
+    def written(self) -> list[bytes]:
+        """
+        The request frames the pool has written to this worker.
+        """
+        self._read()
+        return self._frames
+
+    @property
+    def closed(self) -> list[int]:
+        """
+        C{[REQUEST_FD]} once the pool has closed the request pipe.
+        """
+        self._read()
+        return [REQUEST_FD] if self._eof else []
 
     # IProcessTransport, as far as the pool uses it
-    def writeToChild(self, fd: int, data: bytes) -> None:
-        assert fd == REQUEST_FD and not self.ended
-        self.written.append(data)
-
     def closeStdin(self) -> None:
         self.stdinClosed = True
-
-    def closeChildFD(self, fd: int) -> None:
-        self.closed.append(fd)
 
     def signalProcess(self, name: int) -> None:
         if self.ended:
@@ -68,6 +100,10 @@ class FakeProcess:
         return out
 
     def exit(self, code: int | None = 0, sig: int | None = None) -> None:
+        self._read()
+        if not self._eof:
+            self._eof = True
+            os.close(self._requests)
         self.ended = True
         if code == 0 and sig is None:
             reason = Failure(ProcessDone(0))
@@ -88,7 +124,7 @@ class FakeProcessReactor(MemoryReactorClock):
 
     def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None, **kw: Any) -> FakeProcess:
         self.lastChildFDs = kw.get("childFDs")
-        process = FakeProcess(proto, 1000 + len(self.processes), args, env)
+        process = FakeProcess(proto, 1000 + len(self.processes), args, env, kw["childFDs"][REQUEST_FD])
         self.processes.append(process)
         proto.makeConnection(process)
         return process

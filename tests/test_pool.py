@@ -88,6 +88,17 @@ class RoundTripTests(RealPoolTestCase):
         self.assertEqual((yield pool.submit("echo", [value])), value)
 
     @inlineCallbacks
+    def test_bigArguments(self) -> Any:
+        """
+        Arguments larger than a pipe holds reach the worker whole, and the
+        calls behind them follow in order.
+        """
+        pool = yield self.startPool(workers=1)
+        big = "\u00e9" * 300000
+        results = yield gatherResults([pool.submit("echo", [big]), pool.submit("add", [1, 2])])
+        self.assertEqual(results, [big, 3])
+
+    @inlineCallbacks
     def test_callsSpreadOverWorkers(self) -> Any:
         """
         Concurrent calls run in every worker of the pool, and the results
