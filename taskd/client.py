@@ -171,24 +171,31 @@ class TaskClientProtocol(LineReceiver):
         return d
 
 
-class TaskClient:
+class _Calls:
     """
-    A connection to a taskd daemon.
+    The calling API shared by L{TaskClient} and L{ReconnectingClient}.
     """
 
-    def __init__(self, protocol: TaskClientProtocol) -> None:
-        self._protocol = protocol
+    def _send(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Deferred[Any]:
+        raise NotImplementedError()
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
-        Run task C{name} with these arguments.
+        Run task C{name} with these arguments: every positional and keyword
+        argument goes to the task.
 
         @return: a L{Deferred} firing with the result, or failing with an
             L{errors.TaskdError} (L{errors.TaskFailed} carries the remote
-            type and traceback) or L{errors.ConnectionLost}; cancelling it cancels
-            the call.
+            type and traceback) or L{errors.ConnectionLost}; cancelling it
+            cancels the call.
         """
-        return self._protocol.call(name, args, kwargs)
+        return self._send(name, args, kwargs, None)
 
     def callWith(
         self,
@@ -202,6 +209,24 @@ class TaskClient:
         Like L{call}, with call options (C{timeout}, in seconds) kept apart
         from the task's arguments.
         """
+        return self._send(name, args, kwargs, timeout)
+
+
+class TaskClient(_Calls):
+    """
+    A connection to a taskd daemon.
+    """
+
+    def __init__(self, protocol: TaskClientProtocol) -> None:
+        self._protocol = protocol
+
+    def _send(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> Deferred[Any]:
         return self._protocol.call(name, args, kwargs, timeout)
 
     def close(self) -> Deferred[None]:
@@ -273,7 +298,7 @@ class _Waiting:
     sent: Deferred[Any] | None = None
 
 
-class ReconnectingClient(MultiService):
+class ReconnectingClient(_Calls, MultiService):
     """
     A client of one or more daemons that stays connected.
 
@@ -322,32 +347,13 @@ class ReconnectingClient(MultiService):
                 endpoint = clientFromString(reactor, endpoint)
             _Connection(self, endpoint, retryPolicy).setServiceParent(self)
 
-    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
-        """
-        Like L{TaskClient.call}, on one of the connected daemons.
-        """
-        return self._dispatch(name, args, kwargs, None)
-
-    def callWith(
-        self,
-        name: str,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = None,
-    ) -> Deferred[Any]:
-        """
-        Like L{TaskClient.callWith}, on one of the connected daemons.
-        """
-        return self._dispatch(name, args, kwargs, timeout)
-
     def connectedCount(self) -> int:
         """
         @return: how many daemons are connected now.
         """
         return len(self._connected)
 
-    def _dispatch(
+    def _send(
         self,
         name: str,
         args: Sequence[Any],
@@ -402,7 +408,7 @@ class ReconnectingClient(MultiService):
         while self._waiting and self._connected:
             waiting = self._waiting[0]
             self._unwait(waiting)
-            waiting.sent = self._dispatch(
+            waiting.sent = self._send(
                 waiting.name, waiting.args, waiting.kwargs, waiting.timeout
             )
             waiting.sent.chainDeferred(waiting.deferred)
