@@ -232,7 +232,8 @@ class WorkerProcess(ProcessProtocol):
     @ivar state: C{"starting"} until the worker says it is ready, then
         C{"idle"} or C{"busy"}; C{"leaving"} once the pool has let it go
         (retired, timed out, cancelled, stopping); C{"ended"} after exit.
-    @ivar call: the call it is running, if any.
+    @ivar inFlight: the calls written to it and not yet answered; the
+        first is the one running.
     @ivar calls: how many calls it has answered.
     """
 
@@ -243,7 +244,9 @@ class WorkerProcess(ProcessProtocol):
         self._pool = pool
         self.requests = requests
         self.state = "starting"
-        self.call: _Call | None = None
+        # Calls written to the worker and not yet answered, in order: the
+        # first is running (or about to), the rest wait in its pipe.
+        self.inFlight: deque[_Call] = deque()
         self.calls = 0
         self.pid: int | None = None
         self.startError: errors.WorkerStartError | None = None
@@ -254,6 +257,13 @@ class WorkerProcess(ProcessProtocol):
         )
         self._output = {1: _OutputLogger(self, "stdout"), 2: _OutputLogger(self, "stderr")}
         self._killTimer: IDelayedCall | None = None
+
+    @property
+    def call(self) -> _Call | None:
+        """
+        The call running in the worker, if any.
+        """
+        return self.inFlight[0] if self.inFlight else None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -312,7 +322,7 @@ class WorkerProcess(ProcessProtocol):
         """
         assert self.transport is not None
         self.state = "busy"
-        self.call = call
+        self.inFlight.append(call)
         call.worker = self
         name = call.name.encode("utf-8")
         self.requests.write(
@@ -394,6 +404,12 @@ class ProcessPool:
     @ivar killGrace: how long a worker has between SIGTERM and SIGKILL (and
         between being asked to exit and SIGTERM).
     @ivar maxResult: the largest JSON-encoded result, in bytes.
+    @ivar prefetch: how many calls a worker may hold at once: the one it
+        runs and, while calls are queued and no worker is idle, the next
+        ones waiting in its pipe, so it never waits for the parent between
+        calls.  1 (the default) sends a call only to an idle worker; more
+        speeds up short tasks but lets a long task delay the calls behind
+        it.
     @ivar maxMemory: each worker's address-space limit in bytes
         (C{RLIMIT_AS}), or L{None}; a task past it gets C{MemoryError}.
     @ivar minRestartDelay: the first delay before replacing a worker that
@@ -416,6 +432,7 @@ class ProcessPool:
         killGrace: float = 5.0,
         maxResult: int = DEFAULT_MAX_RESULT,
         maxMemory: int | None = None,
+        prefetch: int = 1,
         minRestartDelay: float = 0.5,
         maxRestartDelay: float = 30.0,
         registry: Registry | None = None,
@@ -430,6 +447,8 @@ class ProcessPool:
             raise ValueError("maxQueue must not be negative")
         if maxTasksPerWorker is not None and maxTasksPerWorker < 1:
             raise ValueError("maxTasksPerWorker must be at least 1")
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
         self._reactor = reactor
         self.tasks = list(tasks)
         self.workers = workers
@@ -440,6 +459,7 @@ class ProcessPool:
         self.killGrace = killGrace
         self.maxResult = maxResult
         self.maxMemory = maxMemory
+        self.prefetch = prefetch
         self.minRestartDelay = minRestartDelay
         self.maxRestartDelay = maxRestartDelay
         self.registry = _defaultRegistry if registry is None else registry
@@ -543,7 +563,11 @@ class ProcessPool:
         if self._idle:
             self._run(self._idle.pop(), call)
         else:
-            self._queue.append(call)
+            worker = self._sendAheadTo()
+            if worker is not None:
+                self._run(worker, call)
+            else:
+                self._queue.append(call)
         return call.deferred
 
     def stop(self) -> Deferred[None]:
@@ -573,6 +597,9 @@ class ProcessPool:
             starting.errback(errors.PoolStopping("the pool was stopped while starting"))
         self._failQueue(errors.PoolStopping("the pool is stopping"))
         for worker in list(self._processes):
+            # Calls waiting in a worker's pipe count as queued.
+            for call in list(worker.inFlight)[1:]:
+                self._finish(call, Failure(errors.PoolStopping("the pool is stopping")))
             if worker.state == "idle":
                 self._release(worker)
             elif worker.state == "starting":
@@ -647,16 +674,59 @@ class ProcessPool:
             self.state = "running"
             starting.callback(None)
 
-    def _idleWorker(self, worker: WorkerProcess) -> None:
-        if self._queue:
+    def _capacity(self, worker: WorkerProcess) -> int:
+        """
+        @return: how many calls C{worker} may hold now.
+        """
+        depth = self.prefetch
+        if self.maxTasksPerWorker is not None:
+            depth = min(depth, self.maxTasksPerWorker - worker.calls)
+        return depth
+
+    def _sendAheadTo(self) -> WorkerProcess | None:
+        """
+        @return: a busy worker that may take one more call in its pipe, if
+            sending ahead is on.
+        """
+        if self.prefetch == 1:
+            return None
+        best = None
+        for worker in self._live:
+            if worker.state == "busy" and len(worker.inFlight) < self._capacity(worker):
+                if best is None or len(worker.inFlight) < len(best.inFlight):
+                    best = worker
+        return best
+
+    def _feed(self, worker: WorkerProcess) -> None:
+        """
+        Give C{worker} queued calls up to its capacity; idle it if none.
+        """
+        capacity = self._capacity(worker)
+        while self._queue and len(worker.inFlight) < capacity:
             self._run(worker, self._queue.popleft())
-        else:
+        if not worker.inFlight:
             worker.state = "idle"
             self._idle.append(worker)
 
+    def _idleWorker(self, worker: WorkerProcess) -> None:
+        self._feed(worker)
+
     def _run(self, worker: WorkerProcess, call: _Call) -> None:
         worker.run(call)
-        if call.timeout is not None:
+        if len(worker.inFlight) == 1:
+            self._started(worker)
+
+    def _started(self, worker: WorkerProcess) -> None:
+        """
+        The first call in C{worker}'s pipe is now the one it runs: start its
+        clock.  A call cancelled (or failed by a stop) while it waited in
+        the pipe is not let run: the worker is stopped, and the calls behind
+        it go back to the queue when the worker has ended.
+        """
+        call = worker.inFlight[0]
+        if call.done:
+            self._discard(worker)
+        elif call.timeout is not None:
             call.timer = self._reactor.callLater(call.timeout, self._timedOut, call)
 
     def _release(self, worker: WorkerProcess) -> None:
@@ -668,10 +738,12 @@ class ProcessPool:
 
     def _discard(self, worker: WorkerProcess) -> None:
         """
-        Let a worker go at once: terminate it.  Its call, if any, must have
-        been finished by the caller.
+        Let a worker go at once: terminate it.  The call it runs must have
+        been finished by the caller; the calls waiting in its pipe are
+        settled when it has ended (see L{_ended}).
         """
-        worker.call = None
+        if worker.state == "leaving":
+            return
         self._forget(worker)
         worker.terminate()
         self._replace()
@@ -698,27 +770,33 @@ class ProcessPool:
         self._restartTimers.add(timer)
 
     def _replied(self, worker: WorkerProcess, ok: bool, body: bytes) -> None:
-        call = worker.call
-        if call is None:
+        if not worker.inFlight:
             self.log.error(
                 "worker {pid} replied with no call running; stopping it", pid=worker.pid
             )
             self._discard(worker)
             return
-        worker.call = None
+        call = worker.inFlight.popleft()
         worker.calls += 1
         if ok:
             self._finish(call, body)
         else:
             self._finish(call, Failure(errors.errorFromDict(json.loads(body))))
+        if worker.state == "leaving":
+            return  # being stopped; _ended settles the rest
+        if worker.inFlight:
+            self._started(worker)
+            if worker.state == "leaving":
+                return
         if self.state != "running" and self.state != "starting":
-            self._release(worker)
-            self._checkStopped()
+            if not worker.inFlight:
+                self._release(worker)
+                self._checkStopped()
         elif self.maxTasksPerWorker is not None and worker.calls >= self.maxTasksPerWorker:
             self._release(worker)
             self._replace()
         else:
-            self._idleWorker(worker)
+            self._feed(worker)
 
     def _ended(self, worker: WorkerProcess, reason: Failure) -> None:
         wasLive = worker in self._live
@@ -727,8 +805,11 @@ class ProcessPool:
         how = worker.describeExit(reason)
         neverReady = worker.state == "starting"
         worker.state = "ended"
-        call, worker.call = worker.call, None
-        if call is not None:
+        inFlight, worker.inFlight = worker.inFlight, deque()
+        if inFlight:
+            # Every reply the worker wrote has been read by now, so the
+            # first call was the one running; the others never started.
+            call = inFlight.popleft()
             self._finish(
                 call,
                 Failure(
@@ -738,6 +819,7 @@ class ProcessPool:
                     )
                 ),
             )
+            self._requeue(inFlight)
         if neverReady and wasLive:
             error = worker.startError or errors.WorkerStartError(
                 f"worker {worker.pid} {how} before it was ready"
@@ -779,6 +861,19 @@ class ProcessPool:
             call.timer.cancel()
         call.deferred.callback(result)
 
+    def _requeue(self, calls: deque[_Call]) -> None:
+        """
+        Put calls that never started back at the front of the queue.
+        """
+        for call in reversed(calls):
+            if not call.done:
+                call.worker = None
+                self._queue.appendleft(call)
+        if self.state not in ("starting", "running"):
+            self._failQueue(errors.PoolStopping("the pool is stopping"))
+        while self._idle and self._queue:
+            self._feed(self._idle.pop())
+
     def _failQueue(self, error: Exception) -> None:
         queue, self._queue = self._queue, deque()
         for call in queue:
@@ -806,10 +901,11 @@ class ProcessPool:
         call.worker = None
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
-        if worker is not None:
-            self._discard(worker)
-        else:
+        if worker is None:
             self._queue.remove(call)
+        elif worker.call is call:
+            self._discard(worker)
+        # else it waits in the worker's pipe: see _started.
 
     # -- stopping ---------------------------------------------------------
 

@@ -62,6 +62,7 @@ class Options(usage.Options):
         ["max-in-flight", None, 100, "Unanswered requests per connection before it stops being read.", _positiveInt],
         ["grace", None, 10.0, "On shutdown, seconds running calls may go on.", _seconds],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL for a worker.", _seconds],
+        ["prefetch", None, 1, "Calls a worker may hold at once (more than 1 sends the next calls ahead: faster for short tasks; a long task delays those behind it).", _positiveInt],
         ["max-memory", None, None, "Address-space limit of each worker, in MiB [default: none].", _positiveInt],
         ["auth-token-file", None, None, "A file holding the shared secret clients must send in their hello [default: no authentication]."],
         ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", _seconds],
@@ -240,6 +241,7 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         grace=options["grace"],
         killGrace=options["kill-grace"],
         maxMemory=None if options["max-memory"] is None else options["max-memory"] * 1024 * 1024,
+        prefetch=options["prefetch"],
     )
     factory = TaskServerFactory(
         pool,

@@ -257,6 +257,30 @@ class FailureTests(RealPoolTestCase):
         self.assertEqual(len(pool.pids()), 2)
 
 
+class PrefetchTests(RealPoolTestCase):
+    @inlineCallbacks
+    def test_prefetchWithCrashes(self) -> Any:
+        """
+        With calls sent ahead, a crash still costs only the call that was
+        running: the ones behind it run on the replacement, once each.
+        """
+        pool = yield self.startPool(workers=1, prefetch=3)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        calls = []
+        for i in range(12):
+            if i % 4 == 1:
+                calls.append(pool.submit("crash", ["kill"]))
+            else:
+                calls.append(pool.submit("touch", [directory, str(i)]))
+        results = yield gatherResults([d.addErrback(lambda f: f.trap(errors.WorkerCrashed)) for d in calls])
+        self.assertEqual([r for i, r in enumerate(results) if i % 4 == 1], [errors.WorkerCrashed] * 3)
+        self.assertEqual([r for i, r in enumerate(results) if i % 4 != 1], [str(i) for i in range(12) if i % 4 != 1])
+        self.assertEqual(sorted(os.listdir(directory), key=int), [str(i) for i in range(12) if i % 4 != 1])
+        many = yield gatherResults([pool.submit("add", [i, 1]) for i in range(300)])
+        self.assertEqual(many, [i + 1 for i in range(300)])
+
+
 class StartTests(RealPoolTestCase):
     @inlineCallbacks
     def test_importErrorInWorker(self) -> Any:

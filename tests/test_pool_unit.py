@@ -593,3 +593,142 @@ class RequestPipeTests(SynchronousTestCase):
         self.assertEqual(pipe.fileno(), -1)
         pipe.write(b"y")
         pipe.close()
+
+
+class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
+    """
+    With C{prefetch} above 1 a busy worker is sent its next calls ahead.
+    """
+
+    def test_sendAheadAndTimers(self) -> None:
+        """
+        Calls go to idle workers first, then ahead into busy workers' pipes
+        up to C{prefetch}, then to the queue; a call's timeout starts only
+        when the call reaches the head of its worker.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2, timeout=5.0)
+        p = reactor.processes[0]
+        ds = [pool.submit("add", [i, 0]) for i in range(3)]
+        self.assertEqual(len(p.written), 2)
+        self.assertEqual(pool.stats()["queued"], 1)
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        reactor.advance(4)
+        p.send(b"R0")
+        self.assertEqual(len(p.written), 3)
+        reactor.advance(4)  # 8 s since the second call was sent, 4 s since it started
+        self.assertNoResult(ds[1])
+        p.send(b"R1")
+        p.send(b"R2")
+        self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_crashRequeuesTheCallsBehind(self) -> None:
+        """
+        A worker that dies costs only the call it ran; the calls waiting in
+        its pipe never started and go to the next worker, in order.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=3)
+        ds = [pool.submit("add", [i, 0]) for i in range(3)]
+        old = reactor.processes[0]
+        old.exit(None, signal.SIGKILL)
+        self.failureResultOf(ds[0], errors.WorkerCrashed)
+        new = reactor.processes[1]
+        new.ready()
+        self.assertEqual([r[1]["args"] for r in new.requests()], [[1, 0], [2, 0]])
+        new.send(b"R1")
+        new.send(b"R2")
+        self.assertEqual([self.successResultOf(d) for d in ds[1:]], [1, 2])
+
+    def test_timeoutRequeuesUnstarted(self) -> None:
+        """
+        When the running call times out, the call behind it, which never
+        started, runs on the replacement.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2)
+        slow = pool.submit("sleep", [99], timeout=1)
+        behind = pool.submit("add", [1, 1])
+        reactor.advance(1)
+        self.failureResultOf(slow, errors.TaskTimeout)
+        old, new = reactor.processes
+        self.assertEqual(old.signals, ["SIGTERM"])
+        self.assertNoResult(behind)
+        old.exit(None, signal.SIGTERM)
+        new.ready()
+        new.send(b"R2")
+        self.assertEqual(self.successResultOf(behind), 2)
+
+    def test_replyAfterTimeoutMeansTheNextStarted(self) -> None:
+        """
+        If the timed-out call's reply still arrives before its worker ends,
+        the worker had moved on to the next call, which may have run: it
+        fails with L{errors.WorkerCrashed} rather than run twice.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2)
+        slow = pool.submit("sleep", [99], timeout=1)
+        behind = pool.submit("add", [1, 1])
+        reactor.advance(1)
+        self.failureResultOf(slow, errors.TaskTimeout)
+        old = reactor.processes[0]
+        old.send(b"R99")  # the reply was already on its way
+        old.exit(None, signal.SIGTERM)
+        self.failureResultOf(behind, errors.WorkerCrashed)
+        self.assertEqual(len(reactor.processes), 2)
+        self.assertEqual(reactor.processes[1].written, [])
+
+    def test_cancelWaitingCall(self) -> None:
+        """
+        Cancelling a call waiting in a worker's pipe fails it at once; when
+        the worker reaches it, the worker is stopped instead of running it,
+        and the calls behind it go to the replacement.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=3)
+        first = pool.submit("add", [1, 0])
+        waiting = pool.submit("sleep", [99])
+        last = pool.submit("add", [3, 0])
+        waiting.cancel()
+        self.failureResultOf(waiting, CancelledError)
+        old = reactor.processes[0]
+        self.assertEqual(old.signals, [])
+        old.send(b"R1")
+        self.assertEqual(self.successResultOf(first), 1)
+        self.assertEqual(old.signals, ["SIGTERM"])
+        old.exit(None, signal.SIGTERM)
+        new = reactor.processes[1]
+        new.ready()
+        self.assertEqual([r[0] for r in new.requests()], ["add"])
+        new.send(b"R3")
+        self.assertEqual(self.successResultOf(last), 3)
+
+    def test_stopFailsWaitingCalls(self) -> None:
+        """
+        On stop, calls waiting in workers' pipes fail with
+        L{errors.PoolStopping} like queued ones; the running call finishes.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2)
+        running = pool.submit("add", [1, 0])
+        waiting = pool.submit("add", [2, 0])
+        d = pool.stop()
+        self.failureResultOf(waiting, errors.PoolStopping)
+        p = reactor.processes[0]
+        p.send(b"R1")
+        self.assertEqual(self.successResultOf(running), 1)
+        self.assertEqual(p.signals, ["SIGTERM"])
+        p.exit(None, signal.SIGTERM)
+        self.successResultOf(d)
+
+    def test_recyclingLimitsPrefetch(self) -> None:
+        """
+        A worker is never sent more calls than it has left before it is
+        recycled.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=4, maxTasksPerWorker=2)
+        ds = [pool.submit("add", [i, 0]) for i in range(3)]
+        first = reactor.processes[0]
+        self.assertEqual(len(first.written), 2)
+        first.send(b"R0")
+        first.send(b"R1")
+        self.assertEqual(first.closed, [REQUEST_FD])
+        second = reactor.processes[1]
+        second.ready()
+        second.send(b"R2")
+        self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])

@@ -58,6 +58,7 @@ class OptionsTests(SynchronousTestCase):
                 "grace": 10.0,
                 "kill-grace": 5.0,
                 "max-memory": None,
+                "prefetch": 1,
                 "auth-token-file": None,
                 "auth-token": None,
                 "auth-timeout": 10.0,
