@@ -66,12 +66,16 @@ class Process:
                 self.popen.wait()
 
 
+#: The daemon's --prefetch in the benchmark: the workloads are short tasks.
+PREFETCH = 4
+
+
 class Daemon(Process):
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, prefetch: int = PREFETCH) -> None:
         super().__init__(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              "taskd", "--listen", "tcp:0:interface=127.0.0.1", "--workers", str(workers),
-             "--max-queue", "100000", "--max-connections", "20000"],
+             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000"],
             wait=r"starting on (\d+)[\s\S]*pool ready",
         )
         assert self.match is not None
@@ -166,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
 
         w1 = results["w1"] = {}
         w1["taskd_raw"] = repeat("W1 taskd raw", lambda: {"calls_per_s": n1 / rawclient.pipelined(daemon.port, addLines, 100, addCheck)})
+        plain = Daemon(2, prefetch=1)
+        try:
+            w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
+        finally:
+            plain.stop()
         w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
         w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: {"calls_per_s": n1 / rawclient.pipelined(linePort, addLines, 100, addCheck)})
         w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
@@ -263,7 +272,7 @@ def report(r: dict[str, Any]) -> None:
         if value is not None:
             rows.append((workload, system, f"{value:,.1f}", unit))
 
-    for name in ("taskd_raw", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
+    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
     row("W1a connection per call", "taskd_raw", m("w1a", "taskd_raw", "calls_per_s"), "calls/s")
     for name in ("taskd_raw", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
@@ -281,7 +290,7 @@ def report(r: dict[str, Any]) -> None:
     row("memory", f"daemon with {mem.get('idle_connections')} idle connections", mem.get("daemon_with_connections_mb"), "MB")
     for i, w in enumerate(mem.get("worker_mb", [])):
         row("memory", f"worker {i + 1} RSS", w, "MB")
-    print(f"\ntaskd benchmark ({'quick' if r['quick'] else r['runs']} run(s), medians) on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Twisted {r['machine']['twisted']}")
+    print(f"\ntaskd benchmark ({'quick' if r['quick'] else r['runs']} run(s), medians; taskd with --prefetch {PREFETCH} unless named) on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, Twisted {r['machine']['twisted']}")
     width = max(len(x[0]) + len(x[1]) for x in rows) + 3
     for workload, system, value, unit in rows:
         print(f"  {workload + ' / ' + system:<{width}} {value:>12} {unit}")
