@@ -668,7 +668,7 @@ class ProcessPool:
         if self.state == "stopping":
             self._release(worker)
             return
-        self._idleWorker(worker)
+        self._feed(worker)
         if self._starting is not None and all(w.state != "starting" for w in self._live):
             starting, self._starting = self._starting, None
             self.state = "running"
@@ -707,9 +707,6 @@ class ProcessPool:
         if not worker.inFlight:
             worker.state = "idle"
             self._idle.append(worker)
-
-    def _idleWorker(self, worker: WorkerProcess) -> None:
-        self._feed(worker)
 
     def _run(self, worker: WorkerProcess, call: _Call) -> None:
         worker.run(call)
