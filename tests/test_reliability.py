@@ -126,7 +126,9 @@ class DaemonTestCase(TwistdMixin, TestCase):
     @inlineCallbacks
     def startDaemon(self, *options: str, port: int = 0, workers: int = 2) -> Any:
         daemon = self.spawn(
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", str(workers),
+            # Twisted's default accept queue (50) drops connections opened
+            # in a burst; the many-clients scenario opens 1,000 at once.
+            "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024", "--workers", str(workers),
             "--tasks", "taskd.examples", "--tasks", "tests.tasks", "--kill-grace", "1", *options,
         )
         m = yield daemon.waitFor(rb"starting on (\d+)")
@@ -156,6 +158,10 @@ class DaemonTestCase(TwistdMixin, TestCase):
     @inlineCallbacks
     def pipeline(self, lines: list[bytes], inFlight: int = 100, gate: Deferred[None] | None = None, connected: Deferred[None] | None = None) -> Any:
         proto = Pipeline(lines, inFlight, gate)
+        if not hasattr(self, "_pipelines"):
+            self._pipelines: list[Pipeline] = []
+            self.addCleanup(self._abortPipelines)
+        self._pipelines.append(proto)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
         yield endpoint.connect(Factory.forProtocol(lambda: proto))
         if connected is not None:
@@ -163,6 +169,12 @@ class DaemonTestCase(TwistdMixin, TestCase):
         yield proto.done
         proto.transport.loseConnection()
         return proto
+
+    def _abortPipelines(self) -> None:
+        # A failed scenario must not leave its connections to the next test.
+        for proto in self._pipelines:
+            if proto.transport is not None and proto.transport.connected:
+                proto.transport.abortConnection()
 
     @inlineCallbacks
     def stats(self) -> Any:
