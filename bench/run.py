@@ -22,8 +22,11 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from bench import rawclient
-from bench.rawclient import request
+if __package__ in (None, ""):  # run as "python bench/run.py"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import rawclient  # noqa: E402
+from bench.rawclient import request  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + [p for p in sys.path if p]))
@@ -328,3 +331,7 @@ def report(r: dict[str, Any]) -> None:
     for name, value, verdict in targets:
         print(f"  {verdict:4}  {name}: {value}")
     r["targets"] = [{"name": n, "value": v, "verdict": x} for n, v, x in targets]
+
+
+if __name__ == "__main__":
+    main()
