@@ -1,0 +1,212 @@
+"""
+The scenario end to end (docs/examples/wsmailer.py): a WebSocket server
+mails users through taskd with real SMTP, stays responsive, and reports
+failures.  Figures are printed as C{MAILER ...} lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.trial.unittest import TestCase
+
+from taskd.client import ReconnectingClient
+from taskd.pool import ProcessPool
+from taskd.server import TaskServerFactory
+
+from tests.test_tap import ROOT
+
+EXAMPLES = os.path.join(ROOT, "docs", "examples")
+
+try:
+    from twisted.web.websocket import WebSocketClientEndpoint
+except ImportError:  # pragma: no cover
+    WebSocketClientEndpoint = None
+
+
+def report(name: str, **figures: Any) -> None:
+    sys.__stdout__.write("\nMAILER " + name + ": " + " ".join(f"{k}={v}" for k, v in figures.items()) + "\n")
+    sys.__stdout__.flush()
+
+
+class Peer:
+    """
+    A WebSocket client that records what the server sends.
+    """
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.messages: list[dict[str, Any]] = []
+        self.done: Deferred[dict[str, Any]] = Deferred()
+        self.pongs: list[float] = []
+
+    def negotiationStarted(self, transport: Any) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def textMessageReceived(self, message: str) -> None:
+        m = json.loads(message)
+        if m["type"] == "pong":
+            self.pongs.append(time.perf_counter() - m["t"])
+            return
+        self.messages.append(m)
+        if m["type"] == "done":
+            self.done.callback(m)
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.transport.sendTextMessage(json.dumps(message))
+
+
+class _PeerFactory:
+    def buildProtocol(self, url: str) -> Peer:
+        return Peer()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    return {
+        "p50_ms": round(1e3 * values[len(values) // 2], 2),
+        "p99_ms": round(1e3 * values[int(len(values) * 0.99)], 2),
+        "max_ms": round(1e3 * values[-1], 2),
+        "pings": len(values),
+    }
+
+
+class MailerTests(TestCase):
+    timeout = 300
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        if WebSocketClientEndpoint is None:
+            self.skipTest("twisted[websocket] (wsproto) is not installed")
+        if EXAMPLES not in sys.path:
+            sys.path.insert(0, EXAMPLES)
+            self.addCleanup(sys.path.remove, EXAMPLES)
+        import smtpsink
+        import wsmailer
+
+        self.smtpsink, self.wsmailer = smtpsink, wsmailer
+        self.pool = ProcessPool(reactor, tasks=["mailer_tasks"], workers=2, killGrace=1.0)
+        yield self.pool.start()
+        self.addCleanup(self.pool.stop)
+        daemon = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TaskServerFactory(self.pool))
+        self.addCleanup(daemon.stopListening)
+        self.client = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{daemon.getHost().port}"])
+        self.client.startService()
+        self.addCleanup(self.client.stopService)
+
+    @inlineCallbacks
+    def serve(self, mailer: Any) -> Any:
+        web = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.wsmailer.makeSite(mailer))
+        self.addCleanup(web.stopListening)
+        return f"ws://127.0.0.1:{web.getHost().port}/ws"
+
+    @inlineCallbacks
+    def sink(self, refuse: set[str] = set()) -> Any:
+        sink = self.smtpsink.Sink(refuse)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1", backlog=1024).listen(sink)
+        self.addCleanup(port.stopListening)
+        return sink, port.getHost().port
+
+    @inlineCallbacks
+    def connect(self, url: str) -> Any:
+        peer = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, url).connect(_PeerFactory()))
+        self.addCleanup(lambda: peer.transport.loseConnection())
+        return peer
+
+    @inlineCallbacks
+    def mailWithPings(self, url: str, users: int) -> Any:
+        """
+        Start a batch on one connection and ping every 10 ms on another
+        until it is done.
+        """
+        mailer = yield self.connect(url)
+        pinger = yield self.connect(url)
+        loop = LoopingCall(lambda: pinger.send({"action": "ping", "t": time.perf_counter()}))
+        start = time.perf_counter()
+        mailer.send({"action": "mail", "users": users})
+        loop.start(0.01)
+        done = yield mailer.done
+        elapsed = time.perf_counter() - start
+        loop.stop()
+        return mailer, pinger, done, elapsed
+
+    @inlineCallbacks
+    def test_allMailArrives(self) -> Any:
+        """
+        1,000 users: the sink holds exactly 1,000 distinct messages to the
+        right recipients; the client saw progress and a final "done" with
+        1,000 sent and 0 failed; a second client's pings were answered
+        throughout, never waiting for the whole batch.
+        """
+        sink, smtpPort = yield self.sink()
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        mailer, pinger, done, elapsed = yield self.mailWithPings(url, 1000)
+        self.assertEqual((done["sent"], done["failed"], done["failures"]), (1000, 0, []))
+        progress = [m for m in mailer.messages if m["type"] == "progress"]
+        self.assertGreater(len(progress), 10)
+        self.assertEqual([m["sent"] for m in progress], sorted(m["sent"] for m in progress))
+        recipients = sorted(r for r, _ in sink.messages)
+        self.assertEqual(recipients, [f"user{i:04d}@example.com" for i in range(1000)])
+        self.assertTrue(all(b"Subject: hello" in m for _, m in sink.messages))
+        self.assertGreater(len(pinger.pongs), 10)
+        self.assertLess(max(pinger.pongs), elapsed)
+        report("taskd, 1000 mails", seconds=round(elapsed, 2), **percentiles(pinger.pongs))
+
+    @inlineCallbacks
+    def test_inlineBlocks(self) -> Any:
+        """
+        The contrast: the same batch sent inline (in the reactor thread)
+        holds every ping for the whole batch.  The SMTP sink runs in its own
+        process here, since the blocked reactor could not serve it.
+        """
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(EXAMPLES, "smtpsink.py"), "0"],
+            stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path)),
+        )
+        self.addCleanup(lambda: (process.kill(), process.wait(), process.stdout.close()))
+        line = process.stdout.readline().decode()
+        smtpPort = int(line.rsplit(" ", 1)[1])
+        url = yield self.serve(self.wsmailer.Mailer(None, smtpPort, inline=True))
+        mailer, pinger, done, elapsed = yield self.mailWithPings(url, 1000)
+        self.assertEqual(done["sent"], 1000)
+        self.assertGreater(max(pinger.pongs), 0.5 * elapsed)
+        report("inline, 1000 mails", seconds=round(elapsed, 2), **percentiles(pinger.pongs))
+
+    @inlineCallbacks
+    def test_failuresReported(self) -> Any:
+        """
+        With the sink refusing 1 % of recipients, "done" counts exactly
+        those failures and names them.
+        """
+        refused = {f"user{i:04d}@example.com" for i in range(0, 1000, 100)}
+        sink, smtpPort = yield self.sink(refused)
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        mailer = yield self.connect(url)
+        mailer.send({"action": "mail", "users": 1000})
+        done = yield mailer.done
+        self.assertEqual((done["sent"], done["failed"]), (990, 10))
+        self.assertEqual({f["to"] for f in done["failures"]}, refused)
+        self.assertTrue(all("SMTPRecipientsRefused" in f["error"] for f in done["failures"]))
+        self.assertEqual(len(sink.messages), 990)
+        report("refusals", refused=len(refused), reported=done["failed"])
