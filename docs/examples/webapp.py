@@ -1,7 +1,7 @@
 """
 A Twisted web server that stays responsive while it mails many users.
 
-    GET /mail?users=1000   hands one send_mail call per user to taskd and
+    GET /mail?users=1000   hands one pretend_mail call per user to taskd and
                            answers, when every call has ended, with
                            {"sent": ..., "failed": [...]}
     GET /ping              answers at once, even while mail is going out
@@ -36,7 +36,7 @@ class Mail(Resource):
     def render_GET(self, request: Request) -> Any:
         users = int(request.args.get(b"users", [b"10"])[0])
         calls = [
-            self.client.call("send_mail", to=f"user{i}@example.com" if i % 50 else f"user{i}", subject="hello")
+            self.client.call("pretend_mail", to=f"user{i}@example.com" if i % 50 else f"user{i}", subject="hello")
             for i in range(users)
         ]
         gone: list[bool] = []
