@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
 from taskd.client import ReconnectingClient
@@ -92,7 +92,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-class MailerTests(TestCase):
+class MailerCase(TestCase):
+    """
+    A pool running the mailer task, a daemon, a reconnecting client, and
+    helpers to start the sink, the site and WebSocket clients.
+    """
+
     timeout = 300
 
     @inlineCallbacks
@@ -151,6 +156,9 @@ class MailerTests(TestCase):
         loop.stop()
         return mailer, pinger, done, elapsed
 
+
+
+class MailerTests(MailerCase):
     @inlineCallbacks
     def test_allMailArrives(self) -> Any:
         """
@@ -210,3 +218,161 @@ class MailerTests(TestCase):
         self.assertTrue(all("SMTPRecipientsRefused" in f["error"] for f in done["failures"]))
         self.assertEqual(len(sink.messages), 990)
         report("refusals", refused=len(refused), reported=done["failed"])
+
+
+class DevTools:
+    """
+    A minimal Chrome DevTools Protocol client over Twisted's WebSocket
+    client: commands matched to replies by id.
+    """
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.ids = 0
+        self.waiting: dict[int, Deferred[Any]] = {}
+
+    def negotiationStarted(self, transport: Any) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def textMessageReceived(self, message: str) -> None:
+        m = json.loads(message)
+        d = self.waiting.pop(m.get("id"), None)
+        if d is not None:
+            if "error" in m:
+                d.errback(RuntimeError(str(m["error"])))
+            else:
+                d.callback(m.get("result", {}))
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        for d in self.waiting.values():
+            d.errback(RuntimeError("DevTools connection lost"))
+        self.waiting = {}
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Deferred[Any]:
+        self.ids += 1
+        message: dict[str, Any] = {"id": self.ids, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        d: Deferred[Any] = Deferred()
+        self.waiting[self.ids] = d
+        self.transport.sendTextMessage(json.dumps(message))
+        return d
+
+
+class _DevToolsFactory:
+    def buildProtocol(self, url: str) -> DevTools:
+        return DevTools()
+
+
+def findChromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class BrowserTests(MailerCase):
+    """
+    A real browser: headless Chromium loads the page, presses the button
+    and watches the progress bar reach 100 %.
+    """
+
+    @inlineCallbacks
+    def test_browserPressesTheButton(self) -> Any:
+        """
+        Chromium, driven over the DevTools protocol, loads the page, asks
+        for 200 mails and sees the bar reach 200 of 200 and "done"; the
+        sink holds the 200 messages.
+        """
+        from twisted.internet.protocol import ProcessProtocol
+
+        chromium = findChromium()
+        if chromium is None:
+            self.skipTest("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+        sink, smtpPort = yield self.sink()
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        page = url.replace("ws://", "http://").replace("/ws", "/")
+
+        class Browser(ProcessProtocol):
+            def __init__(self) -> None:
+                self.output = b""
+                self.listening: Deferred[str] = Deferred()
+                self.ended: Deferred[None] = Deferred()
+
+            def errReceived(self, data: bytes) -> None:
+                self.output += data
+                import re
+
+                m = re.search(rb"DevTools listening on (ws://\S+)", self.output)
+                if m and not self.listening.called:
+                    self.listening.callback(m.group(1).decode())
+
+            outReceived = errReceived
+
+            def processEnded(self, reason: Any) -> None:
+                if not self.listening.called:
+                    self.listening.errback(RuntimeError(self.output.decode(errors="replace")[-2000:]))
+                self.ended.callback(None)
+
+        profile = os.path.abspath(self.mktemp())
+        os.makedirs(profile)
+        browser = Browser()
+        process = reactor.spawnProcess(
+            browser, chromium,
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+             "about:blank"],
+            env=dict(os.environ),
+        )
+
+        def stopBrowser() -> Any:
+            if not browser.ended.called:
+                process.signalProcess("KILL")
+            return browser.ended
+
+        self.addCleanup(stopBrowser)
+        browserURL = yield browser.listening
+        tools = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, browserURL).connect(_DevToolsFactory()))
+        self.addCleanup(lambda: tools.transport.loseConnection())
+        target = yield tools.call("Target.createTarget", {"url": page})
+        attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        session = attached["sessionId"]
+
+        @inlineCallbacks
+        def evaluate(expression: str) -> Any:
+            result = yield tools.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            return result.get("result", {}).get("value")
+
+        for _ in range(300):
+            ready = yield evaluate("document.readyState === 'complete' && !!document.getElementById('go')")
+            if ready:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(ready, "the page did not load")
+        yield evaluate("document.getElementById('users').value = '200'; document.getElementById('go').click(); true")
+        seen = []
+        for _ in range(600):
+            state = yield evaluate(
+                "[document.getElementById('bar').value, document.getElementById('bar').max,"
+                " document.getElementById('status').textContent]"
+            )
+            seen.append(state[0])
+            if state[2].startswith("done"):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(state, [200, 200, "done: 200 sent, 0 failed"])
+        self.assertEqual(len(sink.messages), 200)
+        report("browser", final=state[2].replace(" ", "_"), progress_samples=len(seen))
