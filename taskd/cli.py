@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-C{python -m taskd}: call a daemon from a shell.
+C{python -m taskd}: call a daemon from a shell::
 
     python -m taskd call add '[1, 2]'
     python -m taskd map send_mail users.jsonl > results.jsonl

@@ -1,15 +1,15 @@
 # -*- test-case-name: tests.test_client -*-
 """
-The Deferred-based client of a taskd daemon.
+The Deferred-based client of a taskd daemon::
 
     client = await connect(reactor, "tcp:127.0.0.1:12345")
     result = await client.call("send_mail", "a@example.com", subject="hi")
     await client.close()
 
 Every call carries an id, so many run at once on one connection and are
-matched to their replies as they finish.  Cancelling a call's L{Deferred}
+matched to their replies as they finish.  Cancelling a call's C{Deferred}
 fails it at once with
-L{twisted.internet.defer.CancelledError} and tells the daemon, which frees
+C{twisted.internet.defer.CancelledError} and tells the daemon, which frees
 the worker.
 """
 
@@ -95,7 +95,7 @@ class TaskClientProtocol(LineReceiver):
         """
         Send a hello (with a token, say) and wait for the daemon's answer.
 
-        @return: a L{Deferred} firing with the L{HelloReply}, or failing
+        @return: a C{Deferred} firing with the L{HelloReply}, or failing
             with the daemon's error (L{errors.Unauthenticated}).
         """
         d: Deferred[HelloReply] = Deferred()
@@ -162,7 +162,7 @@ class TaskClientProtocol(LineReceiver):
 
     def whenLost(self) -> Deferred[None]:
         """
-        @return: a L{Deferred} that fires once the connection is gone.
+        @return: a C{Deferred} that fires once the connection is gone.
         """
         if self._closed:
             return succeed(None)
@@ -190,7 +190,7 @@ class _Calls:
         Run task C{name} with these arguments: every positional and keyword
         argument goes to the task.
 
-        @return: a L{Deferred} firing with the result, or failing with an
+        @return: a C{Deferred} firing with the result, or failing with an
             L{errors.TaskdError} (L{errors.TaskFailed} carries the remote
             type and traceback) or L{errors.ConnectionLost}; cancelling it
             cancels the call.
@@ -234,7 +234,7 @@ class TaskClient(_Calls):
         Cancel the pending calls on the daemon and close the connection;
         the pending calls fail with L{errors.ConnectionLost}.
 
-        @return: a L{Deferred} that fires once the connection is closed.
+        @return: a C{Deferred} that fires once the connection is closed.
         """
         protocol = self._protocol
         lost = protocol.whenLost()
@@ -254,7 +254,7 @@ def connect(
         C{"tls:taskd.example.com:12345"}; C{tls:} verifies the daemon's
         certificate and host name).
     @param token: the daemon's shared secret, if it requires one.
-    @return: a L{Deferred} firing with a connected (and authenticated)
+    @return: a C{Deferred} firing with a connected (and authenticated)
         L{TaskClient}, or failing with the connection error or
         L{errors.Unauthenticated}.
     """
@@ -303,7 +303,7 @@ class ReconnectingClient(_Calls, MultiService):
     A client of one or more daemons that stays connected.
 
     It keeps a connection to every endpoint (a
-    L{twisted.application.internet.ClientService} each, reconnecting with
+    C{twisted.application.internet.ClientService} each, reconnecting with
     backoff) and spreads calls over the connected ones in turn; a daemon
     that is down is skipped until it is back.  A call made while no daemon
     is connected waits up to C{waitTimeout} seconds for one (at most

@@ -4,7 +4,7 @@ One exception hierarchy shared by the pool, the server and the client.
 
 Every error that can end a call has a stable, machine-readable C{type}
 string (the C{type} field of an error reply on the wire) and a human
-C{message}.  L{errorFromType} turns a wire error back into the right class.
+C{message}.  L{errorFromDict} turns a wire error back into the right class.
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ class PoolStopping(TaskdError):
 
 class TaskCancelled(TaskdError):
     """
-    The call was cancelled.  On the Python side a cancelled L{Deferred}
-    fails with L{twisted.internet.defer.CancelledError}; this class names
+    The call was cancelled.  On the Python side a cancelled C{Deferred}
+    fails with C{twisted.internet.defer.CancelledError}; this class names
     the same outcome on the wire.
     """
 

@@ -39,7 +39,7 @@ from taskd.worker import DEFAULT_MAX_RESULT, MAX_ERROR_TEXT, REPLY_FD, REQUEST_F
 _header = struct.Struct("!I")
 _encodeArgs = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
-#: Marks "use the pool's default" where L{None} means "no limit".
+#: Marks "use the pool's default" where C{None} means "no limit".
 _DEFAULT: Any = object()
 
 #: Longest line of a worker's stdout/stderr logged as one event.
@@ -54,7 +54,7 @@ class _FrameDecoder:
     """
     Split a byte stream into length-prefixed frames.
 
-    Not L{twisted.protocols.basic.Int32StringReceiver}: that joins its whole
+    Not C{twisted.protocols.basic.Int32StringReceiver}: that joins its whole
     buffer to every new chunk, which is quadratic in the size of a large
     result arriving in 64 KiB pipe reads.  A C{bytearray} appends in place
     and drops consumed bytes from its front cheaply.
@@ -396,10 +396,10 @@ class ProcessPool:
     @ivar maxQueue: how many calls may wait for a worker; past it,
         submitting fails at once with L{errors.PoolBusy}.
     @ivar timeout: the default limit, in seconds, on the time a call runs in
-        its worker, or L{None} for no limit.  Time spent queued is not
+        its worker, or C{None} for no limit.  Time spent queued is not
         counted.
     @ivar maxTasksPerWorker: replace a worker after it has answered this
-        many calls (L{None}: never).
+        many calls (C{None}: never).
     @ivar grace: on L{stop}, how long running calls may go on.
     @ivar killGrace: how long a worker has between SIGTERM and SIGKILL (and
         between being asked to exit and SIGTERM).
@@ -411,7 +411,7 @@ class ProcessPool:
         speeds up short tasks but lets a long task delay the calls behind
         it.
     @ivar maxMemory: each worker's address-space limit in bytes
-        (C{RLIMIT_AS}), or L{None}; a task past it gets C{MemoryError}.
+        (C{RLIMIT_AS}), or C{None}; a task past it gets C{MemoryError}.
     @ivar minRestartDelay: the first delay before replacing a worker that
         failed to start; it doubles for each further failure in a row, up
         to C{maxRestartDelay}.
@@ -487,7 +487,7 @@ class ProcessPool:
         Import the task modules here, start the workers and wait until all
         of them are ready.
 
-        @return: a L{Deferred} that fires with L{None} once every worker is
+        @return: a C{Deferred} that fires with C{None} once every worker is
             ready, or fails with the import error or
             L{errors.WorkerStartError} (after which the pool is stopped).
         """
@@ -518,10 +518,10 @@ class ProcessPool:
         Run task C{name} with C{args} and C{kwargs} in a worker.
 
         @param timeout: seconds the call may run in its worker; the pool's
-            default if not given, no limit if L{None}.
-        @return: a L{Deferred} firing with the task's result (decoded from
+            default if not given, no limit if C{None}.
+        @return: a C{Deferred} firing with the task's result (decoded from
             JSON), or failing with an L{errors.TaskdError} (or
-            L{twisted.internet.defer.CancelledError} if cancelled).
+            C{twisted.internet.defer.CancelledError} if cancelled).
         """
         try:
             payload = _encodeArgs({"args": list(args), "kwargs": kwargs or {}})
@@ -541,7 +541,7 @@ class ProcessPool:
             (positional arguments) or an object (keyword arguments) and
             whose optional C{"kwargs"} is an object; other keys are ignored,
             so a whole request line from the wire will do.
-        @return: a L{Deferred} firing with the result as JSON bytes.
+        @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if self.state not in ("starting", "running"):
             return fail(
@@ -577,7 +577,7 @@ class ProcessPool:
         L{errors.PoolStopping} and terminate their workers), and end every
         worker.
 
-        @return: a L{Deferred} that fires when every worker process has
+        @return: a C{Deferred} that fires when every worker process has
             exited.
         """
         if self.state == "new":

@@ -46,7 +46,7 @@ class Call:
     @ivar args: positional arguments.
     @ivar kwargs: keyword arguments.
     @ivar id: the client's id for the call, or L{NO_ID}.
-    @ivar timeout: seconds the call may run, or L{None} for the daemon's
+    @ivar timeout: seconds the call may run, or C{None} for the daemon's
         default.
     @ivar raw: the request line itself, which holds the arguments in the
         form a worker reads (see L{taskd.pool.ProcessPool.submitEncoded}).

@@ -78,7 +78,7 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any] | None:
         """
-        @return: the function registered under C{name}, or L{None}.
+        @return: the function registered under C{name}, or C{None}.
         """
         return self._tasks.get(name)
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_server -*-
 """
-The daemon's network side: a L{LineReceiver} that decodes requests, hands
+The daemon's network side: a C{LineReceiver} that decodes requests, hands
 calls to a L{ProcessPool} and writes the replies.
 
 A request line is passed to the pool as it arrived (the worker reads the
@@ -409,7 +409,7 @@ class TaskServerFactory(Factory):
         the ones still open after C{timeout} seconds (a client that does not
         read must not hold up a shutdown).
 
-        @return: a L{Deferred} that fires when all are closed.
+        @return: a C{Deferred} that fires when all are closed.
         """
         waiting = []
         for protocol in list(self.connections):

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.test_security -*-
 """
-Mutual TLS for the daemon: the C{mtls:} server endpoint.
+Mutual TLS for the daemon: the C{mtls:} server endpoint::
 
     twistd -n taskd --listen mtls:12345:privateKey=key.pem:certKey=cert.pem:caCerts=clients-ca.pem
 
