@@ -197,7 +197,8 @@ class TwistdMixin:
 
     def spawn(self, *args: str, **extraEnv: str) -> Twistd:
         proto = Twistd()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path), **extraEnv)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+        env.update(extraEnv)
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "taskd", *args]
         process = reactor.spawnProcess(proto, sys.executable, argv, env=env, path=ROOT)
 
