@@ -65,7 +65,8 @@ class TutorialTests(TwistdMixin, TestCase):
         """
         The tutorial's task module, run by twistd, answers the shell
         command and the Twisted program exactly as the tutorial shows;
-        the README's tour works against the same daemon.
+        every complete program in the docs and the README's tour run
+        against the same daemon.
         """
         app = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(app, "myapp"))
@@ -89,6 +90,16 @@ class TutorialTests(TwistdMixin, TestCase):
         out, err, status = yield runPython(program)
         self.assertEqual((out, status), (b"20 checksums, computed while the reactor stayed free\n", 0), err)
 
+        # Every complete program in the docs runs as written.
+        programs = [(path, code) for path, code in samples("python") if "task.react(" in code]
+        self.assertGreaterEqual(len(programs), 3)
+        for number, (path, code) in enumerate(programs):
+            script = os.path.join(app, f"sample{number}.py")
+            with open(script, "w") as f:
+                f.write(code.replace("tcp:127.0.0.1:12345", f"tcp:127.0.0.1:{port}"))
+            out, err, status = yield runPython(script, app)
+            self.assertEqual(status, 0, f"{path}:\n{code}\n{err.decode()}")
+
         readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
         tour = re.search(r"python -c '\n(.*?)'", readme, re.DOTALL)
         assert tour is not None
@@ -98,9 +109,9 @@ class TutorialTests(TwistdMixin, TestCase):
         self.assertEqual((out, status), (b"42\n", 0), err)
 
 
-def runPython(path: str) -> Any:
+def runPython(path: str, *extraPath: str) -> Any:
     from twisted.internet import reactor
     from twisted.internet.utils import getProcessOutputAndValue
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*extraPath, ROOT] + sys.path))
     return getProcessOutputAndValue(sys.executable, [path], env=env, reactor=reactor)
