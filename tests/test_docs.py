@@ -57,6 +57,46 @@ class CompileTests(SynchronousTestCase):
                 self.fail(f"{path}: {e}\n{code}")
 
 
+class ProtocolExamplesTests(SynchronousTestCase):
+    def test_jsonExamplesAreValidMessages(self) -> None:
+        """
+        Every JSON example in the protocol specification is a message
+        taskd decodes: requests with the daemon's decoder, replies with the
+        client's.
+        """
+        import json
+
+        from taskd.protocol import Call, decodeReply, decodeRequest
+
+        messages = []
+        for path, block in samples("json"):
+            try:
+                messages.append(json.loads(block))
+            except ValueError:
+                messages.extend(json.loads(line) for line in block.splitlines() if line.strip())
+        self.assertGreaterEqual(len(messages), 14)
+        kinds = set()
+        for message in messages:
+            line = json.dumps(message).encode()
+            kind = message.get("type", "call")
+            reply = kind in ("result", "error") or (kind == "hello" and "server" in message) or (
+                kind == "stats" and len(message) > 1
+            )
+            if reply:
+                decodeReply(line)
+                kinds.add("reply:" + kind)
+            else:
+                request = decodeRequest(line)
+                if isinstance(request, Call):
+                    self.assertTrue(request.function)
+                kinds.add("request:" + kind)
+        self.assertEqual(
+            kinds,
+            {"request:call", "request:cancel", "request:hello", "request:stats",
+             "reply:result", "reply:error", "reply:hello", "reply:stats"},
+        )
+
+
 class TutorialTests(TwistdMixin, TestCase):
     timeout = 120
 
@@ -115,3 +155,107 @@ def runPython(path: str, *extraPath: str) -> Any:
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([*extraPath, ROOT] + sys.path))
     return getProcessOutputAndValue(sys.executable, [path], env=env, reactor=reactor)
+
+
+def sessions() -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """
+    The C{console} blocks: (file, [(command, expected output lines)]).
+    """
+    found = []
+    for path, block in samples("console"):
+        commands: list[tuple[str, list[str]]] = []
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith("$ "):
+                command = line[2:]
+                while command.endswith("\\"):
+                    i += 1
+                    command = command + "\n" + lines[i]  # bash joins the lines
+                commands.append((command, []))
+            elif commands:
+                commands[-1][1].append(line)
+            i += 1
+        found.append((path, commands))
+    return found
+
+
+def outputMatches(expected: list[str], actual: list[str]) -> bool:
+    """
+    Compare output with a documented transcript, in which a line that is
+    only C{...} stands for any number of lines and C{...} within a line for
+    any text.
+    """
+    if not expected:
+        return not actual
+    first, rest = expected[0], expected[1:]
+    if first.strip() == "...":
+        return any(outputMatches(rest, actual[k:]) for k in range(len(actual) + 1))
+    if not actual:
+        return False
+    pattern = ".*".join(re.escape(part) for part in first.split("..."))
+    return re.fullmatch(pattern, actual[0]) is not None and outputMatches(rest, actual[1:])
+
+
+NC_SHIM = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(os.environ["TASKD_TEST_PORT"])))
+s.sendall(sys.stdin.buffer.read())
+s.shutdown(socket.SHUT_WR)
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    sys.stdout.buffer.write(data)
+"""
+
+
+class ConsoleSessionTests(TwistdMixin, TestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_sessions(self) -> Any:
+        """
+        Every console session in the docs, run command by command in one
+        shell against a real daemon (C{nc} played by a small Python stand-
+        in, port 12345 by the daemon's own), prints what the docs show.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        daemon = self.spawn("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1")
+        m = yield daemon.waitFor(rb"starting on (\d+)")
+        yield daemon.waitFor(rb"pool ready")
+        port = m.group(1).decode()
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        shim = os.path.join(work, "nc.py")
+        with open(shim, "w") as f:
+            f.write(NC_SHIM)
+        env = dict(
+            os.environ,
+            PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            PYTHONPATH=os.pathsep.join([ROOT] + sys.path),
+            TASKD_CONNECT=f"tcp:127.0.0.1:{port}",
+            TASKD_TEST_PORT=port,
+        )
+        checked = 0
+        for path, commands in sessions():
+            script = [f'nc() {{ "{sys.executable}" "{shim}"; }}']
+            for number, (command, _) in enumerate(commands):
+                # Mark where each command's output starts, keeping $? intact.
+                script.append(f"__status=$?; echo '@@ {number} @@'; (exit $__status)")
+                script.append("{ " + command + "\n} 2>&1")
+            out, err, status = yield getProcessOutputAndValue(
+                "/bin/bash", ["-c", "\n".join(script)], env=env, path=work, reactor=reactor
+            )
+            parts = re.split(r"^@@ \d+ @@\n", out.decode(), flags=re.MULTILINE)[1:]
+            self.assertEqual(len(parts), len(commands), f"{path}: {err.decode()}")
+            for (command, expected), actual in zip(commands, parts):
+                self.assertTrue(
+                    outputMatches(expected, actual.splitlines()),
+                    f"{path}: $ {command}\nexpected:\n" + "\n".join(expected) + "\ngot:\n" + actual,
+                )
+                checked += 1
+        self.assertGreaterEqual(checked, 8)
