@@ -224,12 +224,19 @@ class ConsoleSessionTests(TwistdMixin, TestCase):
         from twisted.internet import reactor
         from twisted.internet.utils import getProcessOutputAndValue
 
-        daemon = self.spawn("--workers", "2", "--listen", "tcp:0:interface=127.0.0.1")
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(work, "myapp"))
+        open(os.path.join(work, "myapp", "__init__.py"), "w").close()
+        with open(os.path.join(work, "myapp", "tasks.py"), "w") as f:
+            f.write(tutorial(0))  # the tutorial's sessions call its task
+        daemon = self.spawn(
+            "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1",
+            "--tasks", "taskd.examples", "--tasks", "myapp.tasks",
+            PYTHONPATH=os.pathsep.join([work, ROOT] + sys.path),
+        )
         m = yield daemon.waitFor(rb"starting on (\d+)")
         yield daemon.waitFor(rb"pool ready")
         port = m.group(1).decode()
-        work = os.path.abspath(self.mktemp())
-        os.makedirs(work)
         shim = os.path.join(work, "nc.py")
         with open(shim, "w") as f:
             f.write(NC_SHIM)
