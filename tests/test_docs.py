@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests.test_cli import runCLI
 from tests.test_tap import ROOT, TwistdMixin
@@ -266,3 +266,54 @@ class ConsoleSessionTests(TwistdMixin, TestCase):
                 )
                 checked += 1
         self.assertGreaterEqual(checked, 8)
+
+
+def _block(path: str, language: str) -> str:
+    (code,) = [code for p, code in samples(language) if p == path]
+    return code
+
+
+class DeploymentConfigTests(SynchronousTestCase):
+    """
+    The configuration samples of docs/deployment.md are checked by the
+    tools that will read them (Debian's haproxy and systemd; .ci/run
+    installs haproxy where missing).
+    """
+
+    def test_haproxy(self) -> None:
+        """
+        The HAProxy configuration is valid, without warnings.
+        """
+        import shutil
+        import subprocess
+
+        haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
+        if haproxy is None:
+            raise SkipTest("haproxy is not installed (Debian package 'haproxy')")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(_block(os.path.join("docs", "deployment.md"), ""))
+        result = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertNotIn("WARNING", result.stdout + result.stderr)
+
+    def test_systemdUnit(self) -> None:
+        """
+        The systemd unit passes C{systemd-analyze verify} (with ExecStart
+        pointing at this environment's twistd).
+        """
+        import shutil
+        import subprocess
+
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            raise SkipTest("systemd-analyze is not installed")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        unit = _block(os.path.join("docs", "deployment.md"), "ini").replace("/opt/taskd/bin/twistd", twistd)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "taskd.service")
+        with open(path, "w") as f:
+            f.write(unit)
+        result = subprocess.run([analyze, "verify", path], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
