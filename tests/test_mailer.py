@@ -38,16 +38,13 @@ def report(name: str, **figures: Any) -> None:
     sys.__stdout__.flush()
 
 
-class Peer:
+class TextClient:
     """
-    A WebSocket client that records what the server sends.
+    The parts of Twisted's C{WebSocketProtocol} a text-only client does not
+    use; subclasses handle C{textMessageReceived}.
     """
 
-    def __init__(self) -> None:
-        self.transport: Any = None
-        self.messages: list[dict[str, Any]] = []
-        self.done: Deferred[dict[str, Any]] = Deferred()
-        self.pongs: list[float] = []
+    transport: Any = None
 
     def negotiationStarted(self, transport: Any) -> None:
         self.transport = transport
@@ -58,6 +55,35 @@ class Peer:
     def pongReceived(self, payload: bytes) -> None:
         pass
 
+    def bytesMessageReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+class ClientFactory:
+    """
+    Builds one kind of L{TextClient} for C{WebSocketClientEndpoint.connect}.
+    """
+
+    def __init__(self, cls: type[TextClient]) -> None:
+        self.cls = cls
+
+    def buildProtocol(self, url: str) -> Any:
+        return self.cls()
+
+
+class Peer(TextClient):
+    """
+    A WebSocket client that records what the server sends.
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.done: Deferred[dict[str, Any]] = Deferred()
+        self.pongs: list[float] = []
+
     def textMessageReceived(self, message: str) -> None:
         m = json.loads(message)
         if m["type"] == "pong":
@@ -67,19 +93,8 @@ class Peer:
         if m["type"] == "done":
             self.done.callback(m)
 
-    def bytesMessageReceived(self, data: bytes) -> None:
-        pass
-
-    def connectionLost(self, reason: Any) -> None:
-        pass
-
     def send(self, message: dict[str, Any]) -> None:
         self.transport.sendTextMessage(json.dumps(message))
-
-
-class _PeerFactory:
-    def buildProtocol(self, url: str) -> Peer:
-        return Peer()
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -135,7 +150,7 @@ class MailerCase(TestCase):
 
     @inlineCallbacks
     def connect(self, url: str) -> Any:
-        peer = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, url).connect(_PeerFactory()))
+        peer = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, url).connect(ClientFactory(Peer)))
         self.addCleanup(lambda: peer.transport.loseConnection())
         return peer
 
@@ -220,25 +235,15 @@ class MailerTests(MailerCase):
         report("refusals", refused=len(refused), reported=done["failed"])
 
 
-class DevTools:
+class DevTools(TextClient):
     """
     A minimal Chrome DevTools Protocol client over Twisted's WebSocket
     client: commands matched to replies by id.
     """
 
     def __init__(self) -> None:
-        self.transport: Any = None
         self.ids = 0
         self.waiting: dict[int, Deferred[Any]] = {}
-
-    def negotiationStarted(self, transport: Any) -> None:
-        self.transport = transport
-
-    def negotiationFinished(self) -> None:
-        pass
-
-    def pongReceived(self, payload: bytes) -> None:
-        pass
 
     def textMessageReceived(self, message: str) -> None:
         m = json.loads(message)
@@ -248,9 +253,6 @@ class DevTools:
                 d.errback(RuntimeError(str(m["error"])))
             else:
                 d.callback(m.get("result", {}))
-
-    def bytesMessageReceived(self, data: bytes) -> None:
-        pass
 
     def connectionLost(self, reason: Any) -> None:
         for d in self.waiting.values():
@@ -266,11 +268,6 @@ class DevTools:
         self.waiting[self.ids] = d
         self.transport.sendTextMessage(json.dumps(message))
         return d
-
-
-class _DevToolsFactory:
-    def buildProtocol(self, url: str) -> DevTools:
-        return DevTools()
 
 
 def findChromium() -> str | None:
@@ -345,7 +342,7 @@ class BrowserTests(MailerCase):
 
         self.addCleanup(stopBrowser)
         browserURL = yield browser.listening
-        tools = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, browserURL).connect(_DevToolsFactory()))
+        tools = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, browserURL).connect(ClientFactory(DevTools)))
         self.addCleanup(lambda: tools.transport.loseConnection())
         target = yield tools.call("Target.createTarget", {"url": page})
         attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
