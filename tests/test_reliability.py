@@ -17,7 +17,7 @@ import socket
 import struct
 import sys
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import reactor
@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThread
 from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 
@@ -281,17 +282,11 @@ class GarbageTests(DaemonTestCase):
         """
         yield self.startDaemon("--timeout", "2")
         port = self.port
-        tried = yield deferToThreadPool(lambda: _fuzz(port))
+        tried = yield deferToThread(_fuzz, port)
         proto = yield self.pipeline([b'{"function":"add","args":[1,2]}'])
         self.assertEqual(proto.replies[None][0]["result"], 3)
         self.assertTrue(alive(self.daemonProcess.pid))
         report("garbage on the wire", lines_tried=tried)
-
-
-def deferToThreadPool(f: Callable[[], Any]) -> Deferred[Any]:
-    from twisted.internet.threads import deferToThread
-
-    return deferToThread(f)
 
 
 def _fuzz(port: int) -> int:
