@@ -6,9 +6,9 @@ C{twistd taskd}: command-line options and the daemon's service tree.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, MutableMapping, Sequence
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
@@ -225,10 +225,34 @@ class TaskdService(MultiService):
         return d
 
 
+# Listeners that never need TLS.
+_PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
+
+
+def _skipTLSImports(
+    listen: Sequence[str], modules: MutableMapping[str, Any] = sys.modules
+) -> None:
+    """
+    Twisted imports pyOpenSSL and cryptography (about 13 MB of memory) when
+    its TCP transport is first imported, if they are installed, whether any
+    connection uses TLS or not.  A daemon with no TLS listener marks them
+    unavailable before that, so Twisted takes the path it takes where
+    pyOpenSSL is not installed.  Once anything has imported either, this
+    does nothing.  Tasks are unaffected: they run in worker processes.
+    """
+    if any(_splitDescription(d)[0] not in _PLAIN_ENDPOINTS for d in listen):
+        return
+    if "OpenSSL" not in modules and "twisted.internet.tcp" not in modules:
+        modules["OpenSSL"] = None
+
+
 def makeService(options: Options, reactor: Any = None) -> TaskdService:
     """
     Build the daemon's service tree from parsed L{Options}.
     """
+    _skipTLSImports(options["listen"])
+    from twisted.application import strports
+
     if reactor is None:
         from twisted.internet import reactor
     pool = ProcessPool(

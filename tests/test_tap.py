@@ -121,6 +121,37 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIs(children[1].factory, service.factory)
 
 
+class SkipTLSImportsTests(SynchronousTestCase):
+    def test_plainListeners(self) -> None:
+        """
+        With only plain listeners, and before Twisted's TCP transport is
+        imported, pyOpenSSL is marked unavailable.
+        """
+        modules: dict[str, Any] = {}
+        tap._skipTLSImports(["tcp:0", "unix:/tmp/x.sock", "tcp6:0", "systemd:domain=INET:index=0"], modules)
+        self.assertEqual(modules, {"OpenSSL": None})
+
+    def test_tlsListener(self) -> None:
+        """
+        Any other listener (C{ssl:}, C{mtls:}, a plugin's) may need TLS:
+        nothing is changed.
+        """
+        for other in ["ssl:0:privateKey=k.pem", "mtls:0:privateKey=k.pem:caCerts=ca.pem", "le:/certs:tcp:443"]:
+            modules: dict[str, Any] = {}
+            tap._skipTLSImports(["tcp:0", other], modules)
+            self.assertEqual(modules, {})
+
+    def test_tooLate(self) -> None:
+        """
+        Once pyOpenSSL or Twisted's TCP transport is imported, nothing is
+        changed.
+        """
+        for name in ["OpenSSL", "twisted.internet.tcp"]:
+            modules: dict[str, Any] = {name: object()}
+            tap._skipTLSImports(["tcp:0"], modules)
+            self.assertEqual(list(modules), [name])
+
+
 class StartupWarningTests(SynchronousTestCase):
     def test_warnsWhenExposed(self) -> None:
         """
@@ -231,6 +262,10 @@ class TwistdTests(TwistdMixin, TestCase):
         yield daemon.waitFor(rb"pool ready: 2 workers")
         workers = [int(p) for p in re.findall(rb"worker (\d+) started", daemon.output)]
         self.assertEqual(len(workers), 2)
+        # No TLS listener: cryptography's native code (which pyOpenSSL
+        # would have loaded) is not mapped.
+        with open(f"/proc/{self.process.pid}/maps") as f:
+            self.assertNotIn("/cryptography/", f.read())
 
         collector = Collector(4)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
