@@ -14,6 +14,7 @@ worker and back without decoding and encoding them again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -26,7 +27,12 @@ from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IWriteDescriptor
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProcessTransport,
+    IReadDescriptor,
+    IWriteDescriptor,
+)
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +50,23 @@ _DEFAULT: Any = object()
 
 #: Longest line of a worker's stdout/stderr logged as one event.
 MAX_OUTPUT_LINE = 64 * 1024
+
+#: Most bytes read from a reply pipe at once.
+_READ_SIZE = 64 * 1024
+
+#: What the protocol pipes are asked to hold (Linux; the default is 64 KiB),
+#: so that a large request or result rarely waits for the other side.
+_PIPE_SIZE = 1024 * 1024
+
+
+def _pipe() -> tuple[int, int]:
+    readEnd, writeEnd = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(writeEnd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # over the user's pipe quota: the default size works too
+    return readEnd, writeEnd
 
 
 def _decodeResult(encoded: bytes) -> Any:
@@ -173,6 +196,69 @@ class _RequestPipe:
         return "taskd-request-pipe"
 
 
+@implementer(IReadDescriptor)
+class _ReplyPipe:
+    """
+    The parent's end of a worker's reply pipe.
+
+    Not an C{"r"} entry of C{childFDs}: Twisted's process reader reads 8 KiB
+    per reactor turn, so a 64 KiB result took eight.  This reads up to
+    L{_READ_SIZE} at once.  Twisted waits for its own pipes to close before
+    it reports a process's end; L{WorkerProcess} does the same for this one.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        dataReceived: Callable[[bytes], None],
+        closed: Callable[[], None],
+    ) -> None:
+        os.set_blocking(fd, False)
+        self._reactor = reactor
+        self._fd: int | None = fd
+        self._dataReceived = dataReceived
+        self._closed = closed
+
+    @property
+    def open(self) -> bool:
+        return self._fd is not None
+
+    def startReading(self) -> None:
+        self._reactor.addReader(self)
+
+    def doRead(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._dataReceived(data)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        self._reactor.removeReader(self)
+        os.close(self._fd)
+        self._fd = None
+        self._closed()
+
+    def fileno(self) -> int:
+        return -1 if self._fd is None else self._fd
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+    def logPrefix(self) -> str:
+        return "taskd-reply-pipe"
+
+
 class _OutputLogger:
     """
     Log one stream of a worker's output line by line.
@@ -240,7 +326,7 @@ class WorkerProcess(ProcessProtocol):
     log = Logger()
     transport: IProcessTransport | None
 
-    def __init__(self, pool: ProcessPool, requests: _RequestPipe) -> None:
+    def __init__(self, pool: ProcessPool, requests: _RequestPipe, replies: int) -> None:
         self._pool = pool
         self.requests = requests
         self.state = "starting"
@@ -255,8 +341,10 @@ class WorkerProcess(ProcessProtocol):
             self._frameTooLong,
             pool.maxResult + 4 * MAX_ERROR_TEXT + 1024,
         )
+        self.replies = _ReplyPipe(pool._reactor, replies, self._frames.feed, self._repliesEnded)
         self._output = {1: _OutputLogger(self, "stdout"), 2: _OutputLogger(self, "stderr")}
         self._killTimer: IDelayedCall | None = None
+        self._exit: Failure | None = None
 
     @property
     def call(self) -> _Call | None:
@@ -270,11 +358,10 @@ class WorkerProcess(ProcessProtocol):
         self.pid = self.transport.pid
         # A task that reads stdin gets end of file, not a hang.
         self.transport.closeStdin()
+        self.replies.startReading()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == REPLY_FD:
-            self._frames.feed(data)
-        elif childFD in self._output:
+        if childFD in self._output:
             self._output[childFD].feed(data)
 
     def _frameReceived(self, frame: bytes) -> None:
@@ -362,13 +449,25 @@ class WorkerProcess(ProcessProtocol):
         return True
 
     def processEnded(self, reason: Failure) -> None:
+        # Every reply the worker wrote is read before its end is handled:
+        # the pool relies on it to know which calls it answered.
+        self._exit = reason
+        if not self.replies.open:
+            self._allEnded()
+
+    def _repliesEnded(self) -> None:
+        if self._exit is not None:
+            self._allEnded()
+
+    def _allEnded(self) -> None:
+        assert self._exit is not None
         self.requests.abort()
         if self._killTimer is not None and self._killTimer.active():
             self._killTimer.cancel()
         self._killTimer = None
         for output in self._output.values():
             output.flush()
-        self._pool._ended(self, reason)
+        self._pool._ended(self, self._exit)
 
     def describeExit(self, reason: Failure) -> str:
         """
@@ -631,8 +730,9 @@ class ProcessPool:
     # -- workers ----------------------------------------------------------
 
     def _spawn(self) -> None:
-        readEnd, writeEnd = os.pipe()
-        worker = WorkerProcess(self, _RequestPipe(self._reactor, writeEnd))
+        requestRead, requestWrite = _pipe()
+        replyRead, replyWrite = _pipe()
+        worker = WorkerProcess(self, _RequestPipe(self._reactor, requestWrite), replyRead)
         args = [self._python, "-u", "-m", "taskd.worker", "--max-result", str(self.maxResult)]
         if self.maxMemory:
             args += ["--max-memory", str(self.maxMemory)]
@@ -648,15 +748,18 @@ class ProcessPool:
                 self._python,
                 args,
                 env=env,
-                childFDs={0: "w", 1: "r", 2: "r", REQUEST_FD: readEnd, REPLY_FD: "r"},
+                childFDs={0: "w", 1: "r", 2: "r", REQUEST_FD: requestRead, REPLY_FD: replyWrite},
             )
         except Exception as e:
             worker.requests.abort()
+            worker.replies.close()
             self._live.discard(worker)
             self._processes.discard(worker)
             self._startFailed(errors.WorkerStartError(f"cannot spawn a worker: {e}"))
         finally:
-            os.close(readEnd)  # the worker has its own copy now
+            # The worker has its own copies now.
+            os.close(requestRead)
+            os.close(replyWrite)
 
     def _anyReady(self) -> bool:
         return any(w.state in ("idle", "busy") for w in self._live)

@@ -27,7 +27,9 @@ class FakeProcess:
     A process transport that records what the pool does to it.
     """
 
-    def __init__(self, proto: Any, pid: int, args: list[str], env: dict[str, str], requestFd: int) -> None:
+    def __init__(
+        self, proto: Any, pid: int, args: list[str], env: dict[str, str], requestFd: int, replyFd: int
+    ) -> None:
         self.proto = proto
         self.pid = pid
         self.args = args
@@ -41,6 +43,8 @@ class FakeProcess:
         self._frames: list[bytes] = []
         self._buffer = b""
         self._eof = False
+        # The worker's end of its reply pipe.
+        self._replies: int | None = os.dup(replyFd)
 
     def _read(self) -> None:
         while not self._eof:
@@ -87,7 +91,24 @@ class FakeProcess:
 
     # driving the worker's side
     def send(self, data: bytes) -> None:
-        self.proto.childDataReceived(REPLY_FD, frame(data))
+        self.sendRaw(frame(data))
+
+    def sendRaw(self, data: bytes, deliver: bool = True) -> None:
+        """
+        Write to the reply pipe; with C{deliver}, let the pool read it (the
+        fake reactor does not poll).
+        """
+        assert self._replies is not None
+        os.write(self._replies, data)
+        if deliver:
+            self.proto.replies.doRead()
+
+    def closeReplies(self, deliver: bool = True) -> None:
+        if self._replies is not None:
+            os.close(self._replies)
+            self._replies = None
+        while deliver and self.proto.replies.open:
+            self.proto.replies.doRead()
 
     def ready(self) -> None:
         self.send(b'H{"pid":%d,"tasks":[]}' % (self.pid,))
@@ -105,6 +126,7 @@ class FakeProcess:
             self._eof = True
             os.close(self._requests)
         self.ended = True
+        self.closeReplies()
         if code == 0 and sig is None:
             reason = Failure(ProcessDone(0))
         else:
@@ -124,7 +146,8 @@ class FakeProcessReactor(MemoryReactorClock):
 
     def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any = None, **kw: Any) -> FakeProcess:
         self.lastChildFDs = kw.get("childFDs")
-        process = FakeProcess(proto, 1000 + len(self.processes), args, env, kw["childFDs"][REQUEST_FD])
+        childFDs = kw["childFDs"]
+        process = FakeProcess(proto, 1000 + len(self.processes), args, env, childFDs[REQUEST_FD], childFDs[REPLY_FD])
         self.processes.append(process)
         proto.makeConnection(process)
         return process

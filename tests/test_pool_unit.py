@@ -10,7 +10,9 @@ import os
 import signal
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.error import ProcessTerminated
 from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
@@ -33,8 +35,11 @@ class StartTests(PoolTestsMixin, SynchronousTestCase):
         p = reactor.processes[0]
         self.assertEqual(p.args[1:6], ["-u", "-m", "taskd.worker", "--max-result", "1234"])
         childFDs = dict(reactor.lastChildFDs)
-        self.assertIsInstance(childFDs.pop(REQUEST_FD), int)  # a pipe the pool owns
-        self.assertEqual(childFDs, {0: "w", 1: "r", 2: "r", REPLY_FD: "r"})
+        # Pipes the pool owns; it reads the replies itself.
+        self.assertIsInstance(childFDs.pop(REQUEST_FD), int)
+        self.assertIsInstance(childFDs.pop(REPLY_FD), int)
+        self.assertEqual(childFDs, {0: "w", 1: "r", 2: "r"})
+        self.assertIn(p.proto.replies, reactor.readers)
         self.assertIn("PYTHONPATH", p.env)
         self.assertTrue(p.stdinClosed)
         reactor.processes[0].ready()
@@ -362,7 +367,7 @@ class CrashTests(PoolTestsMixin, SynchronousTestCase):
         """
         pool, reactor = self.startedPool(maxResult=10)
         d = pool.submit("add", [1, 1])
-        reactor.processes[0].proto.childDataReceived(REPLY_FD, _header.pack(10**9) + b"R")
+        reactor.processes[0].sendRaw(_header.pack(10**9) + b"R")
         self.failureResultOf(d, errors.ResultTooLarge)
         self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
 
@@ -638,6 +643,33 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         new.send(b"R1")
         new.send(b"R2")
         self.assertEqual([self.successResultOf(d) for d in ds[1:]], [1, 2])
+
+    def test_repliesReadBeforeTheEnd(self) -> None:
+        """
+        When the worker's exit is reported before its last replies are
+        read, they are read first: the call it answered succeeds and only
+        the one it did not answer is lost.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=3)
+        ds = [pool.submit("add", [i, 0]) for i in range(3)]
+        old = reactor.processes[0]
+        old.sendRaw(frame(b"R0"), deliver=False)
+        old.closeReplies(deliver=False)
+        old.ended = True
+        old.proto.processEnded(Failure(ProcessTerminated(None, signal.SIGKILL)))
+        for d in ds:
+            self.assertNoResult(d)
+        self.assertEqual(len(reactor.processes), 1)
+        old.proto.replies.doRead()
+        self.assertEqual(self.successResultOf(ds[0]), 0)
+        self.assertNoResult(ds[1])
+        old.proto.replies.doRead()  # end of file: now the exit is handled
+        self.assertFalse(old.proto.replies.open)
+        self.assertNotIn(old.proto.replies, reactor.readers)
+        self.failureResultOf(ds[1], errors.WorkerCrashed)
+        new = reactor.processes[1]
+        new.ready()
+        self.assertEqual([r[1]["args"] for r in new.requests()], [[2, 0]])
 
     def test_timeoutRequeuesUnstarted(self) -> None:
         """
