@@ -412,9 +412,8 @@ class WorkerProcess(ProcessProtocol):
         self.inFlight.append(call)
         call.worker = self
         name = call.name.encode("utf-8")
-        self.requests.write(
-            _header.pack(len(name) + 1 + len(call.payload)) + name + b"\n" + call.payload
-        )
+        size = len(name) + 1 + len(call.payload)
+        self.requests.write(b"".join((_header.pack(size), name, b"\n", call.payload)))
 
     def retire(self) -> None:
         """

@@ -276,7 +276,10 @@ def encodeResult(id: CallId, encodedResult: bytes) -> bytes:
     """
     Encode a result reply around a result that is already JSON.
     """
-    return b'{"type":"result",' + _idField(id) + b'"result":' + encodedResult + b"}\n"
+    # One join: the result may be large, and each + would copy it.
+    return b"".join(
+        (b'{"type":"result",', _idField(id), b'"result":', encodedResult, b"}\n")
+    )
 
 
 def encodeError(id: CallId, error: errors.TaskdError) -> bytes:

@@ -37,7 +37,7 @@ import signal
 import struct
 import sys
 import traceback
-from typing import IO
+from typing import IO, Any
 
 from taskd.registry import Registry, loadTaskModules, registry as _registry
 
@@ -52,6 +52,22 @@ MAX_ERROR_TEXT = 64 * 1024
 
 _header = struct.Struct("!I")
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_dumpsUTF8 = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False, ensure_ascii=False
+).encode
+
+
+def _encodeResult(result: Any) -> bytes:
+    """
+    Encode a result as UTF-8 JSON: faster than escaping every non-ASCII
+    character, and shorter.  A string holding a lone surrogate cannot be
+    UTF-8; JSON's escapes can carry it.
+    """
+    text = _dumpsUTF8(result)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _dumps(result).encode("ascii")
 
 
 def _typeName(exc: BaseException) -> str:
@@ -121,7 +137,7 @@ def runCall(reg: Registry, body: bytes, maxResult: int) -> bytes:
             traceback=traceback.format_exc(),
         )
     try:
-        encoded = _dumps(result)
+        encoded = _encodeResult(result)
     except (TypeError, ValueError) as e:
         return _error(
             "bad_result",
@@ -137,7 +153,7 @@ def runCall(reg: Registry, body: bytes, maxResult: int) -> bytes:
             f"task {name!r} returned {len(encoded)} bytes of JSON; "
             f"the limit is {maxResult}",
         )
-    return b"R" + encoded.encode("ascii")
+    return b"R" + encoded
 
 
 def _send(out: IO[bytes], data: bytes) -> None:

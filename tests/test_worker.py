@@ -89,6 +89,17 @@ class RunCallTests(SynchronousTestCase):
         self.assertEqual(error, {"type": "result_too_large", "message": "task 'add' returned 10 bytes of JSON; the limit is 9"})
         self.assertEqual(self.run_(b'add\n{"args":["aaa","bbbb"]}', maxResult=9), ("R", "aaabbbb"))
 
+    def test_textResults(self) -> None:
+        """
+        Results are UTF-8 JSON, not escaped to ASCII; a string holding a
+        lone surrogate, which UTF-8 cannot carry, is escaped instead.
+        """
+        reply = runCall(makeRegistry(), 'add\n{"args":["caf\u00e9 ","\u2603"]}'.encode(), 1000)
+        self.assertEqual(reply, 'R"café ☃"'.encode("utf-8"))
+        reply = runCall(makeRegistry(), b'add\n{"args":["a","\\ud800"]}', 1000)
+        self.assertEqual(reply, b'R"a\\ud800"')
+        self.assertEqual(json.loads(reply[1:]), "a\ud800")
+
 
 class ServeTests(SynchronousTestCase):
     def test_framesInAndOut(self) -> None:
