@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 if __package__ in (None, ""):  # run as "python bench/run.py"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,6 +100,37 @@ def rssMB(pid: int) -> float:
     return 0.0
 
 
+def cpuSeconds(pid: int) -> float:
+    """
+    User plus system CPU time a process has used.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pipelinedCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+    """
+    W1 with the raw client, and the CPU time per call of the client (this
+    process), the server and its workers: on 2 shared cores, their sum
+    bounds the throughput.
+    """
+    before = [cpuSeconds(p) for p in [server, *workers]]
+    mine = os.times()
+    seconds = rawclient.pipelined(port, lines, 100, check)
+    t = os.times()
+    after = [cpuSeconds(p) for p in [server, *workers]]
+    perCall = 1e6 / len(lines)
+    result = {
+        "calls_per_s": len(lines) / seconds,
+        "cpu_us_client": (t.user + t.system - mine.user - mine.system) * perCall,
+        "cpu_us_server": (after[0] - before[0]) * perCall,
+    }
+    if workers:
+        result["cpu_us_workers"] = (sum(after[1:]) - sum(before[1:])) * perCall
+    return result
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.measure", json.dumps(spec)],
@@ -175,14 +206,14 @@ def main(argv: list[str] | None = None) -> None:
         echoCheck = lambda i, r: r == value  # noqa: E731
 
         w1 = results["w1"] = {}
-        w1["taskd_raw"] = repeat("W1 taskd raw", lambda: {"calls_per_s": n1 / rawclient.pipelined(daemon.port, addLines, 100, addCheck)})
+        w1["taskd_raw"] = repeat("W1 taskd raw", lambda: pipelinedCPU(daemon.port, addLines, addCheck, daemon.pid, daemon.workerPids()))
         plain = Daemon(2, prefetch=1)
         try:
             w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
         finally:
             plain.stop()
         w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
-        w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: {"calls_per_s": n1 / rawclient.pipelined(linePort, addLines, 100, addCheck)})
+        w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: pipelinedCPU(linePort, addLines, addCheck, line.popen.pid))
         w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
         w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
         if ampoule:
@@ -273,7 +304,7 @@ def machine() -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
     def m(section: str, name: str, key: str) -> float | None:
         runs = r.get(section, {}).get(name)
-        return median(runs, key) if runs else None
+        return median(runs, key) if runs and key in runs[0] else None
 
     rows = []
 
@@ -283,6 +314,9 @@ def report(r: dict[str, Any]) -> None:
 
     for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
+    for name in ("taskd_raw", "ceiling_tcp"):
+        for part in ("client", "server", "workers"):
+            row(f"W1 CPU per call, {part}", name, m("w1", name, f"cpu_us_{part}"), "us")
     row("W1a connection per call", "taskd_raw", m("w1a", "taskd_raw", "calls_per_s"), "calls/s")
     for name in ("taskd_raw", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W2 latency p50", name, m("w2", name, "p50_us"), "us")
