@@ -219,13 +219,16 @@ class _ReplyPipe:
         self._fd: int | None = fd
         self._dataReceived = dataReceived
         self._closed = closed
+        self._reading = False
 
     @property
     def open(self) -> bool:
         return self._fd is not None
 
     def startReading(self) -> None:
-        self._reactor.addReader(self)
+        if self._fd is not None and not self._reading:
+            self._reading = True
+            self._reactor.addReader(self)
 
     def doRead(self) -> None:
         if self._fd is None:
@@ -244,7 +247,8 @@ class _ReplyPipe:
     def close(self) -> None:
         if self._fd is None:
             return
-        self._reactor.removeReader(self)
+        if self._reading:
+            self._reactor.removeReader(self)
         os.close(self._fd)
         self._fd = None
         self._closed()

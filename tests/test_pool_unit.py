@@ -545,10 +545,14 @@ class SpawnFailureTests(PoolTestsMixin, SynchronousTestCase):
             raise OSError(24, "Too many open files")
 
         reactor.spawnProcess = spawnProcess  # type: ignore[method-assign]
+        fds = len(os.listdir("/proc/self/fd"))
         f = self.failureResultOf(pool.start(), errors.WorkerStartError)
         self.assertEqual(f.value.message, "cannot spawn a worker: [Errno 24] Too many open files")
         self.assertEqual(len(calls), 1)
         self.assertEqual(pool.state, "stopped")
+        # Both ends of both protocol pipes are closed again.
+        self.assertEqual(len(os.listdir("/proc/self/fd")), fds)
+        self.assertEqual(reactor.readers, set())
 
 
 class RequestPipeTests(SynchronousTestCase):
