@@ -79,8 +79,10 @@ class _FrameDecoder:
 
     Not C{twisted.protocols.basic.Int32StringReceiver}: that joins its whole
     buffer to every new chunk, which is quadratic in the size of a large
-    result arriving in 64 KiB pipe reads.  A C{bytearray} appends in place
-    and drops consumed bytes from its front cheaply.
+    result arriving in 64 KiB pipe reads.  Here whole frames are sliced
+    straight out of each chunk read; only the start of a frame that a read
+    cut short is kept, in a C{bytearray} that grows in place until the
+    frame is complete.
     """
 
     def __init__(
@@ -90,26 +92,34 @@ class _FrameDecoder:
         maxLength: int,
     ) -> None:
         self._buffer = bytearray()
+        self._wanted = 4
         self._frameReceived = frameReceived
         self._tooLong = tooLong
         self._maxLength = maxLength
 
     def feed(self, data: bytes) -> None:
         buf = self._buffer
-        buf += data
-        while len(buf) >= 4:
-            (length,) = _header.unpack_from(buf)
+        if buf:
+            buf += data
+            if len(buf) < self._wanted:
+                return
+            data = bytes(buf)
+            buf.clear()
+        offset, size = 0, len(data)
+        self._wanted = 4
+        while size - offset >= 4:
+            (length,) = _header.unpack_from(data, offset)
             if length > self._maxLength:
-                buf.clear()
                 self._tooLong(length)
                 return
-            end = 4 + length
-            if len(buf) < end:
-                return
-            with memoryview(buf) as view:
-                frame = bytes(view[4:end])
-            del buf[:end]
-            self._frameReceived(frame)
+            end = offset + 4 + length
+            if end > size:
+                self._wanted = 4 + length
+                break
+            self._frameReceived(data[offset + 4 : end])
+            offset = end
+        if offset < size:
+            buf += memoryview(data)[offset:]
 
 
 @implementer(IWriteDescriptor)

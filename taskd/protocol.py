@@ -269,7 +269,11 @@ def encodeRequest(request: Request) -> bytes:
 
 
 def _idField(id: CallId) -> bytes:
-    return b"" if id is None else b'"id":' + _dumps(id).encode("utf-8") + b","
+    if id is None:
+        return b""
+    if type(id) is int:
+        return b'"id":%d,' % (id,)  # the usual case, 10 times faster than _dumps
+    return b'"id":' + _dumps(id).encode("utf-8") + b","
 
 
 def encodeResult(id: CallId, encodedResult: bytes) -> bytes:
