@@ -90,11 +90,11 @@ class RoundTripTests(RealPoolTestCase):
     @inlineCallbacks
     def test_bigArguments(self) -> Any:
         """
-        Arguments larger than a pipe holds reach the worker whole, and the
-        calls behind them follow in order.
+        Arguments and results larger than a pipe holds (1 MiB) cross it
+        whole, and the calls behind them follow in order.
         """
         pool = yield self.startPool(workers=1)
-        big = "\u00e9" * 300000
+        big = "\u00e9" * 600000  # 1.2 MB of UTF-8 back, 3.6 MB of escapes there
         results = yield gatherResults([pool.submit("echo", [big]), pool.submit("add", [1, 2])])
         self.assertEqual(results, [big, 3])
 
