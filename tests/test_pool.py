@@ -90,7 +90,7 @@ class RoundTripTests(RealPoolTestCase):
     @inlineCallbacks
     def test_bigArguments(self) -> Any:
         """
-        Arguments and results larger than a pipe holds (1 MiB) cross it
+        Arguments and results larger than a pipe holds (256 KiB) cross it
         whole, and the calls behind them follow in order.
         """
         pool = yield self.startPool(workers=1)
