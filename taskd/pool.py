@@ -751,6 +751,7 @@ class ProcessPool:
         args = [self._python, "-u", "-m", "taskd.worker", "--max-result", str(self.maxResult)]
         if self.maxMemory:
             args += ["--max-memory", str(self.maxMemory)]
+        args += ["--parent", str(os.getpid())]
         args.extend(self.tasks)
         env = dict(os.environ if self._env is None else self._env)
         # The workers import what the parent can import.

@@ -74,6 +74,18 @@ def _stable(pid: int) -> bool:
     return stable
 
 
+def running(pid: int) -> bool:
+    """
+    Whether C{pid} is alive and not a zombie waiting to be reaped (after
+    its parent's death, by init, whenever init gets to it).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 class Pipeline(LineReceiver):
     """
     Sends request lines with at most C{inFlight} unanswered, and records
@@ -520,6 +532,31 @@ class GracefulStopTests(DaemonTestCase):
         self.assertEqual(status, (None, signal.SIGTERM))
         self.assertEqual([p for p in workers if alive(p)], [])
         report("graceful stop", calls=200, finished=outcomes["result"], stopping=outcomes["stopping"], workers_left=0)
+
+
+class DaemonKilledTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_workersDieWithTheDaemon(self) -> Any:
+        """
+        A daemon killed with SIGKILL while its workers run long tasks takes
+        them with it at once (Linux: the workers ask for SIGKILL on their
+        parent's death), rather than leave them running to the task's end.
+        """
+        yield self.startDaemon()
+        workers = self.workerPids()[1]
+        self.pipeline([b'{"function":"sleep","args":[120],"id":%d}' % i for i in range(2)])
+        for _ in range(200):
+            stats = yield self.stats()
+            if stats["busy"] == 2:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        else:
+            self.fail("the workers never started the long tasks")
+        self.daemonProcess.signalProcess("KILL")
+        yield self.daemon.ended
+        start = reactor.seconds()
+        yield waitFor(lambda: not any(running(p) for p in workers), "the workers to die")
+        report("daemon killed mid-task", workers=len(workers), seconds_to_dead=round(reactor.seconds() - start, 2))
 
 
 class RestartTests(DaemonTestCase):
