@@ -2,19 +2,24 @@
 taskd: hand blocking or heavy work from a Twisted program to a pool of
 worker processes, in-process or over a JSON-lines network protocol.
 
-C{from taskd import task} is all a task module needs; it imports nothing
-from Twisted, so workers start fast.  The Twisted-side names
-(L{ProcessPool}, L{PoolService}, L{connect}, L{TaskClient}) are imported on first use.
+C{from taskd import task} is all a task module needs (and C{progress}, to
+report how a call is doing); it imports nothing from Twisted, so workers
+start fast.  The Twisted-side names (L{ProcessPool}, L{PoolService},
+L{connect}, L{TaskClient}) are imported on first use.
 """
 
 from typing import Any
 
 from taskd.registry import Registry, registry, task
 
-__all__ = ["task", "registry", "Registry", "ProcessPool", "PoolService", "connect", "TaskClient"]
+__all__ = ["task", "progress", "registry", "Registry", "ProcessPool", "PoolService", "connect", "TaskClient"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "progress":
+        from taskd.worker import progress
+
+        return progress
     if name in ("ProcessPool", "PoolService"):
         from taskd import pool
 

@@ -38,6 +38,7 @@ from taskd.protocol import (
     ErrorReply,
     Hello,
     HelloReply,
+    Progress,
     Result,
     decodeReply,
     encodeRequest,
@@ -61,6 +62,7 @@ class TaskClientProtocol(LineReceiver):
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
+        self._progress: dict[int, Callable[[Any], object]] = {}
         self._lostWaiters: list[Deferred[None]] = []
         self._helloWaiters: deque[Deferred[HelloReply]] = deque()
         self._closed = False
@@ -73,21 +75,27 @@ class TaskClientProtocol(LineReceiver):
         args: Sequence[Any] = (),
         kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
+        progress: Callable[[Any], object] | None = None,
     ) -> Deferred[Any]:
         if self._closed:
             return _failed(errors.ConnectionLost("the connection is closed"))
         id = next(self._ids)
         try:
-            line = encodeRequest(Call(name, list(args), dict(kwargs or {}), id, timeout))
+            line = encodeRequest(
+                Call(name, list(args), dict(kwargs or {}), id, timeout, progress=progress is not None)
+            )
         except (TypeError, ValueError) as e:
             return _failed(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
 
         def cancel(d: Deferred[Any]) -> None:
+            self._progress.pop(id, None)
             if self._pending.pop(id, None) is not None and not self._closed:
                 self.transport.write(encodeRequest(Cancel(id)))
 
         d: Deferred[Any] = Deferred(cancel)
         self._pending[id] = d
+        if progress is not None:
+            self._progress[id] = progress
         self.transport.write(line)
         return d
 
@@ -116,7 +124,17 @@ class TaskClientProtocol(LineReceiver):
             if self._helloWaiters:
                 self._helloWaiters.popleft().callback(reply)
             return
+        if isinstance(reply, Progress):
+            callback = self._progress.get(reply.id) if isinstance(reply.id, int) else None
+            if callback is not None:
+                try:
+                    callback(reply.progress)
+                except Exception:
+                    self.log.failure("a progress callback failed")
+            return
         if isinstance(reply, (Result, ErrorReply)):
+            if isinstance(reply.id, int):
+                self._progress.pop(reply.id, None)
             d = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
             if d is None:
                 if isinstance(reply, ErrorReply) and reply.id is None:
@@ -138,6 +156,7 @@ class TaskClientProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
+        self._progress.clear()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
@@ -182,6 +201,7 @@ class _Calls:
         args: Sequence[Any],
         kwargs: dict[str, Any] | None,
         timeout: float | None,
+        progress: Callable[[Any], object] | None,
     ) -> Deferred[Any]:
         raise NotImplementedError()
 
@@ -195,7 +215,7 @@ class _Calls:
             type and traceback) or L{errors.ConnectionLost}; cancelling it
             cancels the call.
         """
-        return self._send(name, args, kwargs, None)
+        return self._send(name, args, kwargs, None, None)
 
     def callWith(
         self,
@@ -204,12 +224,18 @@ class _Calls:
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        progress: Callable[[Any], object] | None = None,
     ) -> Deferred[Any]:
         """
-        Like L{call}, with call options (C{timeout}, in seconds) kept apart
-        from the task's arguments.
+        Like L{call}, with call options kept apart from the task's
+        arguments.
+
+        @param timeout: seconds the call may run (the daemon's own limit
+            still applies).
+        @param progress: called with each progress report the task makes
+            (see L{taskd.progress}), before the result arrives.
         """
-        return self._send(name, args, kwargs, timeout)
+        return self._send(name, args, kwargs, timeout, progress)
 
 
 class TaskClient(_Calls):
@@ -226,8 +252,9 @@ class TaskClient(_Calls):
         args: Sequence[Any],
         kwargs: dict[str, Any] | None,
         timeout: float | None,
+        progress: Callable[[Any], object] | None,
     ) -> Deferred[Any]:
-        return self._protocol.call(name, args, kwargs, timeout)
+        return self._protocol.call(name, args, kwargs, timeout, progress)
 
     def close(self) -> Deferred[None]:
         """
@@ -293,6 +320,7 @@ class _Waiting:
     args: Sequence[Any]
     kwargs: dict[str, Any] | None
     timeout: float | None
+    progress: Callable[[Any], object] | None
     deferred: Deferred[Any] = field(init=False)
     timer: IDelayedCall | None = None
     sent: Deferred[Any] | None = None
@@ -359,11 +387,12 @@ class ReconnectingClient(_Calls, MultiService):
         args: Sequence[Any],
         kwargs: dict[str, Any] | None,
         timeout: float | None,
+        progress: Callable[[Any], object] | None,
     ) -> Deferred[Any]:
         if self._connected:
             protocol = self._connected[self._turn % len(self._connected)]
             self._turn += 1
-            return protocol.call(name, args, kwargs, timeout)
+            return protocol.call(name, args, kwargs, timeout, progress)
         if not self.running:
             return _failed(errors.NotConnected("the client is not running"))
         if self.failFast:
@@ -375,7 +404,7 @@ class ReconnectingClient(_Calls, MultiService):
                     "are already waiting for one"
                 )
             )
-        waiting = _Waiting(name, args, kwargs, timeout)
+        waiting = _Waiting(name, args, kwargs, timeout, progress)
 
         def cancel(d: Deferred[Any]) -> None:
             if waiting.sent is not None:
@@ -409,7 +438,7 @@ class ReconnectingClient(_Calls, MultiService):
             waiting = self._waiting[0]
             self._unwait(waiting)
             waiting.sent = self._send(
-                waiting.name, waiting.args, waiting.kwargs, waiting.timeout
+                waiting.name, waiting.args, waiting.kwargs, waiting.timeout, waiting.progress
             )
             waiting.sent.chainDeferred(waiting.deferred)
 

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from taskd.registry import task
+from taskd.worker import progress
 
 
 @task
@@ -39,6 +40,18 @@ def sleep(seconds: float) -> float:
     """
     time.sleep(seconds)
     return seconds
+
+
+@task
+def steps(n: int, pause: float = 0.1) -> int:
+    """
+    Take C{n} steps of C{pause} seconds, reporting progress after each
+    (C{{"done": i, "of": n}}); return C{n}.
+    """
+    for i in range(1, n + 1):
+        time.sleep(pause)
+        progress({"done": i, "of": n})
+    return n
 
 
 @task

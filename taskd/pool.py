@@ -321,6 +321,7 @@ class _Call:
     name: str
     payload: bytes
     timeout: float | None
+    progress: Callable[[bytes], object] | None = None
     deferred: Deferred[bytes] = field(init=False)
     worker: WorkerProcess | None = None
     timer: IDelayedCall | None = None
@@ -390,6 +391,13 @@ class WorkerProcess(ProcessProtocol):
             )
         elif kind == b"R" or kind == b"E":
             self._pool._replied(self, kind == b"R", frame[1:])
+        elif kind == b"P":
+            call = self.call
+            if call is not None and call.progress is not None and not call.done:
+                try:
+                    call.progress(frame[1:])
+                except Exception:
+                    self.log.failure("a progress callback of task {name!r} failed", name=call.name)
         elif kind == b"H":
             self._pool._workerReady(self)
         else:
@@ -627,12 +635,15 @@ class ProcessPool:
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = _DEFAULT,
+        progress: Callable[[Any], object] | None = None,
     ) -> Deferred[Any]:
         """
         Run task C{name} with C{args} and C{kwargs} in a worker.
 
         @param timeout: seconds the call may run in its worker; the pool's
             default if not given, no limit if C{None}.
+        @param progress: called with each value the task reports with
+            L{taskd.progress}, before the result.
         @return: a C{Deferred} firing with the task's result (decoded from
             JSON), or failing with an L{errors.TaskdError} (or
             C{twisted.internet.defer.CancelledError} if cancelled).
@@ -641,15 +652,25 @@ class ProcessPool:
             payload = _encodeArgs({"args": list(args), "kwargs": kwargs or {}})
         except (TypeError, ValueError) as e:
             return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
-        d = self.submitEncoded(name, payload.encode("ascii"), timeout=timeout)
+        encodedProgress = None
+        if progress is not None:
+            encodedProgress = lambda value: progress(json.loads(value))  # noqa: E731
+        d = self.submitEncoded(
+            name, payload.encode("ascii"), timeout=timeout, progress=encodedProgress
+        )
         return d.addCallback(_decodeResult)
 
     def submitEncoded(
-        self, name: str, payload: bytes, *, timeout: float | None = _DEFAULT
+        self,
+        name: str,
+        payload: bytes,
+        *,
+        timeout: float | None = _DEFAULT,
+        progress: Callable[[bytes], object] | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
-        left encoded.
+        (and progress reports) left encoded.
 
         @param payload: a UTF-8 JSON object whose C{"args"} is an array
             (positional arguments) or an object (keyword arguments) and
@@ -672,7 +693,7 @@ class ProcessPool:
                     "try again later"
                 )
             )
-        call = _Call(name, payload, self.timeout if timeout is _DEFAULT else timeout)
+        call = _Call(name, payload, self.timeout if timeout is _DEFAULT else timeout, progress)
         call.deferred = Deferred(lambda d: self._cancel(call))
         if self._idle:
             self._run(self._idle.pop(), call)

@@ -12,6 +12,7 @@ Requests (one JSON object per line)::
 
 Replies::
 
+    {"type": "progress", "id": 7, "progress": {"done": 1, "of": 2}}
     {"type": "result", "id": 7, "result": 3}
     {"type": "error", "id": 7, "error": {"type": "timeout", "message": "..."}}
     {"type": "hello", "version": 1, "server": "taskd/0.1.0", "tasks": [...]}
@@ -50,6 +51,7 @@ class Call:
         default.
     @ivar raw: the request line itself, which holds the arguments in the
         form a worker reads (see L{taskd.pool.ProcessPool.submitEncoded}).
+    @ivar progress: whether the client wants the task's progress reports.
     """
 
     function: str
@@ -58,6 +60,7 @@ class Call:
     id: CallId = NO_ID
     timeout: float | None = None
     raw: bytes = b""
+    progress: bool = False
 
 
 @frozen
@@ -101,6 +104,16 @@ class Result:
 
 
 @frozen
+class Progress:
+    """
+    A progress report of a running call, as its task made it.
+    """
+
+    id: CallId
+    progress: Any
+
+
+@frozen
 class ErrorReply:
     """
     A call's (or a bad line's) error.
@@ -129,7 +142,7 @@ class StatsReply:
     fields: dict[str, Any]
 
 
-Reply = Union[Result, ErrorReply, HelloReply, StatsReply]
+Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply]
 
 
 class ProtocolError(Exception):
@@ -227,7 +240,12 @@ def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
         ):
             raise _bad("'timeout' must be a positive number of seconds", id)
         timeout = float(timeout)
-    return Call(function, args, kwargs, id, timeout, line)
+    progress = message.get("progress", False)
+    if not isinstance(progress, bool):
+        raise _bad("'progress' must be true or false", id)
+    if progress and id is None:
+        raise _bad("'progress' needs an 'id' to tell whose progress it is")
+    return Call(function, args, kwargs, id, timeout, line, progress)
 
 
 def _jsonType(value: Any) -> str:
@@ -257,6 +275,8 @@ def encodeRequest(request: Request) -> bytes:
             message["kwargs"] = request.kwargs
         if request.timeout is not None:
             message["timeout"] = request.timeout
+        if request.progress:
+            message["progress"] = True
     elif isinstance(request, Cancel):
         message = {"type": "cancel", "id": request.id}
     elif isinstance(request, Stats):
@@ -283,6 +303,15 @@ def encodeResult(id: CallId, encodedResult: bytes) -> bytes:
     # One join: the result may be large, and each + would copy it.
     return b"".join(
         (b'{"type":"result",', _idField(id), b'"result":', encodedResult, b"}\n")
+    )
+
+
+def encodeProgress(id: CallId, encodedProgress: bytes) -> bytes:
+    """
+    Encode a progress report around a value that is already JSON.
+    """
+    return b"".join(
+        (b'{"type":"progress",', _idField(id), b'"progress":', encodedProgress, b"}\n")
     )
 
 
@@ -328,6 +357,8 @@ def decodeReply(line: bytes) -> Reply:
     id = message.get("id")
     if kind == "result":
         return Result(id, message.get("result"))
+    if kind == "progress":
+        return Progress(id, message.get("progress"))
     if kind == "error":
         error = message.get("error")
         if not isinstance(error, dict):

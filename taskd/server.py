@@ -44,6 +44,7 @@ from taskd.protocol import (
     decodeRequest,
     encodeError,
     encodeHelloReply,
+    encodeProgress,
     encodeResult,
     encodeStatsReply,
 )
@@ -274,7 +275,10 @@ class TaskServerProtocol(LineReceiver):
                 timeout = min(timeout, pool.timeout)
         key: Any = id if id is not None else _Slot()
         self._accept(key)
-        d = pool.submitEncoded(call.function, call.raw, timeout=timeout)
+        progress = None
+        if call.progress:
+            progress = lambda report: self._progress(id, report)  # noqa: E731
+        d = pool.submitEncoded(call.function, call.raw, timeout=timeout, progress=progress)
         self._calls[key] = d
         d.addCallbacks(
             self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
@@ -295,6 +299,12 @@ class TaskServerProtocol(LineReceiver):
         key: Any = id if id is not None else _Slot()
         self._accept(key)
         self._done(key, line)
+
+    def _progress(self, id: CallId, report: bytes) -> None:
+        # Reports are for people watching: one that would join a full write
+        # buffer (a client not reading) is dropped rather than held.
+        if not self._closed and not self._writeBlocked and id in self._calls:
+            self.transport.write(encodeProgress(id, report))
 
     def _succeeded(self, result: bytes, key: Any) -> None:
         id = None if isinstance(key, _Slot) else key

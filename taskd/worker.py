@@ -17,6 +17,8 @@ Parent to worker, one frame per call::
 Worker to parent, the first byte names the frame::
 
     H <JSON {"pid": ..., "tasks": [...]}>   ready, sent once after import
+    P <JSON value>                          progress of the running call
+                                            (any number, before its R or E)
     R <JSON result>                         the call's result
     E <JSON {"type", "message", ...}>       the call's error, or (before H)
                                             why the worker could not start
@@ -37,6 +39,7 @@ import os
 import signal
 import struct
 import sys
+import threading
 import traceback
 from typing import IO, Any
 
@@ -71,6 +74,52 @@ def _encodeResult(result: Any) -> bytes:
         return _dumps(result).encode("ascii")
 
 
+#: The most JSON one progress report may hold.
+MAX_PROGRESS = 64 * 1024
+
+# Where progress reports of the running call go: nowhere outside a call.
+_progressLock = threading.Lock()
+_progressOut: IO[bytes] | None = None
+
+
+def progress(value: Any) -> None:
+    """
+    Report how the running call is doing, from inside a task::
+
+        from taskd import progress, task
+
+        @task
+        def send_mails(addresses):
+            for i, address in enumerate(addresses):
+                send_one(address)
+                progress({"sent": i + 1, "of": len(addresses)})
+
+    Callers that asked for progress receive each C{value} at once, before
+    the result; others never see it.  Reports are for people watching, not
+    for data: a slow reader may miss some.  Outside a call (in a unit test,
+    or from a thread after the call has returned) this does nothing.
+
+    @param value: any JSON value, at most L{MAX_PROGRESS} bytes of it.
+    @raise TypeError: if C{value} is not JSON.
+    @raise ValueError: if it is too large.
+    """
+    encoded = _encodeResult(value)
+    if len(encoded) > MAX_PROGRESS:
+        raise ValueError(
+            f"a progress report holds at most {MAX_PROGRESS} bytes of JSON, "
+            f"not {len(encoded)}"
+        )
+    with _progressLock:
+        if _progressOut is not None:
+            _send(_progressOut, b"P" + encoded)
+
+
+def _reportProgressTo(out: IO[bytes] | None) -> None:
+    global _progressOut
+    with _progressLock:
+        _progressOut = out
+
+
 def _typeName(exc: BaseException) -> str:
     cls = type(exc)
     if cls.__module__ == "builtins":
@@ -98,10 +147,14 @@ def _error(kind: str, message: str, **extra: str) -> bytes:
     return b"E" + _dumps(fields).encode("ascii")
 
 
-def runCall(reg: Registry, body: bytes, maxResult: int) -> bytes:
+def runCall(
+    reg: Registry, body: bytes, maxResult: int, progressOut: IO[bytes] | None = None
+) -> bytes:
     """
     Run one request frame's call.
 
+    @param progressOut: where the task's L{progress} reports go, as C{P}
+        frames, while it runs.
     @return: the reply frame's payload (an C{R} or C{E} frame).
     """
     rawName, _, payload = body.partition(b"\n")
@@ -128,6 +181,7 @@ def runCall(reg: Registry, body: bytes, maxResult: int) -> bytes:
             raise ValueError("'args' must be an array or an object")
     except ValueError as e:
         return _error("bad_request", _safeStr(e))
+    _reportProgressTo(progressOut)
     try:
         result = function(*args, **kwargs)
     except BaseException as e:
@@ -137,6 +191,9 @@ def runCall(reg: Registry, body: bytes, maxResult: int) -> bytes:
             exception=_typeName(e),
             traceback=traceback.format_exc(),
         )
+    finally:
+        # No report may follow the reply: it would count for the next call.
+        _reportProgressTo(None)
     try:
         encoded = _encodeResult(result)
     except (TypeError, ValueError) as e:
@@ -175,7 +232,7 @@ def serve(reg: Registry, inp: IO[bytes], out: IO[bytes], maxResult: int) -> None
         body = read(length)
         if len(body) < length:
             return
-        _send(out, runCall(reg, body, maxResult))
+        _send(out, runCall(reg, body, maxResult, out))
 
 
 def _dieWithParent(parent: int) -> bool:
@@ -239,4 +296,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Serve from the module tasks import (for progress), not from this
+    # copy of it that runs as __main__.
+    from taskd import worker
+
+    sys.exit(worker.main())

@@ -82,6 +82,31 @@ class ClientProtocolTests(SynchronousTestCase):
             self.failureResultOf(d, errors.ConnectionLost)
         self.failureResultOf(self.proto.call("add", [1, 2]), errors.ConnectionLost)
 
+    def test_progress(self) -> None:
+        """
+        With a C{progress} callback the call asks for progress, and each
+        report for it reaches the callback until the result; reports for
+        other ids, and a callback that raises, harm nothing.
+        """
+        seen: list[Any] = []
+        d = self.proto.call("steps", [2], progress=seen.append)
+        other = self.proto.call("steps", [2], progress=lambda value: 1 / 0)
+        self.assertEqual(
+            self.sent(),
+            [{"function": "steps", "args": [2], "id": 1, "progress": True}, {"function": "steps", "args": [2], "id": 2, "progress": True}],
+        )
+        self.proto.dataReceived(
+            b'{"type":"progress","id":1,"progress":{"done":1}}\n'
+            b'{"type":"progress","id":2,"progress":{"done":1}}\n'
+            b'{"type":"progress","id":9,"progress":{"done":1}}\n'
+            b'{"type":"progress","id":1,"progress":{"done":2}}\n'
+            b'{"type":"result","id":1,"result":2}\n'
+            b'{"type":"progress","id":1,"progress":{"done":3}}\n'
+        )
+        self.assertEqual((seen, self.successResultOf(d)), ([{"done": 1}, {"done": 2}], 2))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertNoResult(other)
+
     def test_unencodable(self) -> None:
         """
         Arguments JSON cannot hold fail the call without sending anything.
@@ -118,6 +143,16 @@ class ClientTests(TestCase):
         self.assertEqual((yield self.client.call("add", a="x", b="y")), "xy")
         results = yield gatherResults([self.client.call("add", i, i) for i in range(100)])
         self.assertEqual(results, [2 * i for i in range(100)])
+
+    @inlineCallbacks
+    def test_progress(self) -> Any:
+        """
+        C{callWith(..., progress=f)} gets a real task's reports before its
+        result.
+        """
+        seen: list[Any] = []
+        result = yield self.client.callWith("steps", [3, 0.01], progress=seen.append)
+        self.assertEqual((seen, result), ([{"done": i, "of": 3} for i in (1, 2, 3)], 3))
 
     @inlineCallbacks
     def test_remoteErrors(self) -> Any:

@@ -79,7 +79,7 @@ class ProtocolExamplesTests(SynchronousTestCase):
         for message in messages:
             line = json.dumps(message).encode()
             kind = message.get("type", "call")
-            reply = kind in ("result", "error") or (kind == "hello" and "server" in message) or (
+            reply = kind in ("result", "progress", "error") or (kind == "hello" and "server" in message) or (
                 kind == "stats" and len(message) > 1
             )
             if reply:
@@ -93,7 +93,7 @@ class ProtocolExamplesTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             {"request:call", "request:cancel", "request:hello", "request:stats",
-             "reply:result", "reply:error", "reply:hello", "reply:stats"},
+             "reply:result", "reply:progress", "reply:error", "reply:hello", "reply:stats"},
         )
 
 

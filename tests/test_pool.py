@@ -112,6 +112,17 @@ class RoundTripTests(RealPoolTestCase):
         self.assertEqual(sums, [2 * i for i in range(200)])
 
     @inlineCallbacks
+    def test_progress(self) -> Any:
+        """
+        A task's L{taskd.progress} reports reach the caller's callback, in
+        order, before the result.
+        """
+        pool = yield self.startPool(workers=1)
+        seen: list[Any] = []
+        result = yield pool.submit("steps", [3, 0.01], progress=seen.append)
+        self.assertEqual((seen, result), ([{"done": i, "of": 3} for i in (1, 2, 3)], 3))
+
+    @inlineCallbacks
     def test_unknownTask(self) -> Any:
         """
         Names that are not registered tasks are refused, whatever they

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from typing import Any
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ProcessTerminated
@@ -370,6 +371,37 @@ class CrashTests(PoolTestsMixin, SynchronousTestCase):
         reactor.processes[0].sendRaw(_header.pack(10**9) + b"R")
         self.failureResultOf(d, errors.ResultTooLarge)
         self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+
+
+class ProgressTests(PoolTestsMixin, SynchronousTestCase):
+    def test_reportsGoToTheRunningCall(self) -> None:
+        """
+        A worker's C{P} frames go to the progress callback of the call it
+        runs (the head of its pipe), decoded by L{ProcessPool.submit};
+        calls without a callback, and reports with no call running, are
+        ignored; a callback that raises is logged and changes nothing.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=3)
+        seen: list[Any] = []
+        first = pool.submit("sleep", [1], progress=seen.append)
+        second = pool.submit("sleep", [2])
+        third = pool.submitEncoded("sleep", b'{"args":[3]}', progress=lambda report: 1 / 0)
+        worker = reactor.processes[0]
+        worker.send(b'P{"done":1}')
+        worker.send(b"R1")
+        worker.send(b'P{"done":2}')  # the second call's: it asked for nothing
+        worker.send(b"R2")
+        worker.send(b'P{"done":3}')
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        worker.send(b"R3")
+        worker.send(b'P"late"')
+        self.assertEqual(seen, [{"done": 1}])
+        self.assertEqual(
+            (self.successResultOf(first), self.successResultOf(second), self.successResultOf(third)),
+            (1, 2, b"3"),
+        )
+        self.assertEqual(worker.signals, [])
+        self.assertEqual(pool.stats()["idle"], 1)
 
 
 class RecycleTests(PoolTestsMixin, SynchronousTestCase):

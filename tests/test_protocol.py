@@ -15,6 +15,7 @@ from taskd.protocol import (
     ErrorReply,
     Hello,
     HelloReply,
+    Progress,
     ProtocolError,
     Result,
     Stats,
@@ -23,6 +24,7 @@ from taskd.protocol import (
     decodeRequest,
     encodeError,
     encodeHelloReply,
+    encodeProgress,
     encodeRequest,
     encodeResult,
 )
@@ -48,6 +50,8 @@ class DecodeRequestTests(SynchronousTestCase):
         self.assertEqual(decodeRequest(line), Call("f", [1], {"x": 2}, "a7", 2.0, line))
         self.assertEqual(decodeRequest(b'{"function":"f","id":0}').id, 0)
         self.assertEqual(decodeRequest(b'{"type":"call","function":"f"}').function, "f")
+        line = b'{"function":"f","id":1,"progress":true}'
+        self.assertEqual(decodeRequest(line), Call("f", [], {}, 1, None, line, progress=True))
 
     def test_cancelAndHello(self) -> None:
         """
@@ -86,6 +90,8 @@ class DecodeRequestTests(SynchronousTestCase):
         self.assertBad(b'{"function":"f","id":[1]}', "'id' must be a string or an integer")
         for timeout in (b"0", b"-1", b'"5"', b"true", b"NaN"):
             self.assertBad(b'{"function":"f","timeout":' + timeout + b"}", "'timeout' must be a positive number of seconds")
+        self.assertBad(b'{"function":"f","id":1,"progress":1}', "'progress' must be true or false", 1)
+        self.assertBad(b'{"function":"f","progress":true}', "'progress' needs an 'id' to tell whose progress it is")
         self.assertBad(b'{"type":"cancel"}', "a cancel needs the 'id' of the call to cancel")
         self.assertBad(b'{"type":"hello","version":"1"}', "'version' must be a positive integer")
         self.assertBad(b'{"type":"dance","id":2}', "unknown request type 'dance'", 2)
@@ -110,19 +116,21 @@ class EncodeTests(SynchronousTestCase):
         """
         What the encoders write, L{decodeRequest} and L{decodeReply} read.
         """
-        for request in [Call("f", [1], {"x": 1}, 5, 1.5), Call("f", [], {}), Cancel("a")]:
+        for request in [Call("f", [1], {"x": 1}, 5, 1.5), Call("f", [], {}), Call("f", [], {}, 2, progress=True), Cancel("a")]:
             line = encodeRequest(request)
             decoded = decodeRequest(line.rstrip(b"\n"))
             if isinstance(request, Call):
                 assert isinstance(decoded, Call)
                 self.assertEqual(
-                    (decoded.function, decoded.args, decoded.kwargs, decoded.id, decoded.timeout),
-                    (request.function, request.args, request.kwargs, request.id, request.timeout),
+                    (decoded.function, decoded.args, decoded.kwargs, decoded.id, decoded.timeout, decoded.progress),
+                    (request.function, request.args, request.kwargs, request.id, request.timeout, request.progress),
                 )
             else:
                 self.assertEqual(decoded, request)
         self.assertEqual(decodeRequest(encodeRequest(Hello(1, {"a": 1}))), Hello(1, {"a": 1}))
         self.assertEqual(decodeReply(encodeResult(1, b"[1]")), Result(1, [1]))
+        self.assertEqual(encodeProgress(7, b'{"done":1}'), b'{"type":"progress","id":7,"progress":{"done":1}}\n')
+        self.assertEqual(decodeReply(encodeProgress("a", b"0.5")), Progress("a", 0.5))
         reply = decodeReply(encodeError(None, errors.TaskTimeout("slow")))
         assert isinstance(reply, ErrorReply)
         self.assertIsInstance(reply.error, errors.TaskTimeout)

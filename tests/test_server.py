@@ -196,6 +196,61 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         )
 
 
+class ProgressTests(ServerTestsMixin, SynchronousTestCase):
+    def test_progressWhenAsked(self) -> None:
+        """
+        A call with C{"progress": true} gets its task's reports, in order,
+        before its result; a call without it gets only the result.
+        """
+        proto, transport, reactor = self.connect(workers=2)
+        proto.dataReceived(b'{"function":"sleep","args":[1],"id":1,"progress":true}\n{"function":"sleep","args":[2],"id":2}\n')
+        asked, other = sorted(reactor.processes, key=lambda p: p.requests()[0][1]["args"])
+        asked.send(b'P{"done":1}')
+        asked.send(b'P"caf\xc3\xa9"')
+        other.send(b'P{"done":1}')
+        other.send(b"R2")
+        asked.send(b"R1")
+        self.assertEqual(
+            self.replies(transport),
+            [
+                {"type": "progress", "id": 1, "progress": {"done": 1}},
+                {"type": "progress", "id": 1, "progress": "caf\u00e9"},
+                {"type": "result", "id": 2, "result": 2},
+                {"type": "result", "id": 1, "result": 1},
+            ],
+        )
+
+    def test_droppedForASlowReader(self) -> None:
+        """
+        While the client is not reading (the write buffer is full), reports
+        are dropped rather than buffered; the result still comes.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"sleep","args":[1],"id":1,"progress":true}\n')
+        worker = reactor.processes[0]
+        transport.producer.pauseProducing()
+        worker.send(b'P{"done":1}')
+        transport.producer.resumeProducing()
+        worker.send(b'P{"done":2}')
+        worker.send(b"R1")
+        self.assertEqual(
+            self.replies(transport),
+            [{"type": "progress", "id": 1, "progress": {"done": 2}}, {"type": "result", "id": 1, "result": 1}],
+        )
+
+    def test_progressNeedsAnId(self) -> None:
+        """
+        Progress without an id could not say whose it is: C{bad_request}.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"add","args":[1,2],"progress":true}\n')
+        self.assertEqual(
+            self.replies(transport),
+            [self.error("bad_request", "'progress' needs an 'id' to tell whose progress it is")],
+        )
+        self.assertEqual(reactor.processes[0].written, [])
+
+
 class StatsTests(ServerTestsMixin, SynchronousTestCase):
     def test_stats(self) -> None:
         """
@@ -409,6 +464,18 @@ class RealTCPTests(TestCase):
         for c, d in enumerate(goods):
             replies = yield d
             self.assertEqual(sorted((r["id"], r["result"]) for r in replies), [(i, c + i) for i in range(20)])
+
+    @inlineCallbacks
+    def test_progressOverTCP(self) -> Any:
+        """
+        A real task's progress reports reach the client before its result.
+        """
+        replies = yield self.exchange(b'{"function":"steps","args":[3,0.01],"id":"s","progress":true}\n', 4)
+        self.assertEqual(
+            replies,
+            [{"type": "progress", "id": "s", "progress": {"done": i, "of": 3}} for i in (1, 2, 3)]
+            + [{"type": "result", "id": "s", "result": 3}],
+        )
 
     @inlineCallbacks
     def test_bigResultOverTCP(self) -> Any:

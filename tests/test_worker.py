@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd.registry import Registry
-from taskd.worker import _header, runCall, serve
+from taskd.worker import MAX_PROGRESS, _header, progress, runCall, serve
 
 
 def makeRegistry() -> Registry:
@@ -99,6 +100,64 @@ class RunCallTests(SynchronousTestCase):
         reply = runCall(makeRegistry(), b'add\n{"args":["a","\\ud800"]}', 1000)
         self.assertEqual(reply, b'R"a\\ud800"')
         self.assertEqual(json.loads(reply[1:]), "a\ud800")
+
+
+def frames(data: bytes) -> list[bytes]:
+    out = []
+    while data:
+        (n,) = _header.unpack(data[:4])
+        out.append(data[4 : 4 + n])
+        data = data[4 + n :]
+    return out
+
+
+class ProgressTests(SynchronousTestCase):
+    def run_(self, task: Any, body: bytes = b"t\n{}") -> tuple[bytes, list[bytes]]:
+        reg = Registry()
+        reg.register(task, "t")
+        out = io.BytesIO()
+        reply = runCall(reg, body, 1000, out)
+        return reply, frames(out.getvalue())
+
+    def test_reportsWhileRunning(self) -> None:
+        """
+        Reports made while the call runs go out at once as C{P} frames,
+        UTF-8 JSON like results.
+        """
+
+        def task() -> int:
+            progress({"done": 1})
+            progress("caf\u00e9")
+            return 2
+
+        self.assertEqual(self.run_(task), (b"R2", [b'P{"done":1}', 'P"café"'.encode()]))
+
+    def test_nothingOutsideACall(self) -> None:
+        """
+        Outside a call (a unit test of a task, or a thread still running
+        after its call returned) a report goes nowhere.
+        """
+        progress({"done": 1})  # no worker here: nothing happens
+        reg = Registry()
+        reg.register(lambda: None, "t")
+        out = io.BytesIO()
+        self.assertEqual(runCall(reg, b"t\n{}", 1000, out), b"Rnull")
+        thread = threading.Thread(target=progress, args=(5,))
+        thread.start()
+        thread.join()
+        self.assertEqual(out.getvalue(), b"")
+
+    def test_badReports(self) -> None:
+        """
+        A report that is not JSON, or too large, raises in the task.
+        """
+        for value, exception, text in [
+            ({1, 2}, "TypeError", "Object of type set is not JSON serializable"),
+            ("x" * MAX_PROGRESS, "ValueError", f"a progress report holds at most {MAX_PROGRESS} bytes of JSON, not {MAX_PROGRESS + 2}"),
+        ]:
+            reply, sent = self.run_(lambda: progress(value))
+            kind, error = decode(reply)
+            self.assertEqual((kind, error["exception"], error["message"], sent), ("E", exception, text, []))
 
 
 class ServeTests(SynchronousTestCase):
