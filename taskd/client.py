@@ -233,7 +233,7 @@ class _Calls:
         @param timeout: seconds the call may run (the daemon's own limit
             still applies).
         @param progress: called with each progress report the task makes
-            (see L{taskd.progress}), before the result arrives.
+            (see L{taskd.worker.progress}), before the result arrives.
         """
         return self._send(name, args, kwargs, timeout, progress)
 

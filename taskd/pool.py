@@ -643,7 +643,7 @@ class ProcessPool:
         @param timeout: seconds the call may run in its worker; the pool's
             default if not given, no limit if C{None}.
         @param progress: called with each value the task reports with
-            L{taskd.progress}, before the result.
+            L{taskd.worker.progress}, before the result.
         @return: a C{Deferred} firing with the task's result (decoded from
             JSON), or failing with an L{errors.TaskdError} (or
             C{twisted.internet.defer.CancelledError} if cancelled).
