@@ -96,11 +96,15 @@ def progress(value: Any) -> None:
 
     Callers that asked for progress receive each C{value} at once, before
     the result; others never see it.  Reports are for people watching, not
-    for data: a slow reader may miss some.  Outside a call (in a unit test,
-    or from a thread after the call has returned) this does nothing.
+    for data: a slow reader may miss some.  Outside a call (in a unit test
+    of the task, say) this does nothing.  It may be called from threads the
+    task started; a report made after the call has returned goes nowhere,
+    or, once the worker runs its next call, counts for that one: stop such
+    threads before returning.
 
     @param value: any JSON value, at most L{MAX_PROGRESS} bytes of it.
-    @raise TypeError: if C{value} is not JSON.
+    @raise TypeError: if C{value} is not JSON (C{ValueError} for NaN or an
+        infinity).
     @raise ValueError: if it is too large.
     """
     encoded = _encodeResult(value)
