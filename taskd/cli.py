@@ -83,9 +83,14 @@ async def callCommand(reactor: Any, options: argparse.Namespace) -> int:
     client = await _connect(reactor, options)
     if client is None:
         return EXIT_UNREACHABLE
+    progress = None
+    if options.progress:
+        progress = lambda value: print(  # noqa: E731
+            f"progress: {json.dumps(value)}", file=sys.stderr, flush=True
+        )
     try:
         result = await client.callWith(
-            options.function, args, kwargs, timeout=options.timeout
+            options.function, args, kwargs, timeout=options.timeout, progress=progress
         )
     except Exception:
         failure = Failure()
@@ -243,6 +248,12 @@ def parser() -> argparse.ArgumentParser:
         type=_json,
         default=[],
         help="arguments as JSON: an array (positional) or an object (keyword)",
+    )
+    call.add_argument(
+        "--progress",
+        "-p",
+        action="store_true",
+        help="print the task's progress reports on stderr as they come",
     )
     map_ = commands.add_parser(
         "map",

@@ -79,6 +79,18 @@ class CLITests(TestCase):
         self.assertEqual((json.loads(out), status), ({"a": [1]}, 0))
 
     @inlineCallbacks
+    def test_callProgress(self) -> Any:
+        """
+        With C{--progress}, the task's reports go to stderr as they come,
+        the result to stdout.
+        """
+        out, err, status = yield runCLI("call", "-c", self.connect, "--progress", "steps", "[2, 0.01]")
+        self.assertEqual(
+            (out, err, status),
+            (b"2\n", b'progress: {"done": 1, "of": 2}\nprogress: {"done": 2, "of": 2}\n', 0),
+        )
+
+    @inlineCallbacks
     def test_callErrors(self) -> Any:
         """
         A failed call prints the error type and message (and a task's
