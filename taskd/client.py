@@ -133,9 +133,10 @@ class TaskClientProtocol(LineReceiver):
                     self.log.failure("a progress callback failed")
             return
         if isinstance(reply, (Result, ErrorReply)):
+            d = None
             if isinstance(reply.id, int):
                 self._progress.pop(reply.id, None)
-            d = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
+                d = self._pending.pop(reply.id, None)
             if d is None:
                 if isinstance(reply, ErrorReply) and reply.id is None:
                     # An error about the connection itself ("busy",

@@ -113,14 +113,19 @@ class ReconnectingClientTests(TestCase):
     @inlineCallbacks
     def test_callsWaitForADaemon(self) -> Any:
         """
-        A call made while no daemon is up waits and runs once one is.
+        A call made while no daemon is up waits and runs once one is, with
+        its progress callback.
         """
         (a,) = yield self.daemons(1)
         yield a.kill()
         client = self.client([a])
         d = client.call("add", 1, 2)
+        seen: list[Any] = []
+        withProgress = client.callWith("steps", [2, 0.01], progress=seen.append)
         yield a.start()
         self.assertEqual((yield d), 3)
+        self.assertEqual((yield withProgress), 2)
+        self.assertEqual(seen, [{"done": 1, "of": 2}, {"done": 2, "of": 2}])
 
     @inlineCallbacks
     def test_waitingIsBounded(self) -> Any:
