@@ -103,6 +103,18 @@ class FakeProcess:
         if deliver:
             self.proto.replies.doRead()
 
+    def closeAll(self) -> None:
+        """
+        Close both ends of both protocol pipes, the pool's too: a test's
+        leftovers must not pile up open file descriptors.
+        """
+        if not self._eof:
+            self._eof = True
+            os.close(self._requests)
+        self.closeReplies(deliver=False)
+        self.proto.requests.abort()
+        self.proto.replies.close()
+
     def closeReplies(self, deliver: bool = True) -> None:
         if self._replies is not None:
             os.close(self._replies)
@@ -152,6 +164,10 @@ class FakeProcessReactor(MemoryReactorClock):
         proto.makeConnection(process)
         return process
 
+    def closeAll(self) -> None:
+        for process in self.processes:
+            process.closeAll()
+
 
 def makeRegistry() -> Registry:
     reg = Registry()
@@ -163,6 +179,7 @@ def makeRegistry() -> Registry:
 class PoolTestsMixin:
     def makePool(self, workers: int = 1, **kw: Any) -> tuple[ProcessPool, FakeProcessReactor]:
         reactor = FakeProcessReactor()
+        self.addCleanup(reactor.closeAll)  # type: ignore[attr-defined]
         kw.setdefault("registry", makeRegistry())
         pool = ProcessPool(reactor, tasks=[], workers=workers, **kw)
         return pool, reactor
