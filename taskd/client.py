@@ -19,19 +19,15 @@ import itertools
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from attrs import define, field
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from taskd import errors
-from taskd.protocol import (
+from taskd.wire import (
     VERSION,
     Call,
     Cancel,
@@ -48,18 +44,24 @@ from taskd.protocol import (
 MAX_REPLY = 128 * 1024 * 1024
 
 
-class TaskClientProtocol(LineReceiver):
+class TaskClientProtocol(Protocol):
     """
     The client's side of one connection.
+
+    Reply lines are split here rather than by C{LineReceiver}, which copies
+    what is left of its buffer for every line and re-joins it with every
+    chunk: quadratic in the length of a large result.  Here a line cut
+    short by a read is kept in a C{bytearray} that grows in place, and is
+    copied once, when its end arrives.
     """
 
-    delimiter = b"\n"
     MAX_LENGTH = MAX_REPLY
     # A stream transport (TCP, TLS, UNIX).
     transport: Any
     log = Logger()
 
     def __init__(self) -> None:
+        self._buffer = bytearray()
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
         self._progress: dict[int, Callable[[Any], object]] = {}
@@ -78,14 +80,14 @@ class TaskClientProtocol(LineReceiver):
         progress: Callable[[Any], object] | None = None,
     ) -> Deferred[Any]:
         if self._closed:
-            return _failed(errors.ConnectionLost("the connection is closed"))
+            return fail(errors.ConnectionLost("the connection is closed"))
         id = next(self._ids)
         try:
             line = encodeRequest(
                 Call(name, list(args), dict(kwargs or {}), id, timeout, progress=progress is not None)
             )
         except (TypeError, ValueError) as e:
-            return _failed(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
+            return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
 
         def cancel(d: Deferred[Any]) -> None:
             self._progress.pop(id, None)
@@ -114,7 +116,30 @@ class TaskClientProtocol(LineReceiver):
         self.transport.write(encodeRequest(Hello(VERSION, fields)))
         return d
 
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer
+        if b"\n" not in data:
+            buffer += data
+            if len(buffer) > self.MAX_LENGTH:
+                self.lineLengthExceeded(bytes(buffer))
+            return
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            if len(line) > self.MAX_LENGTH:
+                self.lineLengthExceeded(line)
+                return
+            self.lineReceived(line)
+        buffer += rest
+
     def lineReceived(self, line: bytes) -> None:
+        """
+        Handle one reply line.
+        """
         try:
             reply = decodeReply(line)
         except ValueError as e:
@@ -152,6 +177,10 @@ class TaskClientProtocol(LineReceiver):
                 d.errback(reply.error)
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A reply longer than L{MAX_LENGTH} arrived: give up on the connection.
+        """
+        self._buffer.clear()
         self.log.error("taskd sent a reply over {max} bytes; disconnecting", max=self.MAX_LENGTH)
         self.transport.loseConnection()
 
@@ -191,9 +220,11 @@ class TaskClientProtocol(LineReceiver):
         return d
 
 
-class _Calls:
+class Caller:
     """
-    The calling API shared by L{TaskClient} and L{ReconnectingClient}.
+    The calling API shared by L{TaskClient} and
+    L{taskd.reconnecting.ReconnectingClient}: subclasses say how a call is
+    sent.
     """
 
     def _send(
@@ -239,7 +270,7 @@ class _Calls:
         return self._send(name, args, kwargs, timeout, progress)
 
 
-class TaskClient(_Calls):
+class TaskClient(Caller):
     """
     A connection to a taskd daemon.
     """
@@ -290,13 +321,25 @@ def connect(
         endpoint = clientFromString(reactor, endpoint)
     assert IStreamClientEndpoint.providedBy(endpoint)
     d: Deferred[Any] = endpoint.connect(Factory.forProtocol(TaskClientProtocol))
-    return d.addCallback(_prepare, token).addCallback(TaskClient)
+    return d.addCallback(authenticate, token).addCallback(TaskClient)
 
 
-async def _authenticate(protocol: Any, token: str | None) -> Any:
-    # Always open with a hello: a refused token, a TLS certificate that
-    # does not verify, or a peer that is not taskd fail here, at connect
-    # time, rather than on the first call.
+def authenticate(
+    protocol: TaskClientProtocol, token: str | None
+) -> Deferred[TaskClientProtocol]:
+    """
+    Open a new connection's conversation with a hello (carrying C{token}):
+    a refused token, a TLS certificate that does not verify, or a peer
+    that is not taskd fail here, at connect time, rather than on the first
+    call.  On failure the connection is closed.
+
+    @return: a C{Deferred} firing with C{protocol}, its
+        L{TaskClientProtocol.serverHello} set.
+    """
+    return Deferred.fromCoroutine(_authenticate(protocol, token))
+
+
+async def _authenticate(protocol: TaskClientProtocol, token: str | None) -> TaskClientProtocol:
     try:
         protocol.serverHello = await protocol.hello(
             {} if token is None else {"token": token}
@@ -307,209 +350,4 @@ async def _authenticate(protocol: Any, token: str | None) -> Any:
     return protocol
 
 
-def _prepare(protocol: Any, token: str | None) -> Deferred[Any]:
-    return Deferred.fromCoroutine(_authenticate(protocol, token))
-
-
-@define(eq=False)
-class _Waiting:
-    """
-    A call made while no daemon was connected.
-    """
-
-    name: str
-    args: Sequence[Any]
-    kwargs: dict[str, Any] | None
-    timeout: float | None
-    progress: Callable[[Any], object] | None
-    deferred: Deferred[Any] = field(init=False)
-    timer: IDelayedCall | None = None
-    sent: Deferred[Any] | None = None
-
-
-class ReconnectingClient(_Calls, MultiService):
-    """
-    A client of one or more daemons that stays connected.
-
-    It keeps a connection to every endpoint (a
-    C{twisted.application.internet.ClientService} each, reconnecting with
-    backoff) and spreads calls over the connected ones in turn; a daemon
-    that is down is skipped until it is back.  A call made while no daemon
-    is connected waits up to C{waitTimeout} seconds for one (at most
-    C{maxWaiting} calls wait), or fails at once with
-    L{errors.NotConnected} if C{failFast}.
-
-    A call already sent is not retried elsewhere when its connection is
-    lost: it fails with L{errors.ConnectionLost}, since it may have run.
-
-    Add it to a service tree, or call C{startService()} yourself.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        reactor: Any,
-        endpoints: Sequence[str | IStreamClientEndpoint],
-        *,
-        waitTimeout: float = 30.0,
-        maxWaiting: int = 1000,
-        failFast: bool = False,
-        retryPolicy: Callable[[int], float] | None = None,
-        token: str | None = None,
-    ) -> None:
-        super().__init__()
-        if not endpoints:
-            raise ValueError("a client needs at least one endpoint")
-        self._reactor = reactor
-        self.waitTimeout = waitTimeout
-        self.maxWaiting = maxWaiting
-        self.failFast = failFast
-        self._connected: list[TaskClientProtocol] = []
-        self._turn = 0
-        self._waiting: deque[_Waiting] = deque()
-        self._token = token
-        if retryPolicy is None:
-            retryPolicy = backoffPolicy(initialDelay=0.2, maxDelay=10.0)
-        for endpoint in endpoints:
-            if isinstance(endpoint, str):
-                endpoint = clientFromString(reactor, endpoint)
-            _Connection(self, endpoint, retryPolicy).setServiceParent(self)
-
-    def connectedCount(self) -> int:
-        """
-        @return: how many daemons are connected now.
-        """
-        return len(self._connected)
-
-    def _send(
-        self,
-        name: str,
-        args: Sequence[Any],
-        kwargs: dict[str, Any] | None,
-        timeout: float | None,
-        progress: Callable[[Any], object] | None,
-    ) -> Deferred[Any]:
-        if self._connected:
-            protocol = self._connected[self._turn % len(self._connected)]
-            self._turn += 1
-            return protocol.call(name, args, kwargs, timeout, progress)
-        if not self.running:
-            return _failed(errors.NotConnected("the client is not running"))
-        if self.failFast:
-            return _failed(errors.NotConnected("no daemon is connected"))
-        if len(self._waiting) >= self.maxWaiting:
-            return _failed(
-                errors.NotConnected(
-                    f"no daemon is connected and {self.maxWaiting} calls "
-                    "are already waiting for one"
-                )
-            )
-        waiting = _Waiting(name, args, kwargs, timeout, progress)
-
-        def cancel(d: Deferred[Any]) -> None:
-            if waiting.sent is not None:
-                waiting.sent.cancel()
-            else:
-                self._unwait(waiting)
-
-        waiting.deferred = Deferred(cancel)
-        waiting.timer = self._reactor.callLater(self.waitTimeout, self._expire, waiting)
-        self._waiting.append(waiting)
-        return waiting.deferred
-
-    def _unwait(self, waiting: _Waiting) -> None:
-        self._waiting.remove(waiting)
-        if waiting.timer is not None and waiting.timer.active():
-            waiting.timer.cancel()
-
-    def _expire(self, waiting: _Waiting) -> None:
-        waiting.timer = None
-        self._waiting.remove(waiting)
-        waiting.deferred.errback(
-            errors.NotConnected(
-                f"no daemon could be reached within {self.waitTimeout} seconds"
-            )
-        )
-
-    def _ready(self, protocol: Any) -> None:
-        self._connected.append(protocol)
-        protocol.whenLost().addCallback(lambda _: self._connected.remove(protocol))
-        while self._waiting and self._connected:
-            waiting = self._waiting[0]
-            self._unwait(waiting)
-            waiting.sent = self._send(
-                waiting.name, waiting.args, waiting.kwargs, waiting.timeout, waiting.progress
-            )
-            waiting.sent.chainDeferred(waiting.deferred)
-
-    def stopService(self) -> Deferred[Any]:
-        """
-        Fail the calls waiting for a connection, cancel the ones in flight
-        on the daemons, and close every connection.
-        """
-        while self._waiting:
-            waiting = self._waiting[0]
-            self._unwait(waiting)
-            waiting.deferred.errback(errors.NotConnected("the client was stopped"))
-        for protocol in self._connected:
-            protocol.cancelPending()
-        return super().stopService()  # type: ignore[no-any-return]
-
-
-class _Connection(ClientService):
-    """
-    The connection to one daemon of a L{ReconnectingClient}: opened with a
-    hello (carrying the token), and used only once the daemon answers it.
-
-    A hello that fails (wrong token, TLS certificate that does not verify)
-    closes the connection and lengthens the next reconnection delay as a
-    failed connection would.  This is done here rather than with
-    C{ClientService}'s C{prepareConnection}: a connection that
-    C{prepareConnection} rejects and that then closes drives its state
-    machine into an unhandled transition (Twisted 26.10).
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        client: ReconnectingClient,
-        endpoint: IStreamClientEndpoint,
-        retryPolicy: Callable[[int], float],
-    ) -> None:
-        self._client = client
-        self._helloFailures = 0
-        super().__init__(
-            endpoint,
-            Factory.forProtocol(TaskClientProtocol),
-            retryPolicy=lambda attempts: retryPolicy(attempts + self._helloFailures),
-            clock=client._reactor,
-            prepareConnection=self._connected,
-        )
-        self._endpoint = endpoint
-
-    def _connected(self, protocol: Any) -> None:
-        # Not waited for: see the class docstring.
-        _prepare(protocol, self._client._token).addCallbacks(self._ready, self._refused)
-
-    def _ready(self, protocol: Any) -> None:
-        self._helloFailures = 0
-        self._client._ready(protocol)
-
-    def _refused(self, failure: Failure) -> None:
-        self._helloFailures += 1
-        self.log.error(
-            "taskd at {endpoint} refused the connection: {error}",
-            endpoint=self._endpoint,
-            error=failure.getErrorMessage(),
-        )
-
-
-def _failed(error: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d
-
-
-__all__ = ["connect", "TaskClient", "TaskClientProtocol", "ReconnectingClient"]
+__all__ = ["connect", "authenticate", "Caller", "TaskClient", "TaskClientProtocol"]

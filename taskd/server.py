@@ -29,8 +29,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskd import errors
-from taskd.pool import _DEFAULT, ProcessPool
-from taskd.protocol import (
+from taskd.pool import ProcessPool
+from taskd.wire import (
     VERSION,
     Call,
     CallId,
@@ -171,8 +171,8 @@ class TaskServerProtocol(LineReceiver):
         """
         if not self._readClosed or self.paused or self._closed:
             return
-        if self._buffer:
-            rest, self._buffer = self._buffer, b""
+        rest = self.clearLineBuffer()
+        if rest:
             self.lineReceived(rest)
         if self._unanswered == 0 and not self._closed:
             self._closed = True
@@ -267,18 +267,14 @@ class TaskServerProtocol(LineReceiver):
             self._answer(id, encodeError(id, error))
             return
         pool = self.factory.pool
-        timeout = _DEFAULT
-        if call.timeout is not None:
-            # A client may shorten the daemon's limit, not lengthen it.
-            timeout = call.timeout
-            if pool.timeout is not None:
-                timeout = min(timeout, pool.timeout)
         key: Any = id if id is not None else _Slot()
         self._accept(key)
         progress = None
         if call.progress:
             progress = lambda report: self._progress(id, report)  # noqa: E731
-        d = pool.submitEncoded(call.function, call.raw, timeout=timeout, progress=progress)
+        d = pool.submitEncoded(
+            call.function, call.raw, timeout=pool.timeoutFor(call.timeout), progress=progress
+        )
         self._calls[key] = d
         d.addCallbacks(
             self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
@@ -385,7 +381,7 @@ class TaskServerFactory(Factory):
         self.maxInFlight = maxInFlight
         self.authToken = authToken
         self.authTimeout = authTimeout
-        self.clock: IReactorTime = pool._reactor if clock is None else clock
+        self.clock: IReactorTime = pool.reactor if clock is None else clock
         self._tokenDigest = (
             None if authToken is None else _digest(authToken.encode("utf-8"))
         )

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from taskd.pool import PoolService, ProcessPool
+from taskd.pool import PoolConfig, PoolService, ProcessPool
 from taskd.registry import loadTaskModules
 from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
 
@@ -208,8 +208,8 @@ class TaskdService(MultiService):
                 self.log.warn("SECURITY: {problem}", problem=warning)
         self.log.info(
             "taskd starting: {workers} workers running {tasks}, listening on {listen}",
-            workers=self.pool.workers,
-            tasks=", ".join(self.pool.tasks),
+            workers=self.pool.config.workers,
+            tasks=", ".join(self.pool.config.tasks),
             listen=", ".join(self.listen),
         )
         super().startService()
@@ -246,17 +246,11 @@ def _skipTLSImports(
         modules["OpenSSL"] = None
 
 
-def makeService(options: Options, reactor: Any = None) -> TaskdService:
+def poolConfig(options: Options) -> PoolConfig:
     """
-    Build the daemon's service tree from parsed L{Options}.
+    @return: the pool's configuration that parsed L{Options} describe.
     """
-    _skipTLSImports(options["listen"])
-    from twisted.application import strports
-
-    if reactor is None:
-        from twisted.internet import reactor
-    pool = ProcessPool(
-        reactor,
+    return PoolConfig(
         tasks=options["tasks"],
         workers=options["workers"],
         maxQueue=options["max-queue"],
@@ -267,6 +261,18 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         maxMemory=None if options["max-memory"] is None else options["max-memory"] * 1024 * 1024,
         prefetch=options["prefetch"],
     )
+
+
+def makeService(options: Options, reactor: Any = None) -> TaskdService:
+    """
+    Build the daemon's service tree from parsed L{Options}.
+    """
+    _skipTLSImports(options["listen"])
+    from twisted.application import strports
+
+    if reactor is None:
+        from twisted.internet import reactor
+    pool = ProcessPool(reactor, config=poolConfig(options))
     factory = TaskServerFactory(
         pool,
         maxLineLength=options["max-line-length"],

@@ -3,25 +3,10 @@
 The loop inside each worker process.
 
 The pool starts a worker as C{python -u -m taskd.worker [options] MODULE...}
-with two extra pipes: the parent writes requests to the worker's fd 3 and
-reads replies from its fd 4.  Standard output and error are left to the
-tasks; the parent logs whatever appears there, tagged with the worker.
-
-Framing, both ways: a 4-byte big-endian length, then that many bytes.
-
-Parent to worker, one frame per call::
-
-    <task name> "\\n" <JSON object with "args" (array or object) and/or
-                       "kwargs" (object); other keys are ignored>
-
-Worker to parent, the first byte names the frame::
-
-    H <JSON {"pid": ..., "tasks": [...]}>   ready, sent once after import
-    P <JSON value>                          progress of the running call
-                                            (any number, before its R or E)
-    R <JSON result>                         the call's result
-    E <JSON {"type", "message", ...}>       the call's error, or (before H)
-                                            why the worker could not start
+with two extra pipes: it writes request frames to the worker's fd 3 and
+reads reply frames from its fd 4 (L{taskd._frames} has the format).
+Standard output and error are left to the tasks; the parent logs whatever
+appears there, tagged with the worker.
 
 The worker runs one call at a time with no reactor, so a task may block as
 it likes.  End of file on fd 3 means the parent is done with it (or gone):
@@ -34,48 +19,28 @@ This module imports nothing from Twisted: workers start fast and small.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import struct
 import sys
 import threading
 import traceback
 from typing import IO, Any
 
+from taskd import _json, errors
+from taskd._frames import (
+    DEFAULT_MAX_RESULT,
+    ERROR,
+    HEADER,
+    MAX_ERROR_TEXT,
+    MAX_PROGRESS,
+    PROGRESS,
+    READY,
+    REPLY_FD,
+    REQUEST_FD,
+    RESULT,
+    splitArguments,
+)
 from taskd.registry import Registry, loadTaskModules, registry as _registry
-
-REQUEST_FD = 3
-REPLY_FD = 4
-
-#: Default largest encoded result, in bytes.
-DEFAULT_MAX_RESULT = 16 * 1024 * 1024
-
-#: Longest error message or traceback a worker sends, in characters.
-MAX_ERROR_TEXT = 64 * 1024
-
-_header = struct.Struct("!I")
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_dumpsUTF8 = json.JSONEncoder(
-    separators=(",", ":"), allow_nan=False, ensure_ascii=False
-).encode
-
-
-def _encodeResult(result: Any) -> bytes:
-    """
-    Encode a result as UTF-8 JSON: faster than escaping every non-ASCII
-    character, and shorter.  A string holding a lone surrogate cannot be
-    UTF-8; JSON's escapes can carry it.
-    """
-    text = _dumpsUTF8(result)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _dumps(result).encode("ascii")
-
-
-#: The most JSON one progress report may hold.
-MAX_PROGRESS = 64 * 1024
 
 # Where progress reports of the running call go: nowhere outside a call.
 _progressLock = threading.Lock()
@@ -107,7 +72,7 @@ def progress(value: Any) -> None:
         infinity).
     @raise ValueError: if it is too large.
     """
-    encoded = _encodeResult(value)
+    encoded = _json.encode(value)
     if len(encoded) > MAX_PROGRESS:
         raise ValueError(
             f"a progress report holds at most {MAX_PROGRESS} bytes of JSON, "
@@ -115,7 +80,7 @@ def progress(value: Any) -> None:
         )
     with _progressLock:
         if _progressOut is not None:
-            _send(_progressOut, b"P" + encoded)
+            _send(_progressOut, PROGRESS + encoded)
 
 
 def _reportProgressTo(out: IO[bytes] | None) -> None:
@@ -144,11 +109,9 @@ def _clip(text: str) -> str:
     return text[:MAX_ERROR_TEXT] + " [... truncated]"
 
 
-def _error(kind: str, message: str, **extra: str) -> bytes:
-    fields = {k: _clip(v) for k, v in extra.items()}
-    fields["type"] = kind
-    fields["message"] = _clip(message)
-    return b"E" + _dumps(fields).encode("ascii")
+def _error(error: errors.TaskdError) -> bytes:
+    fields = {k: _clip(v) if isinstance(v, str) else v for k, v in error.toDict().items()}
+    return ERROR + _json.encodeASCII(fields)
 
 
 def runCall(
@@ -165,61 +128,46 @@ def runCall(
     name = rawName.decode("utf-8", "replace")
     function = reg.get(name)
     if function is None:
-        return _error("unknown_task", f"no task named {name!r}")
+        return _error(errors.UnknownTask(f"no task named {name!r}"))
     try:
-        request = json.loads(payload) if payload else {}
+        request = _json.loads(payload) if payload else {}
         if not isinstance(request, dict):
             raise ValueError("the request is not a JSON object")
-        args = request.get("args")
-        kwargs = request.get("kwargs")
-        if kwargs is None:
-            kwargs = {}
-        elif not isinstance(kwargs, dict):
-            raise ValueError("'kwargs' must be an object")
-        if isinstance(args, dict):
-            kwargs = {**args, **kwargs}
-            args = ()
-        elif args is None:
-            args = ()
-        elif not isinstance(args, list):
-            raise ValueError("'args' must be an array or an object")
-    except ValueError as e:
-        return _error("bad_request", _safeStr(e))
+        args, kwargs = splitArguments(request.get("args"), request.get("kwargs"))
+    except (ValueError, RecursionError) as e:
+        return _error(errors.BadRequest(_safeStr(e)))
     _reportProgressTo(progressOut)
     try:
         result = function(*args, **kwargs)
     except BaseException as e:
-        return _error(
-            "task_failed",
-            _safeStr(e),
-            exception=_typeName(e),
-            traceback=traceback.format_exc(),
-        )
+        return _error(errors.TaskFailed(_safeStr(e), _typeName(e), traceback.format_exc()))
     finally:
         # No report may follow the reply: it would count for the next call.
         _reportProgressTo(None)
     try:
-        encoded = _encodeResult(result)
+        encoded = _json.encode(result)
     except (TypeError, ValueError) as e:
         return _error(
-            "bad_result",
-            f"task {name!r} returned a value JSON cannot hold: {_safeStr(e)}",
+            errors.ResultNotSerializable(
+                f"task {name!r} returned a value JSON cannot hold: {_safeStr(e)}"
+            )
         )
     except RecursionError:
         return _error(
-            "bad_result", f"task {name!r} returned a value nested too deeply"
+            errors.ResultNotSerializable(f"task {name!r} returned a value nested too deeply")
         )
     if len(encoded) > maxResult:
         return _error(
-            "result_too_large",
-            f"task {name!r} returned {len(encoded)} bytes of JSON; "
-            f"the limit is {maxResult}",
+            errors.ResultTooLarge(
+                f"task {name!r} returned {len(encoded)} bytes of JSON; "
+                f"the limit is {maxResult}"
+            )
         )
-    return b"R" + encoded
+    return RESULT + encoded
 
 
 def _send(out: IO[bytes], data: bytes) -> None:
-    out.write(_header.pack(len(data)) + data)
+    out.write(HEADER.pack(len(data)) + data)
     out.flush()
 
 
@@ -232,7 +180,7 @@ def serve(reg: Registry, inp: IO[bytes], out: IO[bytes], maxResult: int) -> None
         head = read(4)
         if len(head) < 4:
             return
-        (length,) = _header.unpack(head)
+        (length,) = HEADER.unpack(head)
         body = read(length)
         if len(body) < length:
             return
@@ -287,14 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         _send(
             out,
             _error(
-                "worker_start_failed",
-                f"cannot load task modules: {_typeName(e)}: {_safeStr(e)}",
-                traceback=traceback.format_exc(),
+                errors.WorkerStartError(
+                    f"cannot load task modules: {_typeName(e)}: {_safeStr(e)}",
+                    traceback.format_exc(),
+                )
             ),
         )
         return 3
     hello = {"pid": os.getpid(), "tasks": list(_registry)}
-    _send(out, b"H" + _dumps(hello).encode("ascii"))
+    _send(out, READY + _json.encodeASCII(hello))
     serve(_registry, inp, out, options.max_result)
     return 0
 

@@ -15,11 +15,11 @@ from twisted.python.failure import Failure
 
 from taskd.pool import ProcessPool
 from taskd.registry import Registry
-from taskd.worker import REPLY_FD, REQUEST_FD, _header
+from taskd._frames import HEADER, REPLY_FD, REQUEST_FD
 
 
 def frame(data: bytes) -> bytes:
-    return _header.pack(len(data)) + data
+    return HEADER.pack(len(data)) + data
 
 
 class FakeProcess:
@@ -58,7 +58,7 @@ class FakeProcess:
                 break
             self._buffer += chunk
         while len(self._buffer) >= 4:
-            (length,) = _header.unpack(self._buffer[:4])
+            (length,) = HEADER.unpack(self._buffer[:4])
             if len(self._buffer) < 4 + length:
                 break
             self._frames.append(self._buffer[: 4 + length])

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from taskd import task
-from taskd.worker import _header
+from taskd._frames import HEADER
 
 
 @task
@@ -25,7 +25,7 @@ def chatty(n: int) -> str:
         print(f"line {i} to stderr", file=sys.stderr)
     sys.stdout.write("no newline yet ")
     sys.stdout.flush()
-    os.write(1, _header.pack(5) + b"R1234\n")
+    os.write(1, HEADER.pack(5) + b"R1234\n")
     os.write(2, b"\x00\x00\x00\x02Ex\n")
     return "still framed"
 

@@ -6,6 +6,8 @@ Tests for L{taskd.client}: against a real server and real workers on
 from __future__ import annotations
 
 import json
+
+from attrs import evolve
 from typing import Any
 
 from twisted.internet import reactor
@@ -187,7 +189,7 @@ class ClientTests(TestCase):
         self.assertIn("returned a value JSON cannot hold", e.message)
         e = yield self.assertFailure(self.client.call("big", 2 * 1024 * 1024), errors.ResultTooLarge)
         self.assertIn("the limit is 1048576", e.message)
-        self.pool.maxQueue = 1
+        self.pool.config = evolve(self.pool.config, maxQueue=1)
         running = [self.client.call("sleep", 0.5) for _ in range(2)]
         queued = self.client.call("add", 1, 2)
         yield waitFor(lambda: self.pool.stats()["queued"] == 1, "a queued call")

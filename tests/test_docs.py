@@ -66,7 +66,7 @@ class ProtocolExamplesTests(SynchronousTestCase):
         """
         import json
 
-        from taskd.protocol import Call, decodeReply, decodeRequest
+        from taskd.wire import Call, decodeReply, decodeRequest
 
         messages = []
         for path, block in samples("json"):

@@ -16,7 +16,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from taskd.client import ReconnectingClient
+from taskd.reconnecting import ReconnectingClient
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
 

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
-from taskd.client import ReconnectingClient
+from taskd.reconnecting import ReconnectingClient
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
 

@@ -15,7 +15,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from taskd import errors
-from taskd.pool import PoolService, ProcessPool
+from taskd.pool import PoolService, PoolState, ProcessPool
 
 TASKS = ["taskd.examples", "tests.tasks"]
 
@@ -306,7 +306,7 @@ class StartTests(RealPoolTestCase):
         self.assertIn("ImportError: broken in the worker on purpose", e.message)
         self.assertIn("childbroken.py", e.remoteTraceback)
         self.assertEqual(pool.pids(), set())
-        self.assertEqual(pool.state, "stopped")
+        self.assertEqual(pool.state, PoolState.STOPPED)
 
     @inlineCallbacks
     def test_importErrorInParent(self) -> Any:
@@ -443,7 +443,7 @@ class StopTests(RealPoolTestCase):
         pool = self.makePool(workers=1)
         service = PoolService(pool)
         service.startService()
-        yield waitFor(lambda: pool.state == "running", "the pool to run")
+        yield waitFor(lambda: pool.state is PoolState.RUNNING, "the pool to run")
         self.assertEqual((yield pool.submit("add", [20, 22])), 42)
         pids = pool.pids()
         yield service.stopService()

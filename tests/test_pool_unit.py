@@ -17,8 +17,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
-from taskd.pool import PoolService, ProcessPool, _FrameDecoder
-from taskd.worker import REPLY_FD, REQUEST_FD, _header
+from taskd._frames import HEADER, REPLY_FD, REQUEST_FD, FrameDecoder
+from taskd.pool import PoolService, PoolState, ProcessPool
 
 from tests.fakes import FakeProcessReactor, PoolTestsMixin, frame
 
@@ -75,7 +75,7 @@ class StartTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual(f.value.remoteTraceback, "TB")
         reactor.advance(100)
         self.assertEqual(len(reactor.processes), 2)
-        self.assertEqual(pool.state, "stopped")
+        self.assertEqual(pool.state, PoolState.STOPPED)
 
     def test_importErrorInParent(self) -> None:
         """
@@ -368,7 +368,7 @@ class CrashTests(PoolTestsMixin, SynchronousTestCase):
         """
         pool, reactor = self.startedPool(maxResult=10)
         d = pool.submit("add", [1, 1])
-        reactor.processes[0].sendRaw(_header.pack(10**9) + b"R")
+        reactor.processes[0].sendRaw(HEADER.pack(10**9) + b"R")
         self.failureResultOf(d, errors.ResultTooLarge)
         self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
 
@@ -518,7 +518,7 @@ class StopTests(PoolTestsMixin, SynchronousTestCase):
         service = PoolService(pool)
         service.startService()
         reactor.processes[0].ready()
-        self.assertEqual(pool.state, "running")
+        self.assertEqual(pool.state, PoolState.RUNNING)
         d = service.stopService()
         self.assertNoResult(d)
         reactor.processes[0].exit(0)
@@ -534,7 +534,7 @@ class FrameDecoderTests(SynchronousTestCase):
         stream = b"".join(frame(f) for f in frames)
         for size in (1, 3, 4, 5, 4096, len(stream)):
             got: list[bytes] = []
-            decoder = _FrameDecoder(got.append, self.fail, 100000)
+            decoder = FrameDecoder(got.append, self.fail, 100000)
             for i in range(0, len(stream), size):
                 decoder.feed(stream[i : i + size])
             self.assertEqual(got, frames)
@@ -581,7 +581,7 @@ class SpawnFailureTests(PoolTestsMixin, SynchronousTestCase):
         f = self.failureResultOf(pool.start(), errors.WorkerStartError)
         self.assertEqual(f.value.message, "cannot spawn a worker: [Errno 24] Too many open files")
         self.assertEqual(len(calls), 1)
-        self.assertEqual(pool.state, "stopped")
+        self.assertEqual(pool.state, PoolState.STOPPED)
         # Both ends of both protocol pipes are closed again.
         self.assertEqual(len(os.listdir("/proc/self/fd")), fds)
         self.assertEqual(reactor.readers, set())
@@ -594,13 +594,13 @@ class RequestPipeTests(SynchronousTestCase):
         when the reactor says the pipe is writable; closing waits for it;
         the reader then sees everything, then end of file.
         """
-        from taskd.pool import _RequestPipe
+        from taskd._pipes import RequestPipe
 
         reactor = FakeProcessReactor()
         readEnd, writeEnd = os.pipe()
         os.set_blocking(readEnd, False)
         self.addCleanup(os.close, readEnd)
-        pipe = _RequestPipe(reactor, writeEnd)
+        pipe = RequestPipe(reactor, writeEnd)
         pipe.write(b"small")
         self.assertEqual(reactor.writers, set())
         data = bytes(range(256)) * 2000  # 512,000 bytes: more than a pipe holds
@@ -625,11 +625,11 @@ class RequestPipeTests(SynchronousTestCase):
         """
         Writing to a pipe whose worker is gone closes it quietly.
         """
-        from taskd.pool import _RequestPipe
+        from taskd._pipes import RequestPipe
 
         readEnd, writeEnd = os.pipe()
         os.close(readEnd)
-        pipe = _RequestPipe(FakeProcessReactor(), writeEnd)
+        pipe = RequestPipe(FakeProcessReactor(), writeEnd)
         pipe.write(b"x")
         self.assertEqual(pipe.fileno(), -1)
         pipe.write(b"y")

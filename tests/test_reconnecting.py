@@ -1,5 +1,5 @@
 """
-Tests for L{taskd.client.ReconnectingClient} against daemons on 127.0.0.1:
+Tests for L{taskd.reconnecting.ReconnectingClient} against daemons on 127.0.0.1:
 in-process ones that the test stops and restarts, and real C{twistd taskd}
 processes, one of them killed.
 """
@@ -17,8 +17,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
 from taskd import errors
-from taskd.client import ReconnectingClient
-from taskd.pool import ProcessPool
+from taskd.reconnecting import ReconnectingClient
+from taskd.pool import PoolState, ProcessPool
 from taskd.server import TaskServerFactory
 
 from tests.test_pool import alive, waitFor
@@ -40,7 +40,7 @@ class Daemon:
 
     @inlineCallbacks
     def start(self) -> Any:
-        if self.pool.state == "new":
+        if self.pool.state is PoolState.NEW:
             yield self.pool.start()
         self.port = yield TCP4ServerEndpoint(reactor, self.number, interface="127.0.0.1").listen(self.factory)
         self.number = self.port.getHost().port

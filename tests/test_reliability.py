@@ -30,7 +30,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import TestCase
 
 from taskd import errors
-from taskd.client import ReconnectingClient
+from taskd.reconnecting import ReconnectingClient
 
 from tests.test_pool import alive, waitFor
 from tests.test_tap import TwistdMixin
@@ -310,7 +310,7 @@ def _fuzz(port: int) -> int:
     """
     from hypothesis import HealthCheck, given, settings, strategies as st
 
-    from taskd.protocol import Cancel, ProtocolError, decodeRequest
+    from taskd.wire import Cancel, ProtocolError, decodeRequest
 
     valid = [
         {"function": "add", "args": [1, 2]},

@@ -16,7 +16,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from taskd import errors
-from taskd.client import ReconnectingClient, connect
+from taskd.client import connect
+from taskd.reconnecting import ReconnectingClient
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
 from taskd.tap import exposureWarnings

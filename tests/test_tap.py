@@ -117,7 +117,7 @@ class MakeServiceTests(SynchronousTestCase):
         children = list(service)
         self.assertIsInstance(children[0], PoolService)
         self.assertEqual([type(c) for c in children[1:]], [StreamServerEndpointService] * 2)
-        self.assertEqual((service.pool.workers, service.pool.timeout), (2, 3.0))
+        self.assertEqual((service.pool.config.workers, service.pool.config.timeout), (2, 3.0))
         self.assertIs(children[1].factory, service.factory)
 
 

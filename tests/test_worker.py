@@ -12,7 +12,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd.registry import Registry
-from taskd.worker import MAX_PROGRESS, _header, progress, runCall, serve
+from taskd._frames import HEADER, MAX_PROGRESS
+from taskd.worker import progress, runCall, serve
 
 
 def makeRegistry() -> Registry:
@@ -48,12 +49,17 @@ class RunCallTests(SynchronousTestCase):
 
     def test_badRequests(self) -> None:
         """
-        Payloads of the wrong shape give C{bad_request} errors.
+        Payloads of the wrong shape give C{bad_request} errors, worded as
+        the daemon's decoder words them (one rule, L{splitArguments}).
         """
         for body, message in [
             (b"add\n[1]", "the request is not a JSON object"),
-            (b'add\n{"args":5}', "'args' must be an array or an object"),
-            (b'add\n{"args":[1],"kwargs":[]}', "'kwargs' must be an object"),
+            (
+                b'add\n{"args":5}',
+                "'args' must be an array (positional arguments) or an object "
+                "(keyword arguments), not a number",
+            ),
+            (b'add\n{"args":[1],"kwargs":[]}', "'kwargs' must be an object, not an array"),
         ]:
             kind, error = self.run_(body)
             self.assertEqual((kind, error["type"], error["message"]), ("E", "bad_request", message))
@@ -105,7 +111,7 @@ class RunCallTests(SynchronousTestCase):
 def frames(data: bytes) -> list[bytes]:
     out = []
     while data:
-        (n,) = _header.unpack(data[:4])
+        (n,) = HEADER.unpack(data[:4])
         out.append(data[4 : 4 + n])
         data = data[4 + n :]
     return out
@@ -167,13 +173,13 @@ class ServeTests(SynchronousTestCase):
         and returns at end of file (also in the middle of a frame).
         """
         requests = [b'add\n{"args":[1,2]}', b"fail\n{}"]
-        stream = b"".join(_header.pack(len(r)) + r for r in requests) + _header.pack(50) + b"add"
+        stream = b"".join(HEADER.pack(len(r)) + r for r in requests) + HEADER.pack(50) + b"add"
         out = io.BytesIO()
         serve(makeRegistry(), io.BytesIO(stream), out, 1000)
         data = out.getvalue()
         replies = []
         while data:
-            (n,) = _header.unpack(data[:4])
+            (n,) = HEADER.unpack(data[:4])
             replies.append(data[4 : 4 + n])
             data = data[4 + n :]
         self.assertEqual(replies[0], b"R3")

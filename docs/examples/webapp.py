@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from taskd.client import ReconnectingClient
+from taskd.reconnecting import ReconnectingClient
 
 
 class Mail(Resource):

@@ -62,7 +62,7 @@ class Mailer:
     """
     Sends a batch of mails through taskd (or, for contrast, inline).
 
-    @param client: a L{taskd.client.ReconnectingClient} (or L{TaskClient}).
+    @param client: a L{taskd.reconnecting.ReconnectingClient} (or L{TaskClient}).
     @param inline: send in the reactor thread instead, blocking it: what
         taskd is there to avoid.
     """
@@ -177,7 +177,7 @@ def main(reactor: Any, port: str = "8080", smtpPort: str = "2525", daemon: str =
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
-    from taskd.client import ReconnectingClient
+    from taskd.reconnecting import ReconnectingClient
 
     client = ReconnectingClient(reactor, [daemon])
     client.startService()

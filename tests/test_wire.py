@@ -1,5 +1,5 @@
 """
-Tests for the wire codec, L{taskd.protocol}.
+Tests for the wire codec, L{taskd.wire}.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
-from taskd.protocol import (
+from taskd.wire import (
     Call,
     Cancel,
     ErrorReply,

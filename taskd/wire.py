@@ -1,7 +1,8 @@
-# -*- test-case-name: tests.test_protocol -*-
+# -*- test-case-name: tests.test_wire -*-
 """
-The JSON-lines wire protocol: message types, decoding with precise errors,
-and encoding.  No I/O happens here.  C{docs/protocol.md} is the
+The JSON-lines wire codec: message types, decoding with precise errors,
+and encoding.  No I/O happens here (the protocols that do it are
+L{taskd.server} and L{taskd.client}).  C{docs/protocol.md} is the
 specification; this module follows it.
 
 Requests (one JSON object per line)::
@@ -15,17 +16,17 @@ Replies::
     {"type": "progress", "id": 7, "progress": {"done": 1, "of": 2}}
     {"type": "result", "id": 7, "result": 3}
     {"type": "error", "id": 7, "error": {"type": "timeout", "message": "..."}}
-    {"type": "hello", "version": 1, "server": "taskd/0.1.0", "tasks": [...]}
+    {"type": "hello", "version": 1, "server": "taskd", "tasks": [...]}
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Union
 
 from attrs import frozen
 
-from taskd import errors
+from taskd import _json, errors
+from taskd._frames import jsonType, splitArguments
 
 #: The protocol version this module speaks.
 VERSION = 1
@@ -34,9 +35,6 @@ VERSION = 1
 NO_ID: Any = None
 
 CallId = Union[str, int, None]
-
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
 
 @frozen
 class Call:
@@ -76,7 +74,7 @@ class Cancel:
 class Hello:
     """
     Open a conversation: the highest protocol version the client speaks,
-    and any other fields it sends (room for authentication later).
+    and any other fields it sends (C{"token"}, to authenticate).
     """
 
     version: int
@@ -184,11 +182,11 @@ def decodeRequest(line: bytes) -> Request:
     except UnicodeDecodeError as e:
         raise _bad(f"the line is not valid UTF-8 (byte {e.start})")
     try:
-        message = json.loads(text)
+        message = _json.loads(text)
     except ValueError as e:
         raise _bad(f"the line is not valid JSON: {e}")
     if not isinstance(message, dict):
-        raise _bad(f"a request must be a JSON object, not {_jsonType(message)}")
+        raise _bad(f"a request must be a JSON object, not {jsonType(message)}")
     id = _checkId(message.get("id"))
     kind = message.get("type", "call")
     if kind == "call":
@@ -214,23 +212,10 @@ def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
         raise _bad("missing 'function': the name of the task to run", id)
     if not isinstance(function, str) or not function:
         raise _bad("'function' must be a non-empty string", id)
-    args = message.get("args")
-    kwargs = message.get("kwargs")
-    if kwargs is None:
-        kwargs = {}
-    elif not isinstance(kwargs, dict):
-        raise _bad(f"'kwargs' must be an object, not {_jsonType(kwargs)}", id)
-    if args is None:
-        args = []
-    elif isinstance(args, dict):
-        kwargs = {**args, **kwargs}
-        args = []
-    elif not isinstance(args, list):
-        raise _bad(
-            f"'args' must be an array (positional arguments) or an object "
-            f"(keyword arguments), not {_jsonType(args)}",
-            id,
-        )
+    try:
+        args, kwargs = splitArguments(message.get("args"), message.get("kwargs"))
+    except ValueError as e:
+        raise _bad(str(e), id)
     timeout = message.get("timeout")
     if timeout is not None:
         if (
@@ -246,20 +231,6 @@ def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
     if progress and id is None:
         raise _bad("'progress' needs an 'id' to tell whose progress it is")
     return Call(function, args, kwargs, id, timeout, line, progress)
-
-
-def _jsonType(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if value is None:
-        return "null"
-    return "an object"
 
 
 def encodeRequest(request: Request) -> bytes:
@@ -285,15 +256,15 @@ def encodeRequest(request: Request) -> bytes:
         message = {"type": "hello", "version": request.version, **request.fields}
     if isinstance(request, Call) and request.id is not None:
         message["id"] = request.id
-    return _dumps(message).encode("utf-8") + b"\n"
+    return _json.encodeASCII(message) + b"\n"
 
 
 def _idField(id: CallId) -> bytes:
     if id is None:
         return b""
     if type(id) is int:
-        return b'"id":%d,' % (id,)  # the usual case, 10 times faster than _dumps
-    return b'"id":' + _dumps(id).encode("utf-8") + b","
+        return b'"id":%d,' % (id,)  # the usual case, 10 times faster than JSON
+    return b'"id":' + _json.encodeASCII(id) + b","
 
 
 def encodeResult(id: CallId, encodedResult: bytes) -> bytes:
@@ -323,7 +294,7 @@ def encodeError(id: CallId, error: errors.TaskdError) -> bytes:
         b'{"type":"error",'
         + _idField(id)
         + b'"error":'
-        + _dumps(error.toDict()).encode("utf-8")
+        + _json.encodeASCII(error.toDict())
         + b"}\n"
     )
 
@@ -332,16 +303,14 @@ def encodeHelloReply(reply: HelloReply) -> bytes:
     """
     Encode the daemon's hello reply.
     """
-    return _dumps({"type": "hello", "version": reply.version, **reply.fields}).encode(
-        "utf-8"
-    ) + b"\n"
+    return _json.encodeASCII({"type": "hello", "version": reply.version, **reply.fields}) + b"\n"
 
 
 def encodeStatsReply(reply: StatsReply) -> bytes:
     """
     Encode the daemon's stats reply.
     """
-    return _dumps({"type": "stats", **reply.fields}).encode("utf-8") + b"\n"
+    return _json.encodeASCII({"type": "stats", **reply.fields}) + b"\n"
 
 
 def decodeReply(line: bytes) -> Reply:
@@ -350,7 +319,7 @@ def decodeReply(line: bytes) -> Reply:
 
     @raise ValueError: if the line is not a reply this version understands.
     """
-    message = json.loads(line)
+    message = _json.loads(line)
     if not isinstance(message, dict):
         raise ValueError("a reply must be a JSON object")
     kind = message.get("type")

@@ -1,0 +1,187 @@
+# -*- test-case-name: tests.test_frames,tests.test_pool_unit -*-
+"""
+The frames between the pool and its workers, in one place.
+
+A worker reads requests from its fd L{REQUEST_FD} and writes replies to its
+fd L{REPLY_FD}; standard output and error are left to the tasks.  Framing,
+both ways: a 4-byte big-endian length (L{HEADER}), then that many bytes.
+
+Parent to worker, one frame per call::
+
+    <task name> "\\n" <JSON object with "args" (array or object) and/or
+                       "kwargs" (object); other keys are ignored>
+
+Worker to parent, the first byte names the frame's kind::
+
+    H <JSON {"pid": ..., "tasks": [...]}>   READY, sent once after import
+    P <JSON value>                          PROGRESS of the running call
+                                            (any number, before its R or E)
+    R <JSON result>                         the call's RESULT
+    E <JSON {"type", "message", ...}>       the call's ERROR, or (before H)
+                                            why the worker could not start
+
+The arguments follow one rule wherever they are read (the wire decoder,
+the worker): L{splitArguments}.
+
+Imported by every worker process: nothing from Twisted.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Callable
+
+#: The worker's end of the pipe it reads requests from.
+REQUEST_FD = 3
+
+#: The worker's end of the pipe it writes replies to.
+REPLY_FD = 4
+
+#: The length prefix of every frame.
+HEADER = struct.Struct("!I")
+
+#: Frame kinds, worker to parent.
+READY = b"H"
+PROGRESS = b"P"
+RESULT = b"R"
+ERROR = b"E"
+
+#: Default largest encoded result, in bytes.
+DEFAULT_MAX_RESULT = 16 * 1024 * 1024
+
+#: Longest error message or traceback a worker sends, in characters.
+MAX_ERROR_TEXT = 64 * 1024
+
+#: The most JSON one progress report may hold.
+MAX_PROGRESS = 64 * 1024
+
+
+def frame(data: bytes) -> bytes:
+    """
+    @return: C{data} with its length prefix.
+    """
+    return HEADER.pack(len(data)) + data
+
+
+def requestFrame(name: str, payload: bytes) -> bytes:
+    """
+    @param payload: the call's arguments as a JSON object (see
+        L{splitArguments}); a whole request line from the wire will do.
+    @return: the frame asking a worker to run task C{name}.
+    """
+    encodedName = name.encode("utf-8")
+    return b"".join(
+        (HEADER.pack(len(encodedName) + 1 + len(payload)), encodedName, b"\n", payload)
+    )
+
+
+def maxReplyFrame(maxResult: int) -> int:
+    """
+    @return: the largest reply frame a worker allowed results of
+        C{maxResult} bytes may send: an error carries up to four texts of
+        L{MAX_ERROR_TEXT} characters, and some structure.
+    """
+    return maxResult + 4 * MAX_ERROR_TEXT + 1024
+
+
+def jsonType(value: Any) -> str:
+    """
+    @return: what kind of JSON value C{value} is, for error messages.
+    """
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "null"
+    return "an object"
+
+
+def splitArguments(args: Any, kwargs: Any) -> tuple[list[Any], dict[str, Any]]:
+    """
+    The one rule for a call's arguments: C{"args"} is an array (positional
+    arguments) or an object (keyword arguments), C{"kwargs"} an object of
+    keyword arguments; either may be missing.  Keyword arguments given in
+    both are taken from C{"kwargs"}.
+
+    @param args: the decoded C{"args"} value, or C{None} if missing.
+    @param kwargs: the decoded C{"kwargs"} value, or C{None} if missing.
+    @return: the positional and keyword arguments.
+    @raise ValueError: if either has the wrong shape; the message says how.
+    """
+    if kwargs is None:
+        kwargs = {}
+    elif not isinstance(kwargs, dict):
+        raise ValueError(f"'kwargs' must be an object, not {jsonType(kwargs)}")
+    if args is None:
+        return [], kwargs
+    if isinstance(args, dict):
+        return [], {**args, **kwargs}
+    if not isinstance(args, list):
+        raise ValueError(
+            f"'args' must be an array (positional arguments) or an object "
+            f"(keyword arguments), not {jsonType(args)}"
+        )
+    return args, kwargs
+
+
+class FrameDecoder:
+    """
+    Split a byte stream into length-prefixed frames.
+
+    Not C{twisted.protocols.basic.Int32StringReceiver}: that joins its whole
+    buffer to every new chunk, which is quadratic in the size of a large
+    result arriving in 64 KiB pipe reads.  Here whole frames are sliced
+    straight out of each chunk read; only the start of a frame that a read
+    cut short is kept, in a C{bytearray} that grows in place until the
+    frame is complete.
+    """
+
+    def __init__(
+        self,
+        frameReceived: Callable[[bytes], None],
+        tooLong: Callable[[int], None],
+        maxLength: int,
+    ) -> None:
+        """
+        @param frameReceived: called with each whole frame, prefix removed.
+        @param tooLong: called with the announced length of a frame over
+            C{maxLength}; nothing more is decoded after it.
+        """
+        self._buffer = bytearray()
+        self._wanted = 4
+        self._frameReceived = frameReceived
+        self._tooLong = tooLong
+        self._maxLength = maxLength
+
+    def feed(self, data: bytes) -> None:
+        """
+        Decode what C{data} completes.
+        """
+        buf = self._buffer
+        if buf:
+            buf += data
+            if len(buf) < self._wanted:
+                return
+            data = bytes(buf)
+            buf.clear()
+        offset, size = 0, len(data)
+        self._wanted = 4
+        unpack = HEADER.unpack_from
+        while size - offset >= 4:
+            (length,) = unpack(data, offset)
+            if length > self._maxLength:
+                self._tooLong(length)
+                return
+            end = offset + 4 + length
+            if end > size:
+                self._wanted = 4 + length
+                break
+            self._frameReceived(data[offset + 4 : end])
+            offset = end
+        if offset < size:
+            buf += memoryview(data)[offset:]

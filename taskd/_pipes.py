@@ -1,0 +1,210 @@
+# -*- test-case-name: tests.test_pool_unit -*-
+"""
+The pool's own ends of a worker's two protocol pipes, on the reactor.
+
+Not C{childFDs} entries of C{"r"} and C{"w"}: Twisted's process writer
+buffers every write until the reactor reports the pipe writable (a reactor
+turn and two C{epoll_ctl} calls per request), and its reader takes 8 KiB a
+turn.  L{RequestPipe} writes straight into the pipe and asks the reactor
+for help only with what the pipe cannot take; L{ReplyPipe} reads up to
+L{READ_SIZE} at a time.  Neither knows anything of calls or frames.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+#: Most bytes read from a reply pipe at once.
+READ_SIZE = 64 * 1024
+
+#: What the protocol pipes are asked to hold (Linux; the default is 64 KiB),
+#: so that a large request or result rarely waits for the other side.  No
+#: more: a user's pipes share a quota (fs.pipe-user-pages-soft, 64 MiB by
+#: default), and 1 MiB measured no faster.
+PIPE_SIZE = 256 * 1024
+
+
+def makePipe() -> tuple[int, int]:
+    """
+    @return: a new pipe's read and write ends, made L{PIPE_SIZE} big where
+        the system allows it.
+    """
+    readEnd, writeEnd = os.pipe()
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(writeEnd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over the user's pipe quota: the default size works too
+    return readEnd, writeEnd
+
+
+class _PipeEnd:
+    """
+    A non-blocking pipe end that the reactor may watch.
+    """
+
+    _name = "taskd-pipe"
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._reactor = reactor
+        self._fd: int | None = fd
+
+    @property
+    def open(self) -> bool:
+        """
+        Whether this end is still open.
+        """
+        return self._fd is not None
+
+    def fileno(self) -> int:
+        return -1 if self._fd is None else self._fd
+
+    def logPrefix(self) -> str:
+        return self._name
+
+
+@implementer(IWriteDescriptor)
+class RequestPipe(_PipeEnd):
+    """
+    The parent's end of a worker's request pipe.
+    """
+
+    _name = "taskd-request-pipe"
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        super().__init__(reactor, fd)
+        self._pending = bytearray()
+        self._closeWhenDrained = False
+
+    def write(self, data: bytes) -> None:
+        """
+        Write C{data} now, or as soon as the pipe takes it.
+        """
+        if self._fd is None:
+            return
+        if not self._pending:
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                self.abort()  # the worker is gone; its end says why
+                return
+            if written == len(data):
+                return
+            data = data[written:]
+            self._reactor.addWriter(self)
+        self._pending += data
+
+    def doWrite(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            written = os.write(self._fd, self._pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.abort()
+            return
+        del self._pending[:written]
+        if not self._pending:
+            self._reactor.removeWriter(self)
+            if self._closeWhenDrained:
+                self.abort()
+
+    def close(self) -> None:
+        """
+        Close once everything written has reached the pipe: the worker then
+        reads end of file and exits.
+        """
+        if self._pending:
+            self._closeWhenDrained = True
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """
+        Close now, dropping anything not yet written.
+        """
+        if self._fd is None:
+            return
+        if self._pending:
+            self._reactor.removeWriter(self)
+            self._pending.clear()
+        os.close(self._fd)
+        self._fd = None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.abort()
+
+
+@implementer(IReadDescriptor)
+class ReplyPipe(_PipeEnd):
+    """
+    The parent's end of a worker's reply pipe.  Twisted waits for its own
+    pipes to close before it reports a process's end; the owner of this
+    one does the same (C{closed} tells it).
+    """
+
+    _name = "taskd-reply-pipe"
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        dataReceived: Callable[[bytes], None],
+        closed: Callable[[], None],
+    ) -> None:
+        """
+        @param dataReceived: called with each chunk read.
+        @param closed: called once, when the pipe is closed (at end of file,
+            on an error, or by L{close}).
+        """
+        super().__init__(reactor, fd)
+        self._dataReceived = dataReceived
+        self._closed = closed
+        self._reading = False
+
+    def startReading(self) -> None:
+        """
+        Have the reactor tell this end when there is something to read.
+        """
+        if self._fd is not None and not self._reading:
+            self._reading = True
+            self._reactor.addReader(self)
+
+    def doRead(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._dataReceived(data)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """
+        Close this end (if still open) and say so.
+        """
+        if self._fd is None:
+            return
+        if self._reading:
+            self._reactor.removeReader(self)
+        os.close(self._fd)
+        self._fd = None
+        self._closed()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
