@@ -31,7 +31,11 @@ def __getattr__(name: str) -> Any:
         from taskd.worker import progress
 
         return progress
-    if name in ("ProcessPool", "PoolConfig", "PoolService"):
+    if name == "PoolConfig":
+        from taskd.config import PoolConfig
+
+        return PoolConfig
+    if name in ("ProcessPool", "PoolService"):
         from taskd import pool
 
         return getattr(pool, name)

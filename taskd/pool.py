@@ -21,13 +21,11 @@ The pool's lifecycle (L{PoolState}, L{POOL_TRANSITIONS})::
 
 from __future__ import annotations
 
-import os
-import sys
 from collections import deque
 from enum import Enum
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
-from attrs import define, field, frozen, validators
+from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -35,80 +33,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
-from taskd._frames import DEFAULT_MAX_RESULT
 from taskd._lifecycle import Lifecycle
 from taskd._workerprocess import WorkerProcess, WorkerState, describeExit
+from taskd.config import PoolConfig
 from taskd.registry import Registry, loadTaskModules, registry as defaultRegistry
 
 #: Marks "use the pool's default" where C{None} means "no limit".
 _DEFAULT: Any = object()
-
-
-def _atLeast(minimum: float) -> Callable[[Any, Any, Any], None]:
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if value is not None and not value >= minimum:
-            raise ValueError(f"{attribute.name} must be at least {minimum}, not {value!r}")
-
-    return check
-
-
-def _names(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
-
-
-def _cpuCount() -> int:
-    return os.cpu_count() or 1
-
-
-@frozen(kw_only=True)
-class PoolConfig:
-    """
-    How a L{ProcessPool} runs: every limit and default in one place (the
-    daemon's options build one too).  Invalid values raise C{ValueError}
-    naming the field.
-
-    @ivar tasks: the task modules, imported by the pool and every worker.
-    @ivar workers: how many worker processes to keep running.
-    @ivar maxQueue: how many calls may wait for a worker; past it,
-        submitting fails at once with L{errors.PoolBusy}.
-    @ivar timeout: the default limit, in seconds, on the time a call runs in
-        its worker, or C{None} for no limit.  Time spent queued is not
-        counted.
-    @ivar maxTasksPerWorker: replace a worker after it has answered this
-        many calls (C{None}: never).
-    @ivar grace: on L{ProcessPool.stop}, how long running calls may go on.
-    @ivar killGrace: how long a worker has between SIGTERM and SIGKILL (and
-        between being asked to exit and SIGTERM).
-    @ivar maxResult: the largest JSON-encoded result, in bytes.
-    @ivar maxMemory: each worker's address-space limit in bytes
-        (C{RLIMIT_AS}), or C{None}; a task past it gets C{MemoryError}.
-    @ivar prefetch: how many calls a worker may hold at once: the one it
-        runs and, while calls are queued and no worker is idle, the next
-        ones waiting in its pipe, so it never waits for the parent between
-        calls.  1 (the default) sends a call only to an idle worker; more
-        speeds up short tasks but lets a long task delay the calls behind
-        it.
-    @ivar minRestartDelay: the first delay before replacing a worker that
-        failed to start; it doubles for each further failure in a row, up
-        to C{maxRestartDelay}.
-    @ivar python: the interpreter workers run on.
-    @ivar env: the workers' environment (the daemon's by default).
-    """
-
-    tasks: Sequence[str] = field(default=("taskd.examples",), converter=_names)
-    workers: int = field(factory=_cpuCount, validator=_atLeast(1))
-    maxQueue: int = field(default=1000, validator=_atLeast(0))
-    timeout: float | None = field(default=None, validator=_atLeast(0))
-    maxTasksPerWorker: int | None = field(default=None, validator=_atLeast(1))
-    grace: float = field(default=10.0, validator=_atLeast(0))
-    killGrace: float = field(default=5.0, validator=_atLeast(0))
-    maxResult: int = field(default=DEFAULT_MAX_RESULT, validator=_atLeast(1))
-    maxMemory: int | None = field(default=None, validator=_atLeast(1))
-    prefetch: int = field(default=1, validator=_atLeast(1))
-    minRestartDelay: float = field(default=0.5, validator=_atLeast(0))
-    maxRestartDelay: float = field(default=30.0, validator=_atLeast(0))
-    python: str = sys.executable
-    env: Mapping[str, str] | None = field(default=None, validator=validators.optional(validators.instance_of(dict)))
 
 
 class PoolState(Enum):

@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from taskd.pool import PoolConfig, PoolService, ProcessPool
+from taskd.config import PoolConfig
+from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
 from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
 

@@ -109,6 +109,41 @@ class ClientProtocolTests(SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertNoResult(other)
 
+    def test_repliesSplitAcrossReads(self) -> None:
+        """
+        Replies arrive in whatever pieces the network makes: a large
+        result cut into 64 KiB reads, and several replies in one read with
+        the last one cut short, are each decoded whole, once.
+        """
+        big = self.proto.call("echo", ["x"])
+        small = [self.proto.call("add", [i, 0]) for i in range(3)]
+        value = "\u00e9" * (3 * 1024 * 1024)
+        line = json.dumps({"type": "result", "id": 1, "result": value}).encode() + b"\n"
+        tail = b'{"type":"result","id":2,"result":0}\n{"type":"result","id":3,"result":1}\n{"type":"res'
+        data = line + tail
+        for start in range(0, len(data), 65536):
+            self.proto.dataReceived(data[start : start + 65536])
+        self.assertEqual(self.successResultOf(big), value)
+        self.assertEqual([self.successResultOf(d) for d in small[:2]], [0, 1])
+        self.assertNoResult(small[2])
+        self.proto.dataReceived(b'ult","id":4,"result":2}\n')
+        self.assertEqual(self.successResultOf(small[2]), 2)
+
+    def test_replyTooLong(self) -> None:
+        """
+        A reply line longer than C{MAX_LENGTH} drops the connection, whether
+        it ends in the read that crosses the limit or not.
+        """
+        for ending in (b"", b"\n"):
+            proto = TaskClientProtocol()
+            proto.MAX_LENGTH = 100
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            proto.dataReceived(b"x" * 60)
+            self.assertFalse(transport.disconnecting)
+            proto.dataReceived(b"x" * 60 + ending)
+            self.assertTrue(transport.disconnecting)
+
     def test_unencodable(self) -> None:
         """
         Arguments JSON cannot hold fail the call without sending anything.
