@@ -19,6 +19,12 @@ Worker to parent, the first byte names the frame's kind::
     R <JSON result>                         the call's RESULT
     E <JSON {"type", "message", ...}>       the call's ERROR, or (before H)
                                             why the worker could not start
+    G <JSON {"reason": ...}>                GOODBYE: the worker exits now, of
+                                            its own accord; every call after
+                                            its last R or E never started
+
+Every frame a worker sends holds one JSON value on one line; the parent
+checks that, since a task could write to the pipe too.
 
 The arguments follow one rule wherever they are read (the wire decoder,
 the worker): L{splitArguments}.
@@ -45,6 +51,7 @@ READY = b"H"
 PROGRESS = b"P"
 RESULT = b"R"
 ERROR = b"E"
+GOODBYE = b"G"
 
 #: Default largest encoded result, in bytes.
 DEFAULT_MAX_RESULT = 16 * 1024 * 1024

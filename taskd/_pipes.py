@@ -194,6 +194,23 @@ class ReplyPipe(_PipeEnd):
         else:
             self.close()
 
+    def drain(self) -> None:
+        """
+        Read everything the pipe holds now, without waiting for more: the
+        writer is known to be gone, though a copy of its end may live on.
+        """
+        while self._fd is not None:
+            try:
+                data = os.read(self._fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return
+            self._dataReceived(data)
+
     def close(self) -> None:
         """
         Close this end (if still open) and say so.

@@ -17,11 +17,21 @@ Its lifecycle (L{WorkerState}, L{WORKER_TRANSITIONS})::
     (any state) --end--> ENDED
 
 C{retire} closes the request pipe: the worker exits when it has answered
-what it holds.  C{terminate} sends SIGTERM, then SIGKILL after the kill
-grace.  A retiring worker that has not exited after the kill grace is
-terminated.  C{end} is taken when the process has exited I{and} every
-reply it wrote has been read, so the owner knows exactly which calls it
-answered.
+what it holds.  C{terminate} kills it (SIGKILL: its call is over) and sends
+SIGTERM to the rest of its process group.  A retiring worker that has not
+exited after the kill grace is terminated.  C{end} is taken when the
+process has exited and every reply it wrote has been read, so the owner
+knows exactly which calls it answered.  It does not wait for copies of the
+worker's pipes that processes started by its tasks may hold.
+
+Each worker leads a process group of its own (it calls C{setpgid} first
+thing), so a task's child processes are in it too.  When the worker has
+ended, what is left of its group gets SIGTERM, then SIGKILL after the
+kill grace; the owner hears L{WorkerEvents.workerGone} when nothing is
+left.  Signals sent to the daemon's own process group (Ctrl-C, C{kill
+%1}, C{timeout}) do not reach the workers.  A worker that receives SIGTERM
+anyway (systemd signals the whole control group) finishes its call, says
+goodbye (a C{G} frame) and exits; its owner tells that from a crash.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import signal
 import sys
 from collections import deque
 from enum import Enum
-from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
@@ -42,6 +52,7 @@ from twisted.python.failure import Failure
 from taskd import _json, errors
 from taskd._frames import (
     ERROR,
+    GOODBYE,
     PROGRESS,
     READY,
     REPLY_FD,
@@ -56,6 +67,14 @@ from taskd._pipes import ReplyPipe, RequestPipe, makePipe
 
 #: Longest line of a worker's stdout/stderr logged as one event.
 MAX_OUTPUT_LINE = 64 * 1024
+
+#: How often, in seconds, a process group left by an ended worker is
+#: looked at until it is empty.
+SWEEP_INTERVAL = 0.1
+
+#: How long, after SIGKILL, a process group is looked at before it is
+#: taken as gone (a process stuck in the kernel cannot be waited for).
+SWEEP_KILLED = 1.0
 
 
 class WorkerState(Enum):
@@ -117,11 +136,11 @@ class WorkerEvents(Protocol[C]):
         """
 
     def workerReplied(
-        self, worker: WorkerProcess[C], call: C, ok: bool, body: bytes
+        self, worker: WorkerProcess[C], call: C, reply: bytes | errors.TaskdError
     ) -> None:
         """
         C{worker} answered C{call}, the first of its calls: with its result
-        as JSON if C{ok}, else with an error object as JSON.
+        (one JSON value, checked) or with the call's error.
         """
 
     def workerProgress(self, worker: WorkerProcess[C], call: C, report: bytes) -> None:
@@ -129,14 +148,22 @@ class WorkerEvents(Protocol[C]):
         C{call}, which C{worker} runs, reported its progress (as JSON).
         """
 
-    def workerMisbehaved(
-        self, worker: WorkerProcess[C], error: errors.TaskdError | None
-    ) -> None:
+    def workerMisbehaved(self, worker: WorkerProcess[C], error: errors.TaskdError) -> None:
         """
-        C{worker} broke the frame protocol; it must be stopped.
+        C{worker} broke the frame protocol (a task wrote to its pipes, say);
+        it must be stopped.
 
-        @param error: what to fail the running call with, or C{None} to let
-            it end as the worker's crash.
+        @param error: what to fail the running call with.
+        """
+
+    def workerLeaving(self, worker: WorkerProcess[C], reason: str) -> None:
+        """
+        C{worker} said goodbye: it exits now of its own accord, having
+        answered every call it started (the calls still in its
+        L{WorkerProcess.inFlight} never started).
+
+        @param reason: C{"signal"} (it received SIGTERM) or C{"memory"}
+            (its resident memory went over its limit).
         """
 
     def workerEnded(
@@ -148,6 +175,12 @@ class WorkerEvents(Protocol[C]):
         and only the first of them ever started.
 
         @param previous: the state it was in when it ended.
+        """
+
+    def workerGone(self, worker: WorkerProcess[C]) -> None:
+        """
+        Nothing is left of C{worker}'s process group (after
+        L{workerEnded}).
         """
 
 
@@ -170,6 +203,9 @@ class WorkerConfig(Protocol):
 
     @property
     def maxMemory(self) -> int | None: ...
+
+    @property
+    def maxWorkerRSS(self) -> int | None: ...
 
     @property
     def killGrace(self) -> float: ...
@@ -229,6 +265,22 @@ def describeExit(reason: Failure) -> str:
     return f"exited with status {getattr(value, 'exitCode', None)}"
 
 
+def _protocolError(worker: WorkerProcess[Any], what: str) -> errors.WorkerProtocolError:
+    return errors.WorkerProtocolError(
+        f"worker {worker.pid} broke the frame protocol: {what}; it was replaced"
+    )
+
+
+def _checkedJSON(body: bytes) -> Any:
+    """
+    @return: C{body} decoded, if it is one JSON value on one line.
+    @raise ValueError: if it is not.
+    """
+    if b"\n" in body:
+        raise ValueError("a line break")
+    return _json.loads(body)
+
+
 class WorkerProcess(ProcessProtocol, Generic[C]):
     """
     The parent's side of one worker process.
@@ -236,8 +288,9 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
     @ivar inFlight: the calls written to it and not yet answered, in order;
         the first is the one running (or about to).
     @ivar calls: how many calls it has answered.
-    @ivar pid: its process id, once spawned.
+    @ivar pid: its process id, once spawned; also its process group's.
     @ivar startError: why it could not start, if it said so.
+    @ivar leavingBecause: why it said goodbye, if it did.
     """
 
     log = Logger()
@@ -251,20 +304,28 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         maxReply: int,
         requests: RequestPipe,
         replies: int,
+        killGroup: Callable[[int, int], None] = os.killpg,
     ) -> None:
+        """
+        @param killGroup: sends a signal to a process group (C{os.killpg});
+            signal 0 asks whether the group has any process left.
+        """
         self._reactor = reactor
         self._events = events
         self._killGrace = killGrace
+        self._killGroup = killGroup
         self._lifecycle = Lifecycle(WORKER_TRANSITIONS, WorkerState.STARTING)
         self.requests = requests
         self.inFlight: deque[C] = deque()
         self.calls = 0
         self.pid: int | None = None
         self.startError: errors.WorkerStartError | None = None
+        self.leavingBecause: str | None = None
         self._frames = FrameDecoder(self._frameReceived, self._frameTooLong, maxReply)
-        self.replies = ReplyPipe(reactor, replies, self._frames.feed, self._repliesEnded)
+        self.replies = ReplyPipe(reactor, replies, self._frames.feed, self._repliesClosed)
         self._output: dict[int, OutputLogger] = {}
         self._killTimer: IDelayedCall | None = None
+        self._sweepTimer: IDelayedCall | None = None
         self._exit: Failure | None = None
 
     @classmethod
@@ -272,7 +333,8 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         cls, reactor: Any, events: WorkerEvents[C], config: WorkerConfig
     ) -> WorkerProcess[C]:
         """
-        Start a worker process.
+        Start a worker process.  The reactor's C{killProcessGroup}, if it
+        has one (test doubles do), is used instead of C{os.killpg}.
 
         @raise Exception: whatever C{spawnProcess} raises; no pipe is left
             open then.
@@ -286,13 +348,17 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
             maxReplyFrame(config.maxResult),
             RequestPipe(reactor, requestWrite),
             replyRead,
+            getattr(reactor, "killProcessGroup", os.killpg),
         )
-        args = [config.python, "-u", "-m", "taskd.worker", "--max-result", str(config.maxResult)]
+        # -P: the worker imports what the daemon imports, in the same order,
+        # not first from its current directory.
+        args = [config.python, "-P", "-u", "-m", "taskd.worker", "--max-result", str(config.maxResult)]
         if config.maxMemory:
             args += ["--max-memory", str(config.maxMemory)]
+        if config.maxWorkerRSS:
+            args += ["--max-rss", str(config.maxWorkerRSS)]
         args += ["--parent", str(os.getpid()), *config.tasks]
         env = dict(os.environ if config.env is None else config.env)
-        # The workers import what the parent can import.
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         try:
             reactor.spawnProcess(
@@ -351,61 +417,113 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         if output is not None:
             output.feed(data)
 
-    def processEnded(self, reason: Failure) -> None:
-        # Every reply the worker wrote is read before its end is handled:
-        # the owner relies on it to know which calls it answered.
+    def processExited(self, reason: Failure) -> None:
+        # Everything the worker wrote is in its reply pipe now: read it all,
+        # and end without waiting for an end of file that a process forked
+        # by a task (holding a copy of the pipe) could put off forever.
         self._exit = reason
-        if not self.replies.open:
-            self._allEnded()
+        self.replies.drain()
+        if self.replies.open:
+            self.replies.close()
+        elif self._lifecycle.state is not WorkerState.ENDED:
+            self._ended()
 
-    def _repliesEnded(self) -> None:
+    def processEnded(self, reason: Failure) -> None:
+        # Every copy of the worker's stdout and stderr is closed.
+        for output in self._output.values():
+            output.flush()
+
+    def _repliesClosed(self) -> None:
         if self._exit is not None:
-            self._allEnded()
+            self._ended()
 
-    def _allEnded(self) -> None:
+    def _ended(self) -> None:
         assert self._exit is not None
         previous = self._lifecycle.go("end")
         self.requests.abort()
         self._cancelKill()
-        for output in self._output.values():
-            output.flush()
         self._events.workerEnded(self, self._exit, previous)
+        if self.pid is not None and self._signalGroup(signal.SIGTERM):
+            self.log.info(
+                "processes left behind by worker {pid} get SIGTERM, and SIGKILL "
+                "in {grace} seconds",
+                pid=self.pid,
+                grace=self._killGrace,
+            )
+        self._sweep(self._reactor.seconds() + self._killGrace)
+
+    def _sweep(self, deadline: float) -> None:
+        """
+        Look at what is left of the worker's process group every
+        L{SWEEP_INTERVAL} seconds until it is empty; from C{deadline} on,
+        send it SIGKILL each time, and give up L{SWEEP_KILLED} seconds
+        later.
+        """
+        self._sweepTimer = None
+        now = self._reactor.seconds()
+        if self.pid is None or not self._signalGroup(0):
+            self._events.workerGone(self)
+            return
+        if now >= deadline:
+            if now >= deadline + SWEEP_KILLED:
+                self.log.warn(
+                    "processes left behind by worker {pid} survive SIGKILL", pid=self.pid
+                )
+                self._events.workerGone(self)
+                return
+            self._signalGroup(signal.SIGKILL)
+        delay = SWEEP_INTERVAL if now >= deadline else min(SWEEP_INTERVAL, deadline - now)
+        self._sweepTimer = self._reactor.callLater(delay, self._sweep, deadline)
 
     # -- frames -----------------------------------------------------------
 
     def _frameReceived(self, frame: bytes) -> None:
-        kind = frame[:1]
+        kind, body = frame[:1], frame[1:]
+        try:
+            value = _checkedJSON(body)
+        except (ValueError, RecursionError):
+            self._misbehaved(f"a {kind!r} frame that is not one JSON value")
+            return
         if kind == RESULT or kind == ERROR:
             if self._lifecycle.state is WorkerState.STARTING:
-                if kind == ERROR:
+                if kind == ERROR and isinstance(value, dict):
                     # The worker could not load its task modules; it exits next.
-                    error = errors.errorFromDict(_json.loads(frame[1:]))
+                    error = errors.errorFromDict(value)
                     self.startError = errors.WorkerStartError(
                         error.message, getattr(error, "remoteTraceback", "")
                     )
                     return
             elif self.inFlight:
+                if kind == RESULT:
+                    reply: bytes | errors.TaskdError = body
+                elif isinstance(value, dict):
+                    reply = errors.errorFromDict(value)
+                else:
+                    self._misbehaved("an error that is not a JSON object")
+                    return
                 call = self.inFlight.popleft()
                 self.calls += 1
-                self._events.workerReplied(self, call, kind == RESULT, frame[1:])
+                self._events.workerReplied(self, call, reply)
                 return
-            self.log.error(
-                "worker {pid} replied with no call running; stopping it", pid=self.pid
-            )
-            self._events.workerMisbehaved(self, None)
+            self._misbehaved("a reply with no call running")
         elif kind == PROGRESS:
             if self.inFlight:
-                self._events.workerProgress(self, self.inFlight[0], frame[1:])
+                self._events.workerProgress(self, self.inFlight[0], body)
         elif kind == READY and self._lifecycle.can("ready"):
             self._lifecycle.go("ready")
             self._events.workerReady(self)
-        else:
-            self.log.error(
-                "worker {pid} sent an unknown frame kind {kind!r}; stopping it",
-                pid=self.pid,
-                kind=kind,
+        elif kind == GOODBYE and self.leavingBecause is None and isinstance(value, dict):
+            self.leavingBecause = str(value.get("reason", ""))
+            self.log.info(
+                "worker {pid} is leaving: {reason}", pid=self.pid, reason=self.leavingBecause
             )
-            self._events.workerMisbehaved(self, None)
+            self._events.workerLeaving(self, self.leavingBecause)
+        else:
+            self._misbehaved(f"an unexpected frame {frame[:16]!r}")
+
+    def _misbehaved(self, what: str) -> None:
+        self.log.error("worker {pid} sent {what}; stopping it", pid=self.pid, what=what)
+        self._events.workerMisbehaved(self, _protocolError(self, what))
 
     def _frameTooLong(self, length: int) -> None:
         self.log.error(
@@ -416,7 +534,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         call = self.call
         self._events.workerMisbehaved(
             self,
-            None
+            _protocolError(self, f"a {length}-byte frame")
             if call is None
             else errors.ResultTooLarge(
                 f"task {call.name!r} sent a {length}-byte reply, over the pool's limit"
@@ -442,30 +560,43 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         self._lifecycle.go("retire")
         self.requests.close()
         if self.transport is not None:
-            self._scheduleKill(self.terminate)
+            self._cancelKill()
+            self._killTimer = self._reactor.callLater(self._killGrace, self.terminate)
 
     def terminate(self) -> None:
         """
-        Send SIGTERM now and SIGKILL after the kill grace.
+        Kill the worker now (SIGKILL), and send SIGTERM to the processes
+        its tasks started; what is left of them when it has ended gets
+        SIGKILL after the kill grace.
         """
         self._lifecycle.go("terminate")
-        if self._signal(signal.SIGTERM):
-            self._scheduleKill(lambda: self._signal(signal.SIGKILL))
-
-    def _scheduleKill(self, action: Any) -> None:
         self._cancelKill()
-        self._killTimer = self._reactor.callLater(self._killGrace, action)
+        if self.transport is None:
+            return
+        self._signalGroup(signal.SIGTERM)
+        try:
+            self.transport.signalProcess(signal.SIGKILL)
+        except ProcessExitedAlready:
+            pass
 
     def _cancelKill(self) -> None:
         if self._killTimer is not None and self._killTimer.active():
             self._killTimer.cancel()
         self._killTimer = None
 
-    def _signal(self, number: int) -> bool:
-        if self.transport is None:
-            return False
+    def _signalGroup(self, number: int) -> bool:
+        """
+        Send signal C{number} to the worker's process group.
+
+        @return: whether the group has any process.
+        """
+        assert self.pid is not None
         try:
-            self.transport.signalProcess(number)
-        except ProcessExitedAlready:
+            self._killGroup(self.pid, number)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            # Not (yet) a group of our worker's: it has not called setpgid,
+            # or that id now belongs to someone else.
             return False
         return True

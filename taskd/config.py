@@ -55,6 +55,9 @@ class PoolConfig:
     @ivar maxResult: the largest JSON-encoded result, in bytes.
     @ivar maxMemory: each worker's address-space limit in bytes
         (C{RLIMIT_AS}), or C{None}; a task past it gets C{MemoryError}.
+    @ivar maxWorkerRSS: a worker whose resident memory is above this many
+        bytes after a call is replaced (its call is answered as usual), or
+        C{None}.
     @ivar prefetch: how many calls a worker may hold at once: the one it
         runs and, while calls are queued and no worker is idle, the next
         ones waiting in its pipe, so it never waits for the parent between
@@ -63,7 +66,9 @@ class PoolConfig:
         it.
     @ivar minRestartDelay: the first delay before replacing a worker that
         failed to start; it doubles for each further failure in a row, up
-        to C{maxRestartDelay}.
+        to C{maxRestartDelay}.  Workers killed (timeout, cancel) or crashed
+        are replaced at once, C{workers} of them, then one per
+        C{minRestartDelay} seconds.
     @ivar python: the interpreter workers run on.
     @ivar env: the workers' environment (the daemon's by default).
     """
@@ -77,6 +82,7 @@ class PoolConfig:
     killGrace: float = field(default=5.0, validator=_atLeast(0))
     maxResult: int = field(default=DEFAULT_MAX_RESULT, validator=_atLeast(1))
     maxMemory: int | None = field(default=None, validator=_atLeast(1))
+    maxWorkerRSS: int | None = field(default=None, validator=_atLeast(1))
     prefetch: int = field(default=1, validator=_atLeast(1))
     minRestartDelay: float = field(default=0.5, validator=_atLeast(0))
     maxRestartDelay: float = field(default=30.0, validator=_atLeast(0))

@@ -140,6 +140,17 @@ class WorkerCrashed(TaskdError):
     type = "worker_crashed"
 
 
+class WorkerProtocolError(TaskdError):
+    """
+    The worker running the call broke the frame protocol: its reply was
+    not one JSON value, or it wrote frames the pool cannot read (a task
+    that writes to the worker's protocol pipes does that).  The worker was
+    replaced; the call's outcome is unknown.
+    """
+
+    type = "worker_protocol_error"
+
+
 class PoolBusy(TaskdError):
     """
     The pool's queue is full, or the daemon has as many connections as it
@@ -220,6 +231,7 @@ _byType: dict[str, type[TaskdError]] = {
         ResultTooLarge,
         TaskTimeout,
         WorkerCrashed,
+        WorkerProtocolError,
         PoolBusy,
         PoolStopping,
         TaskCancelled,

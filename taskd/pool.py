@@ -143,6 +143,9 @@ class ProcessPool:
         self._processes: set[_Worker] = set()
         self._restartDelay = config.minRestartDelay
         self._restartTimers: set[IDelayedCall] = set()
+        self._respawnTokens = float(config.workers)
+        self._respawnTokensAt = reactor.seconds()
+        self._memoryRecycled = 0
         self._startError: errors.WorkerStartError | None = None
         self._starting: Deferred[None] | None = None
         self._stopping: list[Deferred[None]] = []
@@ -321,13 +324,18 @@ class ProcessPool:
             "busy": sum(1 for w in self._live if self._busy(w)),
             "queued": len(self._queue),
             "processes": len(self._processes),
+            "memoryRecycled": self._memoryRecycled,
         }
 
     def pids(self) -> set[int]:
         """
         @return: the process ids of every worker process not yet ended.
         """
-        return {w.pid for w in self._processes if w.pid is not None}
+        return {
+            w.pid
+            for w in self._processes
+            if w.pid is not None and w.state is not WorkerState.ENDED
+        }
 
     # -- what workers tell the pool (WorkerEvents) ------------------------
 
@@ -349,14 +357,11 @@ class ProcessPool:
             self._lifecycle.go("started")
             starting.callback(None)
 
-    def workerReplied(self, worker: _Worker, call: _Call, ok: bool, body: bytes) -> None:
+    def workerReplied(self, worker: _Worker, call: _Call, reply: bytes | errors.TaskdError) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerReplied}.
         """
-        if ok:
-            self._finish(call, body)
-        else:
-            self._finish(call, Failure(errors.errorFromDict(_json.loads(body))))
+        self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
         if worker.leaving:
             return  # being stopped; workerEnded settles the rest
         if worker.inFlight:
@@ -386,25 +391,38 @@ class ProcessPool:
             except Exception:
                 self.log.failure("a progress callback of task {name!r} failed", name=call.name)
 
-    def workerMisbehaved(self, worker: _Worker, error: errors.TaskdError | None) -> None:
+    def workerMisbehaved(self, worker: _Worker, error: errors.TaskdError) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerMisbehaved}.
         """
         call = worker.call
         self._discard(worker)
-        if call is not None and error is not None:
+        if call is not None:
             self._finish(call, Failure(error))
+
+    def workerLeaving(self, worker: _Worker, reason: str) -> None:
+        """
+        See L{taskd._workerprocess.WorkerEvents.workerLeaving}.  A worker
+        over its memory limit is replaced at once; one that received
+        SIGTERM after L{PoolConfig.minRestartDelay} (by then a daemon that
+        is being stopped as a whole is stopping, and starts none).
+        """
+        if worker.leaving:
+            return
+        if reason == "memory":
+            self._memoryRecycled += 1
+        self._release(worker)
+        self._replace(0.0 if reason == "memory" else self.config.minRestartDelay)
 
     def workerEnded(self, worker: _Worker, reason: Failure, previous: WorkerState) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerEnded}.
         """
         wasLive = worker in self._live
-        self._processes.discard(worker)
         self._forget(worker)
         how = describeExit(reason)
         inFlight, worker.inFlight = worker.inFlight, deque()
-        if inFlight:
+        if inFlight and worker.leavingBecause is None:
             # Every reply the worker wrote has been read by now, so the
             # first call was the one running; the others never started.
             call = inFlight.popleft()
@@ -416,7 +434,7 @@ class ProcessPool:
                     )
                 ),
             )
-            self._requeue(inFlight)
+        self._requeue(inFlight)
         if previous is WorkerState.STARTING and wasLive:
             error = worker.startError or errors.WorkerStartError(
                 f"worker {worker.pid} {how} before it was ready"
@@ -431,7 +449,13 @@ class ProcessPool:
         else:
             self.log.info("worker {pid} {how}", pid=worker.pid, how=how)
             if wasLive:
-                self._replace()
+                self._replace(None)
+
+    def workerGone(self, worker: _Worker) -> None:
+        """
+        See L{taskd._workerprocess.WorkerEvents.workerGone}.
+        """
+        self._processes.discard(worker)
         self._checkStopped()
 
     # -- workers ----------------------------------------------------------
@@ -521,18 +545,43 @@ class ProcessPool:
             return
         self._forget(worker)
         worker.terminate()
-        self._replace()
+        self._replace(None)
+
+    def _respawnDelay(self) -> float:
+        """
+        How long the replacement of a killed or crashed worker waits, so
+        that no caller (a call-then-cancel loop, a task that always
+        crashes) can make the pool spawn processes at an unbounded rate:
+        C{workers} replacements may start at once, then one every
+        L{PoolConfig.minRestartDelay} seconds (a token bucket).
+        """
+        now = self.reactor.seconds()
+        interval = max(self.config.minRestartDelay, 1e-3)
+        capacity = float(self.config.workers)
+        self._respawnTokens = min(
+            capacity, self._respawnTokens + (now - self._respawnTokensAt) / interval
+        )
+        self._respawnTokensAt = now
+        self._respawnTokens -= 1
+        return 0.0 if self._respawnTokens >= 0 else -self._respawnTokens * interval
 
     def _forget(self, worker: _Worker) -> None:
         self._live.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
 
-    def _replace(self, delay: float = 0.0) -> None:
+    def _replace(self, delay: float | None = 0.0) -> None:
+        """
+        Start a worker in place of one that is gone, after C{delay} seconds
+        (C{None}: a killed or crashed worker's; see L{_respawnDelay}), if
+        the pool is short of one then.
+        """
         if self.state not in _SERVING:
             return
         if len(self._live) + len(self._restartTimers) >= self.config.workers:
             return
+        if delay is None:
+            delay = self._respawnDelay()
         if delay <= 0:
             self._spawn()
             return

@@ -30,6 +30,7 @@ from taskd import _json, errors
 from taskd._frames import (
     DEFAULT_MAX_RESULT,
     ERROR,
+    GOODBYE,
     HEADER,
     MAX_ERROR_TEXT,
     MAX_PROGRESS,
@@ -171,20 +172,109 @@ def _send(out: IO[bytes], data: bytes) -> None:
     out.flush()
 
 
-def serve(reg: Registry, inp: IO[bytes], out: IO[bytes], maxResult: int) -> None:
+class _Leave(Exception):
     """
-    Answer request frames from C{inp} on C{out} until end of file.
+    Raised by the SIGTERM handler in a worker waiting for its next call.
+    """
+
+
+class StopSignal:
+    """
+    What SIGTERM does to a worker: it finishes the call it runs, if any,
+    then leaves.  (The pool kills a worker with SIGKILL when it means it;
+    a SIGTERM comes from outside, e.g. systemd stopping the whole control
+    group, and the daemon's own stop lets running calls finish.)
+
+    @ivar asked: whether SIGTERM arrived.
+    """
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._waiting = False
+
+    def install(self) -> None:
+        """
+        Handle SIGTERM in this process.
+        """
+        signal.signal(signal.SIGTERM, self._received)
+
+    def _received(self, number: int, frame: object) -> None:
+        self.asked = True
+        if self._waiting:
+            raise _Leave()
+
+
+class MemoryLimit:
+    """
+    Tells whether this process's resident memory is over a limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        try:
+            self._statm: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._statm = None
+
+    def resident(self) -> int:
+        """
+        @return: the resident memory now, in bytes (the peak, where
+            C{/proc} is not there).
+        """
+        if self._statm is not None:
+            return int(os.pread(self._statm, 128, 0).split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+    def exceeded(self) -> bool:
+        """
+        @return: whether the resident memory is over the limit.
+        """
+        return self.resident() > self.limit
+
+
+def serve(
+    reg: Registry,
+    inp: IO[bytes],
+    out: IO[bytes],
+    maxResult: int,
+    stop: StopSignal | None = None,
+    memory: MemoryLimit | None = None,
+) -> str | None:
+    """
+    Answer request frames from C{inp} on C{out} until end of file, or
+    until asked to leave.
+
+    @param stop: the SIGTERM handler, if one is installed.
+    @param memory: the limit on resident memory, checked after each call.
+    @return: why the worker leaves of its own accord (C{"signal"},
+        C{"memory"}), or C{None} at end of file.
     """
     read = inp.read
+    if stop is None:
+        stop = StopSignal()
     while True:
-        head = read(4)
+        try:
+            stop._waiting = True
+            if stop.asked:
+                raise _Leave()
+            head = read(4)
+            stop._waiting = False
+        except _Leave:
+            return "signal"
         if len(head) < 4:
-            return
+            return None
         (length,) = HEADER.unpack(head)
         body = read(length)
         if len(body) < length:
-            return
+            return None
         _send(out, runCall(reg, body, maxResult, out))
+        if stop.asked:
+            return "signal"
+        if memory is not None and memory.exceeded():
+            return "memory"
 
 
 def _dieWithParent(parent: int) -> bool:
@@ -209,14 +299,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m taskd.worker")
     parser.add_argument("--max-result", type=int, default=DEFAULT_MAX_RESULT)
     parser.add_argument("--max-memory", type=int, default=0)
+    parser.add_argument("--max-rss", type=int, default=0)
     parser.add_argument("--parent", type=int, default=0, help="the parent's pid")
     parser.add_argument("modules", nargs="*")
     options = parser.parse_args(argv)
+    # A process group of its own: signals to the daemon's group (Ctrl-C in
+    # a terminal, kill %1, timeout) are the daemon's to handle, and the
+    # pool can signal this worker together with every process its tasks
+    # start.
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
     if options.parent and not _dieWithParent(options.parent):
         return 0
-
-    # Ctrl-C in a terminal reaches the whole process group; the parent
-    # decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol pipes must not leak into processes a task starts, or a
     # lingering grandchild would keep them open after this worker is gone.
@@ -242,9 +338,14 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         return 3
+    stop = StopSignal()
+    stop.install()
     hello = {"pid": os.getpid(), "tasks": list(_registry)}
     _send(out, READY + _json.encodeASCII(hello))
-    serve(_registry, inp, out, options.max_result)
+    memory = MemoryLimit(options.max_rss) if options.max_rss else None
+    reason = serve(_registry, inp, out, options.max_result, stop, memory)
+    if reason is not None:
+        _send(out, GOODBYE + _json.encodeASCII({"reason": reason}))
     return 0
 
 

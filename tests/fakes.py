@@ -35,6 +35,11 @@ class FakeProcess:
         self.args = args
         self.env = env
         self.signals: list[str] = []
+        # Signals sent to the process group the worker leads.
+        self.groupSignals: list[str] = []
+        # Whether processes a task started live on in the group after the
+        # worker itself has exited.
+        self.leftBehind = False
         self.stdinClosed = False
         self.ended = False
         # The worker's end of its request pipe, as the pool handed it over.
@@ -132,17 +137,34 @@ class FakeProcess:
             out.append((name.decode(), json.loads(payload)))
         return out
 
-    def exit(self, code: int | None = 0, sig: int | None = None) -> None:
+    def signalGroup(self, number: int) -> None:
+        """
+        Record a signal sent to this worker's process group.
+
+        @raise ProcessLookupError: if nothing is left of the group.
+        """
+        if self.ended and not self.leftBehind:
+            raise ProcessLookupError()
+        if number:
+            self.groupSignals.append(signal.Signals(number).name)
+
+    def exit(self, code: int | None = 0, sig: int | None = None, replies: bool = True) -> None:
+        """
+        The worker exits (its reply pipe closing with it, unless
+        C{replies} is false: a process it forked holds a copy).
+        """
         self._read()
         if not self._eof:
             self._eof = True
             os.close(self._requests)
         self.ended = True
-        self.closeReplies()
+        if replies:
+            self.closeReplies(deliver=False)
         if code == 0 and sig is None:
             reason = Failure(ProcessDone(0))
         else:
             reason = Failure(ProcessTerminated(code, sig))
+        self.proto.processExited(reason)
         self.proto.processEnded(reason)
 
 
@@ -163,6 +185,16 @@ class FakeProcessReactor(MemoryReactorClock):
         self.processes.append(process)
         proto.makeConnection(process)
         return process
+
+    def killProcessGroup(self, pgid: int, number: int) -> None:
+        """
+        C{os.killpg}, on the fake processes only.
+        """
+        for process in self.processes:
+            if process.pid == pgid:
+                process.signalGroup(number)
+                return
+        raise ProcessLookupError()
 
     def closeAll(self) -> None:
         for process in self.processes:

@@ -88,7 +88,7 @@ class WorkerLifecycleTests(PoolTestsMixin, SynchronousTestCase):
         process = reactor.processes[0]
         process.ready()
         self.assertIs(process.proto.state, WorkerState.TERMINATING)
-        self.assertEqual(process.signals, ["SIGTERM"])
+        self.assertEqual(process.signals, ["SIGKILL"])
         self.assertEqual(len(reactor.processes), 2)
 
     def test_retireThenEnd(self) -> None:
@@ -107,8 +107,8 @@ class WorkerLifecycleTests(PoolTestsMixin, SynchronousTestCase):
     def test_retiredWorkerThatStaysIsTerminated(self) -> None:
         """
         C{terminate}: RETIRING -> TERMINATING when a retired worker has not
-        exited after the kill grace: SIGTERM, then SIGKILL one more kill
-        grace later; C{end} from TERMINATING.
+        exited after the kill grace: SIGKILL, SIGTERM to the rest of its
+        group; C{end} from TERMINATING.
         """
         pool, reactor = self.startedPool(killGrace=2.0)
         process = reactor.processes[0]
@@ -117,9 +117,7 @@ class WorkerLifecycleTests(PoolTestsMixin, SynchronousTestCase):
         self.assertIs(process.proto.state, WorkerState.RETIRING)
         reactor.advance(0.1)
         self.assertIs(process.proto.state, WorkerState.TERMINATING)
-        self.assertEqual(process.signals, ["SIGTERM"])
-        reactor.advance(2.0)
-        self.assertEqual(process.signals, ["SIGTERM", "SIGKILL"])
+        self.assertEqual((process.signals, process.groupSignals), (["SIGKILL"], ["SIGTERM"]))
         process.exit(None, 9)
         self.assertIs(process.proto.state, WorkerState.ENDED)
 
@@ -134,8 +132,8 @@ class WorkerLifecycleTests(PoolTestsMixin, SynchronousTestCase):
         pool.stop()
         self.failureResultOf(started, errors.PoolStopping)
         self.assertIs(process.proto.state, WorkerState.TERMINATING)
-        self.assertEqual(process.signals, ["SIGTERM"])
-        process.exit(None, 15)
+        self.assertEqual(process.signals, ["SIGKILL"])
+        process.exit(None, 9)
         self.assertIs(process.proto.state, WorkerState.ENDED)
 
     def test_terminateWhileReady(self) -> None:

@@ -34,7 +34,7 @@ class StartTests(PoolTestsMixin, SynchronousTestCase):
         d = pool.start()
         self.assertEqual(len(reactor.processes), 3)
         p = reactor.processes[0]
-        self.assertEqual(p.args[1:6], ["-u", "-m", "taskd.worker", "--max-result", "1234"])
+        self.assertEqual(p.args[1:7], ["-P", "-u", "-m", "taskd.worker", "--max-result", "1234"])
         childFDs = dict(reactor.lastChildFDs)
         # Pipes the pool owns; it reads the replies itself.
         self.assertIsInstance(childFDs.pop(REQUEST_FD), int)
@@ -129,7 +129,7 @@ class StartTests(PoolTestsMixin, SynchronousTestCase):
         d = pool.start()
         stopped = pool.stop()
         self.failureResultOf(d, errors.PoolStopping)
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
         reactor.processes[0].exit(None, signal.SIGTERM)
         self.successResultOf(stopped)
 
@@ -234,8 +234,10 @@ class TimeoutTests(PoolTestsMixin, SynchronousTestCase):
     def test_timeoutTerminatesAndReplaces(self) -> None:
         """
         A call that outlives its timeout fails with L{errors.TaskTimeout}
-        at once; its worker gets SIGTERM, then SIGKILL after C{killGrace},
-        and a replacement is spawned straight away.
+        at once; its worker is killed (SIGKILL) and the rest of its process
+        group gets SIGTERM, then SIGKILL after C{killGrace} if anything is
+        left once the worker has ended; a replacement is spawned straight
+        away.
         """
         pool, reactor = self.startedPool(killGrace=2.0)
         d = pool.submit("sleep", [10], timeout=1.5)
@@ -245,11 +247,19 @@ class TimeoutTests(PoolTestsMixin, SynchronousTestCase):
         f = self.failureResultOf(d, errors.TaskTimeout)
         self.assertEqual(f.value.message, "task 'sleep' did not finish within 1.5 seconds")
         old = reactor.processes[0]
-        self.assertEqual(old.signals, ["SIGTERM"])
+        self.assertEqual((old.signals, old.groupSignals), (["SIGKILL"], ["SIGTERM"]))
         self.assertEqual(len(reactor.processes), 2)
-        reactor.advance(2.0)
-        self.assertEqual(old.signals, ["SIGTERM", "SIGKILL"])
+        old.leftBehind = True  # a child the task started
         old.exit(None, signal.SIGKILL)
+        self.assertEqual(old.groupSignals, ["SIGTERM", "SIGTERM"])
+        self.assertEqual(pool.stats()["processes"], 2)
+        reactor.advance(1.9)
+        self.assertEqual(old.groupSignals, ["SIGTERM", "SIGTERM"])
+        reactor.advance(0.1)
+        self.assertEqual(old.groupSignals, ["SIGTERM", "SIGTERM", "SIGKILL"])
+        old.leftBehind = False  # it died
+        reactor.advance(0.1)
+        self.assertEqual(pool.stats()["processes"], 1)
         reactor.processes[1].ready()
         d = pool.submit("add", [1, 2])
         reactor.processes[1].send(b"R3")
@@ -308,7 +318,7 @@ class CancelTests(PoolTestsMixin, SynchronousTestCase):
         running.cancel()
         self.failureResultOf(running, CancelledError)
         old, new = reactor.processes
-        self.assertEqual(old.signals, ["SIGTERM"])
+        self.assertEqual(old.signals, ["SIGKILL"])
         new.ready()
         self.assertEqual(new.requests(), [("add", {"args": [1, 2], "kwargs": {}})])
         new.send(b"R3")
@@ -370,7 +380,7 @@ class CrashTests(PoolTestsMixin, SynchronousTestCase):
         d = pool.submit("add", [1, 1])
         reactor.processes[0].sendRaw(HEADER.pack(10**9) + b"R")
         self.failureResultOf(d, errors.ResultTooLarge)
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
 
 
 class ProgressTests(PoolTestsMixin, SynchronousTestCase):
@@ -423,21 +433,25 @@ class RecycleTests(PoolTestsMixin, SynchronousTestCase):
         second.send(b"R2")
         self.assertEqual([self.successResultOf(d) for d in ds], [1, 1, 2])
         first.exit(0)
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1})
+        self.assertEqual(
+            pool.stats(),
+            {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1, "memoryRecycled": 0},
+        )
 
     def test_retiredWorkerThatHangsIsKilled(self) -> None:
         """
-        A retired worker that does not exit is sent SIGTERM after
-        C{killGrace}, then SIGKILL.
+        A retired worker that does not exit within C{killGrace} is
+        terminated: SIGKILL, and SIGTERM to the rest of its group.
         """
         pool, reactor = self.startedPool(maxTasksPerWorker=1, killGrace=1.0)
         d = pool.submit("pid")
         reactor.processes[0].send(b"R1")
         self.successResultOf(d)
-        reactor.advance(1.0)
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
-        reactor.advance(1.0)
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM", "SIGKILL"])
+        reactor.advance(0.9)
+        self.assertEqual(reactor.processes[0].signals, [])
+        reactor.advance(0.1)
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
+        self.assertEqual(reactor.processes[0].groupSignals, ["SIGTERM"])
 
 
 class StopTests(PoolTestsMixin, SynchronousTestCase):
@@ -474,7 +488,8 @@ class StopTests(PoolTestsMixin, SynchronousTestCase):
     def test_graceOver(self) -> None:
         """
         A call still running when the grace period ends fails with
-        L{errors.PoolStopping}; its worker is terminated, then killed.
+        L{errors.PoolStopping}; its worker is killed, and the stop is done
+        when it has exited.
         """
         pool, reactor = self.startedPool(grace=3.0, killGrace=1.0)
         running = pool.submit("sleep", [100])
@@ -485,9 +500,7 @@ class StopTests(PoolTestsMixin, SynchronousTestCase):
         f = self.failureResultOf(running, errors.PoolStopping)
         self.assertIn("3.0-second shutdown grace period", f.value.message)
         p = reactor.processes[0]
-        self.assertEqual(p.signals, ["SIGTERM"])
-        reactor.advance(1.0)
-        self.assertEqual(p.signals, ["SIGTERM", "SIGKILL"])
+        self.assertEqual((p.signals, p.groupSignals), (["SIGKILL"], ["SIGTERM"]))
         self.assertNoResult(d)
         p.exit(None, signal.SIGKILL)
         self.successResultOf(d)
@@ -690,22 +703,34 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         ds = [pool.submit("add", [i, 0]) for i in range(3)]
         old = reactor.processes[0]
         old.sendRaw(frame(b"R0"), deliver=False)
-        old.closeReplies(deliver=False)
-        old.ended = True
-        old.proto.processEnded(Failure(ProcessTerminated(None, signal.SIGKILL)))
-        for d in ds:
-            self.assertNoResult(d)
-        self.assertEqual(len(reactor.processes), 1)
-        old.proto.replies.doRead()
+        old.exit(None, signal.SIGKILL)
         self.assertEqual(self.successResultOf(ds[0]), 0)
-        self.assertNoResult(ds[1])
-        old.proto.replies.doRead()  # end of file: now the exit is handled
+        self.failureResultOf(ds[1], errors.WorkerCrashed)
         self.assertFalse(old.proto.replies.open)
         self.assertNotIn(old.proto.replies, reactor.readers)
-        self.failureResultOf(ds[1], errors.WorkerCrashed)
         new = reactor.processes[1]
         new.ready()
         self.assertEqual([r[1]["args"] for r in new.requests()], [[2, 0]])
+
+    def test_endNotWaitingForCopiesOfThePipes(self) -> None:
+        """
+        A worker's end is handled when it has exited, even though its reply
+        pipe (and its stdout) stay open: a process its task forked holds
+        copies.  Its replies are read first, and what is left of its
+        process group gets SIGTERM.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2)
+        ds = [pool.submit("add", [i, 0]) for i in range(2)]
+        old = reactor.processes[0]
+        old.sendRaw(frame(b"R0"), deliver=False)
+        old.leftBehind = True
+        old.exit(1, replies=False)
+        self.assertEqual(self.successResultOf(ds[0]), 0)
+        f = self.failureResultOf(ds[1], errors.WorkerCrashed)
+        self.assertIn("exited with status 1", f.value.message)
+        self.assertEqual(old.groupSignals, ["SIGTERM"])
+        self.assertFalse(old.proto.replies.open)
+        self.assertEqual(len(reactor.processes), 2)
 
     def test_timeoutRequeuesUnstarted(self) -> None:
         """
@@ -718,7 +743,7 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         reactor.advance(1)
         self.failureResultOf(slow, errors.TaskTimeout)
         old, new = reactor.processes
-        self.assertEqual(old.signals, ["SIGTERM"])
+        self.assertEqual(old.signals, ["SIGKILL"])
         self.assertNoResult(behind)
         old.exit(None, signal.SIGTERM)
         new.ready()
@@ -759,7 +784,7 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual(old.signals, [])
         old.send(b"R1")
         self.assertEqual(self.successResultOf(first), 1)
-        self.assertEqual(old.signals, ["SIGTERM"])
+        self.assertEqual(old.signals, ["SIGKILL"])
         old.exit(None, signal.SIGTERM)
         new = reactor.processes[1]
         new.ready()
@@ -780,7 +805,7 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         p = reactor.processes[0]
         p.send(b"R1")
         self.assertEqual(self.successResultOf(running), 1)
-        self.assertEqual(p.signals, ["SIGTERM"])
+        self.assertEqual(p.signals, ["SIGKILL"])
         p.exit(None, signal.SIGTERM)
         self.successResultOf(d)
 

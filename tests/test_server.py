@@ -161,7 +161,7 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         )
         self.assertTrue(transport.disconnecting)
         proto.connectionLost()
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
 
     def test_lineJustUnderLimit(self) -> None:
         """
@@ -261,7 +261,7 @@ class StatsTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "connections": 1}],
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "connections": 1}],
         )
 
 
@@ -276,7 +276,7 @@ class CancelTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.replies(transport), [])
         proto.dataReceived(b'{"type":"cancel","id":"s"}\n')
         self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", "s")])
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
         self.assertEqual(len(reactor.processes), 2)
 
     def test_disconnectCancels(self) -> None:
@@ -292,7 +292,7 @@ class CancelTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(pool.stats()["queued"], 2)
         proto.connectionLost()
         self.assertEqual(pool.stats()["queued"], 1)
-        self.assertEqual(reactor.processes[0].signals, ["SIGTERM"])
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
         replacement = reactor.processes[1]
         replacement.ready()
         self.assertEqual(replacement.requests(), [("add", {"function": "add", "args": [5, 5]})])
