@@ -30,7 +30,9 @@ L{errors.TaskFailed} naming its type, a result JSON cannot hold becomes
 L{errors.ResultNotSerializable}, and L{taskd.worker.progress} inside the task
 reaches the caller's progress callback.
 
-The daemon never imports this module.
+The daemon never imports this module.  It is one module, in sections
+(calls and how they run, the fake client, the fake pool), so that users
+import test doubles from one place; hence its length.
 """
 
 from __future__ import annotations
