@@ -3,7 +3,7 @@ The daemon's own cost per call, without processes, sockets or a reactor:
 C{python -m bench.hotpath}.
 
 A L{TaskServerProtocol} on a L{StringTransport} serves pipelined C{add}
-lines from a L{ProcessPool} whose workers are the test suite's fakes: the
+lines from a L{ProcessPool} whose workers are L{taskd.testing}'s fakes: the
 pool writes its request frames into real pipes and reads the replies back
 from real pipes, and this script answers them in-process.  The time the
 answers take (the worker's part, L{taskd.worker.runCall}) is measured apart
@@ -28,7 +28,8 @@ from taskd.pool import ProcessPool  # noqa: E402
 from taskd.registry import Registry  # noqa: E402
 from taskd.server import TaskServerFactory  # noqa: E402
 from taskd.worker import runCall  # noqa: E402
-from tests.fakes import FakeProcessReactor, frame  # noqa: E402
+from taskd._frames import frame  # noqa: E402
+from taskd.testing import FakeProcessReactor  # noqa: E402
 
 N = 20000
 

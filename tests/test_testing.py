@@ -24,8 +24,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import taskd
 from taskd import errors
-from taskd.client import ReconnectingClient, TaskClient, TaskClientProtocol
-from taskd.pool import ProcessPool
+from taskd.client import TaskClient, TaskClientProtocol
+from taskd.reconnecting import ReconnectingClient
+from taskd.pool import PoolState, ProcessPool
 from taskd.registry import Registry
 from taskd.testing import CallState, FakeClient, FakePool
 from taskd.worker import MAX_PROGRESS, runCall
@@ -545,14 +546,14 @@ class FakePoolTests(SynchronousTestCase):
         second start fails, as does a module that cannot be imported.
         """
         pool = FakePool(self.clock, ["tests.tasks"])
-        self.assertEqual(pool.state, "new")
+        self.assertEqual(pool.state, PoolState.NEW)
         self.successResultOf(pool.start())
-        self.assertEqual(pool.state, "running")
+        self.assertEqual(pool.state, PoolState.RUNNING)
         self.assertIn("chatty", pool.registry)
         self.assertEqual(str(self.failureResultOf(pool.start(), RuntimeError).value), "cannot start a pool that is running")
         broken = FakePool(self.clock, ["tests.no_such_module"])
         self.failureResultOf(broken.start(), ImportError)
-        self.assertEqual(broken.state, "stopped")
+        self.assertEqual(broken.state, PoolState.STOPPED)
 
     def test_notRunning(self) -> None:
         """
@@ -567,7 +568,7 @@ class FakePoolTests(SynchronousTestCase):
         )
         self.successResultOf(pool.stop())
         self.successResultOf(real.stop())
-        self.assertEqual(pool.state, "stopped")
+        self.assertEqual(pool.state, PoolState.STOPPED)
         self.assertEqual(
             self.failureResultOf(pool.submit("double", [1]), errors.PoolStopping).value.message,
             self.failureResultOf(real.submit("double", [1]), errors.PoolStopping).value.message,
@@ -586,7 +587,7 @@ class FakePoolTests(SynchronousTestCase):
         self.failureResultOf(pool.submit("refuse", ["a"]), errors.TaskFailed)
         self.failureResultOf(pool.submit("nope"), errors.UnknownTask)
         self.failureResultOf(pool.submit("double", [{1}]), errors.BadRequest)
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1})
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1, "memoryRecycled": 0})
         self.assertEqual(pool.pids(), set())
 
     def test_submitEncoded(self) -> None:
@@ -618,7 +619,7 @@ class FakePoolTests(SynchronousTestCase):
         self.failureResultOf(third, errors.PoolBusy)
         a, b = pool.pending
         self.assertEqual((a.state, b.state), (CallState.RUNNING, CallState.QUEUED))
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 1, "processes": 1})
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 1, "processes": 1, "memoryRecycled": 0})
         self.assertRaises(RuntimeError, b.succeed, 1)
         self.clock.advance(5)
         self.failureResultOf(first, errors.TaskTimeout)
@@ -666,17 +667,17 @@ class FakePoolTests(SynchronousTestCase):
         stopped = pool.stop()
         self.assertEqual(self.failureResultOf(queued, errors.PoolStopping).value.message, "the pool is stopping")
         self.assertNoResult(stopped)
-        self.assertEqual(pool.state, "stopping")
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 0, "processes": 1})
+        self.assertEqual(pool.state, PoolState.STOPPING)
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 0, "processes": 1, "memoryRecycled": 0})
         also = pool.stop()
         self.failureResultOf(pool.submit("double", [3]), errors.PoolStopping)
         pool.pending[0].run()
         self.assertEqual(self.successResultOf(running), [1, 1])
         self.successResultOf(stopped)
         self.successResultOf(also)
-        self.assertEqual(pool.state, "stopped")
+        self.assertEqual(pool.state, PoolState.STOPPED)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(pool.stats(), {"workers": 0, "idle": 0, "busy": 0, "queued": 0, "processes": 0})
+        self.assertEqual(pool.stats(), {"workers": 0, "idle": 0, "busy": 0, "queued": 0, "processes": 0, "memoryRecycled": 0})
 
     def test_stopGrace(self) -> None:
         """
@@ -699,7 +700,7 @@ class FakePoolTests(SynchronousTestCase):
         """
         pool = self.pool()
         self.successResultOf(pool.stop())
-        self.assertEqual(pool.state, "stopped")
+        self.assertEqual(pool.state, PoolState.STOPPED)
         self.successResultOf(pool.stop())
         self.successResultOf(FakePool(self.clock).stop())
 
@@ -743,6 +744,7 @@ class ExampleTests(SynchronousTestCase):
              failed("refused (smtplib.SMTPRecipientsRefused): mailbox full")),
             (errors.TaskTimeout("task 'send_mail' did not finish within 30 seconds"), failed(f"timed out {maybe}")),
             (errors.WorkerCrashed("the worker was killed by SIGKILL"), failed(f"the mailer crashed {maybe}")),
+            (errors.WorkerProtocolError("worker 7 broke the frame protocol"), failed(f"the mailer crashed {maybe}")),
             (errors.ConnectionLost("connection to taskd lost"), failed(f"taskd went away {maybe}")),
             (errors.PoolBusy("the queue is full"), retry),
             (errors.PoolStopping("the pool is stopping"), retry),
@@ -823,3 +825,21 @@ class DaemonImportTests(TestCase):
         modules = eval(out.decode())
         self.assertIn("taskd.server", modules)
         self.assertNotIn("taskd.testing", modules)
+
+
+class FakeProcessReactorExampleTests(SynchronousTestCase):
+    def test_docsExampleRuns(self) -> None:
+        """
+        docs/testing.md's example of the real pool on the fake process
+        reactor runs as shown: its own asserts hold, and the calls it makes
+        end as its comments say.
+        """
+        [shown] = [
+            code
+            for path, code in samples("python")
+            if path == os.path.join("docs", "testing.md") and "FakeProcessReactor()" in code
+        ]
+        namespace: dict[str, Any] = {}
+        exec(compile(shown, "docs/testing.md", "exec"), namespace)
+        self.failureResultOf(namespace["d"], errors.TaskTimeout)
+        self.assertEqual(len(namespace["reactor"].processes), 2)

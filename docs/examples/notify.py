@@ -70,7 +70,7 @@ def _notSent(failure: Failure, report: Report, address: str) -> Failure | None:
         report.failed[address] = f"refused ({error.remoteType}): {error.message}"
     elif isinstance(error, errors.TaskTimeout):
         report.failed[address] = "timed out (it may have been sent)"
-    elif isinstance(error, errors.WorkerCrashed):
+    elif isinstance(error, (errors.WorkerCrashed, errors.WorkerProtocolError)):
         report.failed[address] = "the mailer crashed (it may have been sent)"
     elif isinstance(error, errors.ConnectionLost):
         report.failed[address] = "taskd went away (it may have been sent)"
