@@ -41,7 +41,7 @@ import signal
 import sys
 from collections import deque
 from enum import Enum
-from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
@@ -248,6 +248,50 @@ class OutputLogger:
         emit("worker {pid} {stream}: {line}", pid=self._pid, stream=self._stream, line=text)
 
 
+class ProcessGroups:
+    """
+    Signals to process groups, and whether one has a live process left
+    (C{killpg(pgid, 0)} also counts zombies that nobody has reaped yet,
+    which in a container whose init is slow to reap can be for a while;
+    where C{/proc} is there, those are not counted).  Test doubles provide
+    the same two methods.
+    """
+
+    def signal(self, pgid: int, number: int) -> None:
+        """
+        Send signal C{number} to process group C{pgid}.
+
+        @raise ProcessLookupError: if the group has no process.
+        @raise PermissionError: if it is not ours to signal.
+        """
+        os.killpg(pgid, number)
+
+    def alive(self, pgid: int) -> bool:
+        """
+        @return: whether process group C{pgid} has a process that is not a
+            zombie.
+        """
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return True
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                return True
+        return False
+
+
 def describeExit(reason: Failure) -> str:
     """
     @return: how a process ended, for error messages and logs.
@@ -304,16 +348,16 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         maxReply: int,
         requests: RequestPipe,
         replies: int,
-        killGroup: Callable[[int, int], None] = os.killpg,
+        groups: Any = None,
     ) -> None:
         """
-        @param killGroup: sends a signal to a process group (C{os.killpg});
-            signal 0 asks whether the group has any process left.
+        @param groups: signals process groups (a L{ProcessGroups}, the
+            default).
         """
         self._reactor = reactor
         self._events = events
         self._killGrace = killGrace
-        self._killGroup = killGroup
+        self._groups = ProcessGroups() if groups is None else groups
         self._lifecycle = Lifecycle(WORKER_TRANSITIONS, WorkerState.STARTING)
         self.requests = requests
         self.inFlight: deque[C] = deque()
@@ -333,8 +377,8 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         cls, reactor: Any, events: WorkerEvents[C], config: WorkerConfig
     ) -> WorkerProcess[C]:
         """
-        Start a worker process.  The reactor's C{killProcessGroup}, if it
-        has one (test doubles do), is used instead of C{os.killpg}.
+        Start a worker process.  The reactor's C{processGroups}, if it has
+        one (test doubles do), is used instead of a L{ProcessGroups}.
 
         @raise Exception: whatever C{spawnProcess} raises; no pipe is left
             open then.
@@ -348,7 +392,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
             maxReplyFrame(config.maxResult),
             RequestPipe(reactor, requestWrite),
             replyRead,
-            getattr(reactor, "killProcessGroup", os.killpg),
+            getattr(reactor, "processGroups", None),
         )
         # -P: the worker imports what the daemon imports, in the same order,
         # not first from its current directory.
@@ -443,7 +487,8 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         self.requests.abort()
         self._cancelKill()
         self._events.workerEnded(self, self._exit, previous)
-        if self.pid is not None and self._signalGroup(signal.SIGTERM):
+        if self.pid is not None and self._groups.alive(self.pid):
+            self._signalGroup(signal.SIGTERM)
             self.log.info(
                 "processes left behind by worker {pid} get SIGTERM, and SIGKILL "
                 "in {grace} seconds",
@@ -461,7 +506,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         """
         self._sweepTimer = None
         now = self._reactor.seconds()
-        if self.pid is None or not self._signalGroup(0):
+        if self.pid is None or not self._groups.alive(self.pid):
             self._events.workerGone(self)
             return
         if now >= deadline:
@@ -584,19 +629,13 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
             self._killTimer.cancel()
         self._killTimer = None
 
-    def _signalGroup(self, number: int) -> bool:
+    def _signalGroup(self, number: int) -> None:
         """
-        Send signal C{number} to the worker's process group.
-
-        @return: whether the group has any process.
+        Send signal C{number} to the worker's process group, if it has one
+        (it may not have called C{setpgid} yet, or be gone).
         """
         assert self.pid is not None
         try:
-            self._killGroup(self.pid, number)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            # Not (yet) a group of our worker's: it has not called setpgid,
-            # or that id now belongs to someone else.
-            return False
-        return True
+            self._groups.signal(self.pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -65,6 +65,7 @@ class Options(usage.Options):
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL for a worker.", _seconds],
         ["prefetch", None, 1, "Calls a worker may hold at once (more than 1 sends the next calls ahead: faster for short tasks; a long task delays those behind it).", _positiveInt],
         ["max-memory", None, None, "Address-space limit of each worker, in MiB [default: none].", _positiveInt],
+        ["max-worker-rss", None, None, "Replace a worker whose resident memory is above this many MiB after a call; the call is answered as usual [default: no limit].", _positiveInt],
         ["auth-token-file", None, None, "A file holding the shared secret clients must send in their hello [default: no authentication]."],
         ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", _seconds],
     ]
@@ -259,9 +260,14 @@ def poolConfig(options: Options) -> PoolConfig:
         maxTasksPerWorker=options["max-tasks-per-worker"],
         grace=options["grace"],
         killGrace=options["kill-grace"],
-        maxMemory=None if options["max-memory"] is None else options["max-memory"] * 1024 * 1024,
+        maxMemory=_mebibytes(options["max-memory"]),
+        maxWorkerRSS=_mebibytes(options["max-worker-rss"]),
         prefetch=options["prefetch"],
     )
+
+
+def _mebibytes(value: int | None) -> int | None:
+    return None if value is None else value * 1024 * 1024
 
 
 def makeService(options: Options, reactor: Any = None) -> TaskdService:

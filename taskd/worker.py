@@ -191,14 +191,21 @@ class StopSignal:
     def __init__(self) -> None:
         self.asked = False
         self._waiting = False
+        self._pid = os.getpid()
 
     def install(self) -> None:
         """
         Handle SIGTERM in this process.
         """
+        self._pid = os.getpid()
         signal.signal(signal.SIGTERM, self._received)
 
     def _received(self, number: int, frame: object) -> None:
+        if os.getpid() != self._pid:
+            # A process a task forked: SIGTERM ends it, as it would have.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         self.asked = True
         if self._waiting:
             raise _Leave()

@@ -107,3 +107,67 @@ def touch(directory: str, name: str, seconds: float = 0.0) -> str:
     with open(os.path.join(directory, name), "w"):
         pass
     return name
+
+
+@task
+def leaveChild(
+    directory: str, then: str = "return", stubborn: bool = False, fork: bool = False
+) -> int:
+    """
+    Start a 60-second child process that holds this worker's stdout and
+    stderr (with C{fork}, a forked copy of the whole worker, holding its
+    protocol pipes too), write its pid to C{directory/child.pid}, then
+    C{"return"} its pid, C{"crash"} (SIGKILL to this worker) or C{"hang"}.
+    With C{stubborn}, the child ignores SIGTERM.
+    """
+    if fork:
+        pid = os.fork()
+        if pid == 0:
+            if stubborn:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(60)
+            os._exit(0)
+    else:
+        import subprocess
+
+        script = ("trap '' TERM; " if stubborn else "") + "exec sleep 60"
+        pid = subprocess.Popen(["sh", "-c", script]).pid
+    with open(os.path.join(directory, "child.pid.tmp"), "w") as f:
+        f.write(str(pid))
+    os.rename(os.path.join(directory, "child.pid.tmp"), os.path.join(directory, "child.pid"))
+    if then == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif then == "hang":
+        time.sleep(3600)
+    return pid
+
+
+@task
+def garbage(kind: str) -> str:
+    """
+    Write something that is not a valid frame to the worker's reply pipe,
+    as a task (or a library it uses) that grabs fd 4 would, then return.
+    """
+    data = {
+        "resultNotJSON": HEADER.pack(9) + b"Rnot json",
+        "resultWithNewline": HEADER.pack(6) + b"R[1,\n2]",
+        "errorNotJSON": HEADER.pack(5) + b"E{nop",
+        "noise": b"1734439522 bytes of noise\n",
+    }[kind]
+    os.write(4, data)
+    return "written"
+
+
+_held: list[bytearray] = []
+
+
+@task
+def grow(mib: int) -> int:
+    """
+    Allocate C{mib} MiB and keep them: the worker's resident memory grows.
+    """
+    block = bytearray(mib * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _held.append(block)
+    return len(_held)

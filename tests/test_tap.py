@@ -58,6 +58,7 @@ class OptionsTests(SynchronousTestCase):
                 "grace": 10.0,
                 "kill-grace": 5.0,
                 "max-memory": None,
+                "max-worker-rss": None,
                 "prefetch": 1,
                 "auth-token-file": None,
                 "auth-token": None,

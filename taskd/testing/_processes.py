@@ -205,7 +205,15 @@ class FakeProcessReactor(MemoryReactorClock):
         proto.makeConnection(process)
         return process
 
-    def killProcessGroup(self, pgid: int, number: int) -> None:
+    @property
+    def processGroups(self) -> FakeProcessReactor:
+        """
+        What the pool signals its workers' process groups through: this
+        reactor, which knows only the fake processes.
+        """
+        return self
+
+    def signal(self, pgid: int, number: int) -> None:
         """
         C{os.killpg}, on the fake processes only.
         """
@@ -214,6 +222,16 @@ class FakeProcessReactor(MemoryReactorClock):
                 process.signalGroup(number)
                 return
         raise ProcessLookupError()
+
+    def alive(self, pgid: int) -> bool:
+        """
+        @return: whether the fake process C{pgid}'s group has a process.
+        """
+        try:
+            self.signal(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def closeAll(self) -> None:
         for process in self.processes:
