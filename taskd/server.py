@@ -81,7 +81,7 @@ def shortTraceback(text: str) -> str:
     chained exceptions are left out.  A text that does not look like a
     traceback keeps its lines, paths cut the same way.
 
-    @param text: a traceback as L{traceback.format_exc} writes it.
+    @param text: a traceback as C{traceback.format_exc} writes it.
     @return: the shortened traceback, ending with a newline unless empty.
     """
 

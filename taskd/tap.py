@@ -259,7 +259,7 @@ class TaskdService(MultiService):
     ) -> None:
         """
         @param atExit: registers a function to run when the process exits
-            (L{atexit.register}; tests pass their own).
+            (C{atexit.register}; tests pass their own).
         """
         super().__init__()
         self.pool = pool

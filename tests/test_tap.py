@@ -445,6 +445,34 @@ class TwistdTests(TwistdMixin, TestCase):
         self.assertEqual(status, (1, None))
 
     @inlineCallbacks
+    def test_tracebacks(self) -> Any:
+        """
+        C{--tracebacks short}: a failed task's traceback reaches the client
+        as its innermost frame and exception, without directories;
+        C{--tracebacks none}: without a traceback.
+        """
+        replies = []
+        for mode in ("short", "none"):
+            daemon = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1", "--tracebacks", mode)
+            m = yield daemon.waitFor(rb"starting on (\d+)")
+            yield daemon.waitFor(rb"pool ready")
+            collector = Collector(1)
+            proto = yield TCP4ClientEndpoint(reactor, "127.0.0.1", int(m.group(1))).connect(Factory.forProtocol(lambda: collector))
+            proto.transport.write(b'{"function":"fail","args":["no luck"]}\n')
+            (reply,) = yield collector.done
+            replies.append(reply["error"])
+            proto.transport.loseConnection()
+            self.process.signalProcess("TERM")
+            yield daemon.ended
+        short, none = replies
+        lines = short.pop("traceback").splitlines()
+        self.assertEqual(short, {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+        self.assertEqual(lines[0], "Traceback (most recent call last):")
+        self.assertRegex(lines[1], r'^  File "examples.py", line \d+, in fail$')
+        self.assertEqual(lines[2:], ["    raise ValueError(message)", "ValueError: no luck"])
+        self.assertEqual(none, {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+
+    @inlineCallbacks
     def test_unixListeners(self) -> Any:
         """
         A C{unix:} socket is created with mode 660 unless C{mode=} says
