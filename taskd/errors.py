@@ -52,6 +52,24 @@ class LineTooLong(BadRequest):
     type = "line_too_long"
 
 
+class LineTimeout(BadRequest):
+    """
+    A request line was started and not finished within the daemon's
+    C{--line-timeout}.  The daemon replies, then closes the connection.
+    """
+
+    type = "line_timeout"
+
+
+class IdleTimeout(TaskdError):
+    """
+    The connection had no call in flight and sent nothing for the daemon's
+    C{--idle-timeout}.  The daemon sends this, then closes the connection.
+    """
+
+    type = "idle_timeout"
+
+
 class DuplicateId(BadRequest):
     """
     A call reused the C{id} of a call still in flight on the connection.
@@ -84,13 +102,15 @@ class TaskFailed(TaskdError):
 
     @ivar remoteType: the name of the remote exception's class, e.g.
         C{"ValueError"} or C{"myapp.errors.MailRejected"}.
-    @ivar remoteTraceback: the remote traceback, as text.
+    @ivar remoteTraceback: the remote traceback, as text (C{""} when the
+        daemon sent none), or C{None} in a daemon that withholds it (see
+        C{--tracebacks}): then L{toDict} has no C{traceback} field.
     """
 
     type = "task_failed"
 
     def __init__(
-        self, message: str, remoteType: str = "", remoteTraceback: str = ""
+        self, message: str, remoteType: str = "", remoteTraceback: str | None = ""
     ) -> None:
         super().__init__(message)
         self.remoteType = remoteType
@@ -102,7 +122,8 @@ class TaskFailed(TaskdError):
     def toDict(self) -> dict[str, Any]:
         d = super().toDict()
         d["exception"] = self.remoteType
-        d["traceback"] = self.remoteTraceback
+        if self.remoteTraceback is not None:
+            d["traceback"] = self.remoteTraceback
         return d
 
 
@@ -203,18 +224,20 @@ class WorkerStartError(TaskdError):
     A worker process could not start, most often because a task module
     failed to import in it.
 
-    @ivar remoteTraceback: the worker's traceback, if it sent one.
+    @ivar remoteTraceback: the worker's traceback, if it sent one; C{None}
+        in a daemon that withholds it (as for L{TaskFailed}).
     """
 
     type = "worker_start_failed"
 
-    def __init__(self, message: str, remoteTraceback: str = "") -> None:
+    def __init__(self, message: str, remoteTraceback: str | None = "") -> None:
         super().__init__(message)
         self.remoteTraceback = remoteTraceback
 
     def toDict(self) -> dict[str, Any]:
         d = super().toDict()
-        d["traceback"] = self.remoteTraceback
+        if self.remoteTraceback is not None:
+            d["traceback"] = self.remoteTraceback
         return d
 
 
@@ -223,6 +246,8 @@ _byType: dict[str, type[TaskdError]] = {
     for cls in (
         BadRequest,
         LineTooLong,
+        LineTimeout,
+        IdleTimeout,
         DuplicateId,
         Unauthenticated,
         UnknownTask,

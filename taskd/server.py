@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections import deque
 from typing import Any
 
@@ -54,6 +55,52 @@ DEFAULT_MAX_LINE = 1024 * 1024
 
 #: Longest line accepted before a connection has authenticated.
 MAX_HELLO_LINE = 4096
+
+#: Default seconds a connection with no call in flight may stay silent.
+DEFAULT_IDLE_TIMEOUT = 300.0
+
+#: Default seconds a client may take to finish a request line it started.
+DEFAULT_LINE_TIMEOUT = 30.0
+
+#: What C{--tracebacks} may say: how much of a failed task's traceback
+#: clients get.
+TRACEBACK_MODES = ("full", "short", "none")
+
+# Deadlines closer than this count as reached: a timer is never set for a
+# delay that the clock's resolution would round away.
+_EPSILON = 1e-6
+
+_FILE_PATH = re.compile(r'(File ")([^"]*)(")')
+
+
+def shortTraceback(text: str) -> str:
+    """
+    Shorten a Python traceback to what a remote caller needs: its header,
+    the innermost frame (its C{File} line and source lines) and the
+    exception, with every path cut to its file name.  Earlier frames and
+    chained exceptions are left out.  A text that does not look like a
+    traceback keeps its lines, paths cut the same way.
+
+    @param text: a traceback as C{traceback.format_exc} writes it.
+    @return: the shortened traceback, ending with a newline unless empty.
+    """
+
+    def base(m: re.Match[str]) -> str:
+        return m.group(1) + m.group(2).replace("\\", "/").rsplit("/", 1)[-1] + m.group(3)
+
+    lines = text.rstrip("\n").split("\n")
+    headers = [i for i, line in enumerate(lines) if line.startswith("Traceback (")]
+    if headers:
+        header = headers[-1]
+        body = lines[header + 1 :]
+        # Frames are indented; the exception starts at the first line that
+        # is not.
+        end = next((i for i, line in enumerate(body) if line[:1] not in ("", " ")), len(body))
+        frames, exception = body[:end], body[end:]
+        files = [i for i, line in enumerate(frames) if line.lstrip().startswith('File "')]
+        lines = [lines[header], *frames[files[-1] if files else end :], *exception]
+    shortened = _FILE_PATH.sub(base, "\n".join(lines))
+    return shortened + "\n" if shortened else ""
 
 
 def _digest(data: bytes) -> bytes:
@@ -121,10 +168,15 @@ class TaskServerProtocol(LineReceiver):
     _writeBlocked = False
     _authenticated = True
     _authTimer: IDelayedCall | None = None
+    # The idle and line timeouts share one timer, which reads these when it
+    # fires; receiving a line never touches a timer.
+    _timer: IDelayedCall | None = None
+    _lastActive = 0.0
+    _lineSince: float | None = None
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.MAX_LENGTH = factory.maxLineLength
+        self._setMaxLength(factory.maxLineLength)
         self._calls: dict[Any, Deferred[bytes]] = {}
         self._ordered: deque[_Slot] = deque()
         self._unanswered = 0
@@ -139,10 +191,15 @@ class TaskServerProtocol(LineReceiver):
             return
         factory.connections.add(self)
         self.transport.registerProducer(_WriteBackpressure(self), True)
+        self._clock = factory.clock
+        delays = [t for t in (factory.idleTimeout, factory.lineTimeout) if t]
+        if delays:
+            self._lastActive = self._clock.seconds()
+            self._timer = self._clock.callLater(min(delays), self._checkTimeouts)
         if factory.authToken is not None:
             self._authenticated = False
             # Before authentication a line has no business being long.
-            self.MAX_LENGTH = min(self.MAX_LENGTH, MAX_HELLO_LINE)
+            self._setMaxLength(min(factory.maxLineLength, MAX_HELLO_LINE))
             self._authTimer = factory.clock.callLater(
                 factory.authTimeout, self._authTimedOut
             )
@@ -151,6 +208,9 @@ class TaskServerProtocol(LineReceiver):
         self._closed = True
         if self._authTimer is not None and self._authTimer.active():
             self._authTimer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.factory._connectionLost(self)
         calls, self._calls = self._calls, {}
         for d in calls.values():
@@ -180,17 +240,54 @@ class TaskServerProtocol(LineReceiver):
 
     # -- reading ----------------------------------------------------------
 
+    def _setMaxLength(self, length: int) -> None:
+        self._maxLength = length
+        # One byte more for a "\r" before the "\n", which is not counted
+        # either; lineReceived checks the rest.
+        self.MAX_LENGTH = length + 1
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._timer is None:
+            LineReceiver.dataReceived(self, data)
+            return
+        now = self._clock.seconds()
+        if data:
+            self._lastActive = now
+        LineReceiver.dataReceived(self, data)
+        if not self._buffer:
+            self._lineSince = None
+        elif self._lineSince is None or b"\n" in data:
+            # What is left is a line started in this chunk.
+            self._lineSince = now
+
+    def resumeProducing(self) -> None:
+        # The time the daemon did not read is not the client's: a line left
+        # unfinished is timed from now.
+        self._lineSince = None
+        LineReceiver.resumeProducing(self)
+
     def lineReceived(self, line: bytes) -> None:
         if self._closed:
             # Refused or closing: lines still buffered are not served.
             return
         if line[-1:] == b"\r":
             line = line[:-1]
+        elif len(line) > self._maxLength:
+            self.lineLengthExceeded(line)
+            return
         if not line.strip():
             return
         try:
             request = decodeRequest(line)
-        except ProtocolError as e:
+        except Exception as e:
+            if not isinstance(e, ProtocolError):
+                # A bug in the decoder: the line still gets its answer.
+                self.log.failure("a request line could not be decoded")
+                e = ProtocolError(
+                    errors.BadRequest(
+                        f"the line could not be decoded ({type(e).__name__})"
+                    )
+                )
             if not self._authenticated:
                 self._refuse("authenticate first, with a hello that carries the token")
                 return
@@ -210,12 +307,76 @@ class TaskServerProtocol(LineReceiver):
             self._answer(None, encodeHelloReply(self._hello()))
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        error = errors.LineTooLong(
-            f"a request line is longer than {self.MAX_LENGTH} bytes; "
-            "closing the connection"
+        self._closeWith(
+            errors.LineTooLong(
+                f"a request line is longer than {self._maxLength} bytes; "
+                "closing the connection"
+            )
         )
+
+    def _closeWith(self, error: errors.TaskdError) -> None:
+        """
+        Send C{error}, the connection's last line, and close.  Calls still
+        in flight are cancelled when the connection is gone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.clearLineBuffer()
         self.transport.write(encodeError(None, error))
-        self.transport.loseConnection()
+        if self._writeBlocked:
+            # The client does not read: the line cannot be delivered, and
+            # waiting for it to be would hold the connection.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # -- timeouts -----------------------------------------------------------
+
+    def _checkTimeouts(self) -> None:
+        """
+        Close the connection if its idle or line timeout has passed, or set
+        the timer again for the nearest deadline.  Deadlines only move
+        later between two checks, so the timer is never late.
+        """
+        self._timer = None
+        if self._closed:
+            return
+        factory = self.factory
+        now = self._clock.seconds()
+        next = float("inf")
+        lineTimeout = factory.lineTimeout
+        if lineTimeout:
+            # Not paused: the buffer holds a line started and not finished.
+            if self._buffer and self._lineSince is not None and not self.paused:
+                deadline = self._lineSince + lineTimeout
+                if deadline <= now + _EPSILON:
+                    self._closeWith(
+                        errors.LineTimeout(
+                            f"a request line was not finished within "
+                            f"{lineTimeout} seconds; closing the connection"
+                        )
+                    )
+                    return
+                next = deadline
+            else:
+                next = now + lineTimeout
+        idleTimeout = factory.idleTimeout
+        if idleTimeout:
+            if self._unanswered == 0:
+                deadline = self._lastActive + idleTimeout
+                if deadline <= now + _EPSILON:
+                    self._closeWith(
+                        errors.IdleTimeout(
+                            f"no call in flight and nothing received for "
+                            f"{idleTimeout} seconds; closing the connection"
+                        )
+                    )
+                    return
+                next = min(next, deadline)
+            else:
+                next = min(next, now + idleTimeout)
+        self._timer = self._clock.callLater(next - now, self._checkTimeouts)
 
     # -- authentication ---------------------------------------------------
 
@@ -228,7 +389,7 @@ class TaskServerProtocol(LineReceiver):
             self._refuse("the token is wrong")
             return
         self._authenticated = True
-        self.MAX_LENGTH = self.factory.maxLineLength
+        self._setMaxLength(self.factory.maxLineLength)
         if self._authTimer is not None and self._authTimer.active():
             self._authTimer.cancel()
         self._answer(None, encodeHelloReply(self._hello()))
@@ -252,7 +413,7 @@ class TaskServerProtocol(LineReceiver):
             {
                 "server": "taskd",
                 "tasks": list(pool.registry),
-                "maxLineLength": self.MAX_LENGTH,
+                "maxLineLength": self._maxLength,
                 "maxInFlight": self.factory.maxInFlight,
             },
         )
@@ -290,7 +451,8 @@ class TaskServerProtocol(LineReceiver):
 
     def _answer(self, id: CallId, line: bytes) -> None:
         """
-        Reply to a request that is not a running call.
+        Reply to a request that is not a running call.  It never touches
+        C{_calls}: a call in flight with the same id stays on the books.
         """
         key: Any = id if id is not None else _Slot()
         self._accept(key)
@@ -303,10 +465,12 @@ class TaskServerProtocol(LineReceiver):
             self.transport.write(encodeProgress(id, report))
 
     def _succeeded(self, result: bytes, key: Any) -> None:
+        self._calls.pop(key, None)
         id = None if isinstance(key, _Slot) else key
         self._done(key, encodeResult(id, result))
 
     def _failed(self, failure: Failure, key: Any) -> None:
+        self._calls.pop(key, None)
         id = None if isinstance(key, _Slot) else key
         error = failure.value
         if isinstance(error, CancelledError):
@@ -314,12 +478,14 @@ class TaskServerProtocol(LineReceiver):
         elif not isinstance(error, errors.TaskdError):
             self.log.failure("unexpected error in a call", failure)
             error = errors.TaskdError(f"internal error: {error!r}")
-        self._done(key, encodeError(id, error))
+        self._done(key, encodeError(id, self.factory.presentError(error)))
 
     def _done(self, key: Any, line: bytes) -> None:
+        """
+        Write a reply (or hold it for its turn among replies without ids).
+        """
         if self._closed:
             return
-        self._calls.pop(key, None)
         if isinstance(key, _Slot):
             key.line = line
             ordered = self._ordered
@@ -330,6 +496,8 @@ class TaskServerProtocol(LineReceiver):
         else:
             self.transport.write(line)
             self._unanswered -= 1
+        if self._unanswered == 0 and self._timer is not None:
+            self._lastActive = self._clock.seconds()
         self._updateReading()
         self._maybeFinish()
 
@@ -352,6 +520,14 @@ class TaskServerFactory(Factory):
         connection gets a C{busy} error and is closed.
     @ivar maxInFlight: requests per connection accepted but not yet
         answered; past it the connection is not read until replies go out.
+    @ivar idleTimeout: seconds a connection with no call in flight may send
+        nothing before it gets an C{idle_timeout} error and is closed; C{0}
+        for no limit.
+    @ivar lineTimeout: seconds a client may take to finish a request line
+        it has started before it gets a C{line_timeout} error and is
+        closed; C{0} for no limit.
+    @ivar tracebacks: how much of a failed task's (or failed worker
+        start's) traceback clients get, one of L{TRACEBACK_MODES}.
     """
 
     protocol = TaskServerProtocol  # type: ignore[assignment]
@@ -366,6 +542,9 @@ class TaskServerFactory(Factory):
         maxInFlight: int = 100,
         authToken: str | None = None,
         authTimeout: float = 10.0,
+        idleTimeout: float = DEFAULT_IDLE_TIMEOUT,
+        lineTimeout: float = DEFAULT_LINE_TIMEOUT,
+        tracebacks: str = "full",
         clock: IReactorTime | None = None,
     ) -> None:
         """
@@ -373,14 +552,23 @@ class TaskServerFactory(Factory):
             C{{"type": "hello", "token": ...}} with this token before
             anything else, within C{authTimeout} seconds, or it is refused
             with an C{unauthenticated} error and closed.
+        @param tracebacks: C{"full"} sends tracebacks as the worker wrote
+            them; C{"short"} only the innermost frame and the exception,
+            without directories (see L{shortTraceback}); C{"none"} leaves
+            the C{traceback} field out.
         @param clock: for the timeouts; the pool's reactor by default.
         """
+        if tracebacks not in TRACEBACK_MODES:
+            raise ValueError(f"tracebacks must be one of {TRACEBACK_MODES}, not {tracebacks!r}")
         self.pool = pool
         self.maxLineLength = maxLineLength
         self.maxConnections = maxConnections
         self.maxInFlight = maxInFlight
         self.authToken = authToken
         self.authTimeout = authTimeout
+        self.idleTimeout = idleTimeout
+        self.lineTimeout = lineTimeout
+        self.tracebacks = tracebacks
         self.clock: IReactorTime = pool.reactor if clock is None else clock
         self._tokenDigest = (
             None if authToken is None else _digest(authToken.encode("utf-8"))
@@ -401,7 +589,26 @@ class TaskServerFactory(Factory):
         """
         if self._tokenDigest is None:
             return True
-        return hmac.compare_digest(_digest(token.encode("utf-8")), self._tokenDigest)
+        # A lone surrogate (\ud800 in the JSON) has no UTF-8 form; it is
+        # just a wrong token.
+        encoded = token.encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(_digest(encoded), self._tokenDigest)
+
+    def presentError(self, error: errors.TaskdError) -> errors.TaskdError:
+        """
+        @return: C{error} as clients get it: with its traceback shortened or
+            left out if L{tracebacks} says so.
+        """
+        mode = self.tracebacks
+        if mode == "full":
+            return error
+        if isinstance(error, (errors.TaskFailed, errors.WorkerStartError)):
+            traceback = error.remoteTraceback
+            shown = None if mode == "none" or traceback is None else shortTraceback(traceback)
+            if isinstance(error, errors.TaskFailed):
+                return errors.TaskFailed(error.message, error.remoteType, shown)
+            return errors.WorkerStartError(error.message, shown)
+        return error
 
     def _connectionLost(self, protocol: TaskServerProtocol) -> None:
         self.connections.discard(protocol)

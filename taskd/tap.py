@@ -5,9 +5,10 @@ C{twistd taskd}: command-line options and the daemon's service tree.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
-from typing import Any, MutableMapping, Sequence
+from typing import Any, Callable, MutableMapping, Sequence
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -18,6 +19,7 @@ from taskd.config import PoolConfig
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
 from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
+from taskd.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, TRACEBACK_MODES
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_TASKS = "taskd.examples"
@@ -44,6 +46,12 @@ def _seconds(value: str) -> float:
     return n
 
 
+def _tracebackMode(value: str) -> str:
+    if value not in TRACEBACK_MODES:
+        raise ValueError(f"must be one of {', '.join(TRACEBACK_MODES)}, not {value!r}")
+    return value
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -68,6 +76,9 @@ class Options(usage.Options):
         ["max-worker-rss", None, None, "Replace a worker whose resident memory is above this many MiB after a call; the call is answered as usual [default: no limit].", _positiveInt],
         ["auth-token-file", None, None, "A file holding the shared secret clients must send in their hello [default: no authentication]."],
         ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", _seconds],
+        ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT, "Close a connection with no call in flight that sent nothing for this many seconds (0: never).", _seconds],
+        ["line-timeout", None, DEFAULT_LINE_TIMEOUT, "Close a connection that started a request line and did not finish it within this many seconds (0: never).", _seconds],
+        ["tracebacks", None, None, "How much of a failed task's traceback clients get: full, short (innermost frame and exception, no directories) or none [default: full when every listener is loopback or unix:, short otherwise].", _tracebackMode],
     ]
 
     def __init__(self) -> None:
@@ -90,6 +101,8 @@ class Options(usage.Options):
             self["listen"] = [DEFAULT_LISTEN]
         if not self["tasks"]:
             self["tasks"] = [DEFAULT_TASKS]
+        if self["tracebacks"] is None:
+            self["tracebacks"] = defaultTracebacks(self["listen"])
         if self["workers"] is None:
             self["workers"] = os.cpu_count() or 1
         self["auth-token"] = None
@@ -144,17 +157,67 @@ def _splitDescription(description: str) -> tuple[str, list[str], dict[str, str]]
 
 _LOOPBACK = ("127.", "::1", "localhost", "0:0:0:0:0:0:0:1")
 
+#: The mode of a C{unix:} listener's socket file when C{mode=} is not given:
+#: the daemon's user and group may connect, no one else.
+DEFAULT_UNIX_MODE = "660"
+
+
+def _local(description: str) -> bool:
+    """
+    @return: whether only processes on this host can reach C{description}
+        (a C{unix:} socket, or a TCP or TLS listener on a loopback address).
+    """
+    kind, _, kwargs = _splitDescription(description)
+    if kind == "unix":
+        return True
+    return kind in ("tcp", "tcp6", "ssl", "mtls") and kwargs.get("interface", "").startswith(_LOOPBACK)
+
+
+def defaultTracebacks(listen: Sequence[str]) -> str:
+    """
+    @return: the C{--tracebacks} default for these listeners: C{"full"} when
+        every one is local (whoever connects can read the install anyway),
+        C{"short"} when any may be reached from other hosts (paths, library
+        versions and source lines are not theirs to see).
+    """
+    return "full" if all(_local(d) for d in listen) else "short"
+
+
+def listenDescription(description: str) -> str:
+    """
+    @return: C{description} as the daemon listens on it: a C{unix:} socket
+        without C{mode=} gets L{DEFAULT_UNIX_MODE} (Twisted's default lets
+        every local user connect).
+    """
+    kind, _, kwargs = _splitDescription(description)
+    if kind == "unix" and "mode" not in kwargs:
+        return f"{description}:mode={DEFAULT_UNIX_MODE}"
+    return description
+
 
 def exposureWarnings(description: str, token: bool) -> list[str]:
     """
     @return: what is unsafe about listening on C{description}: a network
         address beyond loopback without TLS (calls, results and the token
         travel in clear text) or without authentication (anyone who can
-        reach it runs tasks).
+        reach it runs tasks); a C{unix:} socket every local user may
+        connect to, without authentication.
     """
     kind, _, kwargs = _splitDescription(description)
+    if kind == "unix":
+        try:
+            mode = int(kwargs.get("mode", DEFAULT_UNIX_MODE), 8)
+        except ValueError:
+            return []  # Twisted refuses it when it listens
+        if mode & 0o002 and not token:
+            return [
+                f"{description} lets every local user connect (mode "
+                f"{mode:o}) and there is no authentication: any of them can "
+                "run tasks; leave mode= out (660) or set --auth-token-file"
+            ]
+        return []
     if kind not in ("tcp", "tcp6", "ssl", "mtls"):
-        return []  # unix sockets and the like: file permissions apply
+        return []  # the like of systemd: sockets: their owner sets access
     interface = kwargs.get("interface", "")
     if interface.startswith(_LOOPBACK):
         return []
@@ -180,9 +243,13 @@ class TaskdService(MultiService):
     The daemon: the pool and its listeners, stopped in order: stop
     listening, drain the pool (see L{ProcessPool.stop}), then close the
     connections once their last replies are written.
+
+    @ivar exitStatus: what the process should exit with: C{0}, or C{1} once
+        the pool could not start.
     """
 
     log = Logger()
+    exitStatus = 0
 
     def __init__(
         self,
@@ -190,19 +257,52 @@ class TaskdService(MultiService):
         pool: ProcessPool,
         factory: TaskServerFactory,
         listen: Sequence[str],
+        atExit: Callable[[Callable[[], object]], object] = atexit.register,
     ) -> None:
+        """
+        @param atExit: registers a function to run when the process exits
+            (C{atexit.register}; tests pass their own).
+        """
         super().__init__()
         self.pool = pool
         self.factory = factory
         self.listen = list(listen)
+        self._reactor = reactor
+        self._atExit = atExit
         # A daemon whose workers cannot start has nothing to serve: exit.
-        self.poolService = PoolService(pool, onStartFailure=reactor.stop)
+        self.poolService = PoolService(pool, onStartFailure=self._poolFailed)
         self.poolService.setServiceParent(self)
         self.listeners: list[IService] = []
 
     def addListener(self, service: IService) -> None:
         self.listeners.append(service)
         service.setServiceParent(self)
+
+    def _poolFailed(self) -> None:
+        """
+        The pool could not start: stop the reactor, then exit non-zero.
+
+        twistd has no way to set its exit status: it returns normally once
+        its reactor has stopped.  So the status is set at the very end, in
+        an exit handler: by then the stop has run (workers reaped, pid file
+        removed, log observers stopped) and only the process is left.  A
+        supervisor (systemd's C{Restart=on-failure}) sees status 1.
+        """
+        self.exitStatus = 1
+        self._atExit(self._exit)
+        self._reactor.stop()
+
+    def _exit(self) -> None:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                pass  # closed already: nothing left to flush
+        # Exit handlers registered before this one (the standard library's
+        # logging flush) are skipped: taskd logs through twisted.logger,
+        # which flushes every line.
+        os._exit(self.exitStatus)
 
     def startService(self) -> None:
         for description in self.listen:
@@ -287,8 +387,11 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         maxInFlight=options["max-in-flight"],
         authToken=options["auth-token"],
         authTimeout=options["auth-timeout"],
+        idleTimeout=options["idle-timeout"],
+        lineTimeout=options["line-timeout"],
+        tracebacks=options["tracebacks"],
     )
     service = TaskdService(reactor, pool, factory, options["listen"])
     for description in options["listen"]:
-        service.addListener(strports.service(description, factory, reactor=reactor))
+        service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
     return service

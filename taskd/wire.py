@@ -185,6 +185,9 @@ def decodeRequest(line: bytes) -> Request:
         message = _json.loads(text)
     except ValueError as e:
         raise _bad(f"the line is not valid JSON: {e}")
+    except RecursionError:
+        # 2,000 "[" fit in 4 KiB, before authentication.
+        raise _bad("the line nests arrays or objects too deeply")
     if not isinstance(message, dict):
         raise _bad(f"a request must be a JSON object, not {jsonType(message)}")
     id = _checkId(message.get("id"))

@@ -32,6 +32,8 @@ class ErrorTests(SynchronousTestCase):
             errors.ConnectionLost("gone"),
             errors.NotConnected("none"),
             errors.WorkerStartError("w", "TB"),
+            errors.LineTimeout("slow"),
+            errors.IdleTimeout("idle"),
         ]
         types = set()
         for e in samples:
@@ -55,3 +57,22 @@ class ErrorTests(SynchronousTestCase):
         A remote failure reads like the remote exception.
         """
         self.assertEqual(str(errors.TaskFailed("boom", "ValueError", "")), "ValueError: boom")
+
+    def test_withheldTraceback(self) -> None:
+        """
+        A traceback of C{None} (a daemon started with C{--tracebacks none})
+        leaves the field out; a client reads its absence as C{""}.
+        """
+        for e in (errors.TaskFailed("m", "ValueError", None), errors.WorkerStartError("w", None)):
+            self.assertNotIn("traceback", e.toDict())
+            back = errors.errorFromDict(e.toDict())
+            self.assertEqual((type(back), back.remoteTraceback), (type(e), ""))  # type: ignore[attr-defined]
+
+    def test_timeouts(self) -> None:
+        """
+        The two connection timeouts have their own wire types; a slow line
+        is a kind of bad request.
+        """
+        self.assertEqual((errors.IdleTimeout("i").type, errors.LineTimeout("l").type), ("idle_timeout", "line_timeout"))
+        self.assertIsInstance(errors.LineTimeout("l"), errors.BadRequest)
+        self.assertIs(type(errors.errorFromDict({"type": "idle_timeout", "message": "i"})), errors.IdleTimeout)

@@ -153,6 +153,13 @@ class DaemonTestCase(TwistdMixin, TestCase):
         self.addCleanup(self.killWorkers, daemon)
         return daemon
 
+    def assertNothingUnhandled(self) -> None:
+        """
+        The daemon logged no unhandled error and no traceback.
+        """
+        self.assertNotIn(b"Unhandled", self.daemon.output)
+        self.assertNotIn(b"Traceback", self.daemon.output)
+
     def workerPids(self, daemon: Any = None) -> tuple[set[int], set[int]]:
         """
         @return: (ready workers alive by the log, every worker ever started)
@@ -585,3 +592,219 @@ class RestartTests(DaemonTestCase):
         yield self.startDaemon(port=port)
         self.assertEqual((yield during), 5)
         report("daemon restart", waited_call="succeeded", fail_fast_call="not_connected")
+
+
+class Conversation(LineReceiver):
+    """
+    A client that sends lines and waits for the next replies, one at a
+    time; records when the daemon closes the connection.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.replies: list[dict[str, Any]] = []
+        self.read = 0
+        self.sent = 0
+        self._waiting: list[tuple[int, Deferred[list[dict[str, Any]]]]] = []
+        self.closed: Deferred[float] = Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        self.replies.append(json.loads(line))
+        self._check()
+
+    def _check(self) -> None:
+        for n, d in list(self._waiting):
+            if len(self.replies) - self.read >= n:
+                self._waiting.remove((n, d))
+                got = self.replies[self.read : self.read + n]
+                self.read += n
+                d.callback(got)
+
+    def send(self, data: bytes) -> None:
+        self.sent += data.count(b"\n")
+        self.transport.write(data)
+
+    def exchange(self, data: bytes, replies: int = 1) -> Deferred[list[dict[str, Any]]]:
+        """
+        Send C{data}; fire with the next C{replies} replies.
+        """
+        d: Deferred[list[dict[str, Any]]] = Deferred()
+        self._waiting.append((replies, d))
+        self.send(data)
+        self._check()
+        return d.addTimeout(30, reactor)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        for _, d in self._waiting:
+            d.errback(AssertionError(f"connection closed; replies so far: {self.replies}"))
+        self._waiting = []
+        self.closed.callback(reactor.seconds())
+
+
+class HostileLineTests(DaemonTestCase):
+    def converse(self) -> Any:
+        proto = Conversation()
+        d = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(Factory.forProtocol(lambda: proto))
+
+        def connected(p: Any) -> Any:
+            self.addCleanup(lambda: p.transport.abortConnection() if p.transport.connected else None)
+            return p
+
+        return d.addCallback(connected)
+
+    @inlineCallbacks
+    def test_hostileLines(self) -> Any:
+        """
+        Each hostile line gets its error reply and the connection goes on
+        serving: 2,000 nested arrays; a duplicate id, twice, and a
+        malformed line carrying the id of a running call (which stays on
+        the books: the id stays taken and a cancel reaches it); a line of
+        exactly C{--max-line-length} ending in CR LF.  A reset after a
+        duplicate id still cancels the call holding the id.  Nothing
+        unhandled in the daemon's log.
+        """
+        limit = 5000
+        yield self.startDaemon("--max-line-length", str(limit))
+        c = yield self.converse()
+        error = lambda r: (r.get("id"), r["error"]["type"])  # noqa: E731
+        (r,) = yield c.exchange(b"[" * 2000 + b"]" * 2000 + b"\n")
+        self.assertEqual(r["error"], {"type": "bad_request", "message": "the line nests arrays or objects too deeply"})
+        c.send(b'{"function":"sleep","args":[60],"id":7}\n')
+        for _ in range(2):
+            (r,) = yield c.exchange(b'{"function":"add","args":[1,1],"id":7}\n')
+            self.assertEqual(error(r), (7, "duplicate_id"))
+        (r,) = yield c.exchange(b'{"function":5,"id":7}\n')
+        self.assertEqual(error(r), (7, "bad_request"))
+        head = b'{"function":"echo","args":["'
+        tail = b'"]}'
+        line = head + b"x" * (limit - len(head) - len(tail)) + tail
+        self.assertEqual(len(line), limit)
+        (r,) = yield c.exchange(line + b"\r\n")
+        self.assertEqual(len(r["result"]), limit - len(head) - len(tail))
+        start = reactor.seconds()
+        (r,) = yield c.exchange(b'{"type":"cancel","id":7}\n')
+        cancelSeconds = reactor.seconds() - start
+        self.assertEqual(error(r), (7, "cancelled"))
+        (r,) = yield c.exchange(b'{"function":"add","args":[2,3]}\n')
+        self.assertEqual(r["result"], 5)
+
+        reset = yield self.converse()
+        reset.send(b'{"function":"sleep","args":[60],"id":"x"}\n')
+        (r,) = yield reset.exchange(b'{"function":"sleep","args":[60],"id":"x"}\n')
+        self.assertEqual(error(r), ("x", "duplicate_id"))
+        start = reactor.seconds()
+        reset.transport.abortConnection()
+        for _ in range(200):
+            stats = yield self.stats()
+            if (stats["busy"], stats["connections"]) == (0, 2):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        freedSeconds = reactor.seconds() - start
+        self.assertEqual((stats["busy"], stats["connections"]), (0, 2))
+        self.assertNothingUnhandled()
+        report("hostile lines", lines=c.sent + reset.sent, replies=len(c.replies) + len(reset.replies), cancel_s=round(cancelSeconds, 2),
+               reset_freed_s=round(freedSeconds, 2), crlf_line_bytes=limit, unhandled=0)
+
+    @inlineCallbacks
+    def test_hostileLinesWithToken(self) -> Any:
+        """
+        With C{--auth-token-file}: 2,000 nested arrays before the hello get
+        the one C{unauthenticated} error and the close every bad first line
+        gets; a hello whose token is a lone surrogate is a wrong token;
+        after a right hello, the nested line is a C{bad_request} and the
+        connection goes on serving.  Nothing unhandled in the log.
+        """
+        token = os.path.abspath(self.mktemp())
+        with open(token, "w") as f:
+            f.write("s3cret\n")
+        yield self.startDaemon("--auth-token-file", token)
+        nested = b"[" * 2000 + b"]" * 2000 + b"\n"
+        outcomes = []
+        for first in (nested, b'{"type":"hello","token":"\\ud800"}\n'):
+            c = yield self.converse()
+            (r,) = yield c.exchange(first)
+            yield c.closed
+            self.assertEqual(r["error"]["type"], "unauthenticated")
+            outcomes.append(r["error"]["message"])
+        self.assertEqual(outcomes, ["authenticate first, with a hello that carries the token", "the token is wrong"])
+        c = yield self.converse()
+        (r,) = yield c.exchange(b'{"type":"hello","token":"s3cret"}\n')
+        self.assertEqual(r["type"], "hello")
+        (r,) = yield c.exchange(nested)
+        self.assertEqual(r["error"]["type"], "bad_request")
+        (r,) = yield c.exchange(b'{"function":"add","args":[2,3]}\n')
+        self.assertEqual(r["result"], 5)
+        self.assertNothingUnhandled()
+        report("hostile lines before authentication", nested="unauthenticated", surrogate_token="the token is wrong",
+               nested_after_hello="bad_request", unhandled=0)
+
+
+class IdleConnectionTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_thousandIdleConnections(self) -> Any:
+        """
+        1,000 connections that send nothing (the default
+        C{--max-connections}) lock later clients out with C{busy} until the
+        idle timeout (2 s here) closes each of them with an C{idle_timeout}
+        error; then a new client is served.
+        """
+        idle = 2.0
+        yield self.startDaemon("--idle-timeout", str(idle))
+        protos = [Conversation() for _ in range(1000)]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        yield gatherResults([endpoint.connect(Factory.forProtocol(lambda p=p: p)) for p in protos])
+        connected = reactor.seconds()
+        self.addCleanup(lambda: [p.transport.abortConnection() for p in protos if p.transport.connected])
+        locked = yield self.pipeline([b'{"function":"add","args":[1,1]}'])
+        self.assertEqual(locked.replies[None][0]["error"]["type"], "busy")
+        closedAt = yield gatherResults([p.closed for p in protos])
+        lastClosed = max(closedAt) - connected
+        for p in protos:
+            self.assertEqual([r["error"]["type"] for r in p.replies], ["idle_timeout"])
+        self.assertGreaterEqual(min(closedAt) - connected, idle - 1.0)  # each connection's own clock starts at accept
+        self.assertLess(lastClosed, idle + 10)
+        served = yield self.pipeline([b'{"function":"add","args":[1,1]}'])
+        self.assertEqual(served.replies[None][0]["result"], 2)
+        self.assertNothingUnhandled()
+        report("idle connections", connections=1000, idle_timeout_s=idle, later_client_before="busy",
+               first_closed_s=round(min(closedAt) - connected, 2), last_closed_s=round(lastClosed, 2),
+               idle_timeout_errors=sum(len(p.replies) for p in protos), new_client="served")
+
+
+class SlowlorisTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_slowloris(self) -> Any:
+        """
+        A client that starts a line and trickles a byte every 100 ms
+        without ever ending it gets a C{line_timeout} error and is closed
+        after C{--line-timeout} (1 s here); another client is served
+        meanwhile.
+        """
+        yield self.startDaemon("--line-timeout", "1")
+        c = Conversation()
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(Factory.forProtocol(lambda: c))
+        start = reactor.seconds()
+        c.transport.write(b'{"function":"echo","args":["')
+        sent = [0]
+
+        def trickle() -> None:
+            if c.transport.connected:
+                c.transport.write(b"x")
+                sent[0] += 1
+
+        dripping = LoopingCall(trickle)
+        dripping.start(0.1)
+        try:
+            other = yield self.pipeline([b'{"function":"add","args":[1,1]}'])
+            closedAt = yield c.closed
+        finally:
+            dripping.stop()
+        seconds = closedAt - start
+        self.assertEqual(other.replies[None][0]["result"], 2)
+        self.assertEqual([r["error"]["type"] for r in c.replies], ["line_timeout"])
+        self.assertGreaterEqual(seconds, 0.9)
+        self.assertLess(seconds, 3)
+        self.assertNothingUnhandled()
+        report("slowloris line", line_timeout_s=1, closed_after_s=round(seconds, 2), bytes_trickled=sent[0], other_client="served")

@@ -6,6 +6,7 @@ pool of hand-driven fake workers, then over real TCP with real workers.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet import reactor
@@ -573,3 +574,368 @@ class AuthTests(ServerTestsMixin, SynchronousTestCase):
         self.assertTrue(self.factory.checkToken("s3cret"))
         self.assertFalse(self.factory.checkToken("s3cre"))
         self.assertEqual([(len(a), len(b)) for a, b in calls], [(32, 32), (32, 32)])
+
+
+class HostileLineTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    Lines made to break the daemon each get their answer; nothing is left
+    unhandled.
+    """
+
+    def test_deepNesting(self) -> None:
+        """
+        2,000 nested arrays (4 KiB) exceed the JSON decoder's recursion
+        limit: a C{bad_request}, and the connection goes on serving.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b"[" * 2000 + b"]" * 2000 + b"\n")
+        proto.dataReceived(b'{"function":"add","args":' + b"[" * 2000 + b"]" * 2000 + b',"id":1}\n')
+        self.assertEqual(
+            self.replies(transport),
+            [self.error("bad_request", "the line nests arrays or objects too deeply")] * 2,
+        )
+        proto.dataReceived(b'{"function":"add","args":[1,2]}\n')
+        reactor.processes[0].send(b"R3")
+        self.assertEqual(self.replies(transport), [{"type": "result", "result": 3}])
+        self.assertFalse(transport.disconnecting)
+
+    def test_deepNestingBeforeAuthentication(self) -> None:
+        """
+        Before authentication the same line is a bad line like any other:
+        one C{unauthenticated} error, then the connection is closed.
+        """
+        proto, transport, reactor = self.connect(authToken="s3cret")
+        proto.dataReceived(b"[" * 2000 + b"]" * 2000 + b"\n")
+        self.assertEqual(
+            self.replies(transport),
+            [self.error("unauthenticated", "authenticate first, with a hello that carries the token")],
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_decoderBug(self) -> None:
+        """
+        Whatever else the decoder might raise (a bug) is logged and the line
+        still gets a C{bad_request}; the connection goes on serving.
+        """
+        from taskd import server
+
+        def broken(line: bytes) -> Any:
+            raise KeyError("a bug")
+
+        self.patch(server, "decodeRequest", broken)
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"add","args":[1,2]}\n')
+        self.assertEqual(self.replies(transport), [self.error("bad_request", "the line could not be decoded (KeyError)")])
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        self.assertFalse(transport.disconnecting)
+
+    def test_loneSurrogateToken(self) -> None:
+        """
+        A token with a lone surrogate (no UTF-8 form) is simply wrong.
+        """
+        proto, transport, reactor = self.connect(authToken="s3cret")
+        proto.dataReceived(b'{"type":"hello","token":"\\ud800"}\n')
+        self.assertEqual(self.replies(transport), [self.error("unauthenticated", "the token is wrong")])
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(self.factory.checkToken("\ud800"))
+
+    def test_refusedIdKeepsTheRunningCall(self) -> None:
+        """
+        A C{duplicate_id} or C{bad_request} reply carrying the id of a call
+        in flight leaves that call on the books: the id stays taken, a
+        cancel reaches the call, and the call is answered once.
+        """
+        proto, transport, reactor = self.connect()
+        worker = reactor.processes[0]
+        proto.dataReceived(b'{"function":"sleep","args":[99],"id":7}\n')
+        for _ in range(2):
+            proto.dataReceived(b'{"function":"add","args":[1,1],"id":7}\n')
+            self.assertEqual(
+                self.replies(transport),
+                [self.error("duplicate_id", "id 7 belongs to a call still in flight; this call was not run", 7)],
+            )
+        proto.dataReceived(b'{"function":5,"id":7}\n')
+        self.assertEqual(self.replies(transport), [self.error("bad_request", "'function' must be a non-empty string", 7)])
+        self.assertEqual(len(worker.written), 1)
+        proto.dataReceived(b'{"type":"cancel","id":7}\n')
+        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", 7)])
+        self.assertEqual(worker.signals, ["SIGKILL"])
+
+    def test_refusedIdThenReset(self) -> None:
+        """
+        After a C{duplicate_id}, a lost connection still cancels the call
+        that holds the id.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"sleep","args":[99],"id":"x"}\n{"function":"sleep","args":[1],"id":"x"}\n')
+        self.assertEqual([r["error"]["type"] for r in self.replies(transport)], ["duplicate_id"])
+        proto.connectionLost()
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
+
+    def test_crlfAtTheLimit(self) -> None:
+        """
+        A line of exactly the limit ending in CR LF is accepted, the CR and
+        the LF not counted, whether the LF comes with it or later; one byte
+        more is C{line_too_long}.
+        """
+        line = b'{"function":"add","args":["' + b"x" * 70 + b'"]}'
+        self.assertEqual(len(line), 100)
+        proto, transport, reactor = self.connect(maxLineLength=100)
+        proto.dataReceived(line + b"\r\n")
+        proto.dataReceived(line + b"\r")
+        proto.dataReceived(b"\n")
+        self.assertEqual(len(reactor.processes[0].written), 1)
+        self.assertEqual(self.factory.pool.stats()["queued"], 1)
+        self.assertEqual(self.replies(transport), [])
+        for long in (b" " + line + b"\n", b" " + line + b"\r\n"):
+            proto, transport, reactor = self.connect(maxLineLength=100)
+            proto.dataReceived(long)
+            self.assertEqual(
+                self.replies(transport),
+                [self.error("line_too_long", "a request line is longer than 100 bytes; closing the connection")],
+            )
+            self.assertTrue(transport.disconnecting)
+
+
+class TimeoutTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    The idle and line timeouts, on the pool's clock.
+    """
+
+    idle = {"type": "error", "error": {"type": "idle_timeout", "message": "no call in flight and nothing received for 300.0 seconds; closing the connection"}}
+    slow = {"type": "error", "error": {"type": "line_timeout", "message": "a request line was not finished within 30.0 seconds; closing the connection"}}
+
+    def test_idle(self) -> None:
+        """
+        A connection that sends nothing gets an C{idle_timeout} error and is
+        closed after C{idleTimeout} seconds, not before; no timer is left.
+        """
+        proto, transport, reactor = self.connect()
+        reactor.advance(299)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertEqual(self.replies(transport), [self.idle])
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_idleCountsFromTheLastActivity(self) -> None:
+        """
+        The idle time counts from the later of the last bytes received and
+        the last reply that left nothing in flight; a call in flight,
+        however long, is not idleness.
+        """
+        proto, transport, reactor = self.connect()
+        reactor.advance(100)
+        proto.dataReceived(b'{"function":"sleep","args":[1000],"id":1}\n')
+        reactor.advance(1000)
+        self.assertFalse(transport.disconnecting)
+        reactor.processes[0].send(b"R1")
+        reactor.advance(200)
+        proto.dataReceived(b'{"type":"stats"}\n')
+        self.assertEqual([r["type"] for r in self.replies(transport)], ["result", "stats"])
+        reactor.advance(299)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertEqual(self.replies(transport), [self.idle])
+        self.assertTrue(transport.disconnecting)
+
+    def test_idleNotReading(self) -> None:
+        """
+        An idle client that does not read either is aborted: its error line
+        could not be delivered, and waiting for that would hold the
+        connection.
+        """
+        proto, transport, reactor = self.connect()
+        transport.producer.pauseProducing()
+        reactor.advance(300)
+        self.assertTrue(transport.disconnected)
+
+    def test_lineTimeout(self) -> None:
+        """
+        A line started and not finished within C{lineTimeout} seconds, even
+        if bytes keep coming, gets a C{line_timeout} error and the
+        connection is closed; its calls in flight are cancelled.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"sleep","args":[99],"id":1}\n{"function":')
+        reactor.advance(20)
+        proto.dataReceived(b'"add",')
+        reactor.advance(9)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertEqual(self.replies(transport), [self.slow])
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost()
+        self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
+
+    def test_eachLineHasItsTime(self) -> None:
+        """
+        The line timeout counts from the start of the unfinished line, not
+        from the connection's first bytes.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"type":"st')
+        reactor.advance(25)
+        proto.dataReceived(b'ats"}\n{"type":"st')
+        reactor.advance(25)
+        proto.dataReceived(b'ats"}\n')
+        reactor.advance(100)
+        self.assertEqual([r["type"] for r in self.replies(transport)], ["stats", "stats"])
+        self.assertFalse(transport.disconnecting)
+
+    def test_pausedIsNotSlow(self) -> None:
+        """
+        While the daemon does not read (C{maxInFlight} requests are
+        unanswered), a line is not timed: it has the whole line timeout
+        from when reading resumes.
+        """
+        proto, transport, reactor = self.connect(maxInFlight=1)
+        proto.dataReceived(b'{"function":"sleep","args":[99],"id":1}\n{"func')
+        self.assertEqual(transport.producerState, "paused")
+        reactor.advance(100)
+        self.assertFalse(transport.disconnecting)
+        reactor.processes[0].send(b"R99")
+        self.assertEqual([r["id"] for r in self.replies(transport)], [1])
+        reactor.advance(29)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertEqual(self.replies(transport), [self.slow])
+
+    def test_disabled(self) -> None:
+        """
+        With both timeouts 0, no timer is set and nothing is closed.
+        """
+        proto, transport, reactor = self.connect(idleTimeout=0, lineTimeout=0)
+        proto.dataReceived(b'{"func')
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        reactor.advance(10**6)
+        self.assertFalse(transport.disconnecting)
+
+    def test_onlyOne(self) -> None:
+        """
+        Each timeout works without the other.
+        """
+        proto, transport, reactor = self.connect(idleTimeout=0)
+        reactor.advance(10**6)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b'{"func')
+        reactor.advance(30)
+        self.assertEqual(self.replies(transport), [self.slow])
+        proto, transport, reactor = self.connect(lineTimeout=0)
+        proto.dataReceived(b'{"func')
+        reactor.advance(300)
+        self.assertEqual(self.replies(transport), [self.idle])
+
+    def test_oneTimerPerConnection(self) -> None:
+        """
+        Lines and replies never set or move a timer: a connection holds one
+        timer, set when it opens and again each time it fires.
+        """
+        proto, transport, reactor = self.connect()
+        (timer,) = reactor.getDelayedCalls()
+        for i in range(50):
+            proto.dataReceived(b'{"type":"stats"}\n')
+        self.assertEqual(reactor.getDelayedCalls(), [timer])
+        self.assertEqual(timer.getTime(), 30)
+
+
+class TracebackTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    How much of a remote traceback clients get.
+    """
+
+    def realTraceback(self) -> str:
+        import traceback
+
+        def inner() -> None:
+            {}["missing"]
+
+        def outer() -> None:
+            try:
+                inner()
+            except KeyError as e:
+                raise ValueError("no luck\nsecond line") from e
+
+        try:
+            outer()
+        except ValueError:
+            return traceback.format_exc()
+        raise AssertionError("not reached")
+
+    def test_shortTraceback(self) -> None:
+        """
+        L{shortTraceback} keeps the header, the innermost frame of the
+        last exception and that exception, with file names only.
+        """
+        from taskd.server import shortTraceback
+
+        full = self.realTraceback()
+        self.assertIn(os.path.abspath(__file__), full)
+        self.assertEqual(
+            shortTraceback(full),
+            'Traceback (most recent call last):\n'
+            f'  File "test_server.py", line {_lineOf("raise ValueError")}, in outer\n'
+            '    raise ValueError("no luck\\nsecond line") from e\n'
+            'ValueError: no luck\n'
+            'second line\n',
+        )
+        self.assertEqual(shortTraceback(""), "")
+        self.assertEqual(shortTraceback('  |   File "/srv/app/x.py", line 1\nOddError'), '  |   File "x.py", line 1\nOddError\n')
+
+    def failedCall(self, tracebacks: str) -> dict[str, Any]:
+        proto, transport, reactor = self.connect(tracebacks=tracebacks)
+        proto.dataReceived(b'{"function":"add","id":1}\n')
+        error = {"type": "task_failed", "message": "no luck", "exception": "ValueError", "traceback": self.realTraceback()}
+        reactor.processes[0].send(b"E" + json.dumps(error).encode())
+        (reply,) = self.replies(transport)
+        self.assertEqual((reply["id"], reply["error"]["type"], reply["error"]["message"]), (1, "task_failed", "no luck"))
+        return dict(reply["error"])
+
+    def test_modes(self) -> None:
+        """
+        C{full} passes the worker's traceback on; C{short} shortens it;
+        C{none} leaves the field out.
+        """
+        from taskd.server import shortTraceback
+
+        full = self.realTraceback()
+        self.assertEqual(self.failedCall("full")["traceback"], full)
+        self.assertEqual(self.failedCall("short")["traceback"], shortTraceback(full))
+        self.assertNotIn(os.path.dirname(__file__), self.failedCall("short")["traceback"])
+        self.assertEqual(self.failedCall("none"), {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+
+    def test_workerStartFailed(self) -> None:
+        """
+        The same applies to the traceback of a worker that could not start.
+        """
+        for mode, expected in [("full", "Traceback (most recent call last):\n  File \"/srv/app/tasks.py\", line 1, in <module>\nImportError: x\n"),
+                               ("short", "Traceback (most recent call last):\n  File \"tasks.py\", line 1, in <module>\nImportError: x\n"),
+                               ("none", None)]:
+            proto, transport, reactor = self.connect(tracebacks=mode)
+            reactor.processes[0].exit(1)
+            replacement = reactor.processes[1]
+            replacement.send(b"E" + json.dumps({
+                "type": "worker_start_failed", "message": "cannot load: x",
+                "traceback": "Traceback (most recent call last):\n  File \"/srv/app/tasks.py\", line 1, in <module>\nImportError: x\n",
+            }).encode())
+            replacement.exit(1)
+            proto.dataReceived(b'{"function":"add","args":[1,2]}\n')
+            (reply,) = self.replies(transport)
+            self.assertEqual(reply["error"].get("traceback"), expected)
+            self.assertEqual(reply["error"]["type"], "worker_start_failed")
+
+    def test_badMode(self) -> None:
+        """
+        An unknown mode is refused.
+        """
+        pool, reactor = self.makePool()
+        self.assertRaises(ValueError, TaskServerFactory, pool, tracebacks="some")
+
+
+def _lineOf(text: str) -> int:
+    with open(__file__.replace(".pyc", ".py")) as f:
+        for number, line in enumerate(f, 1):
+            if text in line and "_lineOf" not in line:
+                return number
+    raise ValueError(text)

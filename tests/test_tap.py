@@ -5,10 +5,14 @@ plugin, and a real C{twistd taskd} process.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
+import stat
 import sys
+import tempfile
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -24,8 +28,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from taskd import tap
-from taskd.pool import PoolService
+from taskd import errors, tap
+from taskd.pool import PoolService, ProcessPool
+from taskd.server import TaskServerFactory
 
 from tests.fakes import FakeProcessReactor
 
@@ -63,6 +68,9 @@ class OptionsTests(SynchronousTestCase):
                 "auth-token-file": None,
                 "auth-token": None,
                 "auth-timeout": 10.0,
+                "idle-timeout": 300.0,
+                "line-timeout": 30.0,
+                "tracebacks": "full",
             },
         )
 
@@ -78,7 +86,7 @@ class OptionsTests(SynchronousTestCase):
                 "--tasks", "tests.tasks", "-w", "3", "--max-queue", "0", "-t", "2.5",
                 "--max-tasks-per-worker", "9", "--max-line-length", "100",
                 "--max-connections", "7", "--max-in-flight", "4", "--grace", "1",
-                "--kill-grace", "0.5",
+                "--kill-grace", "0.5", "--idle-timeout", "0", "--line-timeout", "2.5", "--tracebacks", "none",
             ]
         )
         self.assertEqual(options["listen"], ["tcp:0", "unix:/tmp/x.sock"])
@@ -87,6 +95,28 @@ class OptionsTests(SynchronousTestCase):
             [options[k] for k in ("workers", "max-queue", "timeout", "max-tasks-per-worker", "max-line-length", "max-connections", "max-in-flight", "grace", "kill-grace")],
             [3, 0, 2.5, 9, 100, 7, 4, 1.0, 0.5],
         )
+        self.assertEqual([options[k] for k in ("idle-timeout", "line-timeout", "tracebacks")], [0.0, 2.5, "none"])
+
+    def test_tracebacksDefault(self) -> None:
+        """
+        C{--tracebacks} defaults to C{full} when every listener is loopback
+        or C{unix:}, to C{short} when any may be reached from elsewhere (or
+        is of a kind taskd cannot judge); given, it is kept.
+        """
+        for listen, mode in [
+            ([], "full"),
+            (["tcp:0:interface=127.0.0.1", "unix:/tmp/x.sock", "tcp6:0:interface=\\:\\:1"], "full"),
+            (["mtls:0:privateKey=k:caCerts=c:interface=localhost"], "full"),
+            (["unix:/tmp/x.sock", "tcp:0"], "short"),
+            (["ssl:0:privateKey=k:interface=10.0.0.1"], "short"),
+            (["systemd:domain=INET:index=0"], "short"),
+        ]:
+            options = tap.Options()
+            options.parseOptions([a for d in listen for a in ("-l", d)])
+            self.assertEqual(options["tracebacks"], mode, listen)
+        options = tap.Options()
+        options.parseOptions(["-l", "tcp:0", "--tracebacks", "full"])
+        self.assertEqual(options["tracebacks"], "full")
 
     def test_badValues(self) -> None:
         """
@@ -98,6 +128,9 @@ class OptionsTests(SynchronousTestCase):
             (["--timeout", "-1"], "must be a number of seconds"),
             (["--grace", "nan"], "must be a number of seconds"),
             (["--max-queue", "-5"], "must not be negative"),
+            (["--idle-timeout", "-1"], "must be a number of seconds"),
+            (["--line-timeout", "inf"], "must be a number of seconds"),
+            (["--tracebacks", "some"], "must be one of full, short, none, not 'some'"),
             (["--tasks", "tests.brokentasks"], "cannot load task module: ImportError: this task module is broken on purpose"),
             (["--tasks", "no.such.module"], "cannot load task module: ModuleNotFoundError"),
         ]:
@@ -171,6 +204,75 @@ class StartupWarningTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 2)
         self.assertIn("without TLS", warnings[0])
         self.assertIn("without authentication", warnings[1])
+
+
+    def warnings(self, *args: str) -> list[str]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        options = tap.Options()
+        options.parseOptions(["-w", "1", *args])
+        service = tap.makeService(options, reactor=FakeProcessReactor())
+        service.startService()
+        return [e["problem"] for e in events if "problem" in e]
+
+    def test_unixOpenToEveryone(self) -> None:
+        """
+        A C{unix:} listener whose mode lets every local user connect, with
+        no token, gets a security warning; with a token, or with the
+        default or a group mode, it does not.
+        """
+        self.assertEqual(
+            self.warnings("-l", "unix:/tmp/taskd-w.sock:mode=666"),
+            ["unix:/tmp/taskd-w.sock:mode=666 lets every local user connect (mode 666) and there is no authentication: "
+             "any of them can run tasks; leave mode= out (660) or set --auth-token-file"],
+        )
+        token = self.mktemp()
+        with open(token, "w") as f:
+            f.write("t")
+        self.assertEqual(self.warnings("-l", "unix:/tmp/taskd-w.sock:mode=666", "--auth-token-file", token), [])
+        self.assertEqual(self.warnings("-l", "unix:/tmp/taskd-w.sock", "-l", "unix:/tmp/taskd-w2.sock:mode=660"), [])
+
+
+class ListenDescriptionTests(SynchronousTestCase):
+    def test_unixDefaultMode(self) -> None:
+        """
+        A C{unix:} listener without C{mode=} gets mode 660; one with a mode,
+        and other kinds of listener, are left as given.
+        """
+        self.assertEqual(tap.listenDescription("unix:/run/taskd.sock"), "unix:/run/taskd.sock:mode=660")
+        self.assertEqual(tap.listenDescription("unix:/run/taskd.sock:backlog=9"), "unix:/run/taskd.sock:backlog=9:mode=660")
+        self.assertEqual(tap.listenDescription("unix:/run/taskd.sock:mode=600"), "unix:/run/taskd.sock:mode=600")
+        self.assertEqual(tap.listenDescription("tcp:0:interface=127.0.0.1"), "tcp:0:interface=127.0.0.1")
+
+    def test_listensWithTheMode(self) -> None:
+        """
+        L{tap.makeService} listens on C{unix:} sockets with that mode.
+        """
+        options = tap.Options()
+        options.parseOptions(["-w", "1", "-l", "unix:/tmp/taskd-m.sock", "-l", "unix:/tmp/taskd-m2.sock:mode=600"])
+        reactor = FakeProcessReactor()
+        tap.makeService(options, reactor=reactor).startService()
+        self.assertEqual([(path, mode) for path, _, _, mode, _ in reactor.unixServers], [("/tmp/taskd-m.sock", 0o660), ("/tmp/taskd-m2.sock", 0o600)])
+
+
+class ExitStatusTests(SynchronousTestCase):
+    def test_poolCannotStart(self) -> None:
+        """
+        When the pool cannot start, the service stops the reactor and
+        registers an exit handler that will make the process exit 1.
+        """
+        registered: list[Any] = []
+        reactor = FakeProcessReactor()
+        pool = ProcessPool(reactor, tasks=["tests.tasks"], workers=1)
+        service = tap.TaskdService(reactor, pool, TaskServerFactory(pool), [], atExit=registered.append)
+        service.startService()
+        self.assertEqual((service.exitStatus, registered, reactor.hasStopped), (0, [], False))
+        (worker,) = reactor.processes
+        worker.send(b"E" + json.dumps({"type": "worker_start_failed", "message": "cannot load: boom", "traceback": "TB"}).encode())
+        worker.exit(1)
+        self.assertEqual((service.exitStatus, registered, reactor.hasStopped), (1, [service._exit], True))
+        self.assertEqual(len(self.flushLoggedErrors(errors.WorkerStartError)), 1)
 
 
 class PluginTests(SynchronousTestCase):
@@ -331,15 +433,73 @@ class TwistdTests(TwistdMixin, TestCase):
     @inlineCallbacks
     def test_workersCannotStart(self) -> Any:
         """
-        If the workers cannot load the task modules, the daemon logs the
-        worker's traceback and exits instead of serving nothing.
+        If the workers cannot load the task modules (the daemon itself can),
+        the daemon logs the worker's traceback, shuts down cleanly instead
+        of serving nothing, and exits with status 1, so that a supervisor
+        (systemd's C{Restart=on-failure}) sees a failure.
         """
         daemon = self.spawn("--tasks", "tests.childbroken", "--listen", "tcp:0:interface=127.0.0.1", TASKD_TEST_BREAK="always")
         status = yield daemon.ended
         self.assertIn(b"the pool could not start", daemon.output)
         self.assertIn(b"ImportError: broken in the worker on purpose", daemon.output)
         self.assertIn(b"Server Shut Down.", daemon.output)
-        self.assertEqual(status, (0, None))
+        self.assertEqual(status, (1, None))
+
+    @inlineCallbacks
+    def test_tracebacks(self) -> Any:
+        """
+        C{--tracebacks short}: a failed task's traceback reaches the client
+        as its innermost frame and exception, without directories;
+        C{--tracebacks none}: without a traceback.
+        """
+        replies = []
+        for mode in ("short", "none"):
+            daemon = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1", "--tracebacks", mode)
+            m = yield daemon.waitFor(rb"starting on (\d+)")
+            yield daemon.waitFor(rb"pool ready")
+            collector = Collector(1)
+            proto = yield TCP4ClientEndpoint(reactor, "127.0.0.1", int(m.group(1))).connect(Factory.forProtocol(lambda: collector))
+            proto.transport.write(b'{"function":"fail","args":["no luck"]}\n')
+            (reply,) = yield collector.done
+            replies.append(reply["error"])
+            proto.transport.loseConnection()
+            self.process.signalProcess("TERM")
+            yield daemon.ended
+        short, none = replies
+        lines = short.pop("traceback").splitlines()
+        self.assertEqual(short, {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+        self.assertEqual(lines[0], "Traceback (most recent call last):")
+        self.assertRegex(lines[1], r'^  File "examples.py", line \d+, in fail$')
+        self.assertEqual(lines[2:], ["    raise ValueError(message)", "ValueError: no luck"])
+        self.assertEqual(none, {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+
+    @inlineCallbacks
+    def test_unixListeners(self) -> Any:
+        """
+        A C{unix:} socket is created with mode 660 unless C{mode=} says
+        otherwise; one every local user may connect to, without a token,
+        is named in a start-up SECURITY warning.  Both serve calls.
+        """
+        directory = tempfile.mkdtemp(prefix="taskd-unix-")  # short: socket paths are limited
+        self.addCleanup(shutil.rmtree, directory)
+        safe, open_ = os.path.join(directory, "safe.sock"), os.path.join(directory, "open.sock")
+        daemon = self.spawn("--listen", f"unix:{safe}", "--listen", f"unix:{open_}:mode=666", "--workers", "1")
+        yield daemon.waitFor(rb"pool ready")
+        self.assertEqual(stat.S_IMODE(os.stat(safe).st_mode), 0o660)
+        self.assertEqual(stat.S_IMODE(os.stat(open_).st_mode), 0o666)
+        warnings = re.findall(rb"SECURITY: (.*)", daemon.output)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn(f"unix:{open_}:mode=666 lets every local user connect".encode(), warnings[0])
+        from twisted.internet.endpoints import UNIXClientEndpoint
+
+        for path in (safe, open_):
+            collector = Collector(1)
+            proto = yield UNIXClientEndpoint(reactor, path).connect(Factory.forProtocol(lambda: collector))
+            proto.transport.write(b'{"function":"add","args":[1,2]}\n')
+            self.assertEqual((yield collector.done), [{"type": "result", "result": 3}])
+            proto.transport.loseConnection()
+        self.process.signalProcess("TERM")
+        yield daemon.ended
 
     @inlineCallbacks
     def test_busyPortExits(self) -> Any:

@@ -753,6 +753,8 @@ class ExampleTests(SynchronousTestCase):
             (errors.BadRequest("bad"), failed("bad_request: bad")),
             (errors.LineTooLong("long"), failed("line_too_long: long")),
             (errors.DuplicateId("dup"), failed("duplicate_id: dup")),
+            (errors.LineTimeout("slow"), failed("line_timeout: slow")),
+            (errors.IdleTimeout("idle"), failed("idle_timeout: idle")),
             (errors.Unauthenticated("no token"), failed("unauthenticated: no token")),
             (errors.ResultNotSerializable("nan"), failed("bad_result: nan")),
             (errors.ResultTooLarge("big"), failed("result_too_large: big")),
