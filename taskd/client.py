@@ -70,6 +70,10 @@ class TaskClientProtocol(Protocol):
         self._closed = False
         #: The daemon's answer to the hello sent at connect time.
         self.serverHello: HelloReply | None = None
+        #: Whether the connection is closing or closed (the daemon said it
+        #: closes it, as it does an idle one): a call made now would be lost.
+        self.closing = False
+        self._closingWaiters: list[Deferred[None]] = []
 
     def call(
         self,
@@ -168,6 +172,12 @@ class TaskClientProtocol(Protocol):
                     # "unauthenticated"), or an answer to our hello.
                     if self._helloWaiters:
                         self._helloWaiters.popleft().errback(reply.error)
+                    elif isinstance(reply.error, errors.IdleTimeout):
+                        # The daemon closes a connection left idle: a
+                        # notice, not a fault.  No call should be sent on
+                        # it now; it closes next.
+                        self.log.info("taskd: {error}", error=reply.error.message)
+                        self._nowClosing()
                     else:
                         self.log.warn("taskd: {error}", error=reply.error.message)
                 return
@@ -186,6 +196,7 @@ class TaskClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
+        self._nowClosing()
         self._progress.clear()
         pending, self._pending = self._pending, {}
         for d in pending.values():
@@ -208,6 +219,24 @@ class TaskClientProtocol(Protocol):
             return
         for id in list(self._pending):
             self.transport.write(encodeRequest(Cancel(id)))
+
+    def whenClosing(self) -> Deferred[None]:
+        """
+        @return: a C{Deferred} that fires as soon as no call should be sent
+            on this connection any more: the daemon said it closes it, or
+            it is gone.
+        """
+        if self.closing:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closingWaiters.append(d)
+        return d
+
+    def _nowClosing(self) -> None:
+        self.closing = True
+        waiters, self._closingWaiters = self._closingWaiters, []
+        for d in waiters:
+            d.callback(None)
 
     def whenLost(self) -> Deferred[None]:
         """

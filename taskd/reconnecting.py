@@ -154,7 +154,7 @@ class ReconnectingClient(Caller, MultiService):
         calls that were waiting for a connection.
         """
         self._connected.append(protocol)
-        protocol.whenLost().addCallback(lambda _: self._connected.remove(protocol))
+        protocol.whenClosing().addCallback(lambda _: self._unusable(protocol))
         while self._waiting and self._connected:
             waiting = self._waiting[0]
             self._unwait(waiting)
@@ -162,6 +162,15 @@ class ReconnectingClient(Caller, MultiService):
                 waiting.name, waiting.args, waiting.kwargs, waiting.timeout, waiting.progress
             )
             waiting.sent.chainDeferred(waiting.deferred)
+
+    def _unusable(self, protocol: TaskClientProtocol) -> None:
+        """
+        Send no more calls on C{protocol}: it is lost, or the daemon closes
+        it (an idle connection); calls go to the other daemons, or wait for
+        the reconnection.
+        """
+        if protocol in self._connected:
+            self._connected.remove(protocol)
 
     def stopService(self) -> Deferred[Any]:
         """

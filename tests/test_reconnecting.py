@@ -12,7 +12,8 @@ from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
+from twisted.logger import LogLevel, capturedLogs
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import TestCase
 
@@ -88,6 +89,28 @@ class ReconnectingClientTests(TestCase):
         pids = yield gatherResults([client.call("pid") for _ in range(6)])
         self.assertEqual(sorted(set(pids)), sorted(a.pool.pids() | b.pool.pids()))
         self.assertEqual(sorted(pids.count(p) for p in set(pids)), [3, 3])
+
+    @inlineCallbacks
+    def test_idleConnectionClosedByTheDaemon(self) -> Any:
+        """
+        A daemon that closes an idle connection (C{--idle-timeout}) first
+        says so: a call made from then on is not sent on that connection
+        (it would be lost with it) but waits for the reconnection, and
+        succeeds; the notice is not logged as a problem.
+        """
+        [daemon] = yield self.daemons(1)
+        daemon.factory.idleTimeout = 0.3
+        client = self.client([daemon])
+        yield waitFor(lambda: client.connectedCount() == 1, "the connection")
+        [first] = client._connected
+        calls: list[Deferred[Any]] = []
+        first.whenClosing().addCallback(lambda _: calls.append(client.call("add", 1, 2)))
+        with capturedLogs() as events:
+            yield waitFor(lambda: bool(calls), "the daemon to close the idle connection")
+            result = yield calls[0]
+        self.assertEqual(result, 3)
+        self.assertTrue(first.closing)
+        self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
 
     @inlineCallbacks
     def test_failoverAndRestart(self) -> Any:
