@@ -46,6 +46,39 @@ from taskd.registry import Registry, loadTaskModules, registry as _registry
 # Where progress reports of the running call go: nowhere outside a call.
 _progressLock = threading.Lock()
 _progressOut: IO[bytes] | None = None
+# The number of the call running now (0: none), and, on threads started
+# during a call, the number of that call (see _ownCalls).
+_call = 0
+_CALL_ATTRIBUTE = "_taskdCall"
+
+
+def _reportingCall() -> int:
+    """
+    @return: the number of the call a report made now belongs to: the
+        running call, for the thread that runs it and for threads started
+        outside any call (a thread pool made at import); for a thread a
+        call started, that call.
+    """
+    thread = threading.current_thread()
+    return getattr(thread, _CALL_ATTRIBUTE, _call)
+
+
+def _ownCalls() -> None:
+    """
+    Mark every thread started from now on with the call it was started
+    during, so that a report from a thread a task left running is counted
+    for its own call (and dropped, since that call has ended), not for the
+    call that runs when it reports.
+    """
+    start = threading.Thread.start
+
+    def startOwned(thread: threading.Thread) -> None:
+        owner = _reportingCall()
+        if owner:
+            setattr(thread, _CALL_ATTRIBUTE, owner)
+        start(thread)
+
+    threading.Thread.start = startOwned  # type: ignore[method-assign, assignment]
 
 
 def progress(value: Any) -> None:
@@ -64,9 +97,11 @@ def progress(value: Any) -> None:
     the result; others never see it.  Reports are for people watching, not
     for data: a slow reader may miss some.  Outside a call (in a unit test
     of the task, say) this does nothing.  It may be called from threads the
-    task started; a report made after the call has returned goes nowhere,
-    or, once the worker runs its next call, counts for that one: stop such
-    threads before returning.
+    task started: a report counts for the call during which its thread was
+    started, and goes nowhere once that call has returned (a thread the
+    task left running never reports into a later call).  Threads started
+    outside any call (a thread pool made when the module was imported)
+    report for the call running when they report.
 
     @param value: any JSON value, at most L{MAX_PROGRESS} bytes of it.
     @raise TypeError: if C{value} is not JSON (C{ValueError} for NaN or an
@@ -80,14 +115,19 @@ def progress(value: Any) -> None:
             f"not {len(encoded)}"
         )
     with _progressLock:
-        if _progressOut is not None:
+        if _progressOut is not None and _reportingCall() == _call:
             _send(_progressOut, PROGRESS + encoded)
 
 
 def _reportProgressTo(out: IO[bytes] | None) -> None:
-    global _progressOut
+    """
+    Start a call whose reports go to C{out}, or (C{None}) end it.
+    """
+    global _progressOut, _call
     with _progressLock:
         _progressOut = out
+        if out is not None:
+            _call += 1
 
 
 def _typeName(exc: BaseException) -> str:
@@ -345,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         return 3
+    _ownCalls()
     stop = StopSignal()
     stop.install()
     hello = {"pid": os.getpid(), "tasks": list(_registry)}

@@ -171,3 +171,36 @@ def grow(mib: int) -> int:
         block[i] = 1
     _held.append(block)
     return len(_held)
+
+
+@task
+def leaveReporter(delay: float) -> str:
+    """
+    Start a thread that reports progress after C{delay} seconds, and
+    return at once: the thread outlives the call.
+    """
+    import threading
+
+    from taskd import progress
+
+    def late() -> None:
+        time.sleep(delay)
+        progress("late report of an ended call")
+
+    threading.Thread(target=late, daemon=True).start()
+    return "left a thread"
+
+
+@task
+def reportFromThread() -> str:
+    """
+    Report progress from a thread this call starts and waits for.
+    """
+    import threading
+
+    from taskd import progress
+
+    thread = threading.Thread(target=progress, args=("from my thread",))
+    thread.start()
+    thread.join()
+    return "joined"

@@ -123,6 +123,23 @@ class RoundTripTests(RealPoolTestCase):
         self.assertEqual((seen, result), ([{"done": i, "of": 3} for i in (1, 2, 3)], 3))
 
     @inlineCallbacks
+    def test_progressOfAnEndedCall(self) -> Any:
+        """
+        A report from a thread that a task left running belongs to that
+        task's call, which has ended: it never reaches the caller of the
+        call the worker runs next.  A thread a call starts and waits for
+        reports for that call.
+        """
+        pool = yield self.startPool(workers=1, tasks=["taskd.examples", "tests.tasks"])
+        yield pool.submit("leaveReporter", [0.05])
+        seen: list[Any] = []
+        result = yield pool.submit("steps", [4, 0.05], progress=seen.append)
+        self.assertEqual((seen, result), ([{"done": i, "of": 4} for i in (1, 2, 3, 4)], 4))
+        seen = []
+        result = yield pool.submit("reportFromThread", progress=seen.append)
+        self.assertEqual((seen, result), (["from my thread"], "joined"))
+
+    @inlineCallbacks
     def test_unknownTask(self) -> Any:
         """
         Names that are not registered tasks are refused, whatever they
