@@ -31,8 +31,8 @@ EXAMPLES = os.path.join(ROOT, "docs", "examples")
 PHP = shutil.which("php")
 NODE = shutil.which("node") or shutil.which("nodejs")
 NC = shutil.which("nc")
-NO_PHP = None if PHP else "php is not on PATH (Debian package 'php-cli'; .ci/run installs it)"
-NO_NODE = None if NODE else "node is not on PATH (Debian package 'nodejs'; .ci/run installs it)"
+NO_PHP = "php is not on PATH (Debian package 'php-cli'; .ci/run installs it)"
+NO_NODE = "node is not on PATH (Debian package 'nodejs'; .ci/run installs it)"
 
 
 def _ncProblem() -> str | None:
@@ -252,7 +252,7 @@ class PHPTests(CallersTestCase):
     The PHP samples, with the real C{php}.
     """
 
-    skip = NO_PHP
+    skip = None if PHP else NO_PHP
 
     @inlineCallbacks
     def test_oneCallAtATime(self) -> Any:
@@ -296,7 +296,7 @@ class NodeTests(CallersTestCase):
     The Node.js samples, with the real C{node}.
     """
 
-    skip = NO_NODE
+    skip = None if NODE else NO_NODE
 
     @inlineCallbacks
     def test_oneCall(self) -> Any:
