@@ -229,13 +229,21 @@ class CallersTestCase(test_reliability.DaemonTestCase):
 
     def assertTranscript(self, command: str, output: str) -> None:
         """
-        C{output} is what the page shows C{command} printing; a line
-        C{answered in this order: ...} may list the calls in any order but
-        with C{slow} last, and the cancel's time may differ.
+        C{output} is what the page shows C{command} printing; answers to
+        a batch (a line C{answered in this order: ...}, or lines
+        C{batch ...}) may come in any order but with the C{slow} call last,
+        and the cancel's time may differ.
         """
         expected = transcripts()[command]
         actual = output.splitlines()
         self.assertEqual(len(actual), len(expected), f"$ {command}\n{output}")
+        batch = [i for i, line in enumerate(expected) if line.startswith("batch ")]
+        if batch:
+            wanted, got = expected[batch[0] : batch[-1] + 1], actual[batch[0] : batch[-1] + 1]
+            self.assertEqual(sorted(got), sorted(wanted), output)
+            self.assertTrue(got[-1].startswith("batch slow: "), f"the slow call was not answered last:\n{output}")
+            expected = expected[: batch[0]] + expected[batch[-1] + 1 :]
+            actual = actual[: batch[0]] + actual[batch[-1] + 1 :]
         for want, got in zip(expected, actual):
             if want.startswith("answered in this order: "):
                 wantOrder, gotOrder = want.split(": ")[1].split(), got.split(": ")[1].split()

@@ -22,11 +22,6 @@ try {
 } catch (TaskdError $e) {
     echo "send_fax: {$e->type}: {$e->getMessage()}\n";
 }
-try {
-    $taskd->call('sleep', [5], timeout: 0.5);
-} catch (TaskdError $e) {
-    echo "sleep: {$e->type}: {$e->getMessage()}\n";
-}
 
 // Pipelined: all sent at once, answered as each finishes.
 $answers = $taskd->batch([
@@ -36,5 +31,11 @@ $answers = $taskd->batch([
 ]);
 foreach ($answers as $key => $answer) {
     echo "batch $key: ", $answer instanceof TaskdError ? "{$answer->type} {$answer->exception}" : json_encode($answer), "\n";
+}
+// A call that runs past its timeout: its worker is stopped (and replaced).
+try {
+    $taskd->call('sleep', [5], timeout: 0.5);
+} catch (TaskdError $e) {
+    echo "sleep: {$e->type}: {$e->getMessage()}\n";
 }
 $taskd->close();
