@@ -239,9 +239,9 @@ class CallersTestCase(test_reliability.DaemonTestCase):
         self.assertEqual(len(actual), len(expected), f"$ {command}\n{output}")
         batch = [i for i, line in enumerate(expected) if line.startswith("batch ")]
         if batch:
-            wanted, got = expected[batch[0] : batch[-1] + 1], actual[batch[0] : batch[-1] + 1]
-            self.assertEqual(sorted(got), sorted(wanted), output)
-            self.assertTrue(got[-1].startswith("batch slow: "), f"the slow call was not answered last:\n{output}")
+            wantBatch, gotBatch = expected[batch[0] : batch[-1] + 1], actual[batch[0] : batch[-1] + 1]
+            self.assertEqual(sorted(gotBatch), sorted(wantBatch), output)
+            self.assertTrue(gotBatch[-1].startswith("batch slow: "), f"the slow call was not answered last:\n{output}")
             expected = expected[: batch[0]] + expected[batch[-1] + 1 :]
             actual = actual[: batch[0]] + actual[batch[-1] + 1 :]
         for want, got in zip(expected, actual):
