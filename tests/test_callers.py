@@ -338,9 +338,14 @@ class NodeTests(CallersTestCase):
         elapsed = time.monotonic() - started
         self.assertEqual((err, status), ("", 0))
         self.assertTranscript("node demo.js", out)
-        # The cancelled call sleeps 60 s; cancelling stopped its worker.
+        # The cancelled call sleeps 60 s; cancelling stopped its worker,
+        # and a third worker took its place.
         self.assertLess(elapsed, 30)
-        yield daemon.waitFor(rb"worker \d+ was killed by SIGTERM")
+        first = [int(pid) for pid in re.findall(rb"worker (\d+) started", daemon.output)[:2]]
+        yield daemon.waitFor(rb"(?:worker \d+ started[\s\S]*){3}")
+        live, started = self.workerPids(daemon)
+        self.assertEqual((len(live), len(started)), (2, 3))
+        self.assertEqual(len(set(first) - live), 1)
 
 
 class TokenTests(CallersTestCase):
