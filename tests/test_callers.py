@@ -343,8 +343,8 @@ class NodeTests(CallersTestCase):
         self.assertLess(elapsed, 30)
         first = [int(pid) for pid in re.findall(rb"worker (\d+) started", daemon.output)[:2]]
         yield daemon.waitFor(rb"(?:worker \d+ started[\s\S]*){3}")
-        live, started = self.workerPids(daemon)
-        self.assertEqual((len(live), len(started)), (2, 3))
+        live, ever = self.workerPids(daemon)
+        self.assertEqual((len(live), len(ever)), (2, 3))
         self.assertEqual(len(set(first) - live), 1)
 
 
