@@ -1,19 +1,19 @@
-# -*- test-case-name: tests.test_pool_unit -*-
+# -*- test-case-name: tests.test_lifecycle -*-
 """
 Lifecycles as explicit states and named transitions.
 
-A L{Lifecycle} holds one object's state (a worker process's, the pool's)
-and changes it only through the transitions its table names; anything
-else is a bug and fails loudly with L{IllegalTransition}, instead of being
-ignored.  Not C{automat}: these machines are small, their transitions
-carry no inputs or outputs, and a dictionary look-up is all a transition
-costs.
+A class that mixes in L{Lifecycle} has a C{state} and changes it only
+through the transitions its table names; anything else is a bug and fails
+loudly with L{IllegalTransition}, instead of being ignored.  Not
+C{automat}: these machines are small, their transitions carry no inputs or
+outputs, and reading C{state} must cost no more than reading an attribute
+(the scheduler does it several times per call).
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Generic, Mapping, TypeVar
+from typing import ClassVar, Generic, Mapping, TypeVar
 
 S = TypeVar("S", bound=Enum)
 
@@ -26,37 +26,34 @@ class IllegalTransition(RuntimeError):
 
 class Lifecycle(Generic[S]):
     """
-    The state of one object, changed by named transitions.
+    A state, changed by named transitions.
 
+    @cvar transitions: each transition's name, the states it may be taken
+        from, and the state it leads to.
     @ivar state: the current state.
     """
 
-    def __init__(self, table: Mapping[str, tuple[frozenset[S], S]], initial: S) -> None:
-        """
-        @param table: each transition's name, the states it may start
-            from, and the state it leads to.
-        """
-        self._table = table
-        self.state = initial
+    transitions: ClassVar[Mapping[str, tuple[frozenset[Enum], Enum]]]
+    state: S
 
-    def go(self, transition: str) -> S:
+    def _go(self, transition: str) -> S:
         """
         Take C{transition}.
 
         @return: the state it left.
         @raise IllegalTransition: if the current state does not allow it.
         """
-        sources, target = self._table[transition]
+        sources, target = self.transitions[transition]
         previous = self.state
         if previous not in sources:
             raise IllegalTransition(
                 f"{transition!r} is not allowed in state {previous.name}"
             )
-        self.state = target
+        self.state = target  # type: ignore[assignment]
         return previous
 
-    def can(self, transition: str) -> bool:
+    def _can(self, transition: str) -> bool:
         """
         @return: whether C{transition} is allowed now.
         """
-        return self.state in self._table[transition][0]
+        return self.state in self.transitions[transition][0]

@@ -105,9 +105,6 @@ WORKER_TRANSITIONS = {
     "end": (frozenset({_S.STARTING, _S.READY, _S.RETIRING, _S.TERMINATING}), _S.ENDED),
 }
 
-#: The states of a worker that its owner has let go.
-LEAVING = frozenset({_S.RETIRING, _S.TERMINATING})
-
 
 class Runnable(Protocol):
     """
@@ -315,17 +312,7 @@ def _protocolError(worker: WorkerProcess[Any], what: str) -> errors.WorkerProtoc
     )
 
 
-def _checkedJSON(body: bytes) -> Any:
-    """
-    @return: C{body} decoded, if it is one JSON value on one line.
-    @raise ValueError: if it is not.
-    """
-    if b"\n" in body:
-        raise ValueError("a line break")
-    return _json.loads(body)
-
-
-class WorkerProcess(ProcessProtocol, Generic[C]):
+class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
     """
     The parent's side of one worker process.
 
@@ -335,10 +322,12 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
     @ivar pid: its process id, once spawned; also its process group's.
     @ivar startError: why it could not start, if it said so.
     @ivar leavingBecause: why it said goodbye, if it did.
+    @ivar state: where it is in its life (L{WORKER_TRANSITIONS}).
     """
 
     log = Logger()
     transport: IProcessTransport | None
+    transitions = WORKER_TRANSITIONS
 
     def __init__(
         self,
@@ -358,7 +347,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         self._events = events
         self._killGrace = killGrace
         self._groups = ProcessGroups() if groups is None else groups
-        self._lifecycle = Lifecycle(WORKER_TRANSITIONS, WorkerState.STARTING)
+        self.state = WorkerState.STARTING
         self.requests = requests
         self.inFlight: deque[C] = deque()
         self.calls = 0
@@ -423,18 +412,12 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         return worker
 
     @property
-    def state(self) -> WorkerState:
-        """
-        Where the worker is in its life.
-        """
-        return self._lifecycle.state
-
-    @property
     def leaving(self) -> bool:
         """
         Whether its owner has let it go (it is retiring or terminating).
         """
-        return self._lifecycle.state in LEAVING
+        state = self.state
+        return state is WorkerState.RETIRING or state is WorkerState.TERMINATING
 
     @property
     def call(self) -> C | None:
@@ -469,7 +452,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         self.replies.drain()
         if self.replies.open:
             self.replies.close()
-        elif self._lifecycle.state is not WorkerState.ENDED:
+        elif self.state is not WorkerState.ENDED:
             self._ended()
 
     def processEnded(self, reason: Failure) -> None:
@@ -483,7 +466,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
 
     def _ended(self) -> None:
         assert self._exit is not None
-        previous = self._lifecycle.go("end")
+        previous = self._go("end")
         self.requests.abort()
         self._cancelKill()
         self._events.workerEnded(self, self._exit, previous)
@@ -525,12 +508,12 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
     def _frameReceived(self, frame: bytes) -> None:
         kind, body = frame[:1], frame[1:]
         try:
-            value = _checkedJSON(body)
+            value = _json.loadsFrame(body)
         except (ValueError, RecursionError):
             self._misbehaved(f"a {kind!r} frame that is not one JSON value")
             return
         if kind == RESULT or kind == ERROR:
-            if self._lifecycle.state is WorkerState.STARTING:
+            if self.state is WorkerState.STARTING:
                 if kind == ERROR and isinstance(value, dict):
                     # The worker could not load its task modules; it exits next.
                     error = errors.errorFromDict(value)
@@ -554,8 +537,8 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         elif kind == PROGRESS:
             if self.inFlight:
                 self._events.workerProgress(self, self.inFlight[0], body)
-        elif kind == READY and self._lifecycle.can("ready"):
-            self._lifecycle.go("ready")
+        elif kind == READY and self._can("ready"):
+            self._go("ready")
             self._events.workerReady(self)
         elif kind == GOODBYE and self.leavingBecause is None and isinstance(value, dict):
             self.leavingBecause = str(value.get("reason", ""))
@@ -602,7 +585,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         exits once it has answered what it holds.  If it has not exited
         after the kill grace, terminate it.
         """
-        self._lifecycle.go("retire")
+        self._go("retire")
         self.requests.close()
         if self.transport is not None:
             self._cancelKill()
@@ -614,7 +597,7 @@ class WorkerProcess(ProcessProtocol, Generic[C]):
         its tasks started; what is left of them when it has ended gets
         SIGKILL after the kill grace.
         """
-        self._lifecycle.go("terminate")
+        self._go("terminate")
         self._cancelKill()
         if self.transport is None:
             return

@@ -71,7 +71,7 @@ POOL_TRANSITIONS = {
     "stopped": (frozenset({_P.STOPPING}), _P.STOPPED),
 }
 
-_SERVING = frozenset({_P.STARTING, _P.RUNNING})
+_READY = WorkerState.READY
 
 
 @define(eq=False)
@@ -93,7 +93,7 @@ class _Call:
 _Worker = WorkerProcess[_Call]
 
 
-class ProcessPool:
+class ProcessPool(Lifecycle[PoolState]):
     """
     A pool of worker processes running registered tasks.
 
@@ -102,9 +102,11 @@ class ProcessPool:
         effect as workers are replaced.
     @ivar registry: the tasks it accepts calls for.
     @ivar reactor: the reactor it runs on.
+    @ivar state: where it is in its life (L{POOL_TRANSITIONS}).
     """
 
     log = Logger()
+    transitions = POOL_TRANSITIONS
 
     def __init__(
         self,
@@ -134,7 +136,7 @@ class ProcessPool:
         self.config = config
         self.reactor = reactor
         self.registry = defaultRegistry if registry is None else registry
-        self._lifecycle = Lifecycle(POOL_TRANSITIONS, PoolState.NEW)
+        self.state = PoolState.NEW
         self._queue: deque[_Call] = deque()
         self._idle: list[_Worker] = []
         # Workers counted against capacity: starting or ready.
@@ -150,13 +152,6 @@ class ProcessPool:
         self._starting: Deferred[None] | None = None
         self._stopping: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
-
-    @property
-    def state(self) -> PoolState:
-        """
-        Where the pool is in its life.
-        """
-        return self._lifecycle.state
 
     # -- public API -------------------------------------------------------
 
@@ -174,9 +169,9 @@ class ProcessPool:
         try:
             loadTaskModules(self.config.tasks)
         except Exception:
-            self._lifecycle.go("abandon")
+            self._go("abandon")
             return fail()
-        self._lifecycle.go("start")
+        self._go("start")
         starting = self._starting = Deferred()
         for _ in range(self.config.workers):
             if self._starting is not starting:
@@ -246,7 +241,7 @@ class ProcessPool:
             so a whole request line from the wire will do.
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
-        if self.state not in _SERVING:
+        if not self._serving():
             return fail(
                 errors.PoolStopping(f"the pool is not running (it is {self.state.value})")
             )
@@ -286,14 +281,14 @@ class ProcessPool:
             exited.
         """
         if self.state is PoolState.NEW:
-            self._lifecycle.go("abandon")
+            self._go("abandon")
         if self.state is PoolState.STOPPED and not self._processes:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._stopping.append(d)
         if self.state is PoolState.STOPPING:
             return d
-        self._lifecycle.go("stop")
+        self._go("stop")
         for timer in self._restartTimers:
             timer.cancel()
         self._restartTimers.clear()
@@ -354,7 +349,7 @@ class ProcessPool:
             w.state is not WorkerState.STARTING for w in self._live
         ):
             starting, self._starting = self._starting, None
-            self._lifecycle.go("started")
+            self._go("started")
             starting.callback(None)
 
     def workerReplied(self, worker: _Worker, call: _Call, reply: bytes | errors.TaskdError) -> None:
@@ -362,13 +357,14 @@ class ProcessPool:
         See L{taskd._workerprocess.WorkerEvents.workerReplied}.
         """
         self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
-        if worker.leaving:
-            return  # being stopped; workerEnded settles the rest
+        # (A worker that replies is READY, or being let go.)
+        if worker.state is not _READY:
+            return  # being let go; workerEnded settles the rest
         if worker.inFlight:
             self._started(worker)
-            if worker.leaving:
+            if worker.state is not _READY:
                 return
-        if self.state not in _SERVING:
+        if not self._serving():
             if not worker.inFlight:
                 self._release(worker)
                 self._checkStopped()
@@ -469,9 +465,13 @@ class ProcessPool:
         self._live.add(worker)
         self._processes.add(worker)
 
+    def _serving(self) -> bool:
+        state = self.state
+        return state is PoolState.RUNNING or state is PoolState.STARTING
+
     @staticmethod
     def _busy(worker: _Worker) -> bool:
-        return worker.state is WorkerState.READY and bool(worker.inFlight)
+        return worker.state is _READY and bool(worker.inFlight)
 
     def _anyReady(self) -> bool:
         return any(w.state is WorkerState.READY for w in self._live)
@@ -494,7 +494,7 @@ class ProcessPool:
             return None
         best = None
         for worker in self._live:
-            if self._busy(worker) and len(worker.inFlight) < self._capacity(worker):
+            if worker.state is _READY and worker.inFlight and len(worker.inFlight) < self._capacity(worker):
                 if best is None or len(worker.inFlight) < len(best.inFlight):
                     best = worker
         return best
@@ -576,7 +576,7 @@ class ProcessPool:
         (C{None}: a killed or crashed worker's; see L{_respawnDelay}), if
         the pool is short of one then.
         """
-        if self.state not in _SERVING:
+        if not self._serving():
             return
         if len(self._live) + len(self._restartTimers) >= self.config.workers:
             return
@@ -625,7 +625,7 @@ class ProcessPool:
             if not call.done:
                 call.worker = None
                 self._queue.appendleft(call)
-        if self.state not in _SERVING:
+        if not self._serving():
             self._failQueue(errors.PoolStopping("the pool is stopping"))
         while self._idle and self._queue:
             self._feed(self._idle.pop())
@@ -684,7 +684,7 @@ class ProcessPool:
     def _checkStopped(self) -> None:
         if self.state is not PoolState.STOPPING or self._processes:
             return
-        self._lifecycle.go("stopped")
+        self._go("stopped")
         if self._graceTimer is not None and self._graceTimer.active():
             self._graceTimer.cancel()
         self._graceTimer = None

@@ -25,27 +25,33 @@ class Light(enum.Enum):
     ON = 2
 
 
+class Lamp(Lifecycle[Light]):
+    transitions = {"on": (frozenset({Light.OFF}), Light.ON), "off": (frozenset({Light.ON}), Light.OFF)}
+
+    def __init__(self) -> None:
+        self.state = Light.OFF
+
+
 class LifecycleTests(SynchronousTestCase):
     def test_goAndCan(self) -> None:
         """
-        L{Lifecycle.go} takes a transition allowed in the current state and
-        returns the state it left; L{Lifecycle.can} says which are allowed.
+        L{Lifecycle._go} takes a transition allowed in the current state and
+        returns the state it left; L{Lifecycle._can} says which are allowed.
         """
-        table = {"on": (frozenset({Light.OFF}), Light.ON), "off": (frozenset({Light.ON}), Light.OFF)}
-        light = Lifecycle(table, Light.OFF)
-        self.assertEqual((light.can("on"), light.can("off")), (True, False))
-        self.assertIs(light.go("on"), Light.OFF)
-        self.assertIs(light.state, Light.ON)
+        lamp = Lamp()
+        self.assertEqual((lamp._can("on"), lamp._can("off")), (True, False))
+        self.assertIs(lamp._go("on"), Light.OFF)
+        self.assertIs(lamp.state, Light.ON)
 
     def test_illegalTransition(self) -> None:
         """
         A transition the current state does not allow raises
         L{IllegalTransition} naming both, and changes nothing.
         """
-        light = Lifecycle({"off": (frozenset({Light.ON}), Light.OFF)}, Light.OFF)
-        e = self.assertRaises(IllegalTransition, light.go, "off")
+        lamp = Lamp()
+        e = self.assertRaises(IllegalTransition, lamp._go, "off")
         self.assertEqual(str(e), "'off' is not allowed in state OFF")
-        self.assertIs(light.state, Light.OFF)
+        self.assertIs(lamp.state, Light.OFF)
 
     def test_tablesCoverEveryState(self) -> None:
         """

@@ -18,7 +18,7 @@ from taskd.pool import POOL_TRANSITIONS, PoolState
 from taskd.registry import Registry, loadTaskModules, registry as defaultRegistry
 from taskd.testing._calls import USE_DEFAULT, FakeCalls, decodedProgress, encodeArguments
 
-class FakePool(FakeCalls):
+class FakePool(FakeCalls, Lifecycle[PoolState]):
     """
     A stand-in for L{taskd.pool.ProcessPool} in unit tests of code that
     embeds the pool, with its API (L{start}, L{submit}, L{submitEncoded},
@@ -34,6 +34,8 @@ class FakePool(FakeCalls):
     @ivar timeout: the default limit on the time a call runs, in seconds.
     @ivar grace: on L{stop}, how long running calls may go on.
     """
+
+    transitions = POOL_TRANSITIONS
 
     def __init__(
         self,
@@ -73,17 +75,9 @@ class FakePool(FakeCalls):
         self.maxQueue = maxQueue
         self.timeout = timeout
         self.grace = grace
-        self._lifecycle = Lifecycle(POOL_TRANSITIONS, PoolState.NEW)
+        self.state = PoolState.NEW
         self._stopping: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
-
-    @property
-    def state(self) -> PoolState:
-        """
-        Where the pool is in its life, as the real pool's
-        (L{taskd.pool.PoolState}).
-        """
-        return self._lifecycle.state
 
     def start(self) -> Deferred[None]:
         """
@@ -97,10 +91,10 @@ class FakePool(FakeCalls):
         try:
             loadTaskModules(self.tasks)
         except Exception:
-            self._lifecycle.go("abandon")
+            self._go("abandon")
             return fail()
-        self._lifecycle.go("start")
-        self._lifecycle.go("started")
+        self._go("start")
+        self._go("started")
         return succeed(None)
 
     def submit(
@@ -166,14 +160,14 @@ class FakePool(FakeCalls):
         @return: a C{Deferred} that fires once no call runs.
         """
         if self.state is PoolState.NEW:
-            self._lifecycle.go("abandon")
+            self._go("abandon")
         if self.state is PoolState.STOPPED:
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._stopping.append(d)
         if self.state is PoolState.STOPPING:
             return d
-        self._lifecycle.go("stop")
+        self._go("stop")
         for call in list(self._queue):
             self._finish(call, Failure(errors.PoolStopping("the pool is stopping")))
         if self._running:
@@ -229,7 +223,7 @@ class FakePool(FakeCalls):
     def _checkStopped(self) -> None:
         if self.state is not PoolState.STOPPING or self._running:
             return
-        self._lifecycle.go("stopped")
+        self._go("stopped")
         if self._graceTimer is not None and self._graceTimer.active():
             self._graceTimer.cancel()
         self._graceTimer = None
