@@ -1099,8 +1099,9 @@ class PoolService(Service):
 
     def _started(self, _: None) -> None:
         self.log.info(
-            "pool ready: {n} workers running {tasks}",
+            "pool ready: {n} worker{s} running {tasks}",
             n=self.pool.workers,
+            s="" if self.pool.workers == 1 else "s",
             tasks=", ".join(self.pool.tasks),
         )
 
