@@ -35,6 +35,8 @@ from collections import deque
 from typing import IO, Any, Callable, NoReturn, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
@@ -306,12 +308,20 @@ async def _open(reactor: Any, options: argparse.Namespace) -> _CLIProtocol:
         raise UsageProblem(f"--connect {description!r}: incomplete ({e}); write tcp:HOST:PORT, tls:HOST:PORT or unix:PATH")
     except Exception as e:
         raise UsageProblem(f"--connect {description!r}: {type(e).__name__}: {e}")
-    try:
-        protocol: _CLIProtocol = await endpoint.connect(Factory.forProtocol(_CLIProtocol))
-    except CancelledError:
-        raise
-    except Exception as e:
-        raise Unreachable(f"cannot connect to {description}: {e}")
+    deadline = reactor.seconds() + options.wait
+    while True:
+        try:
+            protocol: _CLIProtocol = await endpoint.connect(Factory.forProtocol(_CLIProtocol))
+            break
+        except CancelledError:
+            raise
+        except ConnectionRefusedError as e:
+            # Not listening (yet): with --wait, try again.
+            if reactor.seconds() >= deadline:
+                raise Unreachable(f"cannot connect to {description}: {e}")
+            await deferLater(reactor, 0.1, lambda: None)
+        except Exception as e:
+            raise Unreachable(f"cannot connect to {description}: {e}")
     try:
         protocol.serverHello = await protocol.hello({} if token is None else {"token": token})
     except errors.Unauthenticated as e:
@@ -644,8 +654,18 @@ def _seconds(text: str) -> float:
     return n
 
 
+def _waitSeconds(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        n = float("nan")
+    if not n >= 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds (0 or more)")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--connect",
         "-c",
@@ -653,15 +673,22 @@ def parser() -> argparse.ArgumentParser:
         help="the daemon's client endpoint [default: $TASKD_CONNECT or %(default)s]",
     )
     common.add_argument(
+        "--wait",
+        type=_waitSeconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="if the daemon is not listening yet, keep trying for up to SECONDS [default: 0]",
+    )
+    common.add_argument(
         "--token-file",
         default=None,
         help="a file holding the daemon's auth token [default: $TASKD_TOKEN, if set]",
     )
-    calling = argparse.ArgumentParser(add_help=False)
+    calling = _Parser(add_help=False)
     calling.add_argument(
         "--timeout", "-t", type=_seconds, default=None, help="seconds each call may run"
     )
-    asking = argparse.ArgumentParser(add_help=False)
+    asking = _Parser(add_help=False)
     asking.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     top = _Parser(
         prog="python -m taskd",
@@ -766,7 +793,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     interruption.attach(reactor)
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(run()))
-    reactor.run(installSignalHandlers=False)
+    # Our own handlers (above) instead of Twisted's, which would stop the
+    # reactor at once.
+    running: Any = reactor
+    running.run(installSignalHandlers=False)
     status = outcome[0] if outcome else EXIT_FAILED
     if interruption.signum is not None and status in (-1, 0, EXIT_FAILED):
         _exitBySignal(interruption.signum)

@@ -126,9 +126,9 @@ class Options(usage.Options):
         """
         Show taskd's and Twisted's versions, and exit.
         """
-        from twisted import version as twistedVersion
+        from twisted import __version__ as twistedVersion
 
-        print(f"taskd {taskd.version()} (Twisted {twistedVersion.short()})")
+        print(f"taskd {taskd.version()} (Twisted {twistedVersion})")
         sys.exit(0)
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
