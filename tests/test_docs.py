@@ -421,6 +421,84 @@ class WholeTutorialTests(TestCase):
         self.assertEqual(status, 0, err.decode())
 
 
+class PlainTrialTests(TestCase):
+    """
+    The README's development set-up lets plain C{trial} find the tests
+    from the repository root, as editors run it from each module's
+    C{test-case-name} header.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_plainTrial(self) -> Any:
+        """
+        The C{trial} command puts its own directory, not the current one,
+        first on C{sys.path} (unlike C{python -m twisted.trial}), so in a
+        virtual environment with taskd installed as a plain package,
+        C{trial tests} fails with C{No module named 'tests'}.
+        After the README's editable install (C{editable_mode=compat}, which
+        puts the checkout on the environment's path), C{trial
+        tests.test_errors} runs, C{trial --dry-run tests} finds the whole
+        suite, and C{python -m twisted.trial} still works.
+
+        A throwaway environment stands for the README's: it sees this
+        environment's packages (Twisted, setuptools) through a C{.pth}
+        file, gets the README's install of the checkout (pip fetches only
+        the build backend, as for any install from source), and a C{trial}
+        script made as pip makes console scripts.
+        """
+        import re as _re
+        import site
+
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+        self.assertIn("pip install -e '.[test]' --config-settings editable_mode=compat", readme)
+        self.assertIn("trial tests", readme)
+
+        venv = os.path.abspath(self.mktemp())
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+
+        def run(executable: str, *args: str) -> Any:
+            return getProcessOutputAndValue(executable, args, env=env, path=ROOT, reactor=reactor)
+
+        out, err, status = yield run(sys.executable, "-m", "venv", "--without-pip", venv)
+        self.assertEqual(status, 0, err)
+        python = os.path.join(venv, "bin", "python")
+        (purelib,) = [line for line in (yield run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"))[0].decode().splitlines() if line]
+        with open(os.path.join(purelib, "outer.pth"), "w") as f:
+            f.write("\n".join(site.getsitepackages()) + "\n")
+        trial = os.path.join(venv, "bin", "trial")
+        with open(os.path.join(os.path.dirname(sys.executable), "trial")) as f:
+            script = f.read().split("\n", 1)[1]
+        with open(trial, "w") as f:
+            f.write(f"#!{python}\n{script}")
+        os.chmod(trial, 0o755)
+
+        out, err, status = yield run(trial, "tests")
+        self.assertNotEqual(status, 0)
+        self.assertIn(b"No module named 'tests'", out)
+        out, err, status = yield run(trial, "tests.test_errors")
+        self.assertNotEqual(status, 0)
+
+        out, err, status = yield run(
+            sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
+            "-e", ".", "--config-settings", "editable_mode=compat",
+        )
+        self.assertEqual(status, 0, err)
+        out, err, status = yield run(trial, "tests.test_errors")
+        self.assertEqual(status, 0, out + err)
+        self.assertRegex(out.decode(), r"PASSED \(successes=\d+\)")
+        out, err, status = yield run(trial, "--dry-run", "tests")
+        self.assertEqual(status, 0, out + err)
+        count = int(_re.search(r"Ran (\d+) tests", out.decode()).group(1))  # type: ignore[union-attr]
+        self.assertGreater(count, 150)
+        out, err, status = yield run(python, "-m", "twisted.trial", "tests.test_errors")
+        self.assertEqual(status, 0, out + err)
+
+
 class _Shell(ProcessProtocol):
     def __init__(self) -> None:
         self.out = b""
