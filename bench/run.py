@@ -364,6 +364,12 @@ def report(r: dict[str, Any]) -> None:
     target("daemon idle RSS, MB", mem.get("daemon_idle_mb"), 40, higher=False)
     grow = None if mem.get("daemon_with_connections_mb") is None else mem["daemon_with_connections_mb"] - mem["daemon_after_workloads_mb"]
     target(f"RSS growth with {mem.get('idle_connections')} connections, MB", grow, 100, higher=False)
+    if r["quick"]:
+        # A few hundred calls on a busy CI machine say nothing about speed:
+        # no verdicts, so that a green log holds no "MISS".
+        print("\nquick mode: this checks that the benchmark runs; it does not judge speed (no targets checked).")
+        r["targets"] = []
+        return
     print("\ntargets:")
     for name, value, verdict in targets:
         print(f"  {verdict:4}  {name}: {value}")

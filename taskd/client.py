@@ -35,7 +35,12 @@ from taskd.wire import (
     Hello,
     HelloReply,
     Progress,
+    Request,
     Result,
+    Stats,
+    StatsReply,
+    Tasks,
+    TasksReply,
     decodeReply,
     encodeRequest,
 )
@@ -66,7 +71,8 @@ class TaskClientProtocol(Protocol):
         self._pending: dict[int, Deferred[Any]] = {}
         self._progress: dict[int, Callable[[Any], object]] = {}
         self._lostWaiters: list[Deferred[None]] = []
-        self._helloWaiters: deque[Deferred[HelloReply]] = deque()
+        # Requests without an id (hello, stats, tasks), answered in order.
+        self._unnumbered: deque[Deferred[Any]] = deque()
         self._closed = False
         #: The daemon's answer to the hello sent at connect time.
         self.serverHello: HelloReply | None = None
@@ -112,12 +118,32 @@ class TaskClientProtocol(Protocol):
         @return: a C{Deferred} firing with the L{HelloReply}, or failing
             with the daemon's error (L{errors.Unauthenticated}).
         """
-        d: Deferred[HelloReply] = Deferred()
+        return self._ask(Hello(VERSION, fields))
+
+    def stats(self) -> Deferred[StatsReply]:
+        """
+        Ask the daemon for its counters.
+
+        @return: a C{Deferred} firing with the L{StatsReply}.
+        """
+        return self._ask(Stats())
+
+    def tasks(self) -> Deferred[TasksReply]:
+        """
+        Ask the daemon which tasks it serves.
+
+        @return: a C{Deferred} firing with the L{TasksReply}, or failing
+            with L{errors.BadRequest} from a daemon too old to know.
+        """
+        return self._ask(Tasks())
+
+    def _ask(self, request: Request) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
         if self._closed:
             d.errback(errors.ConnectionLost("the connection is closed"))
             return d
-        self._helloWaiters.append(d)
-        self.transport.write(encodeRequest(Hello(VERSION, fields)))
+        self._unnumbered.append(d)
+        self.transport.write(encodeRequest(request))
         return d
 
     def dataReceived(self, data: bytes) -> None:
@@ -149,9 +175,9 @@ class TaskClientProtocol(Protocol):
         except ValueError as e:
             self.log.warn("ignoring a reply taskd.client cannot read: {error}", error=e)
             return
-        if isinstance(reply, HelloReply):
-            if self._helloWaiters:
-                self._helloWaiters.popleft().callback(reply)
+        if isinstance(reply, (HelloReply, StatsReply, TasksReply)):
+            if self._unnumbered:
+                self._unnumbered.popleft().callback(reply)
             return
         if isinstance(reply, Progress):
             callback = self._progress.get(reply.id) if isinstance(reply.id, int) else None
@@ -168,10 +194,11 @@ class TaskClientProtocol(Protocol):
                 d = self._pending.pop(reply.id, None)
             if d is None:
                 if isinstance(reply, ErrorReply) and reply.id is None:
-                    # An error about the connection itself ("busy",
-                    # "unauthenticated"), or an answer to our hello.
-                    if self._helloWaiters:
-                        self._helloWaiters.popleft().errback(reply.error)
+                    # An answer to a hello, stats or tasks request, or an
+                    # error about the connection itself ("busy",
+                    # "unauthenticated", "idle_timeout").
+                    if self._unnumbered and not isinstance(reply.error, errors.IdleTimeout):
+                        self._unnumbered.popleft().errback(reply.error)
                     elif isinstance(reply.error, errors.IdleTimeout):
                         # The daemon closes a connection left idle: a
                         # notice, not a fault.  No call should be sent on
@@ -201,9 +228,9 @@ class TaskClientProtocol(Protocol):
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
-        hellos, self._helloWaiters = self._helloWaiters, deque()
-        for hello in hellos:
-            hello.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
+        unnumbered, self._unnumbered = self._unnumbered, deque()
+        for d in unnumbered:
+            d.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
         waiters, self._lostWaiters = self._lostWaiters, []
         for waiter in waiters:
             waiter.callback(None)

@@ -718,8 +718,9 @@ class PoolService(Service):
 
     def _started(self, _: None) -> None:
         self.log.info(
-            "pool ready: {n} workers running {tasks}",
+            "pool ready: {n} worker{s} running {tasks}",
             n=self.pool.config.workers,
+            s="" if self.pool.config.workers == 1 else "s",
             tasks=", ".join(self.pool.config.tasks),
         )
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import re
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
@@ -29,6 +30,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+import taskd
 from taskd import errors
 from taskd.pool import ProcessPool
 from taskd.wire import (
@@ -42,12 +44,15 @@ from taskd.wire import (
     Request,
     Stats,
     StatsReply,
+    Tasks,
+    TasksReply,
     decodeRequest,
     encodeError,
     encodeHelloReply,
     encodeProgress,
     encodeResult,
     encodeStatsReply,
+    encodeTasksReply,
 )
 
 #: Default longest request line, in bytes.
@@ -303,6 +308,8 @@ class TaskServerProtocol(LineReceiver):
                 d.cancel()
         elif isinstance(request, Stats):
             self._answer(None, encodeStatsReply(self.factory.stats()))
+        elif isinstance(request, Tasks):
+            self._answer(None, self.factory.tasksLine())
         else:
             self._answer(None, encodeHelloReply(self._hello()))
 
@@ -385,6 +392,9 @@ class TaskServerProtocol(LineReceiver):
             self._refuse("authenticate first, with a hello that carries the token")
             return
         token = request.fields.get("token")
+        if token is None:
+            self._refuse("this daemon requires a token and the hello carried none")
+            return
         if not isinstance(token, str) or not self.factory.checkToken(token):
             self._refuse("the token is wrong")
             return
@@ -412,6 +422,7 @@ class TaskServerProtocol(LineReceiver):
             VERSION,
             {
                 "server": "taskd",
+                "serverVersion": self.factory.version,
                 "tasks": list(pool.registry),
                 "maxLineLength": self._maxLength,
                 "maxInFlight": self.factory.maxInFlight,
@@ -511,6 +522,26 @@ class TaskServerProtocol(LineReceiver):
             self.resumeProducing()
 
 
+def describeTask(name: str, function: Callable[..., Any] | None) -> dict[str, str]:
+    """
+    Describe a task for the C{tasks} request.
+
+    @return: its C{name}, its C{signature} as Python shows it (C{"(a, b)"},
+        with annotations resolved where they can be; C{""} if there is
+        none), and C{doc}, the first line of its docstring (or C{""}).
+    """
+    signature = ""
+    if function is not None:
+        for resolve in (True, False):
+            try:
+                signature = str(inspect.signature(function, eval_str=resolve))
+                break
+            except Exception:
+                continue
+    doc = (inspect.getdoc(function) or "") if function is not None else ""
+    return {"name": name, "signature": signature, "doc": doc.strip().split("\n")[0]}
+
+
 class TaskServerFactory(Factory):
     """
     Serves a L{ProcessPool} to JSON-lines clients.
@@ -575,6 +606,21 @@ class TaskServerFactory(Factory):
         )
         self.connections: set[TaskServerProtocol] = set()
         self._closing: dict[TaskServerProtocol, Deferred[None]] = {}
+        #: taskd's version, sent in the hello reply.
+        self.version: str = taskd.version()
+        self._tasksLine: bytes | None = None
+
+    def tasksLine(self) -> bytes:
+        """
+        @return: the encoded reply to a C{tasks} request (made once: the
+            tasks do not change while the daemon runs).
+        """
+        if self._tasksLine is None:
+            registry = self.pool.registry
+            self._tasksLine = encodeTasksReply(
+                TasksReply([describeTask(name, registry.get(name)) for name in registry])
+            )
+        return self._tasksLine
 
     def stats(self) -> StatsReply:
         """

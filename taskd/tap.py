@@ -1,48 +1,71 @@
 # -*- test-case-name: tests.test_tap -*-
 """
 C{twistd taskd}: command-line options and the daemon's service tree.
+
+Run by twistd, a bad option value or endpoint string and a listener that
+cannot start (a port in use) end the process with one line on stderr
+naming the option and what is wrong, and exit status 2.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
-from typing import Any, Callable, MutableMapping, Sequence
+from typing import Any, Callable, Mapping, MutableMapping, NoReturn, Sequence
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+import taskd
 from taskd.config import PoolConfig
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
-from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
-from taskd.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, TRACEBACK_MODES
+from taskd.server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LINE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    TRACEBACK_MODES,
+    TaskServerFactory,
+)
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_TASKS = "taskd.examples"
 
+#: The exit status of a usage error, as for any Unix command.
+EXIT_USAGE = 2
+
+
+def _whole(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
 
 def _positiveInt(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise ValueError(f"must be at least 1, not {n}")
-    return n
+    if _whole(value) < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return int(value)
 
 
 def _nonNegativeInt(value: str) -> int:
-    n = int(value)
-    if n < 0:
-        raise ValueError(f"must not be negative, not {n}")
-    return n
+    if _whole(value) < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return int(value)
 
 
 def _seconds(value: str) -> float:
-    n = float(value)
+    try:
+        n = float(value)
+    except ValueError:
+        n = float("nan")
     if not n >= 0 or n == float("inf"):
-        raise ValueError(f"must be a number of seconds, not {value!r}")
+        raise ValueError("must be a number of seconds (0 or more)")
     return n
 
 
@@ -50,6 +73,27 @@ def _tracebackMode(value: str) -> str:
     if value not in TRACEBACK_MODES:
         raise ValueError(f"must be one of {', '.join(TRACEBACK_MODES)}, not {value!r}")
     return value
+
+
+def _naming(option: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    Wrap an option's coercer so that its error names the option and the
+    value: C{--workers '0': must be a whole number of at least 1}.
+    (twistd's own message names neither.)
+    """
+
+    def coerced(value: str) -> Any:
+        try:
+            return coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{option} {value!r}: {e}") from None
+
+    coerced.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore[attr-defined]
+    return coerced
+
+
+def _named(rows: list[list[Any]]) -> list[list[Any]]:
+    return [row[:4] + [_naming(row[0], row[4])] if len(row) > 4 else row for row in rows]
 
 
 class Options(usage.Options):
@@ -61,7 +105,7 @@ class Options(usage.Options):
         f"{DEFAULT_LISTEN} with one worker per CPU."
     )
 
-    optParameters = [
+    optParameters = _named([
         ["workers", "w", None, "Worker processes [default: CPU count].", _positiveInt],
         ["max-queue", None, 1000, "Calls that may wait for a worker.", _nonNegativeInt],
         ["timeout", "t", None, "Default (and longest) run time of a call, in seconds [default: none].", _seconds],
@@ -70,7 +114,7 @@ class Options(usage.Options):
         ["max-connections", None, 1000, "Connections accepted at once.", _positiveInt],
         ["max-in-flight", None, 100, "Unanswered requests per connection before it stops being read.", _positiveInt],
         ["grace", None, 10.0, "On shutdown, seconds running calls may go on.", _seconds],
-        ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL for a worker.", _seconds],
+        ["kill-grace", None, 5.0, "Seconds a retired worker has to exit, and processes a task left behind have between SIGTERM and SIGKILL.", _seconds],
         ["prefetch", None, 1, "Calls a worker may hold at once (more than 1 sends the next calls ahead: faster for short tasks; a long task delays those behind it).", _positiveInt],
         ["max-memory", None, None, "Address-space limit of each worker, in MiB [default: none].", _positiveInt],
         ["max-worker-rss", None, None, "Replace a worker whose resident memory is above this many MiB after a call; the call is answered as usual [default: no limit].", _positiveInt],
@@ -79,7 +123,7 @@ class Options(usage.Options):
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT, "Close a connection with no call in flight that sent nothing for this many seconds (0: never).", _seconds],
         ["line-timeout", None, DEFAULT_LINE_TIMEOUT, "Close a connection that started a request line and did not finish it within this many seconds (0: never).", _seconds],
         ["tracebacks", None, None, "How much of a failed task's traceback clients get: full, short (innermost frame and exception, no directories) or none [default: full when every listener is loopback or unix:, short otherwise].", _tracebackMode],
-    ]
+    ])
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,7 +140,38 @@ class Options(usage.Options):
         """A task module to load; repeatable [default: taskd.examples]."""
         self["tasks"].append(module)
 
+    def opt_version(self) -> NoReturn:
+        """
+        Show taskd's and Twisted's versions, and exit.
+        """
+        from twisted import __version__ as twistedVersion
+
+        print(f"taskd {taskd.version()} (Twisted {twistedVersion})")
+        sys.exit(0)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Parse the options; see L{postOptions} for the checks.
+
+        @raise usage.UsageError: for a bad option, if this is not a
+            subcommand (of C{twistd}).  As a subcommand, print the error as
+            one line on stderr and exit with status 2 instead: twistd would
+            print the whole usage text above it and exit 1.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            _exitWithUsageError(str(e))
+
     def postOptions(self) -> None:
+        """
+        Fill in defaults and check what cannot be checked option by option:
+        each C{--listen} endpoint string (with Twisted's own parser, without
+        listening), the token file, and the task modules (imported here, so
+        that one that does not import stops the daemon at once).
+        """
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         if not self["tasks"]:
@@ -105,15 +180,35 @@ class Options(usage.Options):
             self["tracebacks"] = defaultTracebacks(self["listen"])
         if self["workers"] is None:
             self["workers"] = os.cpu_count() or 1
+        # Before Twisted's endpoints module is imported (see _skipTLSImports
+        # and _systemdNames).
+        _skipTLSImports(self["listen"])
+        _systemdNames(os.environ)
+        for description in self["listen"]:
+            problem = checkEndpoint(description)
+            if problem is not None:
+                raise usage.UsageError(f"--listen {description!r}: {problem}")
         self["auth-token"] = None
         if self["auth-token-file"] is not None:
             self["auth-token"] = _readToken(self["auth-token-file"])
-        try:
-            loadTaskModules(self["tasks"])
-        except Exception as e:
-            raise usage.UsageError(
-                f"cannot load task module: {type(e).__name__}: {e}"
-            ) from e
+        for module in self["tasks"]:
+            try:
+                loadTaskModules([module])
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--tasks {module!r}: cannot load task module: {type(e).__name__}: {e}"
+                ) from e
+
+
+def _exitWithUsageError(message: str) -> NoReturn:
+    """
+    Print C{taskd: message} on the process's original stderr (twistd may
+    have redirected C{sys.stderr} into its log) and exit with status 2.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"taskd: {message}\n")
+    stream.flush()
+    raise SystemExit(EXIT_USAGE)
 
 
 def _readToken(path: str) -> str:
@@ -121,10 +216,119 @@ def _readToken(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             token = f.read().strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise usage.UsageError(f"cannot read the auth token file: {e}") from e
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise usage.UsageError(f"--auth-token-file {path!r}: cannot read it: {reason}") from e
     if not token:
-        raise usage.UsageError(f"the auth token file {path} is empty")
+        raise usage.UsageError(f"--auth-token-file {path!r}: the file is empty")
     return token
+
+
+_PORT_ENDPOINTS = ("tcp", "tcp6", "ssl", "mtls")
+
+
+def _serverEndpointTypes() -> list[str]:
+    from twisted.internet.interfaces import IStreamServerEndpointStringParser
+    from twisted.plugin import getPlugins
+
+    plugins = {p.prefix for p in getPlugins(IStreamServerEndpointStringParser)}
+    return ["tcp", "tcp6", "ssl", "unix", "systemd", *sorted(plugins - {"tcp", "tcp6", "ssl", "unix", "systemd"})]
+
+
+def checkEndpoint(description: str) -> str | None:
+    """
+    Check a server endpoint string as C{--listen} takes it, without
+    listening: parse it with Twisted's own parser, giving it a stand-in
+    for the reactor (parsers only store it; C{twisted.internet.testing}'s
+    C{MemoryReactor} would cost the daemon 2 MB of memory).
+
+    @return: what is wrong with it, in words (C{"port must be a number from
+        0 to 65535, not 'abc'"}), or C{None} if it is valid.
+    """
+    kind, args, kwargs = _splitDescription(description)
+    if not args and not kwargs and kind.isdigit():
+        return f"not an endpoint; for TCP port {kind} on loopback write tcp:{kind}:interface=127.0.0.1"
+    if kind in _PORT_ENDPOINTS:
+        port = args[0] if args else kwargs.get("port")
+        if port is None:
+            return f"{kind} needs a port: {kind}:PORT"
+        if not port.isdigit() or int(port) > 65535:
+            return f"port must be a number from 0 to 65535, not {port!r}"
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(_ParsingOnly(), description)
+    except AttributeError:
+        # A plugin's parser that uses the reactor at once: the real
+        # listener will tell.
+        return None
+    except ValueError as e:
+        if str(e).startswith("Unknown endpoint type"):
+            return f"unknown endpoint type {kind!r}; valid types: " + ", ".join(t + ":" for t in _serverEndpointTypes())
+        return _plain(str(e))
+    except TypeError as e:
+        m = re.search(r"unexpected keyword argument '([^']*)'", str(e))
+        if m:
+            return f"{kind} endpoints take no parameter {m.group(1)!r}"
+        m = re.search(r"missing \d+ required positional arguments?: (.*)", str(e))
+        if m:
+            return f"{kind} endpoints need {m.group(1)}"
+        return _plain(str(e))
+    except OSError as e:
+        return f"cannot read {e.filename}: {e.strerror}" if e.filename else str(e)
+    except (IndexError, KeyError):
+        if kind == "systemd":
+            return _systemdProblem(kwargs)
+        raise
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class _ParsingOnly:
+    """
+    Stands for the reactor while an endpoint string is parsed, never
+    used to listen.
+    """
+
+
+def _plain(message: str) -> str:
+    # "invalid literal for int() with base 10: 'x'" means: not a number.
+    m = re.fullmatch(r"invalid literal for int\(\) with base 10: (.*)", message)
+    return f"{m.group(1)} is not a whole number" if m else message
+
+
+def _systemdProblem(kwargs: Mapping[str, str]) -> str:
+    from twisted.python.systemd import ListenFDs
+
+    fds = ListenFDs.fromEnvironment()
+    have = len(fds.inheritedDescriptors())
+    if "name" in kwargs:
+        names = sorted(fds.inheritedNamedDescriptors())
+        return f"systemd passed no socket named {kwargs['name']!r} (names: {', '.join(names) or 'none'})"
+    return (
+        f"there is no socket number {kwargs.get('index')} from systemd: it passed "
+        f"{plural(have, 'socket')} to this process (LISTEN_FDS, LISTEN_PID)"
+    )
+
+
+def _systemdNames(environ: MutableMapping[str, str], pid: int | None = None) -> None:
+    """
+    Sockets passed without names (C{systemd-socket-activate} without
+    C{--fdname}: C{LISTEN_FDS} set, C{LISTEN_FDNAMES} not) are named
+    C{unknown}, as C{sd_listen_fds_with_names(3)} does; Twisted instead
+    ignores them all, and C{systemd:domain=INET:index=0} then fails.  To
+    take effect this must run before Twisted's endpoints module is imported.
+    """
+    if pid is None:
+        pid = os.getpid()
+    if environ.get("LISTEN_PID") != str(pid) or "LISTEN_FDNAMES" in environ:
+        return
+    try:
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return
+    if count > 0:
+        environ["LISTEN_FDNAMES"] = ":".join(["unknown"] * count)
 
 
 def _splitDescription(description: str) -> tuple[str, list[str], dict[str, str]]:
@@ -304,13 +508,30 @@ class TaskdService(MultiService):
         # which flushes every line.
         os._exit(self.exitStatus)
 
+    def privilegedStartService(self) -> None:
+        """
+        Start listening.  A listener that cannot (a port in use, a UNIX
+        socket path that cannot be created) ends the process with one line
+        naming the C{--listen} value and the address, and exit status 2.
+        """
+        Service.privilegedStartService(self)
+        descriptions = {id(s): d for s, d in zip(self.listeners, self.listen)}
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except (CannotListenError, OSError) as e:
+                where = descriptions.get(id(child))
+                prefix = "" if where is None else f"--listen {where!r}: "
+                _exitWithUsageError(prefix + describeListenError(e))
+
     def startService(self) -> None:
         for description in self.listen:
             for warning in exposureWarnings(description, self.factory.authToken is not None):
                 self.log.warn("SECURITY: {problem}", problem=warning)
         self.log.info(
-            "taskd starting: {workers} workers running {tasks}, listening on {listen}",
-            workers=self.pool.config.workers,
+            "taskd {version} starting: {workers} running {tasks}, listening on {listen}",
+            version=self.factory.version,
+            workers=plural(self.pool.config.workers, "worker"),
             tasks=", ".join(self.pool.config.tasks),
             listen=", ".join(self.listen),
         )
@@ -325,6 +546,33 @@ class TaskdService(MultiService):
         d.addCallback(lambda _: self.factory.closeConnections())
         d.addCallback(lambda _: self.log.info("taskd stopped"))
         return d
+
+
+def plural(n: int, noun: str) -> str:
+    """
+    @return: C{"1 worker"}, C{"2 workers"}.
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def describeListenError(error: CannotListenError | OSError) -> str:
+    """
+    @return: C{"cannot listen on 127.0.0.1:12345: address already in
+        use"}: the address and the reason, without Twisted's decoration.
+    """
+    if not isinstance(error, CannotListenError):
+        # Adopting a socket passed by systemd that is not one, say.
+        where = f" on {error.filename}" if error.filename else ""
+        return f"cannot listen{where}: {error.strerror or error}"
+    reason = error.socketError
+    why = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+    if error.port is None or error.port == "":
+        where = str(error.interface)
+    elif isinstance(error.port, int):
+        where = f"{error.interface or '0.0.0.0'}:{error.port}"
+    else:
+        where = str(error.port)  # a UNIX socket's path
+    return f"cannot listen on {where}: {why[:1].lower() + why[1:]}"
 
 
 # Listeners that never need TLS.

@@ -10,13 +10,17 @@ Requests (one JSON object per line)::
     {"function": "add", "args": [1, 2], "id": 7, "timeout": 5}
     {"type": "cancel", "id": 7}
     {"type": "hello", "version": 1}
+    {"type": "stats"}
+    {"type": "tasks"}
 
 Replies::
 
     {"type": "progress", "id": 7, "progress": {"done": 1, "of": 2}}
     {"type": "result", "id": 7, "result": 3}
     {"type": "error", "id": 7, "error": {"type": "timeout", "message": "..."}}
-    {"type": "hello", "version": 1, "server": "taskd", "tasks": [...]}
+    {"type": "hello", "version": 1, "server": "taskd", "serverVersion": "0.1.0", ...}
+    {"type": "stats", "workers": 2, ...}
+    {"type": "tasks", "tasks": [{"name": "add", "signature": "(a, b)", "doc": "..."}]}
 """
 
 from __future__ import annotations
@@ -88,7 +92,15 @@ class Stats:
     """
 
 
-Request = Union[Call, Cancel, Hello, Stats]
+@frozen
+class Tasks:
+    """
+    Ask for the tasks the daemon serves, with their signatures and the
+    first line of their docstrings.
+    """
+
+
+Request = Union[Call, Cancel, Hello, Stats, Tasks]
 
 
 @frozen
@@ -140,7 +152,17 @@ class StatsReply:
     fields: dict[str, Any]
 
 
-Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply]
+@frozen
+class TasksReply:
+    """
+    The tasks the daemon serves: one object per task, with its C{name},
+    C{signature} and C{doc} (the first line of its docstring, or C{""}).
+    """
+
+    tasks: list[dict[str, str]]
+
+
+Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply, TasksReply]
 
 
 class ProtocolError(Exception):
@@ -206,6 +228,8 @@ def decodeRequest(line: bytes) -> Request:
         return Hello(version, fields)
     if kind == "stats":
         return Stats()
+    if kind == "tasks":
+        return Tasks()
     raise _bad(f"unknown request type {kind!r}", id)
 
 
@@ -255,6 +279,8 @@ def encodeRequest(request: Request) -> bytes:
         message = {"type": "cancel", "id": request.id}
     elif isinstance(request, Stats):
         message = {"type": "stats"}
+    elif isinstance(request, Tasks):
+        message = {"type": "tasks"}
     else:
         message = {"type": "hello", "version": request.version, **request.fields}
     if isinstance(request, Call) and request.id is not None:
@@ -316,6 +342,13 @@ def encodeStatsReply(reply: StatsReply) -> bytes:
     return _json.encodeASCII({"type": "stats", **reply.fields}) + b"\n"
 
 
+def encodeTasksReply(reply: TasksReply) -> bytes:
+    """
+    Encode the daemon's list of tasks.
+    """
+    return _json.encodeASCII({"type": "tasks", "tasks": reply.tasks}) + b"\n"
+
+
 def decodeReply(line: bytes) -> Reply:
     """
     Decode one reply line, as a client does.
@@ -341,4 +374,9 @@ def decodeReply(line: bytes) -> Reply:
         return HelloReply(int(message.get("version", VERSION)), fields)
     if kind == "stats":
         return StatsReply({k: v for k, v in message.items() if k != "type"})
+    if kind == "tasks":
+        tasks = message.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise ValueError("a tasks reply needs a 'tasks' array of objects")
+        return TasksReply(tasks)
     raise ValueError(f"unknown reply type {kind!r}")

@@ -11,9 +11,7 @@ import signal
 from typing import Any
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import ProcessTerminated
 from twisted.logger import LogEvent, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors

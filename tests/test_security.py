@@ -120,7 +120,7 @@ class TLSTests(TestCase):
         e = yield self.assertFailure(connect(reactor, f"tcp:127.0.0.1:{port}", token="nope"), errors.Unauthenticated)
         self.assertEqual(e.message, "the token is wrong")
         e = yield self.assertFailure(connect(reactor, f"tcp:127.0.0.1:{port}"), errors.Unauthenticated)
-        self.assertEqual(e.message, "the token is wrong")
+        self.assertEqual(e.message, "this daemon requires a token and the hello carried none")
         service = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{port}"], token="s3cret")
         service.startService()
         self.addCleanup(service.stopService)

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+import taskd
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory, TaskServerProtocol
 
@@ -193,7 +194,7 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"type":"hello","version":1}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "hello", "version": 1, "server": "taskd", "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100}],
+            [{"type": "hello", "version": 1, "server": "taskd", "serverVersion": taskd.__version__, "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100}],
         )
 
 
@@ -528,7 +529,7 @@ class AuthTests(ServerTestsMixin, SynchronousTestCase):
                 self.replies(transport),
                 [self.error("unauthenticated", "authenticate first, with a hello that carries the token")]
                 if line != b'{"type":"hello"}'
-                else [self.error("unauthenticated", "the token is wrong")],
+                else [self.error("unauthenticated", "this daemon requires a token and the hello carried none")],
             )
             self.assertTrue(transport.disconnecting)
             self.assertEqual(reactor.processes[0].written, [])

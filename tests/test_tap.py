@@ -103,17 +103,25 @@ class OptionsTests(SynchronousTestCase):
         or C{unix:}, to C{short} when any may be reached from elsewhere (or
         is of a kind taskd cannot judge); given, it is kept.
         """
+        from tests.certs import Authority
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        ca = Authority(directory, "taskd-test")
+        key, cert = ca.issue("daemon", ["localhost"])
         for listen, mode in [
             ([], "full"),
             (["tcp:0:interface=127.0.0.1", "unix:/tmp/x.sock", "tcp6:0:interface=\\:\\:1"], "full"),
-            (["mtls:0:privateKey=k:caCerts=c:interface=localhost"], "full"),
+            ([f"mtls:0:privateKey={key}:certKey={cert}:caCerts={ca.certPath}:interface=localhost"], "full"),
             (["unix:/tmp/x.sock", "tcp:0"], "short"),
-            (["ssl:0:privateKey=k:interface=10.0.0.1"], "short"),
-            (["systemd:domain=INET:index=0"], "short"),
+            ([f"ssl:0:privateKey={key}:certKey={cert}:interface=10.0.0.1"], "short"),
         ]:
             options = tap.Options()
             options.parseOptions([a for d in listen for a in ("-l", d)])
             self.assertEqual(options["tracebacks"], mode, listen)
+        # (A systemd: listener is checked against the sockets systemd
+        # passed, so it is judged here without parsing.)
+        self.assertEqual(tap.defaultTracebacks(["systemd:domain=INET:index=0"]), "short")
         options = tap.Options()
         options.parseOptions(["-l", "tcp:0", "--tracebacks", "full"])
         self.assertEqual(options["tracebacks"], "full")
@@ -123,19 +131,57 @@ class OptionsTests(SynchronousTestCase):
         Bad values are refused with a message naming the option.
         """
         for args, text in [
-            (["--workers", "0"], "must be at least 1"),
-            (["--workers", "many"], "invalid literal"),
-            (["--timeout", "-1"], "must be a number of seconds"),
-            (["--grace", "nan"], "must be a number of seconds"),
-            (["--max-queue", "-5"], "must not be negative"),
-            (["--idle-timeout", "-1"], "must be a number of seconds"),
-            (["--line-timeout", "inf"], "must be a number of seconds"),
-            (["--tracebacks", "some"], "must be one of full, short, none, not 'some'"),
-            (["--tasks", "tests.brokentasks"], "cannot load task module: ImportError: this task module is broken on purpose"),
-            (["--tasks", "no.such.module"], "cannot load task module: ModuleNotFoundError"),
+            (["--workers", "0"], "--workers '0': must be a whole number of at least 1"),
+            (["--workers", "many"], "--workers 'many': must be a whole number"),
+            (["--timeout", "-1"], "--timeout '-1': must be a number of seconds (0 or more)"),
+            (["--grace", "nan"], "--grace 'nan': must be a number of seconds (0 or more)"),
+            (["--max-queue", "-5"], "--max-queue '-5': must be a whole number of at least 0"),
+            (["--idle-timeout", "-1"], "--idle-timeout '-1': must be a number of seconds (0 or more)"),
+            (["--line-timeout", "inf"], "--line-timeout 'inf': must be a number of seconds (0 or more)"),
+            (["--tracebacks", "some"], "--tracebacks 'some': must be one of full, short, none, not 'some'"),
+            (["--max-worker-rss", "0"], "--max-worker-rss '0': must be a whole number of at least 1"),
+            (["--tasks", "tests.brokentasks"], "--tasks 'tests.brokentasks': cannot load task module: ImportError: this task module is broken on purpose"),
+            (["--tasks", "no.such.module"], "--tasks 'no.such.module': cannot load task module: ModuleNotFoundError: No module named 'no'"),
+            (["--auth-token-file", "/nonexistent"], "--auth-token-file '/nonexistent': cannot read it: No such file or directory"),
         ]:
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, args)
-            self.assertIn(text, str(e))
+            self.assertEqual(str(e), text)
+
+    def test_badEndpoints(self) -> None:
+        """
+        Each C{--listen} value is checked with Twisted's own parser before
+        anything starts; the error says what would be valid.
+        """
+        for description, text in [
+            ("12345", "not an endpoint; for TCP port 12345 on loopback write tcp:12345:interface=127.0.0.1"),
+            ("tcp:abc", "port must be a number from 0 to 65535, not 'abc'"),
+            ("tcp:70000", "port must be a number from 0 to 65535, not '70000'"),
+            ("tcp", "tcp needs a port: tcp:PORT"),
+            ("tcp:0:foo=1", "tcp endpoints take no parameter 'foo'"),
+            ("tcp:0:backlog=many", "'many' is not a whole number"),
+            ("ssl:0:privateKey=/nonexistent.pem", "cannot read /nonexistent.pem: No such file or directory"),
+            ("systemd:domain=INET:index=0", "there is no socket number 0 from systemd: it passed 0 sockets to this process (LISTEN_FDS, LISTEN_PID)"),
+        ]:
+            e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--listen", description])
+            self.assertEqual(str(e), f"--listen {description!r}: {text}")
+        e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--listen", "bogus:1"])
+        self.assertTrue(str(e).startswith("--listen 'bogus:1': unknown endpoint type 'bogus'; valid types: tcp:, tcp6:, ssl:, unix:, systemd:, "), str(e))
+        self.assertIn("mtls:", str(e))
+        for good in ["tcp:0", "tcp:0:interface=127.0.0.1:backlog=10", "tcp6:0:interface=\\:\\:1", "unix:/tmp/x.sock"]:
+            self.assertIsNone(tap.checkEndpoint(good), good)
+
+    def test_systemdNames(self) -> None:
+        """
+        Sockets passed to this process without names are named C{unknown},
+        as libsystemd does; other environments are left alone.
+        """
+        environ = {"LISTEN_PID": "42", "LISTEN_FDS": "2"}
+        tap._systemdNames(environ, pid=42)
+        self.assertEqual(environ["LISTEN_FDNAMES"], "unknown:unknown")
+        for other in [{"LISTEN_PID": "41", "LISTEN_FDS": "2"}, {"LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"}, {}]:
+            before = dict(other)
+            tap._systemdNames(other, pid=42)
+            self.assertEqual(other, before)
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -297,6 +343,8 @@ class Twistd(ProcessProtocol):
 
     def __init__(self) -> None:
         self.output = b""
+        #: What it wrote on stderr alone (also in C{output}).
+        self.err = b""
         self.ended: Deferred[Any] = Deferred()
         self._waiting: list[tuple[re.Pattern[bytes], Deferred[Any]]] = []
 
@@ -308,7 +356,9 @@ class Twistd(ProcessProtocol):
                 self._waiting.remove((pattern, d))
                 d.callback(m)
 
-    errReceived = outReceived
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+        self.outReceived(data)
 
     def waitFor(self, pattern: bytes) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
@@ -410,8 +460,20 @@ class TwistdTests(TwistdMixin, TestCase):
 
         connect = f"tcp:127.0.0.1:{int(m.group(1))}"
         out, err, status = yield runCLI("call", "-c", connect, "add", "[1, 2]")
-        self.assertEqual((out, status), (b"", 3))
-        self.assertIn(b"refused the token: the token is wrong", err)
+        self.assertEqual(
+            (out.decode(), err.decode(), status),
+            ("", f"taskd: {connect} requires a token and none was given: pass --token-file FILE or set TASKD_TOKEN\n", 3),
+        )
+        out, err, status = yield runCLI("call", "-c", connect, "add", "[1, 2]", env={"TASKD_TOKEN": "wrong"})
+        self.assertEqual((out, err.decode(), status), (b"", f"taskd: {connect} refused the token: the token is wrong\n", 3))
+        collector = Collector(1)
+        proto = yield TCP4ClientEndpoint(reactor, "127.0.0.1", int(m.group(1))).connect(Factory.forProtocol(lambda: collector))
+        proto.transport.write(b'{"type":"hello"}\n')
+        replies = yield collector.done
+        self.assertEqual(
+            replies,
+            [{"type": "error", "error": {"type": "unauthenticated", "message": "this daemon requires a token and the hello carried none"}}],
+        )
         out, err, status = yield runCLI("call", "-c", connect, "add", "[1, 2]", env={"TASKD_TOKEN": "s3cret"})
         self.assertEqual((out, err, status), (b"3\n", b"", 0))
         out, err, status = yield runCLI("call", "-c", connect, "--token-file", tokenFile, "add", "[2, 2]")
@@ -422,13 +484,96 @@ class TwistdTests(TwistdMixin, TestCase):
     @inlineCallbacks
     def test_badOptionExits(self) -> Any:
         """
-        A task module that cannot be imported makes twistd exit non-zero
-        with the reason.
+        Every class of bad option (a bad number, a bad endpoint string, an
+        unknown endpoint type, a task module that does not import, an
+        unknown option) makes twistd exit with status 2 and one line on
+        stderr naming the option and the value: no usage text, no
+        traceback, nothing started.
         """
-        daemon = self.spawn("--tasks", "tests.brokentasks")
-        status = yield daemon.ended
-        self.assertEqual(status, (1, None))
-        self.assertIn(b"cannot load task module: ImportError: this task module is broken on purpose", daemon.output)
+        cases = [
+            (["--workers", "0"], "taskd: --workers '0': must be a whole number of at least 1"),
+            (["--max-in-flight", "lots"], "taskd: --max-in-flight 'lots': must be a whole number"),
+            (["--grace", "-3"], "taskd: --grace '-3': must be a number of seconds (0 or more)"),
+            (["--listen", "12345"], "taskd: --listen '12345': not an endpoint; for TCP port 12345 on loopback write tcp:12345:interface=127.0.0.1"),
+            (["--listen", "tcp:abc"], "taskd: --listen 'tcp:abc': port must be a number from 0 to 65535, not 'abc'"),
+            (["--listen", "bogus:1"], "taskd: --listen 'bogus:1': unknown endpoint type 'bogus'; valid types: tcp:, tcp6:, ssl:, unix:, systemd:, "),
+            (["--tasks", "tests.brokentasks"], "taskd: --tasks 'tests.brokentasks': cannot load task module: ImportError: this task module is broken on purpose"),
+            (["--bogus"], "taskd: option --bogus not recognized"),
+        ]
+        daemons = [(self.spawn(*args), args, line) for args, line in cases]
+        for daemon, args, line in daemons:
+            status = yield daemon.ended
+            self.assertEqual(status, (2, None), args)
+            self.assertEqual(daemon.err.count(b"\n"), 1, daemon.err)
+            self.assertTrue(daemon.err.decode().startswith(line), (args, daemon.err))
+            self.assertNotIn(b"Traceback", daemon.output)
+            self.assertNotIn(b"Usage", daemon.output)
+            self.assertNotIn(b"started", daemon.output)
+
+    @inlineCallbacks
+    def test_version(self) -> Any:
+        """
+        C{twistd taskd --version} prints taskd's version (and Twisted's);
+        the daemon logs its version when it starts.
+        """
+        import twisted
+
+        import taskd
+
+        daemon = self.spawn("--version")
+        self.assertEqual((yield daemon.ended), (0, None))
+        self.assertEqual(daemon.output.decode(), f"taskd {taskd.__version__} (Twisted {twisted.version.short()})\n")
+        daemon = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1")
+        yield daemon.waitFor(rb"pool ready: 1 worker running")
+        self.assertIn(
+            f"taskd {taskd.__version__} starting: 1 worker running taskd.examples, listening on tcp:0:interface=127.0.0.1".encode(),
+            daemon.output,
+        )
+        self.process.signalProcess("TERM")
+        yield daemon.ended
+
+    @inlineCallbacks
+    def test_systemdSocketWithoutName(self) -> Any:
+        """
+        Started as C{systemd-socket-activate} does without C{--fdname}
+        (C{LISTEN_FDS=1}, no C{LISTEN_FDNAMES}), C{--listen
+        systemd:domain=INET:index=0} serves on the socket passed.
+        """
+        import socket
+
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(10)
+        self.addCleanup(listening.close)
+        port = listening.getsockname()[1]
+        wrapper = (
+            "import os, sys\n"
+            "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'\n"
+            "os.environ.pop('LISTEN_FDNAMES', None)\n"
+            "sys.argv = ['twistd', '-n', '--pidfile=', 'taskd', '-w', '1', '--listen', 'systemd:domain=INET:index=0']\n"
+            "from twisted.scripts.twistd import run; run()\n"
+        )
+        proto = Twistd()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+        process = reactor.spawnProcess(
+            proto, sys.executable, [sys.executable, "-c", wrapper], env=env, path=ROOT,
+            childFDs={0: "w", 1: "r", 2: "r", 3: listening.fileno()},
+        )
+
+        def cleanup() -> Any:
+            if proto.ended.called:
+                return None
+            process.signalProcess("KILL")
+            return proto.ended
+
+        self.addCleanup(cleanup)
+        yield proto.waitFor(rb"pool ready: 1 worker")
+        from tests.test_cli import runCLI
+
+        out, err, status = yield runCLI("call", "-c", f"tcp:127.0.0.1:{port}", "add", "[1, 2]")
+        self.assertEqual((out, err, status), (b"3\n", b"", 0))
+        process.signalProcess("TERM")
+        self.assertEqual((yield proto.ended), (None, signal.SIGTERM))
 
     @inlineCallbacks
     def test_workersCannotStart(self) -> Any:
@@ -504,14 +649,21 @@ class TwistdTests(TwistdMixin, TestCase):
     @inlineCallbacks
     def test_busyPortExits(self) -> Any:
         """
-        A port already in use makes twistd exit non-zero.
+        A port already in use makes twistd exit with status 2 and one line
+        naming the option and the address; no traceback, no worker started.
         """
         first = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1")
         m = yield first.waitFor(rb"starting on (\d+)")
         firstProcess = self.process
-        second = self.spawn("--listen", f"tcp:{int(m.group(1))}:interface=127.0.0.1", "--workers", "1")
+        port = int(m.group(1))
+        second = self.spawn("--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "1")
         status = yield second.ended
-        self.assertEqual(status, (1, None))
-        self.assertIn(b"Address already in use", second.output)
+        self.assertEqual(status, (2, None))
+        self.assertEqual(
+            second.err.decode(),
+            f"taskd: --listen 'tcp:{port}:interface=127.0.0.1': cannot listen on 127.0.0.1:{port}: address already in use\n",
+        )
+        self.assertNotIn(b"Traceback", second.output)
+        self.assertNotIn(b"worker", second.output)
         firstProcess.signalProcess("TERM")
         self.assertEqual((yield first.ended), (None, signal.SIGTERM))

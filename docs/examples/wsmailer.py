@@ -173,16 +173,35 @@ def makeSite(mailer: Mailer) -> Site:
     return Site(root)
 
 
-def main(reactor: Any, port: str = "8080", smtpPort: str = "2525", daemon: str = "tcp:127.0.0.1:12345") -> Any:
+def main(reactor: Any, port: str = "8080", smtpPort: str = "2525", daemon: str | None = None) -> Any:
+    """
+    Serve the page and the WebSocket on 127.0.0.1:C{port}, mailing through
+    the SMTP server on C{smtpPort} and the taskd daemon at C{daemon}
+    (default: C{$TASKD_CONNECT}, else C{tcp:127.0.0.1:12345}); say where
+    once listening.
+    """
+    import os
+
     from twisted.internet.defer import Deferred
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
     from taskd.reconnecting import ReconnectingClient
 
+    if daemon is None:
+        daemon = os.environ.get("TASKD_CONNECT", "tcp:127.0.0.1:12345")
     client = ReconnectingClient(reactor, [daemon])
     client.startService()
-    TCP4ServerEndpoint(reactor, int(port), interface="127.0.0.1").listen(makeSite(Mailer(client, int(smtpPort))))
-    return Deferred()
+
+    def listening(listeningPort: Any) -> None:
+        print(
+            f"mailer on http://127.0.0.1:{listeningPort.getHost().port}/ "
+            f"(taskd at {daemon}, SMTP at 127.0.0.1:{smtpPort}); Ctrl-C stops it",
+            flush=True,
+        )
+
+    d = TCP4ServerEndpoint(reactor, int(port), interface="127.0.0.1").listen(makeSite(Mailer(client, int(smtpPort))))
+    d.addCallback(listening)
+    return d.addCallback(lambda _: Deferred())
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ from collections import deque
 from enum import Enum
 from typing import Any, Callable, Mapping, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
-from taskd._frames import DEFAULT_MAX_RESULT, HEADER, MAX_PROGRESS, PROGRESS, RESULT, splitArguments
+from taskd._frames import HEADER, MAX_PROGRESS, PROGRESS, RESULT, splitArguments
 from taskd.registry import Registry
 from taskd.worker import runCall
 
