@@ -11,6 +11,12 @@ stop.  It takes a task name and the arguments as a JSON object and gives
 back the task's result as JSON, so a server can pass bytes from the
 network to a worker and back without decoding and encoding them again.
 
+This module is one state machine, and over 450 lines on purpose: the
+queue, the idle list, the live and ending workers and the timers are read
+and changed together by every method below, and splitting them over
+files would hide that.  Policies that choose the next call (priorities,
+caps, rates) belong in a queue room of their own beside it.
+
 The pool's lifecycle (L{PoolState}, L{POOL_TRANSITIONS})::
 
     NEW --start--> STARTING --started--> RUNNING
@@ -34,7 +40,8 @@ from twisted.python.failure import Failure
 
 from taskd import _json, errors
 from taskd._lifecycle import Lifecycle
-from taskd._workerprocess import WorkerProcess, WorkerState, describeExit
+from taskd._children import describeExit
+from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
 from taskd.registry import Registry, loadTaskModules, registry as defaultRegistry
 
