@@ -21,7 +21,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 
 from tests.test_pool import alive, waitFor
-from tests.test_reliability import DaemonTestCase, report, running
+from tests.test_reliability import DaemonTestCase, Pipeline, report, running
 from tests.test_tap import ROOT, Twistd
 
 KILL_GRACE = 1.0
@@ -297,3 +297,90 @@ class MemoryRecycleTests(DaemonTestCase):
         self.assertEqual(small.replies[1][0]["result"], 1)
         self.assertEqual(len(re.findall(rb"is leaving: memory", self.daemon.output)), 1)
         report("memory recycling", limitMiB=100, grewMiB=150, callResult="ok", recycled=stats["memoryRecycled"])
+
+
+class AnsweredPipeline(Pipeline):
+    """
+    A pipeline done after C{expected} replies, whatever it sent.
+    """
+
+    def __init__(self, lines: list[bytes], inFlight: int, expected: int) -> None:
+        super().__init__(lines, inFlight)
+        self.expected = expected
+
+    def lineReceived(self, line: bytes) -> None:
+        message = json.loads(line)
+        self.replies.setdefault(message.get("id"), []).append(message)
+        self.count += 1
+        if self.count == self.expected and not self.done.called:
+            self.done.callback(self)
+
+
+class RespawnRateTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_callThenCancelLoop(self) -> Any:
+        """
+        A client that, for 3 s, makes a call and cancels it at once, over
+        and over (each call landing on a ready worker when there is one,
+        which the cancel then kills): every call is answered C{cancelled},
+        and the daemon starts at most C{--workers} replacements at once,
+        then one per 0.5 s, not one process per cancelled call.
+        """
+        yield self.startDaemon(workers=2)
+        before = len(self.workerPids()[1])
+        started = time.monotonic()
+        pairs = 0
+        outcomes = set()
+        while time.monotonic() - started < 3.0:
+            call = b'{"function":"sleep","args":[10],"id":%d}' % pairs
+            proto = yield self.connectPipeline(AnsweredPipeline([call, b'{"type":"cancel","id":%d}' % pairs], 2, expected=1))
+            outcomes |= {r[0]["error"]["type"] for r in proto.replies.values()}
+            pairs += 1
+            yield pause(0.01)
+        elapsed = time.monotonic() - started
+        yield pause(1.0)  # replacements still starting get ready
+        spawned = len(self.workerPids()[1]) - before
+        bound = 2 + int((elapsed + 1.0) / 0.5) + 1
+        self.assertEqual(outcomes, {"cancelled"})
+        self.assertLessEqual(spawned, bound)
+        report("call-then-cancel loop", pairs=pairs, seconds=f"{elapsed:.2f}", workersSpawned=spawned, bound=bound)
+
+    @inlineCallbacks
+    def connectPipeline(self, proto: Any) -> Any:
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.protocol import Factory
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        yield endpoint.connect(Factory.forProtocol(lambda: proto))
+        yield proto.done
+        proto.transport.loseConnection()
+        return proto
+
+
+class SameTaskdTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_workersImportWhatTheDaemonImports(self) -> Any:
+        """
+        A daemon started with the C{twistd} script from a directory that
+        holds another C{taskd} (a source checkout, say): its workers import
+        the C{taskd} the daemon imported, not the one in the current
+        directory.
+        """
+        here = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(here, "taskd"))
+        with open(os.path.join(here, "taskd", "__init__.py"), "w") as f:
+            f.write('raise ImportError("the taskd in the current directory was imported")\n')
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        proto = Twistd()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+        argv = [twistd, "-n", "--pidfile=", "taskd", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "1"]
+        process = reactor.spawnProcess(proto, twistd, argv, env=env, path=here)
+        self.addCleanup(lambda: None if proto.ended.called else (process.signalProcess("KILL"), proto.ended)[1])
+        m = yield proto.waitFor(rb"starting on (\d+)")
+        yield proto.waitFor(rb"pool ready")
+        self.daemon, self.daemonProcess, self.port = proto, process, int(m.group(1))
+        self.addCleanup(self.killWorkers, proto)
+        check = yield self.pipeline([b'{"function":"add","args":[2,3],"id":1}'])
+        self.assertEqual(check.replies[1][0]["result"], 5)
+        self.assertNotIn(b"current directory was imported", proto.output)
+        report("workers import the daemon's taskd", startedFrom="a directory with another taskd", call="ok")
