@@ -1,5 +1,5 @@
 """
-C{python -m taskd}: see L{taskd.cli}.
+C{python -m taskd}: see L{taskd.cli}; this runs L{taskd.cli.main.main}.
 """
 
 import os
@@ -19,6 +19,6 @@ for _signum in (signal.SIGINT, signal.SIGTERM):
     if signal.getsignal(_signum) != signal.SIG_IGN:
         signal.signal(_signum, _early)
 
-from taskd.cli import main  # noqa: E402
+from taskd.cli.main import main  # noqa: E402
 
 main()

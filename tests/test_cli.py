@@ -21,7 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import taskd
-from taskd.cli import Progress
+from taskd.cli.progress import Progress
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
 

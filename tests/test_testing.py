@@ -816,7 +816,7 @@ class DaemonImportTests(TestCase):
         and the command line leaves C{taskd.testing} unimported.
         """
         code = (
-            "import sys, taskd, taskd.tap, taskd.server, taskd.pool, taskd.worker, taskd.client, taskd.cli\n"
+            "import sys, taskd, taskd.tap, taskd.server, taskd.pool, taskd.worker, taskd.client, taskd.cli.main\n"
             "from twisted.plugin import IPlugin, getPlugins\n"
             "assert any(p.tapname == 'taskd' for p in getPlugins(IPlugin) if hasattr(p, 'tapname'))\n"
             "print(sorted(m for m in sys.modules if m.startswith('taskd')))\n"
