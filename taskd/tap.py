@@ -25,13 +25,9 @@ import taskd
 from taskd.config import PoolConfig
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
-from taskd.server import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LINE_TIMEOUT,
-    DEFAULT_MAX_LINE,
-    TRACEBACK_MODES,
-    TaskServerFactory,
-)
+from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
+from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT
+from taskd.tracebacks import TRACEBACK_MODES
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_TASKS = "taskd.examples"
