@@ -2,7 +2,7 @@
 The daemon's own cost per call, without processes, sockets or a reactor:
 C{python -m bench.hotpath}.
 
-A L{TaskServerProtocol} on a L{StringTransport} serves pipelined C{add}
+A L{taskd.connection.TaskServerProtocol} on a L{StringTransport} serves pipelined C{add}
 lines from a L{ProcessPool} whose workers are L{taskd.testing}'s fakes: the
 pool writes its request frames into real pipes and reads the replies back
 from real pipes, and this script answers them in-process.  The time the

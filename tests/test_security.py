@@ -20,7 +20,7 @@ from taskd.client import connect
 from taskd.reconnecting import ReconnectingClient
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
-from taskd.tap import exposureWarnings
+from taskd.listeners import exposureWarnings
 
 from tests.certs import Authority
 from tests.test_tap import ROOT

@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import taskd
 from taskd.pool import ProcessPool
-from taskd.server import TaskServerFactory, TaskServerProtocol
+from taskd.connection import TaskServerProtocol
+from taskd.server import TaskServerFactory
 
 from tests.fakes import FakeProcessReactor, PoolTestsMixin
 
@@ -618,12 +619,12 @@ class HostileLineTests(ServerTestsMixin, SynchronousTestCase):
         Whatever else the decoder might raise (a bug) is logged and the line
         still gets a C{bad_request}; the connection goes on serving.
         """
-        from taskd import server
+        from taskd import connection
 
         def broken(line: bytes) -> Any:
             raise KeyError("a bug")
 
-        self.patch(server, "decodeRequest", broken)
+        self.patch(connection, "decodeRequest", broken)
         proto, transport, reactor = self.connect()
         proto.dataReceived(b'{"function":"add","args":[1,2]}\n')
         self.assertEqual(self.replies(transport), [self.error("bad_request", "the line could not be decoded (KeyError)")])
@@ -869,7 +870,7 @@ class TracebackTests(ServerTestsMixin, SynchronousTestCase):
         L{shortTraceback} keeps the header, the innermost frame of the
         last exception and that exception, with file names only.
         """
-        from taskd.server import shortTraceback
+        from taskd.tracebacks import shortTraceback
 
         full = self.realTraceback()
         self.assertIn(os.path.abspath(__file__), full)
@@ -898,7 +899,7 @@ class TracebackTests(ServerTestsMixin, SynchronousTestCase):
         C{full} passes the worker's traceback on; C{short} shortens it;
         C{none} leaves the field out.
         """
-        from taskd.server import shortTraceback
+        from taskd.tracebacks import shortTraceback
 
         full = self.realTraceback()
         self.assertEqual(self.failedCall("full")["traceback"], full)

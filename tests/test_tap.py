@@ -28,7 +28,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from taskd import errors, tap
+from taskd import errors, listeners, tap
 from taskd.pool import PoolService, ProcessPool
 from taskd.server import TaskServerFactory
 
@@ -121,7 +121,7 @@ class OptionsTests(SynchronousTestCase):
             self.assertEqual(options["tracebacks"], mode, listen)
         # (A systemd: listener is checked against the sockets systemd
         # passed, so it is judged here without parsing.)
-        self.assertEqual(tap.defaultTracebacks(["systemd:domain=INET:index=0"]), "short")
+        self.assertEqual(listeners.defaultTracebacks(["systemd:domain=INET:index=0"]), "short")
         options = tap.Options()
         options.parseOptions(["-l", "tcp:0", "--tracebacks", "full"])
         self.assertEqual(options["tracebacks"], "full")
@@ -168,7 +168,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(str(e).startswith("--listen 'bogus:1': unknown endpoint type 'bogus'; valid types: tcp:, tcp6:, ssl:, unix:, systemd:, "), str(e))
         self.assertIn("mtls:", str(e))
         for good in ["tcp:0", "tcp:0:interface=127.0.0.1:backlog=10", "tcp6:0:interface=\\:\\:1", "unix:/tmp/x.sock"]:
-            self.assertIsNone(tap.checkEndpoint(good), good)
+            self.assertIsNone(listeners.checkEndpoint(good), good)
 
     def test_systemdNames(self) -> None:
         """
@@ -176,11 +176,11 @@ class OptionsTests(SynchronousTestCase):
         as libsystemd does; other environments are left alone.
         """
         environ = {"LISTEN_PID": "42", "LISTEN_FDS": "2"}
-        tap._systemdNames(environ, pid=42)
+        listeners.nameSystemdSockets(environ, pid=42)
         self.assertEqual(environ["LISTEN_FDNAMES"], "unknown:unknown")
         for other in [{"LISTEN_PID": "41", "LISTEN_FDS": "2"}, {"LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "web"}, {}]:
             before = dict(other)
-            tap._systemdNames(other, pid=42)
+            listeners.nameSystemdSockets(other, pid=42)
             self.assertEqual(other, before)
 
 
@@ -208,7 +208,7 @@ class SkipTLSImportsTests(SynchronousTestCase):
         imported, pyOpenSSL is marked unavailable.
         """
         modules: dict[str, Any] = {}
-        tap._skipTLSImports(["tcp:0", "unix:/tmp/x.sock", "tcp6:0", "systemd:domain=INET:index=0"], modules)
+        listeners.skipTLSImports(["tcp:0", "unix:/tmp/x.sock", "tcp6:0", "systemd:domain=INET:index=0"], modules)
         self.assertEqual(modules, {"OpenSSL": None})
 
     def test_tlsListener(self) -> None:
@@ -218,7 +218,7 @@ class SkipTLSImportsTests(SynchronousTestCase):
         """
         for other in ["ssl:0:privateKey=k.pem", "mtls:0:privateKey=k.pem:caCerts=ca.pem", "le:/certs:tcp:443"]:
             modules: dict[str, Any] = {}
-            tap._skipTLSImports(["tcp:0", other], modules)
+            listeners.skipTLSImports(["tcp:0", other], modules)
             self.assertEqual(modules, {})
 
     def test_tooLate(self) -> None:
@@ -228,7 +228,7 @@ class SkipTLSImportsTests(SynchronousTestCase):
         """
         for name in ["OpenSSL", "twisted.internet.tcp"]:
             modules: dict[str, Any] = {name: object()}
-            tap._skipTLSImports(["tcp:0"], modules)
+            listeners.skipTLSImports(["tcp:0"], modules)
             self.assertEqual(list(modules), [name])
 
 
@@ -286,10 +286,10 @@ class ListenDescriptionTests(SynchronousTestCase):
         A C{unix:} listener without C{mode=} gets mode 660; one with a mode,
         and other kinds of listener, are left as given.
         """
-        self.assertEqual(tap.listenDescription("unix:/run/taskd.sock"), "unix:/run/taskd.sock:mode=660")
-        self.assertEqual(tap.listenDescription("unix:/run/taskd.sock:backlog=9"), "unix:/run/taskd.sock:backlog=9:mode=660")
-        self.assertEqual(tap.listenDescription("unix:/run/taskd.sock:mode=600"), "unix:/run/taskd.sock:mode=600")
-        self.assertEqual(tap.listenDescription("tcp:0:interface=127.0.0.1"), "tcp:0:interface=127.0.0.1")
+        self.assertEqual(listeners.listenDescription("unix:/run/taskd.sock"), "unix:/run/taskd.sock:mode=660")
+        self.assertEqual(listeners.listenDescription("unix:/run/taskd.sock:backlog=9"), "unix:/run/taskd.sock:backlog=9:mode=660")
+        self.assertEqual(listeners.listenDescription("unix:/run/taskd.sock:mode=600"), "unix:/run/taskd.sock:mode=600")
+        self.assertEqual(listeners.listenDescription("tcp:0:interface=127.0.0.1"), "tcp:0:interface=127.0.0.1")
 
     def test_listensWithTheMode(self) -> None:
         """

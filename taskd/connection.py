@@ -1,0 +1,464 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+One client connection of the daemon: a C{LineReceiver} that decodes each
+request line, authenticates the connection, hands calls to the pool, keeps
+the books of its calls in flight, and writes the replies.
+
+A request line is passed to the pool as it arrived (the worker reads the
+arguments from it) and a result comes back as the worker encoded it, so a
+call costs the parent one C{json.loads} of the line and no encoding.  That
+path (L{TaskServerProtocol.lineReceived}, C{_call}, C{_done}) is the
+daemon's hot path; it is kept to plain attribute reads and as few calls as
+can be.
+
+What is not the connection's own is in the rooms it uses: the idle and line
+timeouts (L{taskd.timeouts}), the order of replies without an id and the
+transport's write backpressure (L{taskd.replies}).  Its settings, its
+counters and the daemon-wide answers come from its factory
+(L{taskd.server.TaskServerFactory}), through L{ConnectionOwner}, so this
+module does not import the factory's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from taskd import errors
+from taskd.pool import ProcessPool
+from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
+from taskd.timeouts import ConnectionTimeouts
+from taskd.wire import (
+    VERSION,
+    Call,
+    CallId,
+    Cancel,
+    Hello,
+    HelloReply,
+    ProtocolError,
+    Request,
+    Stats,
+    StatsReply,
+    Tasks,
+    decodeRequest,
+    encodeError,
+    encodeHelloReply,
+    encodeProgress,
+    encodeResult,
+    encodeStatsReply,
+)
+
+#: Longest line accepted before a connection has authenticated.
+MAX_HELLO_LINE = 4096
+
+
+class ConnectionOwner(Protocol):
+    """
+    What a L{TaskServerProtocol} reads from, and tells, its factory
+    (L{taskd.server.TaskServerFactory} is the one).
+    """
+
+    #: The pool calls are handed to.
+    pool: ProcessPool
+    #: The longest request line accepted, in bytes.
+    maxLineLength: int
+    #: Connections accepted at once.
+    maxConnections: int
+    #: Requests per connection accepted and not yet answered before the
+    #: connection stops being read.
+    maxInFlight: int
+    #: The token clients must send in their hello, or C{None}.
+    authToken: str | None
+    #: Seconds a connection may take to authenticate.
+    authTimeout: float
+    #: Seconds a connection with no call in flight may send nothing; C{0}
+    #: for no limit.
+    idleTimeout: float
+    #: Seconds a client may take to finish a request line; C{0} for no
+    #: limit.
+    lineTimeout: float
+    #: The clock of the timeouts.
+    clock: IReactorTime
+    #: taskd's version, sent in the hello reply.
+    version: str
+    #: The connections open now (a connection adds itself).
+    connections: set[TaskServerProtocol]
+
+    def connectionEnded(self, protocol: TaskServerProtocol) -> None:
+        """
+        C{protocol}'s connection is lost.
+        """
+
+    def checkToken(self, token: str) -> bool:
+        """
+        @return: whether C{token} is the daemon's.
+        """
+
+    def stats(self) -> StatsReply:
+        """
+        @return: the reply to a C{stats} request.
+        """
+
+    def tasksLine(self) -> bytes:
+        """
+        @return: the encoded reply to a C{tasks} request.
+        """
+
+    def presentError(self, error: errors.TaskdError) -> errors.TaskdError:
+        """
+        @return: C{error} as clients get it.
+        """
+
+
+@implementer(IHalfCloseableProtocol)
+class TaskServerProtocol(LineReceiver):
+    """
+    One client connection.
+
+    A client may close its sending side once its requests are written (as
+    C{nc -q} and C{shutdown(SHUT_WR)} do); every request still gets its
+    reply, then the daemon closes the connection.
+
+    @ivar _calls: the calls in flight, keyed by their id, or by their
+        L{ReplySlot} for calls without one.
+    @ivar _ordered: the slots of replies without an id.
+    @ivar _unanswered: requests accepted whose reply is not yet written;
+        reading pauses while it is at the factory's C{maxInFlight}.
+    """
+
+    delimiter = b"\n"
+    factory: ConnectionOwner
+    # A stream transport that is also a consumer (TCP, TLS, UNIX).
+    transport: Any
+    log = Logger()
+
+    _closed = False
+    _readClosed = False
+    _writeBlocked = False
+    _authenticated = True
+    _authTimer: IDelayedCall | None = None
+    # Receiving a line never touches a timer: see taskd.timeouts.
+    _timeouts: ConnectionTimeouts | None = None
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self._setMaxLength(factory.maxLineLength)
+        self._calls: dict[Any, Deferred[bytes]] = {}
+        self._ordered = OrderedReplies()
+        self._unanswered = 0
+        if len(factory.connections) >= factory.maxConnections:
+            self._closed = True
+            error = errors.PoolBusy(
+                f"the daemon has {factory.maxConnections} connections, its "
+                "limit; try again later"
+            )
+            self.transport.write(encodeError(None, error))
+            self.transport.loseConnection()
+            return
+        factory.connections.add(self)
+        self.transport.registerProducer(WriteBackpressure(self._writeBufferFull), True)
+        if factory.idleTimeout or factory.lineTimeout:
+            self._timeouts = ConnectionTimeouts(factory.clock, self, factory)
+            self._timeouts.start()
+        if factory.authToken is not None:
+            self._authenticated = False
+            # Before authentication a line has no business being long.
+            self._setMaxLength(min(factory.maxLineLength, MAX_HELLO_LINE))
+            self._authTimer = factory.clock.callLater(
+                factory.authTimeout, self._authTimedOut
+            )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._closed = True
+        if self._authTimer is not None and self._authTimer.active():
+            self._authTimer.cancel()
+        if self._timeouts is not None:
+            self._timeouts.stop()
+            self._timeouts = None
+        self.factory.connectionEnded(self)
+        calls, self._calls = self._calls, {}
+        for d in calls.values():
+            d.cancel()
+
+    def readConnectionLost(self) -> None:
+        self._readClosed = True
+        self._maybeFinish()
+
+    def writeConnectionLost(self) -> None:
+        # The client will not read replies: nothing left to do for it.
+        self.transport.loseConnection()
+
+    def _maybeFinish(self) -> None:
+        """
+        Once the client has stopped sending: treat what is left of the
+        buffer as a last line, and close after the last reply.
+        """
+        if not self._readClosed or self.paused or self._closed:
+            return
+        rest = self.clearLineBuffer()
+        if rest:
+            self.lineReceived(rest)
+        if self._unanswered == 0 and not self._closed:
+            self._closed = True
+            self.transport.loseConnection()
+
+    # -- what its timeouts ask (taskd.timeouts.WatchedConnection) ----------
+
+    def isClosed(self) -> bool:
+        """
+        @return: whether the connection is closed, or closing: refused,
+            or its last line written.
+        """
+        return self._closed
+
+    def hasPartialLine(self) -> bool:
+        """
+        @return: whether the connection holds the start of a request line
+            and is reading it (not paused).
+        """
+        return bool(self._buffer) and not self.paused
+
+    def hasCallsInFlight(self) -> bool:
+        """
+        @return: whether a request of the connection is not yet answered.
+        """
+        return self._unanswered != 0
+
+    def timedOut(self, error: errors.TaskdError) -> None:
+        """
+        A timeout has passed: send C{error} as the last line and close.
+        """
+        self._closeWith(error)
+
+    # -- reading ----------------------------------------------------------
+
+    def _setMaxLength(self, length: int) -> None:
+        self._maxLength = length
+        # One byte more for a "\r" before the "\n", which is not counted
+        # either; lineReceived checks the rest.
+        self.MAX_LENGTH = length + 1
+
+    def dataReceived(self, data: bytes) -> None:
+        timeouts = self._timeouts
+        if timeouts is None:
+            LineReceiver.dataReceived(self, data)
+            return
+        timeouts.receiving(data)
+        LineReceiver.dataReceived(self, data)
+        timeouts.received(data, bool(self._buffer))
+
+    def resumeProducing(self) -> None:
+        # The time the daemon did not read is not the client's.
+        if self._timeouts is not None:
+            self._timeouts.resumed()
+        LineReceiver.resumeProducing(self)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closed:
+            # Refused or closing: lines still buffered are not served.
+            return
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        elif len(line) > self._maxLength:
+            self.lineLengthExceeded(line)
+            return
+        if not line.strip():
+            return
+        try:
+            request = decodeRequest(line)
+        except Exception as e:
+            if not isinstance(e, ProtocolError):
+                # A bug in the decoder: the line still gets its answer.
+                self.log.failure("a request line could not be decoded")
+                e = ProtocolError(
+                    errors.BadRequest(
+                        f"the line could not be decoded ({type(e).__name__})"
+                    )
+                )
+            if not self._authenticated:
+                self._refuse("authenticate first, with a hello that carries the token")
+                return
+            self._answer(e.id, encodeError(e.id, e.error))
+            return
+        if not self._authenticated:
+            self._authenticate(request)
+        elif isinstance(request, Call):
+            self._call(request)
+        elif isinstance(request, Cancel):
+            d = self._calls.get(request.id)
+            if d is not None:
+                d.cancel()
+        elif isinstance(request, Stats):
+            self._answer(None, encodeStatsReply(self.factory.stats()))
+        elif isinstance(request, Tasks):
+            self._answer(None, self.factory.tasksLine())
+        else:
+            self._answer(None, encodeHelloReply(self._hello()))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._closeWith(
+            errors.LineTooLong(
+                f"a request line is longer than {self._maxLength} bytes; "
+                "closing the connection"
+            )
+        )
+
+    def _closeWith(self, error: errors.TaskdError) -> None:
+        """
+        Send C{error}, the connection's last line, and close.  Calls still
+        in flight are cancelled when the connection is gone.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.clearLineBuffer()
+        self.transport.write(encodeError(None, error))
+        if self._writeBlocked:
+            # The client does not read: the line cannot be delivered, and
+            # waiting for it to be would hold the connection.
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # -- authentication ---------------------------------------------------
+
+    def _authenticate(self, request: Request) -> None:
+        if not isinstance(request, Hello):
+            self._refuse("authenticate first, with a hello that carries the token")
+            return
+        token = request.fields.get("token")
+        if token is None:
+            self._refuse("this daemon requires a token and the hello carried none")
+            return
+        if not isinstance(token, str) or not self.factory.checkToken(token):
+            self._refuse("the token is wrong")
+            return
+        self._authenticated = True
+        self._setMaxLength(self.factory.maxLineLength)
+        if self._authTimer is not None and self._authTimer.active():
+            self._authTimer.cancel()
+        self._answer(None, encodeHelloReply(self._hello()))
+
+    def _authTimedOut(self) -> None:
+        self._refuse(
+            f"no authentication within {self.factory.authTimeout} seconds"
+        )
+
+    def _refuse(self, message: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.transport.write(encodeError(None, errors.Unauthenticated(message)))
+        self.transport.loseConnection()
+
+    def _hello(self) -> HelloReply:
+        pool = self.factory.pool
+        return HelloReply(
+            VERSION,
+            {
+                "server": "taskd",
+                "serverVersion": self.factory.version,
+                "tasks": list(pool.registry),
+                "maxLineLength": self._maxLength,
+                "maxInFlight": self.factory.maxInFlight,
+            },
+        )
+
+    # -- calls --------------------------------------------------------------
+
+    def _call(self, call: Call) -> None:
+        id = call.id
+        if id is not None and id in self._calls:
+            error = errors.DuplicateId(
+                f"id {id!r} belongs to a call still in flight; "
+                "this call was not run"
+            )
+            self._answer(id, encodeError(id, error))
+            return
+        pool = self.factory.pool
+        key: Any = id if id is not None else self._ordered.reserve()
+        self._unanswered += 1
+        progress = None
+        if call.progress:
+            progress = lambda report: self._progress(id, report)  # noqa: E731
+        d = pool.submitEncoded(
+            call.function, call.raw, timeout=pool.timeoutFor(call.timeout), progress=progress
+        )
+        self._calls[key] = d
+        d.addCallbacks(
+            self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
+        )
+        self._updateReading()
+
+    # -- writing ----------------------------------------------------------
+
+    def _answer(self, id: CallId, line: bytes) -> None:
+        """
+        Reply to a request that is not a running call.  It never touches
+        C{_calls}: a call in flight with the same id stays on the books.
+        """
+        key: Any = id if id is not None else self._ordered.reserve()
+        self._unanswered += 1
+        self._done(key, line)
+
+    def _progress(self, id: CallId, report: bytes) -> None:
+        # Reports are for people watching: one that would join a full write
+        # buffer (a client not reading) is dropped rather than held.
+        if not self._closed and not self._writeBlocked and id in self._calls:
+            self.transport.write(encodeProgress(id, report))
+
+    def _succeeded(self, result: bytes, key: Any) -> None:
+        self._calls.pop(key, None)
+        id = None if isinstance(key, ReplySlot) else key
+        self._done(key, encodeResult(id, result))
+
+    def _failed(self, failure: Failure, key: Any) -> None:
+        self._calls.pop(key, None)
+        id = None if isinstance(key, ReplySlot) else key
+        error = failure.value
+        if isinstance(error, CancelledError):
+            error = errors.TaskCancelled("the call was cancelled")
+        elif not isinstance(error, errors.TaskdError):
+            self.log.failure("unexpected error in a call", failure)
+            error = errors.TaskdError(f"internal error: {error!r}")
+        self._done(key, encodeError(id, self.factory.presentError(error)))
+
+    def _done(self, key: Any, line: bytes) -> None:
+        """
+        Write a reply (or hold it for its turn among replies without ids).
+        """
+        if self._closed:
+            return
+        if isinstance(key, ReplySlot):
+            self._unanswered -= self._ordered.fill(key, line, self.transport.write)
+        else:
+            self.transport.write(line)
+            self._unanswered -= 1
+        if self._unanswered == 0 and self._timeouts is not None:
+            self._timeouts.allAnswered()
+        self._updateReading()
+        self._maybeFinish()
+
+    def _writeBufferFull(self, full: bool) -> None:
+        """
+        The transport's write buffer is full (the client is not reading),
+        or has drained: stop reading requests, or read again.
+        """
+        self._writeBlocked = full
+        self._updateReading()
+
+    def _updateReading(self) -> None:
+        if self._closed:
+            return
+        stop = self._writeBlocked or self._unanswered >= self.factory.maxInFlight
+        if stop and not self.paused:
+            self.pauseProducing()
+        elif not stop and self.paused:
+            self.resumeProducing()

@@ -1,0 +1,105 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+How replies leave a connection: in order where they must be, and no faster
+than the client reads them.
+
+ - Replies to requests with an C{id} are written as soon as they are
+   ready, in any order.  Replies to requests without one (calls without
+   an id, C{stats}, C{tasks}, a C{hello}) cannot be told apart by the
+   client, so they are written in the order the requests arrived: each
+   request takes a L{ReplySlot} in L{OrderedReplies} when it arrives, and
+   a reply waits in its slot until those before it are written.
+ - L{WriteBackpressure} is the producer a connection registers with its
+   transport: the transport tells it when its write buffer is full (the
+   client is not reading) and when it has drained, and the connection
+   stops reading new requests meanwhile.
+
+This room keeps the rule of the order and the transport's signal apart
+from what a connection does with requests (L{taskd.connection}); it imports
+nothing of taskd.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+
+class ReplySlot:
+    """
+    A place in the line of replies to requests without an id.
+
+    @ivar line: the reply, once it is ready; C{None} until then.
+    """
+
+    __slots__ = ("line",)
+
+    def __init__(self, line: bytes | None = None) -> None:
+        self.line = line
+
+
+class OrderedReplies:
+    """
+    The replies to requests without an id, written in the order the
+    requests arrived.
+    """
+
+    __slots__ = ("_slots",)
+
+    def __init__(self) -> None:
+        self._slots: deque[ReplySlot] = deque()
+
+    def reserve(self) -> ReplySlot:
+        """
+        A request without an id has arrived.
+
+        @return: the slot its reply will go in, after every slot reserved
+            before.
+        """
+        slot = ReplySlot()
+        self._slots.append(slot)
+        return slot
+
+    def fill(self, slot: ReplySlot, line: bytes, write: Callable[[bytes], object]) -> int:
+        """
+        Put C{line} in C{slot}, then write every reply whose turn has come.
+
+        @param write: writes one reply (the transport's C{write}).
+        @return: how many replies were written (none while an earlier slot
+            is still empty).
+        """
+        slot.line = line
+        slots = self._slots
+        written = 0
+        while slots and (ready := slots[0].line) is not None:
+            slots.popleft()
+            write(ready)
+            written += 1
+        return written
+
+
+@implementer(IPushProducer)
+class WriteBackpressure:
+    """
+    Told by the transport when its write buffer is full (the client is not
+    reading) and when it has drained; tells the connection.
+    """
+
+    def __init__(self, writeBlocked: Callable[[bool], None]) -> None:
+        """
+        @param writeBlocked: called with C{True} when the buffer is full,
+            C{False} when it has drained.
+        """
+        self._writeBlocked = writeBlocked
+
+    def pauseProducing(self) -> None:
+        self._writeBlocked(True)
+
+    def resumeProducing(self) -> None:
+        self._writeBlocked(False)
+
+    def stopProducing(self) -> None:
+        pass
