@@ -44,8 +44,6 @@ def _decode(scan: Any, s: str) -> Any:
     (two regular-expression matches and a decoder method call, which cost
     more than decoding a short line).
     """
-    if s[:1] == "\ufeff":
-        raise JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
     idx = _skip(s, 0) if s[:1] in _BLANK else 0
     try:
         value, end = scan(s, idx)
@@ -65,7 +63,10 @@ def loads(data: str | bytes | bytearray) -> Any:
 
     @raise ValueError: if it is not one JSON value.
     """
-    if not isinstance(data, str):
+    if isinstance(data, str):
+        if data[:1] == "\ufeff":
+            raise JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+    else:
         data = bytes(data)
         encoding = "utf-8-sig" if data[:3] == b"\xef\xbb\xbf" else "utf-8"
         data = data.decode(encoding, "surrogatepass")

@@ -49,6 +49,14 @@ class LoadsTests(SynchronousTestCase):
         for data in (text, text.encode("utf-8", "surrogatepass")):
             self.assertEqual(outcome(_json.loads, data), outcome(json.loads, data))
 
+    def test_byteOrderMarks(self) -> None:
+        """
+        A UTF-8 byte order mark is refused in text and skipped once in
+        bytes, as C{json.loads} does: a second one is no JSON value.
+        """
+        for data in ["\ufeff1", b"\xef\xbb\xbf1", b"\xef\xbb\xbf\xef\xbb\xbf1", "\ufeff", b"\xef\xbb\xbf"]:
+            self.assertEqual(outcome(_json.loads, data), outcome(json.loads, data), data)
+
     def test_deepNesting(self) -> None:
         """
         Nesting too deep for the decoder raises C{RecursionError}, as
