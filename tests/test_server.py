@@ -263,7 +263,7 @@ class StatsTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "connections": 1}],
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "connections": 1}],
         )
 
 
