@@ -42,6 +42,36 @@ def _taskLimits(value: Mapping[str, TaskOptions]) -> dict[str, TaskOptions]:
     return limits
 
 
+def parseTaskLimit(text: str) -> tuple[str, TaskOptions]:
+    """
+    Read a task's scheduling options as the daemon's C{--task-limit} takes
+    them: C{NAME:concurrency=4,rate=10/s,priority=5} (any of the three,
+    at least one).
+
+    @return: the task name and its options.
+    @raise ValueError: saying precisely what is wrong.
+    """
+    name, colon, rest = text.rpartition(":")
+    if not colon or not name:
+        raise ValueError("must be NAME:OPTION=VALUE,... (such as send_mail:concurrency=4,rate=10/s)")
+    values: dict[str, Any] = {}
+    for item in rest.split(","):
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or key not in ("concurrency", "rate", "priority"):
+            raise ValueError(f"{item!r} is not concurrency=N, rate=N/s|m|h or priority=N")
+        if key in values:
+            raise ValueError(f"{key} is given twice")
+        if key == "rate":
+            values[key] = value.strip()
+        else:
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise ValueError(f"{key} must be a whole number, not {value!r}") from None
+    return name, TaskOptions(**values).check()
+
+
 def _positiveOrNone(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and not value > 0:
         raise ValueError(f"{attribute.name} must be a positive number of seconds or None, not {value!r}")
