@@ -6,9 +6,12 @@ limits and deadlines, on the fake process reactor with an exact clock.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 from typing import Any
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
@@ -17,6 +20,7 @@ from taskd.pool import ProcessPool
 from taskd.registry import Registry, TaskOptions, parseRate
 
 from tests.fakes import FakeProcess, FakeProcessReactor, PoolTestsMixin
+from tests.test_reliability import DaemonTestCase
 
 
 def schedulingRegistry() -> Registry:
@@ -495,3 +499,43 @@ class SchedulingTests(SchedulingMixin, SynchronousTestCase):
         d = pool.submit("add", ["x"])
         holder(reactor, ("add", "x")).send(b"R0")
         self.successResultOf(d)
+
+
+class DaemonSchedulingTests(DaemonTestCase):
+    """
+    Concurrency caps and rate limits in a real C{twistd taskd}, set with
+    C{--task-limit}, measured by the tasks themselves.
+    """
+
+    @inlineCallbacks
+    def test_capAndRate(self) -> Any:
+        """
+        A task with C{concurrency=1} never overlaps itself on three
+        workers, while another task's calls run beside it; C{rate="10/s"}
+        starts 30 (plus or minus 2) calls in 3 seconds of wall time.
+        """
+        yield self.startDaemon(
+            "--task-limit", "stamped:concurrency=1", "--task-limit", "ratestamp:rate=10/s", workers=3
+        )
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        capped, rated = os.path.join(directory, "capped"), os.path.join(directory, "rated")
+        lines = [
+            json.dumps({"function": "stamped", "args": [capped, 0.05], "id": i}).encode() for i in range(10)
+        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(45)]
+        proto = yield self.pipeline(lines)
+        self.assertEqual(
+            {id: [r["type"] for r in replies] for id, replies in proto.replies.items()},
+            {id: ["result"] for id in [*range(10), *range(100, 145)]},
+        )
+        with open(capped) as f:
+            spans = sorted(tuple(map(float, line.split())) for line in f)
+        self.assertEqual(len(spans), 10)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            self.assertLessEqual(end, start)
+        with open(rated) as f:
+            starts = sorted(float(line) for line in f)
+        self.assertEqual(len(starts), 45)
+        inThree = sum(1 for t in starts if t - starts[0] < 3.0)
+        self.assertTrue(28 <= inThree <= 32, (inThree, starts))
+        self.assertNothingUnhandled()
