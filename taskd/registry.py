@@ -131,7 +131,7 @@ class Registry:
     ) -> F:
         """
         Register C{function} under C{name}, its C{__qualname__} by default,
-        with its scheduling options (see L{TaskOptions}).
+        with its scheduling options (see L{taskd.registry.TaskOptions}).
 
         @raise ValueError: if another function already holds the name, or
             for an option out of its range.
