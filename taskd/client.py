@@ -88,13 +88,24 @@ class TaskClientProtocol(Protocol):
         kwargs: dict[str, Any] | None = None,
         timeout: float | None = None,
         progress: Callable[[Any], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         if self._closed:
             return fail(errors.ConnectionLost("the connection is closed"))
         id = next(self._ids)
         try:
             line = encodeRequest(
-                Call(name, list(args), dict(kwargs or {}), id, timeout, progress=progress is not None)
+                Call(
+                    name,
+                    list(args),
+                    dict(kwargs or {}),
+                    id,
+                    timeout,
+                    progress=progress is not None,
+                    priority=priority,
+                    deadline=deadline,
+                )
             )
         except (TypeError, ValueError) as e:
             return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
@@ -290,6 +301,8 @@ class Caller:
         kwargs: dict[str, Any] | None,
         timeout: float | None,
         progress: Callable[[Any], object] | None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         raise NotImplementedError()
 
@@ -313,6 +326,8 @@ class Caller:
         *,
         timeout: float | None = None,
         progress: Callable[[Any], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         """
         Like L{call}, with call options kept apart from the task's
@@ -322,8 +337,12 @@ class Caller:
             still applies).
         @param progress: called with each progress report the task makes
             (see L{taskd.worker.progress}), before the result arrives.
+        @param priority: the call's priority, -100 to 100, higher first
+            (the task's default if C{None}; see C{docs/scheduling.md}).
+        @param deadline: seconds the call may wait in the daemon's queue;
+            past them it fails with L{errors.Expired}, not run.
         """
-        return self._send(name, args, kwargs, timeout, progress)
+        return self._send(name, args, kwargs, timeout, progress, priority, deadline)
 
 
 class TaskClient(Caller):
@@ -341,8 +360,10 @@ class TaskClient(Caller):
         kwargs: dict[str, Any] | None,
         timeout: float | None,
         progress: Callable[[Any], object] | None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
-        return self._protocol.call(name, args, kwargs, timeout, progress)
+        return self._protocol.call(name, args, kwargs, timeout, progress, priority, deadline)
 
     def close(self) -> Deferred[None]:
         """

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from attrs import field, frozen, validators
 
 from taskd._frames import DEFAULT_MAX_RESULT
+from taskd.registry import TaskOptions
 
 
 def _atLeast(minimum: float) -> Callable[[Any, Any, Any], None]:
@@ -27,6 +28,53 @@ def _atLeast(minimum: float) -> Callable[[Any, Any, Any], None]:
 
 def _names(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
+
+
+def _taskLimits(value: Mapping[str, TaskOptions]) -> dict[str, TaskOptions]:
+    limits = {}
+    for name, options in dict(value).items():
+        if not isinstance(options, TaskOptions):
+            raise ValueError(f"taskLimits[{name!r}] must be a TaskOptions, not {options!r}")
+        try:
+            limits[name] = options.check()
+        except ValueError as e:
+            raise ValueError(f"taskLimits[{name!r}]: {e}") from None
+    return limits
+
+
+def parseTaskLimit(text: str) -> tuple[str, TaskOptions]:
+    """
+    Read a task's scheduling options as the daemon's C{--task-limit} takes
+    them: C{NAME:concurrency=4,rate=10/s,priority=5} (any of the three,
+    at least one).
+
+    @return: the task name and its options.
+    @raise ValueError: saying precisely what is wrong.
+    """
+    name, colon, rest = text.rpartition(":")
+    if not colon or not name:
+        raise ValueError("must be NAME:OPTION=VALUE,... (such as send_mail:concurrency=4,rate=10/s)")
+    values: dict[str, Any] = {}
+    for item in rest.split(","):
+        key, equals, value = item.partition("=")
+        key = key.strip()
+        if not equals or key not in ("concurrency", "rate", "priority"):
+            raise ValueError(f"{item!r} is not concurrency=N, rate=N/s|m|h or priority=N")
+        if key in values:
+            raise ValueError(f"{key} is given twice")
+        if key == "rate":
+            values[key] = value.strip()
+        else:
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise ValueError(f"{key} must be a whole number, not {value!r}") from None
+    return name, TaskOptions(**values).check()
+
+
+def _positiveOrNone(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number of seconds or None, not {value!r}")
 
 
 def _cpuCount() -> int:
@@ -69,6 +117,13 @@ class PoolConfig:
         to C{maxRestartDelay}.  Workers killed (timeout, cancel) or crashed
         are replaced at once, C{workers} of them, then one per
         C{minRestartDelay} seconds.
+    @ivar agingInterval: a queued call gains one level of priority per this
+        many seconds it waits, so that a call of priority C{p} is overtaken
+        only by calls of priority C{q} that arrive less than
+        C{(q - p) * agingInterval} seconds after it; C{None}: strict
+        priorities (see C{docs/scheduling.md}).
+    @ivar taskLimits: scheduling options by task name, each overriding
+        the options of C{@task(...)} it sets (see L{TaskOptions}).
     @ivar python: the interpreter workers run on.
     @ivar env: the workers' environment (the daemon's by default).
     """
@@ -86,5 +141,7 @@ class PoolConfig:
     prefetch: int = field(default=1, validator=_atLeast(1))
     minRestartDelay: float = field(default=0.5, validator=_atLeast(0))
     maxRestartDelay: float = field(default=30.0, validator=_atLeast(0))
+    agingInterval: float | None = field(default=1.0, validator=_positiveOrNone)
+    taskLimits: Mapping[str, TaskOptions] = field(factory=dict, converter=_taskLimits)
     python: str = sys.executable
     env: Mapping[str, str] | None = field(default=None, validator=validators.optional(validators.instance_of(dict)))

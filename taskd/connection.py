@@ -389,7 +389,12 @@ class TaskServerProtocol(LineReceiver):
         if call.progress:
             progress = lambda report: self._progress(id, report)  # noqa: E731
         d = pool.submitEncoded(
-            call.function, call.raw, timeout=pool.timeoutFor(call.timeout), progress=progress
+            call.function,
+            call.raw,
+            timeout=pool.timeoutFor(call.timeout),
+            progress=progress,
+            priority=call.priority,
+            deadline=call.deadline,
         )
         self._calls[key] = d
         d.addCallbacks(

@@ -189,6 +189,14 @@ class PoolStopping(TaskdError):
     type = "stopping"
 
 
+class Expired(TaskdError):
+    """
+    The call waited in the queue past its C{deadline} and was not run.
+    """
+
+    type = "expired"
+
+
 class TaskCancelled(TaskdError):
     """
     The call was cancelled.  On the Python side a cancelled C{Deferred}
@@ -259,6 +267,7 @@ _byType: dict[str, type[TaskdError]] = {
         WorkerProtocolError,
         PoolBusy,
         PoolStopping,
+        Expired,
         TaskCancelled,
         ConnectionLost,
         NotConnected,

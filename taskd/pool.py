@@ -4,8 +4,9 @@ The scheduler: a pool of long-lived worker processes running registered
 tasks.
 
 L{ProcessPool} keeps C{workers} L{WorkerProcess}es running, queues calls
-in a bounded FIFO and hands each to a worker: an idle one, or (with
-C{prefetch}) a busy one's pipe.  It owns every policy: limits, timeouts,
+in a bounded L{CallQueue} (a FIFO unless priorities, concurrency caps or
+rate limits are used: see C{docs/scheduling.md}) and hands each to a
+worker: an idle one, or (with C{prefetch}) a busy one's pipe.  It owns every policy: limits, timeouts,
 cancellation, crash replacement with backoff, recycling, and a graceful
 stop.  It takes a task name and the arguments as a JSON object and gives
 back the task's result as JSON, so a server can pass bytes from the
@@ -41,9 +42,16 @@ from twisted.python.failure import Failure
 from taskd import _json, errors
 from taskd._lifecycle import Lifecycle
 from taskd._children import describeExit
+from taskd._queue import CallQueue
 from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
-from taskd.registry import Registry, loadTaskModules, registry as defaultRegistry
+from taskd.registry import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Registry,
+    loadTaskModules,
+    registry as defaultRegistry,
+)
 
 #: Marks "use the pool's default" where C{None} means "no limit".
 _DEFAULT: Any = object()
@@ -91,10 +99,15 @@ class _Call:
     payload: bytes
     timeout: float | None
     progress: Callable[[bytes], object] | None = None
+    priority: int = 0
+    deadline: float | None = None
     deferred: Deferred[bytes] = field(init=False)
     worker: WorkerProcess[_Call] | None = None
+    # Its run timeout's timer once it runs; its deadline's while queued.
     timer: IDelayedCall | None = None
     done: bool = False
+    queuedAt: float = 0.0
+    seq: int = 0
 
 
 _Worker = WorkerProcess[_Call]
@@ -144,7 +157,8 @@ class ProcessPool(Lifecycle[PoolState]):
         self.reactor = reactor
         self.registry = defaultRegistry if registry is None else registry
         self.state = PoolState.NEW
-        self._queue: deque[_Call] = deque()
+        self._queue: CallQueue[_Call] = CallQueue(reactor.seconds, config.agingInterval)
+        self._wakeTimer: IDelayedCall | None = None
         self._idle: list[_Worker] = []
         # Workers counted against capacity: starting or ready.
         self._live: set[_Worker] = set()
@@ -178,6 +192,7 @@ class ProcessPool(Lifecycle[PoolState]):
         except Exception:
             self._go("abandon")
             return fail()
+        self._configureQueue()
         self._go("start")
         starting = self._starting = Deferred()
         for _ in range(self.config.workers):
@@ -185,6 +200,20 @@ class ProcessPool(Lifecycle[PoolState]):
                 break  # a spawn failed and stopped the pool
             self._spawn()
         return starting
+
+    def _configureQueue(self) -> None:
+        """
+        Give the queue each task's policies: its C{@task(...)} options,
+        with L{PoolConfig.taskLimits} over them.
+        """
+        policies = self.registry.optionsByName()
+        for name, override in self.config.taskLimits.items():
+            if name in policies:
+                policies[name] = policies[name].merged(override)
+            else:
+                policies[name] = override
+        self._queue.agingInterval = self.config.agingInterval
+        self._queue.configure(policies)
 
     def timeoutFor(self, requested: float | None) -> float | None:
         """
@@ -208,6 +237,8 @@ class ProcessPool(Lifecycle[PoolState]):
         *,
         timeout: float | None = _DEFAULT,
         progress: Callable[[Any], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         """
         Run task C{name} with C{args} and C{kwargs} in a worker.
@@ -216,6 +247,12 @@ class ProcessPool(Lifecycle[PoolState]):
             default if not given, no limit if C{None}.
         @param progress: called with each value the task reports with
             L{taskd.worker.progress}, before the result.
+        @param priority: from L{MIN_PRIORITY} to L{MAX_PRIORITY}, higher
+            first; the task's default (see L{taskd.registry.TaskOptions})
+            if C{None}.
+        @param deadline: seconds the call may wait in the queue; past them
+            it fails with L{errors.Expired} without running.  C{None}: no
+            limit.
         @return: a C{Deferred} firing with the task's result (decoded from
             JSON), or failing with an L{errors.TaskdError} (or
             C{twisted.internet.defer.CancelledError} if cancelled).
@@ -227,7 +264,14 @@ class ProcessPool(Lifecycle[PoolState]):
         encodedProgress = None
         if progress is not None:
             encodedProgress = lambda value: progress(_json.loads(value))  # noqa: E731
-        d = self.submitEncoded(name, payload, timeout=timeout, progress=encodedProgress)
+        d = self.submitEncoded(
+            name,
+            payload,
+            timeout=timeout,
+            progress=encodedProgress,
+            priority=priority,
+            deadline=deadline,
+        )
         return d.addCallback(_json.loads)
 
     def submitEncoded(
@@ -237,6 +281,8 @@ class ProcessPool(Lifecycle[PoolState]):
         *,
         timeout: float | None = _DEFAULT,
         progress: Callable[[bytes], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -256,25 +302,52 @@ class ProcessPool(Lifecycle[PoolState]):
             return fail(errors.UnknownTask(f"no task named {name!r}"))
         if self._startError is not None and not self._anyReady():
             return fail(self._startError)
+        queue = self._queue
+        if priority is None:
+            priority = queue.defaultPriorities.get(name, 0) if queue.defaultPriorities else 0
+        elif type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            return fail(
+                errors.BadRequest(
+                    f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+                )
+            )
+        if deadline is not None and not deadline > 0:
+            return fail(errors.BadRequest("deadline must be a positive number of seconds"))
         maxQueue = self.config.maxQueue
-        if not self._idle and len(self._queue) >= maxQueue:
+        # Whether the call may start now as far as its task's limits go.
+        free = not queue.limiters or queue.mayStart(name)
+        if queue.size >= maxQueue and not (self._idle and free):
             return fail(
                 errors.PoolBusy(
                     f"the queue is full ({maxQueue} calls waiting); try again later"
                 )
             )
         call = _Call(
-            name, payload, self.config.timeout if timeout is _DEFAULT else timeout, progress
+            name,
+            payload,
+            self.config.timeout if timeout is _DEFAULT else timeout,
+            progress,
+            priority,
+            deadline,
         )
         call.deferred = Deferred(lambda d: self._cancel(call))
-        if self._idle:
-            self._run(self._idle.pop(), call)
-        else:
-            worker = self._sendAheadTo()
-            if worker is not None:
-                self._run(worker, call)
-            else:
-                self._queue.append(call)
+        if free and not queue.size:
+            # Nothing waits: the call goes straight to a worker if one may
+            # take it (with no policies, this is the only path).
+            ready = self._idle.pop() if self._idle else self._sendAheadTo()
+            if ready is not None:
+                if queue.limiters:
+                    queue.started(name)
+                self._run(ready, call)
+                return call.deferred
+        queue.push(call)
+        if deadline is not None:
+            call.timer = self.reactor.callLater(deadline, self._expired, call)
+        if queue.limiters:
+            # It may have been held back while a worker is free.
+            self._dispatch()
+            if self._idle and queue.size:
+                self._wakeLater()
         return call.deferred
 
     def stop(self) -> Deferred[None]:
@@ -316,17 +389,21 @@ class ProcessPool(Lifecycle[PoolState]):
         self._checkStopped()
         return d
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """
-        @return: counts of workers and calls, for monitoring.
+        @return: counts of workers and calls, for monitoring: integers, and
+            (C{queuedByPriority}, C{queuedByTask}) the queued calls counted
+            by priority (as a string, highest first) and by task name.
         """
         return {
             "workers": len(self._live),
             "idle": len(self._idle),
             "busy": sum(1 for w in self._live if self._busy(w)),
-            "queued": len(self._queue),
+            "queued": self._queue.size,
             "processes": len(self._processes),
             "memoryRecycled": self._memoryRecycled,
+            "queuedByPriority": self._queue.byPriority(),
+            "queuedByTask": self._queue.byTask(),
         }
 
     def pids(self) -> set[int]:
@@ -511,12 +588,68 @@ class ProcessPool(Lifecycle[PoolState]):
         Give C{worker} queued calls up to its capacity; idle it if none.
         """
         capacity = self._capacity(worker)
-        while self._queue and len(worker.inFlight) < capacity:
-            self._run(worker, self._queue.popleft())
+        queue = self._queue
+        while queue.size and len(worker.inFlight) < capacity:
+            call = queue.next()
+            if call is None:
+                break
+            self._run(worker, call)
         if not worker.inFlight:
             self._idle.append(worker)
+            if queue.size:
+                self._wakeLater()
+
+    def _dispatch(self) -> None:
+        """
+        Hand the queued calls that may start now to idle workers, then (with
+        C{prefetch}) send them ahead to busy ones; if some are held back by
+        a rate limit, wake up when the next may start.
+        """
+        queue = self._queue
+        idle = self._idle
+        while queue.size and idle:
+            worker = idle.pop()
+            self._feed(worker)
+            if idle and idle[-1] is worker:
+                return  # nothing may start now (_feed set the wake-up)
+        while queue.size:
+            busy = self._sendAheadTo()
+            if busy is None:
+                return
+            call = queue.next()
+            if call is None:
+                return
+            self._run(busy, call)
+
+    def _wakeLater(self) -> None:
+        """
+        Calls wait that are held back by their tasks' limits while a worker
+        could take them: dispatch again when the earliest rate limit lets
+        one start.  (A concurrency cap frees up when a call ends; see
+        L{_finish}.)
+        """
+        at = self._queue.wakeAt()
+        if at is None:
+            return
+        timer = self._wakeTimer
+        if timer is not None:
+            if timer.getTime() <= at:
+                return
+            timer.cancel()
+        self._wakeTimer = self.reactor.callLater(
+            max(0.0, at - self.reactor.seconds()), self._wake
+        )
+
+    def _wake(self) -> None:
+        self._wakeTimer = None
+        if self._serving():
+            self._dispatch()
 
     def _run(self, worker: _Worker, call: _Call) -> None:
+        if call.timer is not None:
+            # Its deadline: it leaves the queue in time.
+            call.timer.cancel()
+            call.timer = None
         call.worker = worker
         worker.run(call)
         if len(worker.inFlight) == 1:
@@ -619,28 +752,52 @@ class ProcessPool(Lifecycle[PoolState]):
         if call.done:
             return
         call.done = True
+        freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
         call.worker = None
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
         call.deferred.callback(result)
+        if freed and self._serving():
+            self._dispatch()
 
     def _requeue(self, calls: deque[_Call]) -> None:
         """
         Put calls that never started back at the front of the queue.
         """
+        queue = self._queue
         for call in reversed(calls):
             if not call.done:
+                if queue.limiters:
+                    queue.ended(call)
                 call.worker = None
-                self._queue.appendleft(call)
+                queue.pushFront(call)
         if not self._serving():
             self._failQueue(errors.PoolStopping("the pool is stopping"))
-        while self._idle and self._queue:
-            self._feed(self._idle.pop())
+        else:
+            self._dispatch()
 
     def _failQueue(self, error: Exception) -> None:
-        queue, self._queue = self._queue, deque()
-        for call in queue:
+        for call in self._queue.drain():
             self._finish(call, Failure(error))
+        if self._wakeTimer is not None:
+            self._wakeTimer.cancel()
+            self._wakeTimer = None
+
+    def _expired(self, call: _Call) -> None:
+        """
+        C{call} waited in the queue past its deadline.
+        """
+        call.timer = None
+        self._queue.remove(call)
+        self._finish(
+            call,
+            Failure(
+                errors.Expired(
+                    f"task {call.name!r} waited {call.deadline} seconds in the queue "
+                    "without starting (its deadline)"
+                )
+            ),
+        )
 
     def _timedOut(self, call: _Call) -> None:
         worker = call.worker
@@ -666,9 +823,13 @@ class ProcessPool(Lifecycle[PoolState]):
             call.timer.cancel()
         if worker is None:
             self._queue.remove(call)
-        elif worker.call is call:
+            return
+        freed = bool(self._queue.limiters) and self._queue.ended(call)
+        if worker.call is call:
             self._discard(worker)
         # else it waits in the worker's pipe: see _started.
+        if freed and self._serving():
+            self._dispatch()
 
     # -- stopping ---------------------------------------------------------
 

@@ -40,6 +40,8 @@ class _Waiting:
     deferred: Deferred[Any] = field(init=False)
     timer: IDelayedCall | None = None
     sent: Deferred[Any] | None = None
+    priority: int | None = None
+    deadline: float | None = None
 
 
 class ReconnectingClient(Caller, MultiService):
@@ -105,11 +107,13 @@ class ReconnectingClient(Caller, MultiService):
         kwargs: dict[str, Any] | None,
         timeout: float | None,
         progress: Callable[[Any], object] | None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         if self._connected:
             protocol = self._connected[self._turn % len(self._connected)]
             self._turn += 1
-            return protocol.call(name, args, kwargs, timeout, progress)
+            return protocol.call(name, args, kwargs, timeout, progress, priority, deadline)
         if not self.running:
             return fail(errors.NotConnected("the client is not running"))
         if self.failFast:
@@ -121,7 +125,7 @@ class ReconnectingClient(Caller, MultiService):
                     "are already waiting for one"
                 )
             )
-        waiting = _Waiting(name, args, kwargs, timeout, progress)
+        waiting = _Waiting(name, args, kwargs, timeout, progress, priority=priority, deadline=deadline)
 
         def cancel(d: Deferred[Any]) -> None:
             if waiting.sent is not None:
@@ -159,7 +163,13 @@ class ReconnectingClient(Caller, MultiService):
             waiting = self._waiting[0]
             self._unwait(waiting)
             waiting.sent = self._send(
-                waiting.name, waiting.args, waiting.kwargs, waiting.timeout, waiting.progress
+                waiting.name,
+                waiting.args,
+                waiting.kwargs,
+                waiting.timeout,
+                waiting.progress,
+                waiting.priority,
+                waiting.deadline,
             )
             waiting.sent.chainDeferred(waiting.deferred)
 

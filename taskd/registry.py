@@ -12,6 +12,13 @@ A task module marks its functions with L{task}::
     @task(name="mail.bulk")
     def bulk(users): ...
 
+    @task(priority=10, concurrency=2, rate="10/s")
+    def reset_password(user): ...
+
+The scheduling options (L{TaskOptions}: a default priority, a cap on
+calls running at once, a rate limit) are kept per task name; the pool
+reads them (see C{docs/scheduling.md}).
+
 The daemon imports the modules named in its configuration (C{--tasks}) in
 the parent and in every worker.  Only names found here run: nothing a caller
 sends is imported or evaluated.
@@ -23,9 +30,85 @@ Twisted.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Iterable, Iterator, TypeVar, overload
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, TypeVar, overload
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The lowest and highest priority a call or a task may have.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parseRate(text: str) -> float:
+    """
+    Read a rate limit such as C{"10/s"}, C{"30/m"} or C{"100/h"}: a
+    positive number of calls per second, minute or hour.
+
+    @return: the rate in calls per second.
+    @raise ValueError: naming what is wrong with C{text}.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"rate must be a string such as '10/s', not {text!r}")
+    count, slash, per = text.partition("/")
+    if not slash or per not in _PER:
+        raise ValueError(f"rate {text!r} must be COUNT/s, COUNT/m or COUNT/h (such as '10/s')")
+    try:
+        number = float(count)
+    except ValueError:
+        raise ValueError(f"rate {text!r}: {count!r} is not a number") from None
+    if not 0 < number < float("inf"):
+        raise ValueError(f"rate {text!r}: the count must be a positive number")
+    return number / _PER[per]
+
+
+class TaskOptions(NamedTuple):
+    """
+    How the pool schedules one task's calls; C{None} leaves an option
+    unset.  (A C{NamedTuple}, not an attrs class: this module is imported
+    by every worker, which imports nothing it does not need.)
+
+    @ivar priority: the default priority of the task's calls, from
+        L{MIN_PRIORITY} to L{MAX_PRIORITY} (higher runs first); a call's
+        own priority overrides it.
+    @ivar concurrency: at most this many of the task's calls run at once,
+        across all workers.
+    @ivar rate: at most this many of the task's calls start per second,
+        minute or hour (C{"10/s"}, C{"30/m"}, C{"100/h"}; see L{parseRate}).
+    """
+
+    priority: int | None = None
+    concurrency: int | None = None
+    rate: str | None = None
+
+    def check(self) -> TaskOptions:
+        """
+        @return: C{self}, if every option is in its range.
+        @raise ValueError: naming the option that is not.
+        """
+        priority, concurrency = self.priority, self.concurrency
+        if priority is not None and (
+            type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+        ):
+            raise ValueError(
+                f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}, not {priority!r}"
+            )
+        if concurrency is not None and (type(concurrency) is not int or concurrency < 1):
+            raise ValueError(f"concurrency must be a whole number of at least 1, not {concurrency!r}")
+        if self.rate is not None:
+            parseRate(self.rate)
+        return self
+
+    def merged(self, override: TaskOptions) -> TaskOptions:
+        """
+        @return: these options, with each option C{override} sets replacing
+            this one's.
+        """
+        return TaskOptions(
+            self.priority if override.priority is None else override.priority,
+            self.concurrency if override.concurrency is None else override.concurrency,
+            self.rate if override.rate is None else override.rate,
+        )
 
 
 class Registry:
@@ -35,18 +118,33 @@ class Registry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Callable[..., Any]] = {}
+        self._options: dict[str, TaskOptions] = {}
 
-    def register(self, function: F, name: str | None = None) -> F:
+    def register(
+        self,
+        function: F,
+        name: str | None = None,
+        *,
+        priority: int | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
+    ) -> F:
         """
-        Register C{function} under C{name}, its C{__qualname__} by default.
+        Register C{function} under C{name}, its C{__qualname__} by default,
+        with its scheduling options (see L{taskd.registry.TaskOptions}).
 
-        @raise ValueError: if another function already holds the name.
+        @raise ValueError: if another function already holds the name, or
+            for an option out of its range.
         @return: C{function} itself, so this works as a decorator.
         """
         if name is None:
             name = function.__qualname__
         if not isinstance(name, str) or not name or "\n" in name:
             raise ValueError(f"invalid task name {name!r}")
+        try:
+            options = TaskOptions(priority, concurrency, rate).check()
+        except ValueError as e:
+            raise ValueError(f"task {name!r}: {e}") from None
         existing = self._tasks.get(name)
         if existing is not None and _identity(existing) != _identity(function):
             raise ValueError(
@@ -54,27 +152,65 @@ class Registry:
                 f"{existing.__module__}.{existing.__qualname__}"
             )
         self._tasks[name] = function
+        if options == TaskOptions():
+            self._options.pop(name, None)
+        else:
+            self._options[name] = options
         return function
 
     @overload
     def task(self, function: F) -> F: ...
 
     @overload
-    def task(self, *, name: str) -> Callable[[F], F]: ...
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        priority: int | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
+    ) -> Callable[[F], F]: ...
 
     def task(
-        self, function: F | None = None, *, name: str | None = None
+        self,
+        function: F | None = None,
+        *,
+        name: str | None = None,
+        priority: int | None = None,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> F | Callable[[F], F]:
         """
-        Decorator form of L{register}: C{@task} or C{@task(name="x")}.
+        Decorator form of L{register}: C{@task}, C{@task(name="x")},
+        C{@task(priority=5, concurrency=2, rate="10/s")}.
         """
         if function is not None:
             return self.register(function)
+        # Check now, so the error points at the decorator's line.
+        try:
+            TaskOptions(priority, concurrency, rate).check()
+        except ValueError as e:
+            raise ValueError(f"task {name or '(unnamed)'!r}: {e}") from None
 
         def decorate(f: F) -> F:
-            return self.register(f, name)
+            return self.register(
+                f, name, priority=priority, concurrency=concurrency, rate=rate
+            )
 
         return decorate
+
+    def options(self, name: str) -> TaskOptions:
+        """
+        @return: the scheduling options task C{name} was registered with
+            (all unset if none, or if there is no such task).
+        """
+        return self._options.get(name, _NO_OPTIONS)
+
+    def optionsByName(self) -> dict[str, TaskOptions]:
+        """
+        @return: the tasks registered with scheduling options, and theirs.
+        """
+        return dict(self._options)
 
     def get(self, name: str) -> Callable[..., Any] | None:
         """
@@ -90,6 +226,9 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+_NO_OPTIONS = TaskOptions()
 
 
 def _identity(function: Callable[..., Any]) -> tuple[str, str]:

@@ -35,7 +35,7 @@ from taskd.coercers import (
     seconds,
     tracebackMode,
 )
-from taskd.config import PoolConfig
+from taskd.config import PoolConfig, parseTaskLimit
 from taskd.listeners import (
     checkEndpoint,
     defaultTracebacks,
@@ -90,6 +90,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["tasks"] = []
+        self["task-limits"] = {}
 
     def opt_listen(self, endpoint: str) -> None:
         """A Twisted server endpoint to listen on (tcp:, ssl:, unix: ...); repeatable [default: tcp:12345:interface=127.0.0.1]."""
@@ -100,6 +101,15 @@ class Options(usage.Options):
     def opt_tasks(self, module: str) -> None:
         """A task module to load; repeatable [default: taskd.examples]."""
         self["tasks"].append(module)
+
+    def opt_task_limit(self, limit: str) -> None:
+        """NAME:concurrency=N,rate=N/s|m|h,priority=N: set or override a task's scheduling options (see docs/scheduling.md); repeatable."""
+        try:
+            name, options = parseTaskLimit(limit)
+        except ValueError as e:
+            raise usage.UsageError(f"--task-limit {limit!r}: {e}") from None
+        previous = self["task-limits"].get(name)
+        self["task-limits"][name] = options if previous is None else previous.merged(options)
 
     def opt_version(self) -> NoReturn:
         """
@@ -312,6 +322,7 @@ def poolConfig(options: Options) -> PoolConfig:
         maxMemory=_mebibytes(options["max-memory"]),
         maxWorkerRSS=_mebibytes(options["max-worker-rss"]),
         prefetch=options["prefetch"],
+        taskLimits=options["task-limits"],
     )
 
 

@@ -8,6 +8,7 @@ specification; this module follows it.
 Requests (one JSON object per line)::
 
     {"function": "add", "args": [1, 2], "id": 7, "timeout": 5}
+    {"function": "add", "args": [1, 2], "priority": 10, "deadline": 30}
     {"type": "cancel", "id": 7}
     {"type": "hello", "version": 1}
     {"type": "stats"}
@@ -31,6 +32,7 @@ from attrs import frozen
 
 from taskd import _json, errors
 from taskd._frames import jsonType, splitArguments
+from taskd.registry import MAX_PRIORITY, MIN_PRIORITY
 
 #: The protocol version this module speaks.
 VERSION = 1
@@ -54,6 +56,10 @@ class Call:
     @ivar raw: the request line itself, which holds the arguments in the
         form a worker reads (see L{taskd.pool.ProcessPool.submitEncoded}).
     @ivar progress: whether the client wants the task's progress reports.
+    @ivar priority: the call's priority (L{MIN_PRIORITY} to L{MAX_PRIORITY},
+        higher first), or C{None} for its task's default.
+    @ivar deadline: seconds the call may wait in the daemon's queue before
+        it starts (past them it fails with L{errors.Expired}), or C{None}.
     """
 
     function: str
@@ -63,6 +69,8 @@ class Call:
     timeout: float | None = None
     raw: bytes = b""
     progress: bool = False
+    priority: int | None = None
+    deadline: float | None = None
 
 
 @frozen
@@ -257,7 +265,23 @@ def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
         raise _bad("'progress' must be true or false", id)
     if progress and id is None:
         raise _bad("'progress' needs an 'id' to tell whose progress it is")
-    return Call(function, args, kwargs, id, timeout, line, progress)
+    priority = message.get("priority")
+    if priority is not None and (
+        type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise _bad(
+            f"'priority' must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}", id
+        )
+    deadline = message.get("deadline")
+    if deadline is not None:
+        if (
+            not isinstance(deadline, (int, float))
+            or isinstance(deadline, bool)
+            or not 0 < deadline < float("inf")
+        ):
+            raise _bad("'deadline' must be a positive number of seconds", id)
+        deadline = float(deadline)
+    return Call(function, args, kwargs, id, timeout, line, progress, priority, deadline)
 
 
 def encodeRequest(request: Request) -> bytes:
@@ -275,6 +299,10 @@ def encodeRequest(request: Request) -> bytes:
             message["timeout"] = request.timeout
         if request.progress:
             message["progress"] = True
+        if request.priority is not None:
+            message["priority"] = request.priority
+        if request.deadline is not None:
+            message["deadline"] = request.deadline
     elif isinstance(request, Cancel):
         message = {"type": "cancel", "id": request.id}
     elif isinstance(request, Stats):

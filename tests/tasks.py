@@ -204,3 +204,31 @@ def reportFromThread() -> str:
     thread.start()
     thread.join()
     return "joined"
+
+
+def _stamp(path: str, line: str) -> None:
+    # One small O_APPEND write: lines from several workers do not mix.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+@task
+def stamped(path: str, seconds: float) -> None:
+    """
+    Append when this call started and ended (wall-clock seconds) to
+    C{path}, sleeping C{seconds} in between.
+    """
+    start = time.time()
+    time.sleep(seconds)
+    _stamp(path, f"{start!r} {time.time()!r}")
+
+
+@task
+def ratestamp(path: str) -> None:
+    """
+    Append when this call started to C{path}.
+    """
+    _stamp(path, repr(time.time()))

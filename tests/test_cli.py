@@ -240,12 +240,12 @@ class CLITests(TestCase):
         out, err, status = yield runCLI("stats", "-c", self.connect)
         self.assertEqual(
             (out, err, status),
-            (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nconnections: 1\n", b"", 0),
+            (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nqueuedByPriority: {}\nqueuedByTask: {}\nconnections: 1\n", b"", 0),
         )
         out, err, status = yield runCLI("stats", "--json", "-c", self.connect)
         self.assertEqual(
             json.loads(out),
-            {"workers": 2, "idle": 2, "busy": 0, "queued": 0, "processes": 2, "memoryRecycled": 0, "connections": 1},
+            {"workers": 2, "idle": 2, "busy": 0, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "connections": 1},
         )
 
     @inlineCallbacks

@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from taskd import errors
-from taskd.client import TaskClientProtocol, connect
+from taskd.client import TaskClient, TaskClientProtocol, connect
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
 
@@ -49,6 +49,19 @@ class ClientProtocolTests(SynchronousTestCase):
         )
         self.proto.dataReceived(b'{"type":"result","id":2,"result":"x"}\n{"type":"result","id":1,"result":3}\n')
         self.assertEqual((self.successResultOf(a), self.successResultOf(b)), (3, "x"))
+
+    def test_priorityAndDeadline(self) -> None:
+        """
+        C{callWith(..., priority=, deadline=)} sends both fields; an
+        C{expired} error fails the call with L{errors.Expired}.
+        """
+        client = TaskClient(self.proto)
+        d = client.callWith("add", [1, 2], priority=7, deadline=1.5)
+        self.assertEqual(
+            self.sent(), [{"function": "add", "args": [1, 2], "priority": 7, "deadline": 1.5, "id": 1}]
+        )
+        self.proto.dataReceived(b'{"type":"error","id":1,"error":{"type":"expired","message":"late"}}\n')
+        self.assertEqual(self.failureResultOf(d, errors.Expired).value.message, "late")
 
     def test_errorsMapToClasses(self) -> None:
         """

@@ -28,6 +28,7 @@ class ErrorTests(SynchronousTestCase):
             errors.WorkerCrashed("c"),
             errors.PoolBusy("busy"),
             errors.PoolStopping("s"),
+            errors.Expired("late"),
             errors.TaskCancelled("x"),
             errors.ConnectionLost("gone"),
             errors.NotConnected("none"),

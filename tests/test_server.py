@@ -264,7 +264,37 @@ class StatsTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "connections": 1}],
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "connections": 1}],
+        )
+
+
+class SchedulingTests(ServerTestsMixin, SynchronousTestCase):
+    def test_priorityAndDeadline(self) -> None:
+        """
+        A call's C{priority} and C{deadline} reach the pool: the higher
+        priority runs first, and a call past its deadline gets an
+        C{expired} error; the connection goes on.
+        """
+        proto, transport, reactor = self.connect()
+        p = reactor.processes[0]
+        proto.dataReceived(
+            b'{"function":"sleep","args":[1],"id":1}\n'
+            b'{"function":"add","args":[0,1],"id":2}\n'
+            b'{"function":"add","args":[0,2],"id":3,"priority":1}\n'
+            b'{"function":"add","args":[0,3],"id":4,"deadline":2}\n'
+        )
+        reactor.advance(2)
+        self.assertEqual(
+            self.replies(transport),
+            [self.error("expired", "task 'add' waited 2.0 seconds in the queue without starting (its deadline)", 4)],
+        )
+        p.send(b"R1")
+        p.send(b"R3")
+        p.send(b"R2")
+        self.assertEqual([r["args"] for _, r in p.requests()], [[1], [0, 2], [0, 1]])
+        self.assertEqual(
+            self.replies(transport),
+            [{"type": "result", "id": i, "result": i} for i in (1, 3, 2)],
         )
 
 

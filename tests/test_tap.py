@@ -30,6 +30,7 @@ from zope.interface.verify import verifyObject
 
 from taskd import errors, listeners, tap
 from taskd.pool import PoolService, ProcessPool
+from taskd.registry import TaskOptions
 from taskd.server import TaskServerFactory
 
 from tests.fakes import FakeProcessReactor
@@ -71,6 +72,7 @@ class OptionsTests(SynchronousTestCase):
                 "idle-timeout": 300.0,
                 "line-timeout": 30.0,
                 "tracebacks": "full",
+                "task-limits": {},
             },
         )
 
@@ -126,6 +128,21 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["-l", "tcp:0", "--tracebacks", "full"])
         self.assertEqual(options["tracebacks"], "full")
 
+    def test_taskLimit(self) -> None:
+        """
+        C{--task-limit NAME:...} (repeatable; later ones override the
+        options they set) becomes the pool's L{PoolConfig.taskLimits}.
+        """
+        options = tap.Options()
+        options.parseOptions([
+            "-l", "tcp:0", "--task-limit", "mail:concurrency=4,rate=10/s",
+            "--task-limit", "mail:priority=5,concurrency=2", "--task-limit", "a.b:c:rate=3/h",
+        ])
+        self.assertEqual(
+            tap.poolConfig(options).taskLimits,
+            {"mail": TaskOptions(priority=5, concurrency=2, rate="10/s"), "a.b:c": TaskOptions(rate="3/h")},
+        )
+
     def test_badValues(self) -> None:
         """
         Bad values are refused with a message naming the option.
@@ -143,6 +160,13 @@ class OptionsTests(SynchronousTestCase):
             (["--tasks", "tests.brokentasks"], "--tasks 'tests.brokentasks': cannot load task module: ImportError: this task module is broken on purpose"),
             (["--tasks", "no.such.module"], "--tasks 'no.such.module': cannot load task module: ModuleNotFoundError: No module named 'no'"),
             (["--auth-token-file", "/nonexistent"], "--auth-token-file '/nonexistent': cannot read it: No such file or directory"),
+            (["--task-limit", "mail"], "--task-limit 'mail': must be NAME:OPTION=VALUE,... (such as send_mail:concurrency=4,rate=10/s)"),
+            (["--task-limit", "mail:speed=4"], "--task-limit 'mail:speed=4': 'speed=4' is not concurrency=N, rate=N/s|m|h or priority=N"),
+            (["--task-limit", "mail:concurrency=0"], "--task-limit 'mail:concurrency=0': concurrency must be a whole number of at least 1, not 0"),
+            (["--task-limit", "mail:concurrency=x"], "--task-limit 'mail:concurrency=x': concurrency must be a whole number, not 'x'"),
+            (["--task-limit", "mail:rate=10"], "--task-limit 'mail:rate=10': rate '10' must be COUNT/s, COUNT/m or COUNT/h (such as '10/s')"),
+            (["--task-limit", "mail:priority=200"], "--task-limit 'mail:priority=200': priority must be a whole number from -100 to 100, not 200"),
+            (["--task-limit", "mail:rate=1/s,rate=2/s"], "--task-limit 'mail:rate=1/s,rate=2/s': rate is given twice"),
         ]:
             e = self.assertRaises(usage.UsageError, tap.Options().parseOptions, args)
             self.assertEqual(str(e), text)

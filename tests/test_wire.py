@@ -92,9 +92,33 @@ class DecodeRequestTests(SynchronousTestCase):
             self.assertBad(b'{"function":"f","timeout":' + timeout + b"}", "'timeout' must be a positive number of seconds")
         self.assertBad(b'{"function":"f","id":1,"progress":1}', "'progress' must be true or false", 1)
         self.assertBad(b'{"function":"f","progress":true}', "'progress' needs an 'id' to tell whose progress it is")
+        for priority in (b"101", b"-101", b"1.5", b"true", b'"5"'):
+            self.assertBad(
+                b'{"function":"f","id":4,"priority":' + priority + b"}",
+                "'priority' must be a whole number from -100 to 100",
+                4,
+            )
+        for deadline in (b"0", b"-1", b'"5"', b"true", b"NaN", b"Infinity"):
+            self.assertBad(b'{"function":"f","deadline":' + deadline + b"}", "'deadline' must be a positive number of seconds")
         self.assertBad(b'{"type":"cancel"}', "a cancel needs the 'id' of the call to cancel")
         self.assertBad(b'{"type":"hello","version":"1"}', "'version' must be a positive integer")
         self.assertBad(b'{"type":"dance","id":2}', "unknown request type 'dance'", 2)
+
+
+    def test_priorityAndDeadline(self) -> None:
+        """
+        A call's C{priority} (a whole number, -100 to 100) and C{deadline}
+        (positive seconds) are decoded, and encoded back.
+        """
+        line = b'{"function":"add","args":[1,2],"priority":-100,"deadline":2}'
+        call = decodeRequest(line)
+        self.assertEqual(call, Call("add", [1, 2], {}, None, None, line, False, -100, 2.0))
+        assert isinstance(call, Call)
+        self.assertEqual(
+            json.loads(encodeRequest(call)),
+            {"function": "add", "args": [1, 2], "priority": -100, "deadline": 2.0},
+        )
+        self.assertEqual(decodeRequest(b'{"function":"f","priority":100}'), Call("f", [], {}, raw=b'{"function":"f","priority":100}', priority=100))
 
 
 class EncodeTests(SynchronousTestCase):

@@ -27,7 +27,7 @@ class Report:
     @ivar sent: the addresses mailed.
     @ivar failed: why each address that failed was not (or may not have
         been) mailed.
-    @ivar retry: the addresses taskd did not take this time (busy,
+    @ivar retry: the addresses taskd did not take this time (busy, expired,
         stopping, unreachable): nothing was sent to them, try again later.
     """
 
@@ -64,7 +64,7 @@ def _sent(result: object, report: Report, address: str) -> None:
 
 def _notSent(failure: Failure, report: Report, address: str) -> Failure | None:
     error = failure.value
-    if isinstance(error, (errors.PoolBusy, errors.PoolStopping, errors.NotConnected)):
+    if isinstance(error, (errors.PoolBusy, errors.PoolStopping, errors.Expired, errors.NotConnected)):
         report.retry.append(address)
     elif isinstance(error, errors.TaskFailed):
         report.failed[address] = f"refused ({error.remoteType}): {error.message}"

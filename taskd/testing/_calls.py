@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from taskd import _json, errors
 from taskd._frames import HEADER, MAX_PROGRESS, PROGRESS, RESULT, splitArguments
-from taskd.registry import Registry
+from taskd.registry import MAX_PRIORITY, MIN_PRIORITY, Registry
 from taskd.worker import runCall
 
 #: Marks "use the pool's default" where C{None} means "no limit".
@@ -110,6 +110,10 @@ class FakeCall:
     @ivar timeout: the seconds the call may run once a worker has taken it,
         or C{None} for no limit.
     @ivar wantsProgress: whether the caller asked for progress reports.
+    @ivar priority: the priority the caller gave, or C{None}.  (The fakes
+        run calls in arrival order whatever their priority.)
+    @ivar deadline: the deadline the caller gave, or C{None}.  (The fakes
+        record it; they do not expire calls.)
     @ivar state: where the call is now.
     @ivar result: the result the caller received, once L{CallState.SUCCEEDED}.
     @ivar error: the error the caller received, once L{CallState.FAILED}.
@@ -126,8 +130,12 @@ class FakeCall:
         kwargs: dict[str, Any],
         timeout: float | None,
         progress: Callable[[bytes], object] | None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.name = name
+        self.priority = priority
+        self.deadline = deadline
         self.args = args
         self.kwargs = kwargs
         self.timeout = timeout
@@ -282,9 +290,21 @@ class FakeCalls:
         payload: bytes,
         timeout: float | None,
         progress: Callable[[bytes], object] | None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[bytes]:
         if self.registry is not None and name not in self.registry:
             return fail(errors.UnknownTask(f"no task named {name!r}"))
+        if priority is not None and (
+            type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+        ):
+            return fail(
+                errors.BadRequest(
+                    f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+                )
+            )
+        if deadline is not None and not deadline > 0:
+            return fail(errors.BadRequest("deadline must be a positive number of seconds"))
         free = not self._queue and (self._slots is None or len(self._running) < self._slots)
         if self.busy or (not free and len(self._queue) >= self._maxQueue):
             return fail(
@@ -297,7 +317,7 @@ class FakeCalls:
             args, kwargs = _arguments(payload)
         except errors.BadRequest as e:
             return fail(e)
-        call = FakeCall(self, name, payload, args, kwargs, timeout, progress)
+        call = FakeCall(self, name, payload, args, kwargs, timeout, progress, priority, deadline)
         self.calls.append(call)
         if free:
             self._start(call, self.hold)

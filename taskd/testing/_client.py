@@ -74,6 +74,8 @@ class FakeClient(FakeCalls):
         kwargs: dict[str, Any] | None,
         timeout: float | None,
         progress: Callable[[Any], object] | None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         if self.closed:
             return fail(errors.ConnectionLost("the connection is closed"))
@@ -83,7 +85,7 @@ class FakeClient(FakeCalls):
             return fail(e)
         if timeout is None or (self.timeout is not None and self.timeout < timeout):
             timeout = self.timeout
-        d = self._submit(name, payload, timeout, decodedProgress(progress))
+        d = self._submit(name, payload, timeout, decodedProgress(progress), priority, deadline)
         return d.addCallback(_json.loads)
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
@@ -105,6 +107,8 @@ class FakeClient(FakeCalls):
         *,
         timeout: float | None = None,
         progress: Callable[[Any], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         """
         Like L{call}, with call options kept apart from the task's
@@ -114,8 +118,12 @@ class FakeClient(FakeCalls):
             limit, still applies).
         @param progress: called with each progress report before the
             result.
+        @param priority: recorded as L{FakeCall.priority} (checked, not
+            used: calls run in arrival order).
+        @param deadline: recorded as L{FakeCall.deadline} (checked; calls
+            do not expire).
         """
-        return self._send(name, args, kwargs, timeout, progress)
+        return self._send(name, args, kwargs, timeout, progress, priority, deadline)
 
     def close(self) -> Deferred[None]:
         """

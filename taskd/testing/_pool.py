@@ -105,6 +105,8 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         *,
         timeout: float | None = USE_DEFAULT,
         progress: Callable[[Any], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[Any]:
         """
         Run task C{name} with C{args} and C{kwargs}, as
@@ -114,6 +116,10 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             the pool's default if not given, no limit if C{None}.
         @param progress: called with each progress report before the
             result.
+        @param priority: recorded as L{FakeCall.priority} (checked, not
+            used: calls run in arrival order).
+        @param deadline: recorded as L{FakeCall.deadline} (checked; calls
+            do not expire).
         @return: a C{Deferred} firing with the task's result, or failing
             with an L{errors.TaskdError} (or
             C{twisted.internet.defer.CancelledError} if cancelled).
@@ -122,7 +128,14 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             payload = encodeArguments(args, kwargs)
         except errors.BadRequest as e:
             return fail(e)
-        d = self.submitEncoded(name, payload, timeout=timeout, progress=decodedProgress(progress))
+        d = self.submitEncoded(
+            name,
+            payload,
+            timeout=timeout,
+            progress=decodedProgress(progress),
+            priority=priority,
+            deadline=deadline,
+        )
         return d.addCallback(_json.loads)
 
     def submitEncoded(
@@ -132,6 +145,8 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         *,
         timeout: float | None = USE_DEFAULT,
         progress: Callable[[bytes], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -147,7 +162,12 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
                 errors.PoolStopping(f"the pool is not running (it is {self.state.value})")
             )
         return self._submit(
-            name, payload, self.timeout if timeout is USE_DEFAULT else timeout, progress
+            name,
+            payload,
+            self.timeout if timeout is USE_DEFAULT else timeout,
+            progress,
+            priority,
+            deadline,
         )
 
     def stop(self) -> Deferred[None]:
@@ -175,7 +195,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         self._checkStopped()
         return d
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         """
         @return: the counts L{taskd.pool.ProcessPool.stats} gives, as a
             pool with C{workers} workers and these calls would show them.
@@ -193,6 +213,8 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             "queued": len(self._queue),
             "processes": workers,
             "memoryRecycled": 0,
+            "queuedByPriority": {"0": len(self._queue)} if self._queue else {},
+            "queuedByTask": _countByName(self._queue),
         }
 
     def pids(self) -> set[int]:
@@ -230,3 +252,10 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         waiting, self._stopping = self._stopping, []
         for d in waiting:
             d.callback(None)
+
+
+def _countByName(calls: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for call in calls:
+        counts[call.name] = counts.get(call.name, 0) + 1
+    return dict(sorted(counts.items()))
