@@ -240,7 +240,7 @@ class CLITests(TestCase):
         out, err, status = yield runCLI("stats", "-c", self.connect)
         self.assertEqual(
             (out, err, status),
-            (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nqueuedByPriority: {}\nqueuedByTask: {}\nconnections: 1\n", b"", 0),
+            (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nqueuedByPriority: none\nqueuedByTask: none\nconnections: 1\n", b"", 0),
         )
         out, err, status = yield runCLI("stats", "--json", "-c", self.connect)
         self.assertEqual(
@@ -498,3 +498,16 @@ class _StopsReading(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(reason.value)
+
+
+class StatsTextTests(SynchronousTestCase):
+    def test_breakdowns(self) -> None:
+        """
+        C{stats} shows a breakdown (calls queued by priority or by task) as
+        C{key: count} pairs for people, C{none} when empty.
+        """
+        from taskd.cli.inspecting import _shown
+
+        self.assertEqual(_shown({"5": 1, "0": 3}), "5: 1, 0: 3")
+        self.assertEqual(_shown({}), "none")
+        self.assertEqual(_shown(7), "7")

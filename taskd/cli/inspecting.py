@@ -44,7 +44,7 @@ async def inspectCommand(reactor: Any, options: argparse.Namespace, interruption
         elif options.command == "stats":
             stats = await protocol.stats()
             fields = stats.fields
-            text = "".join(f"{key}: {value}\n" for key, value in fields.items())
+            text = "".join(f"{key}: {_shown(value)}\n" for key, value in fields.items())
         else:
             tasks = await protocol.tasks()
             fields = tasks.tasks
@@ -60,6 +60,16 @@ async def inspectCommand(reactor: Any, options: argparse.Namespace, interruption
         await client.close()
     write(sys.stdout, json.dumps(fields) + "\n" if options.json else text)
     return 0
+
+
+def _shown(value: Any) -> str:
+    """
+    A counter for people: a breakdown (C{queuedByTask}, say) as
+    C{name: count} pairs, C{none} if empty.
+    """
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {count}" for key, count in value.items()) or "none"
+    return str(value)
 
 
 def _helloText(where: str, fields: dict[str, Any]) -> str:
