@@ -19,9 +19,9 @@ import itertools
 from collections import deque
 from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, TimeoutError as HelloTimeout, fail, succeed
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,6 +47,12 @@ from taskd.wire import (
 
 #: The longest reply line the client accepts: a 16 MiB result, escaped.
 MAX_REPLY = 128 * 1024 * 1024
+
+#: How long a new connection's hello may take to be answered, by default.
+HELLO_TIMEOUT = 30.0
+
+# Errors without an id by which the daemon says it closes the connection.
+_CLOSING_NOTICES = (errors.IdleTimeout, errors.LineTimeout, errors.LineTooLong)
 
 
 class TaskClientProtocol(Protocol):
@@ -76,9 +82,14 @@ class TaskClientProtocol(Protocol):
         self._closed = False
         #: The daemon's answer to the hello sent at connect time.
         self.serverHello: HelloReply | None = None
-        #: Whether the connection is closing or closed (the daemon said it
-        #: closes it, as it does an idle one): a call made now would be lost.
+        #: Whether the connection is closing or closed (closed by us, or the
+        #: daemon said it closes it, as it does an idle one): a call is not
+        #: sent on it any more.
         self.closing = False
+        # Why the daemon closed it, if it said.
+        self._closedBecause: errors.TaskdError | None = None
+        # The longest line the daemon takes, with its newline, once known.
+        self._maxLine = MAX_REPLY
         self._closingWaiters: list[Deferred[None]] = []
 
     def call(
@@ -91,8 +102,8 @@ class TaskClientProtocol(Protocol):
         priority: int | None = None,
         deadline: float | None = None,
     ) -> Deferred[Any]:
-        if self._closed:
-            return fail(errors.ConnectionLost("the connection is closed"))
+        if self.closing:
+            return fail(self._notSent())
         id = next(self._ids)
         try:
             line = encodeRequest(
@@ -109,6 +120,17 @@ class TaskClientProtocol(Protocol):
             )
         except (TypeError, ValueError) as e:
             return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
+        except RecursionError:
+            return fail(errors.BadRequest("arguments nested too deeply to be sent as JSON"))
+        if len(line) > self._maxLine:
+            # The daemon would refuse it and close the connection, with
+            # every other call on it: refuse it here, sending nothing.
+            return fail(
+                errors.LineTooLong(
+                    f"the call is a {len(line)}-byte line; the daemon takes at most "
+                    f"{self._maxLine - 1} bytes; it was not sent"
+                )
+            )
 
         def cancel(d: Deferred[Any]) -> None:
             self._progress.pop(id, None)
@@ -150,8 +172,8 @@ class TaskClientProtocol(Protocol):
 
     def _ask(self, request: Request) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
-        if self._closed:
-            d.errback(errors.ConnectionLost("the connection is closed"))
+        if self.closing:
+            d.errback(self._notSent())
             return d
         self._unnumbered.append(d)
         self.transport.write(encodeRequest(request))
@@ -206,16 +228,19 @@ class TaskClientProtocol(Protocol):
             if d is None:
                 if isinstance(reply, ErrorReply) and reply.id is None:
                     # An answer to a hello, stats or tasks request, or an
-                    # error about the connection itself ("busy",
-                    # "unauthenticated", "idle_timeout").
-                    if self._unnumbered and not isinstance(reply.error, errors.IdleTimeout):
-                        self._unnumbered.popleft().errback(reply.error)
-                    elif isinstance(reply.error, errors.IdleTimeout):
-                        # The daemon closes a connection left idle: a
-                        # notice, not a fault.  No call should be sent on
-                        # it now; it closes next.
-                        self.log.info("taskd: {error}", error=reply.error.message)
+                    # error about the connection itself, which the daemon
+                    # closes next ("busy", "unauthenticated" answer the
+                    # hello; these three answer nothing).
+                    if isinstance(reply.error, _CLOSING_NOTICES):
+                        self._closedBecause = reply.error
+                        if isinstance(reply.error, errors.IdleTimeout):
+                            # A notice, not a fault: no call was lost.
+                            self.log.info("taskd: {error}", error=reply.error.message)
+                        else:
+                            self.log.warn("taskd: {error}", error=reply.error.message)
                         self._nowClosing()
+                    elif self._unnumbered:
+                        self._unnumbered.popleft().errback(reply.error)
                     else:
                         self.log.warn("taskd: {error}", error=reply.error.message)
                 return
@@ -236,12 +261,15 @@ class TaskClientProtocol(Protocol):
         self._closed = True
         self._nowClosing()
         self._progress.clear()
+        why = reason.getErrorMessage()
+        if self._closedBecause is not None:
+            why = f"{self._closedBecause.type}: {self._closedBecause.message}"
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
+            d.errback(errors.ConnectionLost(f"connection to taskd lost: {why}"))
         unnumbered, self._unnumbered = self._unnumbered, deque()
         for d in unnumbered:
-            d.errback(errors.ConnectionLost(f"connection to taskd lost: {reason.getErrorMessage()}"))
+            d.errback(errors.ConnectionLost(f"connection to taskd lost: {why}"))
         waiters, self._lostWaiters = self._lostWaiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -258,6 +286,13 @@ class TaskClientProtocol(Protocol):
         for id in list(self._pending):
             self.transport.write(encodeRequest(Cancel(id)))
 
+    def setMaxLine(self, length: int) -> None:
+        """
+        Refuse, without sending them, calls longer than C{length} bytes
+        (the daemon's C{maxLineLength}, from its hello).
+        """
+        self._maxLine = length + 1
+
     def whenClosing(self) -> Deferred[None]:
         """
         @return: a C{Deferred} that fires as soon as no call should be sent
@@ -269,6 +304,28 @@ class TaskClientProtocol(Protocol):
         d: Deferred[None] = Deferred()
         self._closingWaiters.append(d)
         return d
+
+    def _notSent(self) -> errors.TaskdError:
+        if self._closedBecause is not None:
+            return errors.ConnectionLost(
+                f"the daemon is closing the connection ({self._closedBecause.type}); "
+                "the call was not sent"
+            )
+        return errors.ConnectionLost("the connection is closed; the call was not sent")
+
+    def close(self) -> Deferred[None]:
+        """
+        Cancel the calls still waiting for their replies on the daemon, send
+        nothing more, and close the connection.
+
+        @return: a C{Deferred} that fires once the connection is closed.
+        """
+        lost = self.whenLost()
+        self.cancelPending()
+        self._nowClosing()
+        if not self._closed:
+            self.transport.loseConnection()
+        return lost
 
     def _nowClosing(self) -> None:
         self.closing = True
@@ -372,11 +429,7 @@ class TaskClient(Caller):
 
         @return: a C{Deferred} that fires once the connection is closed.
         """
-        protocol = self._protocol
-        lost = protocol.whenLost()
-        protocol.cancelPending()
-        protocol.transport.loseConnection()
-        return lost
+        return self._protocol.close()
 
 
 def connect(
@@ -398,32 +451,47 @@ def connect(
         endpoint = clientFromString(reactor, endpoint)
     assert IStreamClientEndpoint.providedBy(endpoint)
     d: Deferred[Any] = endpoint.connect(Factory.forProtocol(TaskClientProtocol))
-    return d.addCallback(authenticate, token).addCallback(TaskClient)
+    return d.addCallback(authenticate, token, reactor).addCallback(TaskClient)
 
 
 def authenticate(
-    protocol: TaskClientProtocol, token: str | None
+    protocol: TaskClientProtocol,
+    token: str | None,
+    clock: IReactorTime | None = None,
+    timeout: float = HELLO_TIMEOUT,
 ) -> Deferred[TaskClientProtocol]:
     """
     Open a new connection's conversation with a hello (carrying C{token}):
     a refused token, a TLS certificate that does not verify, or a peer
-    that is not taskd fail here, at connect time, rather than on the first
-    call.  On failure the connection is closed.
+    that is not taskd (or does not answer) fail here, at connect time,
+    rather than on the first call.  On failure the connection is closed.
 
+    @param clock: to time the answer with (no limit without one).
+    @param timeout: seconds the daemon has to answer the hello.
     @return: a C{Deferred} firing with C{protocol}, its
-        L{TaskClientProtocol.serverHello} set.
+        L{TaskClientProtocol.serverHello} set, or failing with the
+        daemon's error, or L{errors.NotConnected} if it did not answer.
     """
-    return Deferred.fromCoroutine(_authenticate(protocol, token))
+    return Deferred.fromCoroutine(_authenticate(protocol, token, clock, timeout))
 
 
-async def _authenticate(protocol: TaskClientProtocol, token: str | None) -> TaskClientProtocol:
+async def _authenticate(
+    protocol: TaskClientProtocol, token: str | None, clock: IReactorTime | None, timeout: float
+) -> TaskClientProtocol:
+    hello = protocol.hello({} if token is None else {"token": token})
+    if clock is not None:
+        hello.addTimeout(timeout, clock)
     try:
-        protocol.serverHello = await protocol.hello(
-            {} if token is None else {"token": token}
-        )
+        protocol.serverHello = await hello
+    except HelloTimeout:
+        protocol.transport.abortConnection()
+        raise errors.NotConnected(f"the daemon did not answer the hello within {timeout} seconds")
     except BaseException:
         protocol.transport.loseConnection()
         raise
+    maxLine = protocol.serverHello.fields.get("maxLineLength")
+    if isinstance(maxLine, int) and not isinstance(maxLine, bool) and maxLine > 0:
+        protocol.setMaxLine(maxLine)
     return protocol
 
 

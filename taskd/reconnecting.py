@@ -110,12 +110,12 @@ class ReconnectingClient(Caller, MultiService):
         priority: int | None = None,
         deadline: float | None = None,
     ) -> Deferred[Any]:
+        if not self.running:
+            return fail(errors.NotConnected("the client is not running"))
         if self._connected:
             protocol = self._connected[self._turn % len(self._connected)]
             self._turn += 1
             return protocol.call(name, args, kwargs, timeout, progress, priority, deadline)
-        if not self.running:
-            return fail(errors.NotConnected("the client is not running"))
         if self.failFast:
             return fail(errors.NotConnected("no daemon is connected"))
         if len(self._waiting) >= self.maxWaiting:
@@ -191,8 +191,9 @@ class ReconnectingClient(Caller, MultiService):
             waiting = self._waiting[0]
             self._unwait(waiting)
             waiting.deferred.errback(errors.NotConnected("the client was stopped"))
-        for protocol in self._connected:
-            protocol.cancelPending()
+        connected, self._connected = self._connected, []
+        for protocol in connected:
+            protocol.close()
         return super().stopService()  # type: ignore[no-any-return]
 
 
@@ -230,7 +231,9 @@ class _Connection(ClientService):
 
     def _connected(self, protocol: Any) -> None:
         # Not waited for: see the class docstring.
-        authenticate(protocol, self._client.token).addCallbacks(self._ready, self._refused)
+        authenticate(protocol, self._client.token, self._client.reactor).addCallbacks(
+            self._ready, self._refused
+        )
 
     def _ready(self, protocol: Any) -> None:
         self._helloFailures = 0

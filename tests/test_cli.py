@@ -111,7 +111,17 @@ def waitForStats(port: int, check: Any, within: float) -> Any:
 class CLITests(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:
-        pool = ProcessPool(reactor, tasks=["taskd.examples"], workers=2, killGrace=1.0)
+        # The parent's registry holds only what the workers load: other
+        # test modules may have filled the default one in this process.
+        import taskd.examples
+        from taskd.registry import Registry, registry as everything
+
+        examples = Registry()
+        for name in everything:
+            function = everything.get(name)
+            if function is not None and function.__module__ == taskd.examples.__name__:
+                examples.register(function, name)
+        pool = ProcessPool(reactor, tasks=["taskd.examples"], workers=2, killGrace=1.0, registry=examples)
         yield pool.start()
         self.addCleanup(pool.stop)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TaskServerFactory(pool))
@@ -511,3 +521,37 @@ class StatsTextTests(SynchronousTestCase):
         self.assertEqual(_shown({"5": 1, "0": 3}), "5: 1, 0: 3")
         self.assertEqual(_shown({}), "none")
         self.assertEqual(_shown(7), "7")
+
+
+class LostDaemonTests(TestCase):
+    @inlineCallbacks
+    def test_mapWhenTheConnectionGoes(self) -> Any:
+        """
+        A daemon that goes away during a long C{map}: the calls not sent
+        fail at once (C{connection_lost}) and every input line still gets
+        its output line, in order; nothing recurses once per line.
+        """
+        from twisted.protocols.basic import LineReceiver
+
+        class Vanishing(LineReceiver):
+            delimiter = b"\n"
+            calls = 0
+
+            def lineReceived(self, line: bytes) -> None:
+                request = json.loads(line)
+                if request.get("type") == "hello":
+                    self.sendLine(b'{"type":"hello","version":1,"maxLineLength":1048576}')
+                    return
+                self.calls += 1
+                if self.calls == 3:
+                    self.transport.loseConnection()
+
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Vanishing))
+        self.addCleanup(port.stopListening)
+        lines = b"".join(b"[%d, 1]\n" % i for i in range(3000))
+        out, err, status = yield runCLI("map", "add", "-", "-n", "4", "-c", f"tcp:127.0.0.1:{port.getHost().port}", stdin=lines)
+        records = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(len(records), 3000)
+        self.assertEqual({r["error"]["type"] for r in records}, {"connection_lost"})
+        self.assertNotIn(b"RecursionError", err)
+        self.assertEqual(status, 1)

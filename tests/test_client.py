@@ -6,15 +6,16 @@ Tests for L{taskd.client}: against a real server and real workers on
 from __future__ import annotations
 
 import json
-
-from attrs import evolve
 from typing import Any
 
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import deferLater
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from taskd import errors
@@ -273,3 +274,117 @@ class ClientTests(TestCase):
         yield self.client.close()
         yield self.assertFailure(d, errors.ConnectionLost)
         yield waitFor(lambda: self.pool.stats()["busy"] == 0, "the daemon to cancel the call")
+
+
+class ClientSafetyTests(SynchronousTestCase):
+    """
+    What the client never does: send a call on a connection it closed or
+    that the daemon is closing, send a line the daemon would refuse (and
+    close the connection for), or wait forever for a hello.
+    """
+
+    def connected(self, maxLine: int | None = None) -> tuple[TaskClientProtocol, StringTransport]:
+        proto = TaskClientProtocol()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        if maxLine is not None:
+            proto.setMaxLine(maxLine)
+        return proto, transport
+
+    def test_noCallAfterClose(self) -> None:
+        """
+        After L{TaskClientProtocol.close} (what L{TaskClient.close} does), a
+        call fails at once with L{errors.ConnectionLost} and nothing more is
+        written, though the connection is not gone yet.
+        """
+        proto, transport = self.connected()
+        pending = proto.call("sleep", [9])
+        transport.clear()
+        proto.close()
+        self.assertEqual(transport.value(), b'{"type":"cancel","id":1}\n')
+        transport.clear()
+        f = self.failureResultOf(proto.call("add", [1, 2]), errors.ConnectionLost)
+        self.assertEqual(f.value.message, "the connection is closed; the call was not sent")
+        self.failureResultOf(proto.stats(), errors.ConnectionLost)
+        self.assertEqual(transport.value(), b"")
+        self.assertNoResult(pending)
+
+    def test_noCallOnAConnectionTheDaemonCloses(self) -> None:
+        """
+        Once the daemon says it closes the connection (idle), a call is not
+        sent on it: it fails at once, saying why and that it was not sent.
+        """
+        proto, transport = self.connected()
+        proto.dataReceived(b'{"type":"error","error":{"type":"idle_timeout","message":"idle"}}\n')
+        transport.clear()
+        f = self.failureResultOf(proto.call("add", [1, 2]), errors.ConnectionLost)
+        self.assertEqual(
+            f.value.message,
+            "the daemon is closing the connection (idle_timeout); the call was not sent",
+        )
+        self.assertEqual(transport.value(), b"")
+
+    def test_tooLongNotSent(self) -> None:
+        """
+        A call longer than the daemon's C{maxLineLength} (from its hello)
+        fails at once with L{errors.LineTooLong}, nothing sent: the daemon
+        would have closed the connection, with every other call on it.
+        """
+        proto, transport = self.connected(maxLine=100)
+        other = proto.call("sleep", [9])
+        transport.clear()
+        f = self.failureResultOf(proto.call("echo", ["x" * 200]), errors.LineTooLong)
+        self.assertIn("it was not sent", f.value.message)
+        self.assertEqual(transport.value(), b"")
+        self.assertNoResult(other)
+        proto.call("echo", ["x" * 50])
+        self.assertNotEqual(transport.value(), b"")
+
+    def test_closingNoticesAnswerNothing(self) -> None:
+        """
+        An error without an id that says the daemon closes the connection
+        (C{line_too_long}, C{line_timeout}, C{idle_timeout}) is not taken
+        as the answer to a waiting C{stats} request; the calls in flight
+        fail with L{errors.ConnectionLost} naming it when the connection
+        goes.
+        """
+        proto, transport = self.connected()
+        call = proto.call("sleep", [9])
+        stats = proto.stats()
+        proto.dataReceived(b'{"type":"error","error":{"type":"line_too_long","message":"too long"}}\n')
+        self.assertNoResult(stats)
+        proto.connectionLost(Failure(ConnectionDone()))
+        f = self.failureResultOf(call, errors.ConnectionLost)
+        self.assertEqual(f.value.message, "connection to taskd lost: line_too_long: too long")
+        self.failureResultOf(stats, errors.ConnectionLost)
+        self.flushLoggedErrors()
+
+    def test_helloTimeout(self) -> None:
+        """
+        A peer that never answers the hello: L{authenticate} fails with
+        L{errors.NotConnected} after the timeout, on the clock, and drops
+        the connection.
+        """
+        from taskd.client import authenticate
+
+        clock = Clock()
+        proto, transport = self.connected()
+        d = authenticate(proto, None, clock, timeout=10)
+        clock.advance(9.9)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        f = self.failureResultOf(d, errors.NotConnected)
+        self.assertEqual(f.value.message, "the daemon did not answer the hello within 10 seconds")
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    def test_helloTellsTheLineLimit(self) -> None:
+        """
+        The daemon's hello sets the longest call the client sends.
+        """
+        from taskd.client import authenticate
+
+        proto, transport = self.connected()
+        d = authenticate(proto, None, Clock())
+        proto.dataReceived(b'{"type":"hello","version":1,"maxLineLength":64}\n')
+        self.successResultOf(d)
+        self.failureResultOf(proto.call("echo", ["x" * 100]), errors.LineTooLong)

@@ -113,6 +113,23 @@ class ReconnectingClientTests(TestCase):
         self.assertEqual([e for e in events if e["log_level"] >= LogLevel.warn], [])
 
     @inlineCallbacks
+    def test_nothingSentAfterStop(self) -> Any:
+        """
+        A call made once the client is stopping fails at once with
+        L{errors.NotConnected}, and is not sent: the daemon, which reads the
+        closing connection as "done sending", would still run it.
+        """
+        [daemon] = yield self.daemons(1)
+        client = self.client([daemon])
+        yield waitFor(lambda: client.connectedCount() == 1, "the connection")
+        stopping = client.stopService()
+        f = yield self.assertFailure(client.call("sleep", 2), errors.NotConnected)
+        self.assertEqual(f.message, "the client is not running")
+        yield stopping
+        yield waitFor(lambda: not daemon.factory.connections, "the connection to close")
+        self.assertEqual(daemon.pool.stats()["busy"], 0)
+
+    @inlineCallbacks
     def test_failoverAndRestart(self) -> Any:
         """
         When a daemon dies, its in-flight calls fail with

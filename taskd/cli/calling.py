@@ -170,6 +170,7 @@ async def mapCommand(
     written = 0
     finished: Deferred[None] = Deferred()
     nextCall = 0
+    starting = False
 
     def flush() -> None:
         nonlocal written
@@ -196,21 +197,30 @@ async def mapCommand(
             done(json.dumps({"error": _errorObject(failure)}), index, False)
 
     def start() -> None:
-        nonlocal nextCall
-        while (
-            interruption.signum is None
-            and len(inFlight) < options.concurrency
-            and nextCall < len(calls)
-        ):
-            index, (args, kwargs) = nextCall, calls[nextCall]
-            nextCall += 1
-            d = client.callWith(options.function, args, kwargs, timeout=options.timeout)
-            inFlight[index] = d
-            d.addCallbacks(
-                lambda result, i=index: done(json.dumps(result), i, True),
-                failed,
-                errbackArgs=(index,),
-            )
+        # Calls that fail at once (the connection is gone) end inside this
+        # loop: their done() must not start more from inside it, or the
+        # recursion grows with the input.
+        nonlocal nextCall, starting
+        if starting:
+            return
+        starting = True
+        try:
+            while (
+                interruption.signum is None
+                and len(inFlight) < options.concurrency
+                and nextCall < len(calls)
+            ):
+                index, (args, kwargs) = nextCall, calls[nextCall]
+                nextCall += 1
+                d = client.callWith(options.function, args, kwargs, timeout=options.timeout)
+                inFlight[index] = d
+                d.addCallbacks(
+                    lambda result, i=index: done(json.dumps(result), i, True),
+                    failed,
+                    errbackArgs=(index,),
+                )
+        finally:
+            starting = False
         if not inFlight and not finished.called:
             finished.callback(None)
 

@@ -14,20 +14,21 @@ The calls themselves go through the public client API
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import struct
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 
 from taskd import errors
 from taskd.cli.console import Unreachable, UsageProblem
 from taskd.cli.interruption import Interruption
-from taskd.client import TaskClient, TaskClientProtocol
+from taskd.client import TaskClient, TaskClientProtocol, authenticate
 
 #: Seconds to wait, once interrupted, for the daemon to take the cancels
 #: and close the connection.
@@ -99,29 +100,41 @@ async def _open(reactor: Any, options: argparse.Namespace) -> CLIProtocol:
             break
         except CancelledError:
             raise
-        except ConnectionRefusedError as e:
-            # Not listening (yet): with --wait, try again.
+        except ConnectError as e:
+            if not _notYet(e):
+                raise Unreachable(f"cannot connect to {description}: {e}")
+            # Not listening (yet), or its unix: socket not made yet: with
+            # --wait, try again.
             if reactor.seconds() >= deadline:
                 raise Unreachable(f"cannot connect to {description}: {e}")
             await deferLater(reactor, 0.1, lambda: None)
         except Exception as e:
             raise Unreachable(f"cannot connect to {description}: {e}")
     try:
-        protocol.serverHello = await protocol.hello({} if token is None else {"token": token})
+        await authenticate(protocol, token, reactor)
     except errors.Unauthenticated as e:
-        protocol.transport.loseConnection()
         if token is None:
             raise Unreachable(
                 f"{description} requires a token and none was given: "
                 "pass --token-file FILE or set TASKD_TOKEN"
             )
         raise Unreachable(f"{description} refused the token: {e.message}")
+    except errors.NotConnected as e:
+        raise Unreachable(f"{description}: {e.message}")
     except BaseException as e:
-        protocol.transport.loseConnection()
         if isinstance(e, CancelledError):
             raise
         raise Unreachable(f"{description} did not answer the hello: {e}")
     return protocol
+
+
+def _notYet(error: ConnectError) -> bool:
+    """
+    @return: whether C{error} says the daemon may just not be there yet:
+        nothing listens on the port, or the C{unix:} socket file is not
+        made yet.
+    """
+    return isinstance(error, ConnectionRefusedError) or getattr(error, "osError", None) == errno.ENOENT
 
 
 def connecting(reactor: Any, options: argparse.Namespace, interruption: Interruption) -> Deferred[CLIProtocol]:

@@ -49,7 +49,8 @@ class FakeClient(FakeCalls):
         """
         @param clock: the clock timeouts are measured on.
         @param tasks: the tasks calls run: a L{taskd.registry.Registry}
-            (your task module's, or C{taskd.registry.registry}, which
+            (your task module's, or the default one, C{from taskd.registry
+            import registry}, which
             C{@taskd.task} fills), or a mapping of task names to plain
             functions.  C{None}: calls are answered by hand.
         @param hold: see C{hold}.
@@ -78,7 +79,7 @@ class FakeClient(FakeCalls):
         deadline: float | None = None,
     ) -> Deferred[Any]:
         if self.closed:
-            return fail(errors.ConnectionLost("the connection is closed"))
+            return fail(errors.ConnectionLost("the connection is closed; the call was not sent"))
         try:
             payload = encodeArguments(args, kwargs)
         except errors.BadRequest as e:
