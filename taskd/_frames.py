@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_frames,tests.test_pool_unit -*-
+# -*- test-case-name: tests.test_pool_unit,tests.test_workerprocess -*-
 """
 The frames between the pool and its workers, in one place.
 
@@ -161,6 +161,7 @@ class FrameDecoder:
         """
         self._buffer = bytearray()
         self._wanted = 4
+        self._broken = False
         self._frameReceived = frameReceived
         self._tooLong = tooLong
         self._maxLength = maxLength
@@ -169,6 +170,8 @@ class FrameDecoder:
         """
         Decode what C{data} completes.
         """
+        if self._broken:
+            return  # past a frame too long, nothing can be told apart
         buf = self._buffer
         if buf:
             buf += data
@@ -182,6 +185,8 @@ class FrameDecoder:
         while size - offset >= 4:
             (length,) = unpack(data, offset)
             if length > self._maxLength:
+                self._broken = True
+                buf.clear()
                 self._tooLong(length)
                 return
             end = offset + 4 + length

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_frames,tests.test_protocol -*-
+# -*- test-case-name: tests.test_json,tests.test_wire -*-
 """
 The one JSON codec of the daemon, its workers and its client.
 

@@ -30,6 +30,18 @@ READ_SIZE = 64 * 1024
 PIPE_SIZE = 256 * 1024
 
 
+def _capacity(fd: int) -> int:
+    """
+    @return: how many bytes the pipe C{fd} holds at most.
+    """
+    if hasattr(fcntl, "F_GETPIPE_SZ"):
+        try:
+            return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+        except OSError:
+            pass
+    return 4 * PIPE_SIZE
+
+
 def makePipe() -> tuple[int, int]:
     """
     @return: a new pipe's read and write ends, made L{PIPE_SIZE} big where
@@ -198,10 +210,13 @@ class ReplyPipe(_PipeEnd):
         """
         Read everything the pipe holds now, without waiting for more: the
         writer is known to be gone, though a copy of its end may live on.
+        No more than the pipe can hold is read: all its writer wrote fits,
+        and a copy that goes on writing must not hold the reactor.
         """
-        while self._fd is not None:
+        budget = _capacity(self._fd) if self._fd is not None else 0
+        while self._fd is not None and budget > 0:
             try:
-                data = os.read(self._fd, READ_SIZE)
+                data = os.read(self._fd, min(READ_SIZE, budget))
             except BlockingIOError:
                 return
             except OSError:
@@ -209,6 +224,7 @@ class ReplyPipe(_PipeEnd):
             if not data:
                 self.close()
                 return
+            budget -= len(data)
             self._dataReceived(data)
 
     def close(self) -> None:

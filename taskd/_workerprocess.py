@@ -90,7 +90,7 @@ class WorkerState(Enum):
     READY = "ready"
     #: Let go gracefully: its request pipe is closed.
     RETIRING = "retiring"
-    #: Signalled: SIGTERM sent, SIGKILL to follow.
+    #: Killed (SIGKILL; SIGTERM to the rest of its process group).
     TERMINATING = "terminating"
     #: Exited, every reply read.
     ENDED = "ended"
@@ -316,6 +316,14 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         return worker
 
     @property
+    def exited(self) -> bool:
+        """
+        Whether the process has exited (its last replies may still be
+        being read).
+        """
+        return self._exit is not None
+
+    @property
     def leaving(self) -> bool:
         """
         Whether its owner has let it go (it is retiring or terminating).
@@ -444,7 +452,9 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         elif kind == READY and self._can("ready"):
             self._go("ready")
             self._events.workerReady(self)
-        elif kind == GOODBYE and self.leavingBecause is None and isinstance(value, dict):
+        elif self.leaving and (kind == READY or kind == ERROR):
+            pass  # let go while it started: what it says no longer matters
+        elif kind == GOODBYE and self.state is WorkerState.READY and self.leavingBecause is None and isinstance(value, dict):
             self.leavingBecause = str(value.get("reason", ""))
             self.log.info(
                 "worker {pid} is leaving: {reason}", pid=self.pid, reason=self.leavingBecause

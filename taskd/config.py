@@ -98,8 +98,9 @@ class PoolConfig:
     @ivar maxTasksPerWorker: replace a worker after it has answered this
         many calls (C{None}: never).
     @ivar grace: on L{ProcessPool.stop}, how long running calls may go on.
-    @ivar killGrace: how long a worker has between SIGTERM and SIGKILL (and
-        between being asked to exit and SIGTERM).
+    @ivar killGrace: how long a worker asked to exit has before it is
+        killed, and how long what a worker's tasks left in its process
+        group has between SIGTERM and SIGKILL.
     @ivar maxResult: the largest JSON-encoded result, in bytes.
     @ivar maxMemory: each worker's address-space limit in bytes
         (C{RLIMIT_AS}), or C{None}; a task past it gets C{MemoryError}.

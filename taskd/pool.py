@@ -441,8 +441,9 @@ class ProcessPool(Lifecycle[PoolState]):
         See L{taskd._workerprocess.WorkerEvents.workerReplied}.
         """
         self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
-        # (A worker that replies is READY, or being let go.)
-        if worker.state is not _READY:
+        # (A worker that replies is READY, or being let go; or it has exited
+        # and its last replies are being read: it takes nothing more.)
+        if worker.state is not _READY or worker.exited:
             return  # being let go; workerEnded settles the rest
         if worker.inFlight:
             self._started(worker)
@@ -487,7 +488,7 @@ class ProcessPool(Lifecycle[PoolState]):
         SIGTERM after L{PoolConfig.minRestartDelay} (by then a daemon that
         is being stopped as a whole is stopping, and starts none).
         """
-        if worker.leaving:
+        if worker.state is not _READY:
             return
         if reason == "memory":
             self._memoryRecycled += 1
@@ -578,7 +579,12 @@ class ProcessPool(Lifecycle[PoolState]):
             return None
         best = None
         for worker in self._live:
-            if worker.state is _READY and worker.inFlight and len(worker.inFlight) < self._capacity(worker):
+            if (
+                worker.state is _READY
+                and worker.inFlight
+                and len(worker.inFlight) < self._capacity(worker)
+                and not worker.exited
+            ):
                 if best is None or len(worker.inFlight) < len(best.inFlight):
                     best = worker
         return best
@@ -767,6 +773,11 @@ class ProcessPool(Lifecycle[PoolState]):
         queue = self._queue
         for call in reversed(calls):
             if not call.done:
+                if call.timer is not None:
+                    # It was about to run (a reply made it the worker's
+                    # first call): time spent queued again is not its run.
+                    call.timer.cancel()
+                    call.timer = None
                 if queue.limiters:
                     queue.ended(call)
                 call.worker = None
@@ -802,6 +813,10 @@ class ProcessPool(Lifecycle[PoolState]):
     def _timedOut(self, call: _Call) -> None:
         worker = call.worker
         call.timer = None
+        if worker is not None:
+            # Let the worker go first: answering the call may start others
+            # (a freed cap, a caller's retry), which must not go to it.
+            self._discard(worker)
         self._finish(
             call,
             Failure(
@@ -810,8 +825,6 @@ class ProcessPool(Lifecycle[PoolState]):
                 )
             ),
         )
-        if worker is not None:
-            self._discard(worker)
 
     def _cancel(self, call: _Call) -> None:
         if call.done:
@@ -893,6 +906,8 @@ class PoolService(Service):
         )
 
     def _startFailed(self, failure: Failure) -> None:
+        if not self.running and failure.check(errors.PoolStopping):
+            return  # stopped while starting: a stop, not a failure
         self.log.failure("the pool could not start", failure)
         if self._onStartFailure is not None:
             self._onStartFailure()

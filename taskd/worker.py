@@ -50,6 +50,9 @@ _progressOut: IO[bytes] | None = None
 # during a call, the number of that call (see _ownCalls).
 _call = 0
 _CALL_ATTRIBUTE = "_taskdCall"
+# This worker's pid: a process a task forks inherits the call, not the pipe's
+# right to it.
+_pid = os.getpid()
 
 
 def _reportingCall() -> int:
@@ -115,7 +118,7 @@ def progress(value: Any) -> None:
             f"not {len(encoded)}"
         )
     with _progressLock:
-        if _progressOut is not None and _reportingCall() == _call:
+        if _progressOut is not None and _reportingCall() == _call and os.getpid() == _pid:
             _send(_progressOut, PROGRESS + encoded)
 
 

@@ -193,3 +193,119 @@ class RespawnRateTests(PoolTestsMixin, SynchronousTestCase):
             reactor.advance(0.25)
         # After the burst, one more process per 0.5 s, however many cancels.
         self.assertEqual(spawned, [4, 4, 5, 5, 6, 6, 7, 7])
+
+
+class ReviewFindingsTests(PoolTestsMixin, SynchronousTestCase):
+    """
+    Corner cases found by review, each shown to go wrong before its fix.
+    """
+
+    def test_requeuedCallKeepsNoRunTimer(self) -> None:
+        """
+        A call handed to a worker that then says goodbye goes back to the
+        queue without its run timer: time queued again is not run time.
+        """
+        pool, reactor = self.startedPool(workers=1, maxWorkerRSS=1)
+        first = pool.submit("add", [1, 1])
+        second = pool.submit("add", [2, 2], timeout=1.0)
+        old = reactor.processes[0]
+        old.send(b"R2")  # the second call is now old's first: its clock runs
+        old.send(b'G{"reason":"memory"}')
+        old.exit(0)
+        self.assertEqual(self.successResultOf(first), 2)
+        reactor.advance(5)
+        self.assertNoResult(second)
+        new = reactor.processes[1]
+        new.ready()
+        new.send(b"R4")
+        self.assertEqual(self.successResultOf(second), 4)
+        self.assertEqual(new.signals, [])
+
+    def test_exitedWorkerTakesNothingMore(self) -> None:
+        """
+        A reply read while a worker that has exited is drained does not
+        make the pool hand that worker the next queued call: the call waits
+        for a live worker and runs there, not failing as a crash.
+        """
+        pool, reactor = self.startedPool(workers=1)
+        first = pool.submit("add", [1, 1])
+        second = pool.submit("add", [2, 2])
+        old = reactor.processes[0]
+        old.sendRaw(frame(b"R2"), deliver=False)
+        old.exit(None, signal.SIGKILL)
+        self.assertEqual(self.successResultOf(first), 2)
+        self.assertNoResult(second)
+        self.assertEqual([r[1]["args"] for r in old.requests()], [[1, 1]])
+        new = reactor.processes[1]
+        new.ready()
+        new.send(b"R4")
+        self.assertEqual(self.successResultOf(second), 4)
+
+    def test_goodbyeBeforeReady(self) -> None:
+        """
+        A goodbye frame from a worker still starting (a task module writing
+        to fd 4 at import) is a protocol error, not an illegal transition:
+        the worker is stopped and replaced, and the pool starts.
+        """
+        pool, reactor = self.makePool(workers=1)
+        started = pool.start()
+        old = reactor.processes[0]
+        old.send(b'G{"reason":"signal"}')
+        self.assertIs(old.proto.state, WorkerState.TERMINATING)
+        old.exit(None, signal.SIGKILL)
+        self.flushLoggedErrors()
+        new = reactor.processes[1]
+        self.assertNoResult(started)
+        new.ready()
+        self.assertIsNone(self.successResultOf(started))
+
+    def test_timedOutWorkerTakesNoNewCall(self) -> None:
+        """
+        A call made while a timed-out call is being answered (a caller's
+        retry, say) never goes to the worker that is being killed.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2)
+        retried: list[object] = []
+        first = pool.submit("sleep", [9], timeout=1.0)
+        first.addErrback(lambda f: retried.append(pool.submit("add", [3, 3])))
+        old = reactor.processes[0]
+        reactor.advance(1.0)
+        self.assertEqual([r[0] for r in old.requests()], ["sleep"])
+        old.exit(None, signal.SIGKILL)
+        new = reactor.processes[1]
+        new.ready()
+        self.assertEqual([r[0] for r in new.requests()], ["add"])
+        new.send(b"R6")
+        self.assertEqual(self.successResultOf(retried[0]), 6)  # type: ignore[arg-type]
+
+    def test_stopWhileStartingIsNoFailure(self) -> None:
+        """
+        Stopping the daemon while its workers start is a stop, not a start
+        failure: the service does not report one.
+        """
+        from taskd.pool import PoolService
+
+        pool, reactor = self.makePool(workers=1)
+        failures: list[None] = []
+        service = PoolService(pool, onStartFailure=lambda: failures.append(None))
+        service.startService()
+        stopping = service.stopService()
+        reactor.processes[0].exit(None, signal.SIGKILL)
+        self.successResultOf(stopping)
+        self.assertEqual(failures, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_nothingDecodedPastATooLongFrame(self) -> None:
+        """
+        After a frame announced too long, the decoder reads nothing more as
+        frames (its bytes cannot be told apart): one error, not one per
+        chunk.
+        """
+        from taskd._frames import FrameDecoder
+
+        frames: list[bytes] = []
+        tooLong: list[int] = []
+        decoder = FrameDecoder(frames.append, tooLong.append, 10)
+        decoder.feed(HEADER.pack(1000) + b"x" * 10)
+        decoder.feed(frame(b"R1") * 3)
+        self.assertEqual((frames, tooLong), ([], [1000]))
