@@ -51,6 +51,20 @@ def nonNegativeInt(value: str) -> int:
     return int(value)
 
 
+def positiveSeconds(value: str) -> float:
+    """
+    @return: C{value} as a finite number of seconds, more than 0.
+    @raise ValueError: otherwise.
+    """
+    try:
+        n = float(value)
+    except ValueError:
+        n = float("nan")
+    if not n > 0 or n == float("inf"):
+        raise ValueError("must be a number of seconds more than 0")
+    return n
+
+
 def seconds(value: str) -> float:
     """
     @return: C{value} as a finite number of seconds, 0 or more.

@@ -26,6 +26,14 @@ def _atLeast(minimum: float) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+def _moreThan(minimum: float) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None and not value > minimum:
+            raise ValueError(f"{attribute.name} must be more than {minimum}, not {value!r}")
+
+    return check
+
+
 def _names(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -132,7 +140,7 @@ class PoolConfig:
     tasks: Sequence[str] = field(default=("taskd.examples",), converter=_names)
     workers: int = field(factory=_cpuCount, validator=_atLeast(1))
     maxQueue: int = field(default=1000, validator=_atLeast(0))
-    timeout: float | None = field(default=None, validator=_atLeast(0))
+    timeout: float | None = field(default=None, validator=_moreThan(0))
     maxTasksPerWorker: int | None = field(default=None, validator=_atLeast(1))
     grace: float = field(default=10.0, validator=_atLeast(0))
     killGrace: float = field(default=5.0, validator=_atLeast(0))

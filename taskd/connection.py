@@ -117,6 +117,11 @@ class ConnectionOwner(Protocol):
         """
 
 
+#: Seconds a connection being closed has to deliver its last replies
+#: before it is reset.
+CLOSE_TIMEOUT = 30.0
+
+
 @implementer(IHalfCloseableProtocol)
 class TaskServerProtocol(LineReceiver):
     """
@@ -144,6 +149,8 @@ class TaskServerProtocol(LineReceiver):
     _writeBlocked = False
     _authenticated = True
     _authTimer: IDelayedCall | None = None
+    _closeTimer: IDelayedCall | None = None
+    _producing = False
     # Receiving a line never touches a timer: see taskd.timeouts.
     _timeouts: ConnectionTimeouts | None = None
 
@@ -164,6 +171,7 @@ class TaskServerProtocol(LineReceiver):
             return
         factory.connections.add(self)
         self.transport.registerProducer(WriteBackpressure(self._writeBufferFull), True)
+        self._producing = True
         if factory.idleTimeout or factory.lineTimeout:
             self._timeouts = ConnectionTimeouts(factory.clock, self, factory)
             self._timeouts.start()
@@ -177,6 +185,8 @@ class TaskServerProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._closed = True
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
         if self._authTimer is not None and self._authTimer.active():
             self._authTimer.cancel()
         if self._timeouts is not None:
@@ -193,7 +203,25 @@ class TaskServerProtocol(LineReceiver):
 
     def writeConnectionLost(self) -> None:
         # The client will not read replies: nothing left to do for it.
+        self.close()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """
+        Close the connection once what was written to it is delivered, and
+        reset it if that takes more than C{timeout} seconds (a peer that
+        does not read must not hold its place).  The write-backpressure
+        producer is let go first: a transport with a producer never closes
+        after draining its buffer, it resumes the producer.
+        """
+        self._closed = True
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._closeTimer is None and self.transport.connected:
+            self._closeTimer = self.factory.clock.callLater(
+                timeout, self.transport.abortConnection
+            )
 
     def _maybeFinish(self) -> None:
         """
@@ -206,8 +234,7 @@ class TaskServerProtocol(LineReceiver):
         if rest:
             self.lineReceived(rest)
         if self._unanswered == 0 and not self._closed:
-            self._closed = True
-            self.transport.loseConnection()
+            self.close()
 
     # -- what its timeouts ask (taskd.timeouts.WatchedConnection) ----------
 
@@ -325,7 +352,7 @@ class TaskServerProtocol(LineReceiver):
             # waiting for it to be would hold the connection.
             self.transport.abortConnection()
         else:
-            self.transport.loseConnection()
+            self.close()
 
     # -- authentication ---------------------------------------------------
 
@@ -354,9 +381,8 @@ class TaskServerProtocol(LineReceiver):
     def _refuse(self, message: str) -> None:
         if self._closed:
             return
-        self._closed = True
         self.transport.write(encodeError(None, errors.Unauthenticated(message)))
-        self.transport.loseConnection()
+        self.close()
 
     def _hello(self) -> HelloReply:
         pool = self.factory.pool

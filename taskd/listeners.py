@@ -23,6 +23,8 @@ would defeat L{skipTLSImports}).
 
 from __future__ import annotations
 
+import ipaddress
+
 import os
 import re
 import sys
@@ -40,7 +42,17 @@ _PORT_ENDPOINTS = ("tcp", "tcp6", "ssl", "mtls")
 # Listeners that never need TLS.
 _PLAIN_ENDPOINTS = ("tcp", "tcp6", "unix", "systemd")
 
-_LOOPBACK = ("127.", "::1", "localhost", "0:0:0:0:0:0:0:1")
+def isLoopback(interface: str) -> bool:
+    """
+    @return: whether C{interface} (a listener's C{interface=}) is a loopback
+        address, or C{localhost}.
+    """
+    if interface == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
 
 
 def splitDescription(description: str) -> tuple[str, list[str], dict[str, str]]:
@@ -126,11 +138,13 @@ def checkEndpoint(description: str) -> str | None:
         return _plain(str(e))
     except OSError as e:
         return f"cannot read {e.filename}: {e.strerror}" if e.filename else str(e)
-    except (IndexError, KeyError):
+    except (IndexError, KeyError) as e:
         if kind == "systemd":
             return _systemdProblem(kwargs)
-        raise
+        return f"{type(e).__name__}: {e}"
     except Exception as e:
+        if "multiple values for argument 'interface'" in str(e):
+            return "an IPv6 address needs its colons escaped: interface=\\:\\:1"
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -215,7 +229,7 @@ def isLocal(description: str) -> bool:
     kind, _, kwargs = splitDescription(description)
     if kind == "unix":
         return True
-    return kind in _PORT_ENDPOINTS and kwargs.get("interface", "").startswith(_LOOPBACK)
+    return kind in _PORT_ENDPOINTS and isLoopback(kwargs.get("interface", ""))
 
 
 def defaultTracebacks(listen: Sequence[str]) -> str:
@@ -265,7 +279,7 @@ def exposureWarnings(description: str, token: bool) -> list[str]:
     if kind not in _PORT_ENDPOINTS:
         return []  # the like of systemd: sockets: their owner sets access
     interface = kwargs.get("interface", "")
-    if interface.startswith(_LOOPBACK):
+    if isLoopback(interface):
         return []
     where = interface or ("all interfaces" if kind != "tcp6" else "all IPv6 interfaces")
     warnings = []

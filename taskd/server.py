@@ -188,7 +188,7 @@ class TaskServerFactory(Factory):
             d: Deferred[None] = Deferred()
             self._closing[protocol] = d
             waiting.append(d)
-            protocol.transport.loseConnection()
+            protocol.close(timeout)
         if not waiting:
             return succeed(None)
         timer = self.clock.callLater(timeout, self._abortClosing)

@@ -23,7 +23,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -32,6 +32,7 @@ from taskd.coercers import (
     namingErrors,
     nonNegativeInt,
     positiveInt,
+    positiveSeconds,
     seconds,
     tracebackMode,
 )
@@ -69,7 +70,7 @@ class Options(usage.Options):
     optParameters = namingErrors([
         ["workers", "w", None, "Worker processes [default: CPU count].", positiveInt],
         ["max-queue", None, 1000, "Calls that may wait for a worker.", nonNegativeInt],
-        ["timeout", "t", None, "Default (and longest) run time of a call, in seconds [default: none].", seconds],
+        ["timeout", "t", None, "Default (and longest) run time of a call, in seconds [default: none].", positiveSeconds],
         ["max-tasks-per-worker", None, None, "Replace a worker after this many calls [default: never].", positiveInt],
         ["max-line-length", None, DEFAULT_MAX_LINE, "Longest request line, in bytes.", positiveInt],
         ["max-connections", None, 1000, "Connections accepted at once.", positiveInt],
@@ -80,7 +81,7 @@ class Options(usage.Options):
         ["max-memory", None, None, "Address-space limit of each worker, in MiB [default: none].", positiveInt],
         ["max-worker-rss", None, None, "Replace a worker whose resident memory is above this many MiB after a call; the call is answered as usual [default: no limit].", positiveInt],
         ["auth-token-file", None, None, "A file holding the shared secret clients must send in their hello [default: no authentication]."],
-        ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", seconds],
+        ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", positiveSeconds],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT, "Close a connection with no call in flight that sent nothing for this many seconds (0: never).", seconds],
         ["line-timeout", None, DEFAULT_LINE_TIMEOUT, "Close a connection that started a request line and did not finish it within this many seconds (0: never).", seconds],
         ["tracebacks", None, None, "How much of a failed task's traceback clients get: full, short (innermost frame and exception, no directories) or none [default: full when every listener is loopback or unix:, short otherwise].", tracebackMode],
@@ -246,7 +247,10 @@ class TaskdService(MultiService):
         """
         self.exitStatus = 1
         self._atExit(self._exit)
-        self._reactor.stop()
+        try:
+            self._reactor.stop()
+        except ReactorNotRunning:
+            pass  # a stop was already under way
 
     def _exit(self) -> None:
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
@@ -295,7 +299,8 @@ class TaskdService(MultiService):
             [maybeDeferred(s.stopService) for s in self.listeners]
         )
         d.addCallback(lambda _: self.poolService.stopService())
-        d.addCallback(lambda _: self.factory.closeConnections())
+        # Even if stopping the pool failed, the connections are closed.
+        d.addBoth(lambda _: self.factory.closeConnections())
         d.addCallback(lambda _: self.log.info("taskd stopped"))
         return d
 

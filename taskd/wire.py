@@ -256,7 +256,7 @@ def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
         if (
             not isinstance(timeout, (int, float))
             or isinstance(timeout, bool)
-            or not timeout > 0
+            or not 0 < timeout < float("inf")
         ):
             raise _bad("'timeout' must be a positive number of seconds", id)
         timeout = float(timeout)
@@ -383,6 +383,13 @@ def decodeReply(line: bytes) -> Reply:
 
     @raise ValueError: if the line is not a reply this version understands.
     """
+    try:
+        return _decodeReply(line)
+    except (TypeError, RecursionError) as e:
+        raise ValueError(f"a reply this client cannot read: {e!r}") from None
+
+
+def _decodeReply(line: bytes) -> Reply:
     message = _json.loads(line)
     if not isinstance(message, dict):
         raise ValueError("a reply must be a JSON object")

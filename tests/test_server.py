@@ -14,7 +14,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import taskd
@@ -971,3 +973,50 @@ def _lineOf(text: str) -> int:
             if text in line and "_lineOf" not in line:
                 return number
     raise ValueError(text)
+
+
+class ClosingTests(ServerTestsMixin, SynchronousTestCase):
+    """
+    How a connection closes: its write producer let go (or the transport
+    would never close after draining), and never held open for ever.
+    """
+
+    def test_closeLetsTheProducerGo(self) -> None:
+        """
+        Closing unregisters the write-backpressure producer, so the
+        transport closes once its buffer drains instead of resuming it.
+        """
+        proto, transport, reactor = self.connect()
+        self.assertIsNotNone(transport.producer)
+        proto.close()
+        self.assertIsNone(transport.producer)
+        self.assertTrue(transport.disconnecting)
+
+    def test_closeIsBounded(self) -> None:
+        """
+        A connection closing (here after the client half-closed and got its
+        last reply) whose bytes are not delivered is reset after the close
+        timeout, on the clock.
+        """
+        from taskd.connection import CLOSE_TIMEOUT
+
+        proto, transport, reactor = self.connect()
+        aborted: list[bool] = []
+        transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        proto.dataReceived(b'{"function":"add","args":[1,2],"id":1}\n')
+        proto.readConnectionLost()
+        reactor.processes[0].send(b"R3")
+        self.assertTrue(transport.disconnecting)
+        reactor.advance(CLOSE_TIMEOUT - 0.1)
+        self.assertEqual(aborted, [])
+        reactor.advance(0.1)
+        self.assertEqual(aborted, [True])
+
+    def test_closedInTimeNoReset(self) -> None:
+        """
+        A connection that closes in time has its close timer cancelled.
+        """
+        proto, transport, reactor = self.connect()
+        proto.close()
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(reactor.getDelayedCalls(), [])

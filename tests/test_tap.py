@@ -150,7 +150,9 @@ class OptionsTests(SynchronousTestCase):
         for args, text in [
             (["--workers", "0"], "--workers '0': must be a whole number of at least 1"),
             (["--workers", "many"], "--workers 'many': must be a whole number"),
-            (["--timeout", "-1"], "--timeout '-1': must be a number of seconds (0 or more)"),
+            (["--timeout", "-1"], "--timeout '-1': must be a number of seconds more than 0"),
+            (["--timeout", "0"], "--timeout '0': must be a number of seconds more than 0"),
+            (["--auth-timeout", "0"], "--auth-timeout '0': must be a number of seconds more than 0"),
             (["--grace", "nan"], "--grace 'nan': must be a number of seconds (0 or more)"),
             (["--max-queue", "-5"], "--max-queue '-5': must be a whole number of at least 0"),
             (["--idle-timeout", "-1"], "--idle-timeout '-1': must be a number of seconds (0 or more)"),
@@ -691,3 +693,25 @@ class TwistdTests(TwistdMixin, TestCase):
         self.assertNotIn(b"worker", second.output)
         firstProcess.signalProcess("TERM")
         self.assertEqual((yield first.ended), (None, signal.SIGTERM))
+
+
+class LoopbackTests(SynchronousTestCase):
+    def test_onlyLoopbackIsLocal(self) -> None:
+        """
+        A listener counts as local only on a loopback address (or
+        C{localhost}): look-alike strings do not.
+        """
+        from taskd.listeners import isLocal
+
+        for interface, local in [
+            ("127.0.0.1", True),
+            ("127.1.2.3", True),
+            ("\\:\\:1", True),
+            ("localhost", True),
+            ("\\:\\:1a", False),
+            ("0\\:0\\:0\\:0\\:0\\:0\\:0\\:10", False),
+            ("localhost.example.com", False),
+            ("127.0.0.1.evil", False),
+            ("", False),
+        ]:
+            self.assertEqual(isLocal(f"tcp:0:interface={interface}"), local, interface)

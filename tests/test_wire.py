@@ -161,3 +161,22 @@ class EncodeTests(SynchronousTestCase):
         self.assertEqual(decodeReply(encodeHelloReply(HelloReply(1, {"server": "taskd"}))), HelloReply(1, {"server": "taskd"}))
         self.assertEqual(decodeReply(b'{"type":"stats","busy":1}'), StatsReply({"busy": 1}))
         self.assertRaises(ValueError, decodeReply, b'{"type":"nope"}')
+
+
+class ReviewEdgeTests(SynchronousTestCase):
+    def test_infiniteTimeout(self) -> None:
+        """
+        A call's C{timeout} must be finite, as its C{deadline} must.
+        """
+        with self.assertRaises(ProtocolError) as e:
+            decodeRequest(b'{"function":"f","timeout":1e999,"id":1}')
+        self.assertEqual(e.exception.error.message, "'timeout' must be a positive number of seconds")
+
+    def test_oddRepliesAreValueErrors(self) -> None:
+        """
+        Whatever a reply line holds, a client decoding it gets a
+        C{ValueError} it can log, never another exception that would end
+        its connection.
+        """
+        for line in [b'{"type":"hello","version":null}', b"[" * 100000 + b"]" * 100000]:
+            self.assertRaises(ValueError, decodeReply, line)
