@@ -61,7 +61,7 @@ def positiveSeconds(value: str) -> float:
     except ValueError:
         n = float("nan")
     if not n > 0 or n == float("inf"):
-        raise ValueError("must be a number of seconds more than 0")
+        raise ValueError("must be a number of seconds above 0")
     return n
 
 

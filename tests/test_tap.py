@@ -150,9 +150,9 @@ class OptionsTests(SynchronousTestCase):
         for args, text in [
             (["--workers", "0"], "--workers '0': must be a whole number of at least 1"),
             (["--workers", "many"], "--workers 'many': must be a whole number"),
-            (["--timeout", "-1"], "--timeout '-1': must be a number of seconds more than 0"),
-            (["--timeout", "0"], "--timeout '0': must be a number of seconds more than 0"),
-            (["--auth-timeout", "0"], "--auth-timeout '0': must be a number of seconds more than 0"),
+            (["--timeout", "-1"], "--timeout '-1': must be a number of seconds above 0"),
+            (["--timeout", "0"], "--timeout '0': must be a number of seconds above 0"),
+            (["--auth-timeout", "0"], "--auth-timeout '0': must be a number of seconds above 0"),
             (["--grace", "nan"], "--grace 'nan': must be a number of seconds (0 or more)"),
             (["--max-queue", "-5"], "--max-queue '-5': must be a whole number of at least 0"),
             (["--idle-timeout", "-1"], "--idle-timeout '-1': must be a number of seconds (0 or more)"),

@@ -15,10 +15,11 @@ import json
 import os
 import re
 import sys
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import taskd
 from taskd.cli.console import EXIT_USAGE, write
+from taskd.coercers import positiveInt, positiveSeconds, seconds
 
 #: C{--connect}'s default, unless C{$TASKD_CONNECT} is set.
 DEFAULT_CONNECT = "tcp:127.0.0.1:12345"
@@ -47,34 +48,24 @@ def _json(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"{text!r}: not JSON: {e}")
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number of at least 1")
-    return n
+def _forArgparse(coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    One of L{taskd.coercers}' checks, its error worded for argparse (which
+    names the option): C{'0': must be a whole number of at least 1}.
+    """
+
+    def coerced(text: str) -> Any:
+        try:
+            return coerce(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+    return coerced
 
 
-def _seconds(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        n = float("nan")
-    if not n > 0 or n == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds above 0")
-    return n
-
-
-def _waitSeconds(text: str) -> float:
-    try:
-        n = float(text)
-    except ValueError:
-        n = float("nan")
-    if not n >= 0 or n == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of seconds (0 or more)")
-    return n
+_positive = _forArgparse(positiveInt)
+_seconds = _forArgparse(positiveSeconds)
+_waitSeconds = _forArgparse(seconds)
 
 
 def parser() -> argparse.ArgumentParser:
