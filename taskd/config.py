@@ -53,8 +53,8 @@ def _taskLimits(value: Mapping[str, TaskOptions]) -> dict[str, TaskOptions]:
 def parseTaskLimit(text: str) -> tuple[str, TaskOptions]:
     """
     Read a task's scheduling options as the daemon's C{--task-limit} takes
-    them: C{NAME:concurrency=4,rate=10/s,priority=5} (any of the three,
-    at least one).
+    them: C{NAME:concurrency=4,rate=10/s,priority=5,retries=3,backoff=2}
+    (any of them, at least one).
 
     @return: the task name and its options.
     @raise ValueError: saying precisely what is wrong.
@@ -66,12 +66,19 @@ def parseTaskLimit(text: str) -> tuple[str, TaskOptions]:
     for item in rest.split(","):
         key, equals, value = item.partition("=")
         key = key.strip()
-        if not equals or key not in ("concurrency", "rate", "priority"):
-            raise ValueError(f"{item!r} is not concurrency=N, rate=N/s|m|h or priority=N")
+        if not equals or key not in ("concurrency", "rate", "priority", "retries", "backoff"):
+            raise ValueError(
+                f"{item!r} is not concurrency=N, rate=N/s|m|h, priority=N, retries=N or backoff=SECONDS"
+            )
         if key in values:
             raise ValueError(f"{key} is given twice")
         if key == "rate":
             values[key] = value.strip()
+        elif key == "backoff":
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"backoff must be a number of seconds, not {value!r}") from None
         else:
             try:
                 values[key] = int(value)

@@ -15,9 +15,12 @@ A task module marks its functions with L{task}::
     @task(priority=10, concurrency=2, rate="10/s")
     def reset_password(user): ...
 
+    @task(retries=3, backoff=2.0, retryOn=(ConnectionError,))
+    def fetch(url): ...
+
 The scheduling options (L{TaskOptions}: a default priority, a cap on
-calls running at once, a rate limit) are kept per task name; the pool
-reads them (see C{docs/scheduling.md}).
+calls running at once, a rate limit, retries) are kept per task name; the
+pool reads them (see C{docs/scheduling.md}).
 
 The daemon imports the modules named in its configuration (C{--tasks}) in
 the parent and in every worker.  Only names found here run: nothing a caller
@@ -62,6 +65,34 @@ def parseRate(text: str) -> float:
     return number / _PER[per]
 
 
+#: The most retries a task may ask for.
+MAX_RETRIES = 100
+
+#: The longest first backoff a task may ask for, in seconds.
+MAX_BACKOFF = 3600.0
+
+
+def _typeNames(value: Iterable[type[BaseException] | str]) -> tuple[str, ...]:
+    """
+    @return: the names of exception types, as a worker reports them in an
+        error's C{"exception"} field: C{"ValueError"} for builtins,
+        C{"module.Class"} for others.
+    @raise ValueError: for anything but exception classes and names.
+    """
+    if isinstance(value, (str, type)):
+        value = (value,)
+    names = []
+    for item in value:
+        if isinstance(item, str) and item:
+            names.append(item)
+        elif isinstance(item, type) and issubclass(item, BaseException):
+            module = item.__module__
+            names.append(item.__qualname__ if module == "builtins" else f"{module}.{item.__qualname__}")
+        else:
+            raise ValueError(f"retryOn must hold exception classes or their names, not {item!r}")
+    return tuple(names)
+
+
 class TaskOptions(NamedTuple):
     """
     How the pool schedules one task's calls; C{None} leaves an option
@@ -75,15 +106,26 @@ class TaskOptions(NamedTuple):
         across all workers.
     @ivar rate: at most this many of the task's calls start per second,
         minute or hour (C{"10/s"}, C{"30/m"}, C{"100/h"}; see L{parseRate}).
+    @ivar retries: run a call again, up to this many times, after its
+        worker crashed, it timed out, or it raised an exception named in
+        C{retryOn}.  Only for tasks that are safe to run twice.
+    @ivar backoff: seconds before the first retry (1 by default); each
+        further retry waits twice as long as the one before, with jitter.
+    @ivar retryOn: the exception types (classes, or names as in an error's
+        C{"exception"} field) that are retried as well.
     """
 
     priority: int | None = None
     concurrency: int | None = None
     rate: str | None = None
+    retries: int | None = None
+    backoff: float | None = None
+    retryOn: tuple[str, ...] | None = None
 
     def check(self) -> TaskOptions:
         """
-        @return: C{self}, if every option is in its range.
+        @return: C{self}, with C{retryOn} as a tuple of names, if every
+            option is in its range.
         @raise ValueError: naming the option that is not.
         """
         priority, concurrency = self.priority, self.concurrency
@@ -97,6 +139,17 @@ class TaskOptions(NamedTuple):
             raise ValueError(f"concurrency must be a whole number of at least 1, not {concurrency!r}")
         if self.rate is not None:
             parseRate(self.rate)
+        retries, backoff = self.retries, self.backoff
+        if retries is not None and (type(retries) is not int or not 0 <= retries <= MAX_RETRIES):
+            raise ValueError(f"retries must be a whole number from 0 to {MAX_RETRIES}, not {retries!r}")
+        if backoff is not None and (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, (int, float))
+            or not 0 <= backoff <= MAX_BACKOFF
+        ):
+            raise ValueError(f"backoff must be a number of seconds from 0 to {MAX_BACKOFF:g}, not {backoff!r}")
+        if self.retryOn is not None:
+            return self._replace(retryOn=_typeNames(self.retryOn))
         return self
 
     def merged(self, override: TaskOptions) -> TaskOptions:
@@ -104,10 +157,8 @@ class TaskOptions(NamedTuple):
         @return: these options, with each option C{override} sets replacing
             this one's.
         """
-        return TaskOptions(
-            self.priority if override.priority is None else override.priority,
-            self.concurrency if override.concurrency is None else override.concurrency,
-            self.rate if override.rate is None else override.rate,
+        return self._replace(
+            **{key: value for key, value in override._asdict().items() if value is not None}
         )
 
 
@@ -124,14 +175,12 @@ class Registry:
         self,
         function: F,
         name: str | None = None,
-        *,
-        priority: int | None = None,
-        concurrency: int | None = None,
-        rate: str | None = None,
+        **options: Any,
     ) -> F:
         """
         Register C{function} under C{name}, its C{__qualname__} by default,
-        with its scheduling options (see L{taskd.registry.TaskOptions}).
+        with its scheduling options (the fields of
+        L{taskd.registry.TaskOptions}, by name).
 
         @raise ValueError: if another function already holds the name, or
             for an option out of its range.
@@ -142,7 +191,7 @@ class Registry:
         if not isinstance(name, str) or not name or "\n" in name:
             raise ValueError(f"invalid task name {name!r}")
         try:
-            options = TaskOptions(priority, concurrency, rate).check()
+            checked = _options(options)
         except ValueError as e:
             raise ValueError(f"task {name!r}: {e}") from None
         existing = self._tasks.get(name)
@@ -152,10 +201,10 @@ class Registry:
                 f"{existing.__module__}.{existing.__qualname__}"
             )
         self._tasks[name] = function
-        if options == TaskOptions():
+        if checked == _NO_OPTIONS:
             self._options.pop(name, None)
         else:
-            self._options[name] = options
+            self._options[name] = checked
         return function
 
     @overload
@@ -169,33 +218,29 @@ class Registry:
         priority: int | None = None,
         concurrency: int | None = None,
         rate: str | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        retryOn: Iterable[type[BaseException] | str] | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
-        self,
-        function: F | None = None,
-        *,
-        name: str | None = None,
-        priority: int | None = None,
-        concurrency: int | None = None,
-        rate: str | None = None,
+        self, function: F | None = None, *, name: str | None = None, **options: Any
     ) -> F | Callable[[F], F]:
         """
         Decorator form of L{register}: C{@task}, C{@task(name="x")},
-        C{@task(priority=5, concurrency=2, rate="10/s")}.
+        C{@task(priority=5, concurrency=2, rate="10/s")},
+        C{@task(retries=3, retryOn=(ConnectionError,))}.
         """
         if function is not None:
             return self.register(function)
         # Check now, so the error points at the decorator's line.
         try:
-            TaskOptions(priority, concurrency, rate).check()
+            _options(options)
         except ValueError as e:
             raise ValueError(f"task {name or '(unnamed)'!r}: {e}") from None
 
         def decorate(f: F) -> F:
-            return self.register(
-                f, name, priority=priority, concurrency=concurrency, rate=rate
-            )
+            return self.register(f, name, **options)
 
         return decorate
 
@@ -229,6 +274,19 @@ class Registry:
 
 
 _NO_OPTIONS = TaskOptions()
+
+
+def _options(options: dict[str, Any]) -> TaskOptions:
+    """
+    @return: the L{TaskOptions} named by C{options}, checked.
+    @raise ValueError: for an unknown option or one out of its range.
+    """
+    unknown = sorted(set(options) - set(TaskOptions._fields))
+    if unknown:
+        raise ValueError(
+            f"unknown option {unknown[0]!r} (options: {', '.join(TaskOptions._fields)})"
+        )
+    return TaskOptions(**options).check()
 
 
 def _identity(function: Callable[..., Any]) -> tuple[str, str]:

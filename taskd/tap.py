@@ -104,7 +104,7 @@ class Options(usage.Options):
         self["tasks"].append(module)
 
     def opt_task_limit(self, limit: str) -> None:
-        """NAME:concurrency=N,rate=N/s|m|h,priority=N: set or override a task's scheduling options (see docs/scheduling.md); repeatable."""
+        """NAME:concurrency=N,rate=N/s|m|h,priority=N,retries=N,backoff=S: set or override a task's scheduling options (see docs/scheduling.md); repeatable."""
         try:
             name, options = parseTaskLimit(limit)
         except ValueError as e:

@@ -48,6 +48,12 @@ def holder(reactor: FakeProcessReactor, item: tuple[str, Any]) -> FakeProcess:
     return process
 
 
+class LookupTimeout(Exception):
+    """
+    An exception type defined outside C{builtins}.
+    """
+
+
 class SchedulingMixin(PoolTestsMixin):
     def pool(self, workers: int = 1, **kw: Any) -> tuple[ProcessPool, FakeProcessReactor]:
         kw.setdefault("registry", schedulingRegistry())
@@ -71,6 +77,26 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(reg.options("plain"), TaskOptions())
         self.assertEqual(reg.optionsByName(), {"m": TaskOptions(-3, 2, "5/m")})
 
+    def test_retryOptions(self) -> None:
+        """
+        C{retryOn} takes exception classes or names and keeps names, as a
+        worker reports them: bare for builtins, with their module for
+        others.
+        """
+        reg = Registry()
+
+        @reg.task(name="r", retries=3, backoff=0.5, retryOn=(ConnectionError, "mail.Bounce", LookupTimeout))
+        def r() -> None: ...
+
+        self.assertEqual(
+            reg.options("r"),
+            TaskOptions(retries=3, backoff=0.5, retryOn=("ConnectionError", "mail.Bounce", f"{__name__}.LookupTimeout")),
+        )
+        self.assertEqual(
+            TaskOptions(priority=1, retries=2).merged(TaskOptions(retries=0, backoff=3.0)),
+            TaskOptions(priority=1, retries=0, backoff=3.0),
+        )
+
     def test_badOptions(self) -> None:
         """
         An option out of its range raises C{ValueError} naming the task and
@@ -84,6 +110,15 @@ class OptionsTests(SynchronousTestCase):
             ({"rate": "10"}, "task 'x': rate '10' must be COUNT/s, COUNT/m or COUNT/h (such as '10/s')"),
             ({"rate": "ten/s"}, "task 'x': rate 'ten/s': 'ten' is not a number"),
             ({"rate": "0/s"}, "task 'x': rate '0/s': the count must be a positive number"),
+            ({"retries": -1}, "task 'x': retries must be a whole number from 0 to 100, not -1"),
+            ({"retries": 2.0}, "task 'x': retries must be a whole number from 0 to 100, not 2.0"),
+            ({"backoff": -1}, "task 'x': backoff must be a number of seconds from 0 to 3600, not -1"),
+            ({"backoff": "1"}, "task 'x': backoff must be a number of seconds from 0 to 3600, not '1'"),
+            ({"retryOn": (42,)}, "task 'x': retryOn must hold exception classes or their names, not 42"),
+            (
+                {"retires": 3},
+                "task 'x': unknown option 'retires' (options: priority, concurrency, rate, retries, backoff, retryOn)",
+            ),
         ]
         for options, message in cases:
             e = self.assertRaises(ValueError, reg.task, name="x", **options)

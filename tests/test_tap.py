@@ -163,7 +163,7 @@ class OptionsTests(SynchronousTestCase):
             (["--tasks", "no.such.module"], "--tasks 'no.such.module': cannot load task module: ModuleNotFoundError: No module named 'no'"),
             (["--auth-token-file", "/nonexistent"], "--auth-token-file '/nonexistent': cannot read it: No such file or directory"),
             (["--task-limit", "mail"], "--task-limit 'mail': must be NAME:OPTION=VALUE,... (such as send_mail:concurrency=4,rate=10/s)"),
-            (["--task-limit", "mail:speed=4"], "--task-limit 'mail:speed=4': 'speed=4' is not concurrency=N, rate=N/s|m|h or priority=N"),
+            (["--task-limit", "mail:speed=4"], "--task-limit 'mail:speed=4': 'speed=4' is not concurrency=N, rate=N/s|m|h, priority=N, retries=N or backoff=SECONDS"),
             (["--task-limit", "mail:concurrency=0"], "--task-limit 'mail:concurrency=0': concurrency must be a whole number of at least 1, not 0"),
             (["--task-limit", "mail:concurrency=x"], "--task-limit 'mail:concurrency=x': concurrency must be a whole number, not 'x'"),
             (["--task-limit", "mail:rate=10"], "--task-limit 'mail:rate=10': rate '10' must be COUNT/s, COUNT/m or COUNT/h (such as '10/s')"),
