@@ -455,7 +455,9 @@ class TaskServerProtocol(LineReceiver):
         id = None if isinstance(key, ReplySlot) else key
         error = failure.value
         if isinstance(error, CancelledError):
-            error = errors.TaskCancelled("the call was cancelled")
+            error = errors.TaskCancelled(
+                "the call was cancelled", started=getattr(error, "started", True)
+            )
         elif not isinstance(error, errors.TaskdError):
             self.log.failure("unexpected error in a call", failure)
             error = errors.TaskdError(f"internal error: {error!r}")
