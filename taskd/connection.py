@@ -394,6 +394,10 @@ class TaskServerProtocol(LineReceiver):
                 "tasks": list(pool.registry),
                 "maxLineLength": self._maxLength,
                 "maxInFlight": self.factory.maxInFlight,
+                "taskLimits": {
+                    name: {k: v for k, v in options._asdict().items() if v is not None}
+                    for name, options in sorted(pool.taskPolicies().items())
+                },
             },
         )
 

@@ -230,10 +230,11 @@ class ProcessPool(Lifecycle[PoolState]):
             self._spawn()
         return starting
 
-    def _configureQueue(self) -> None:
+    def taskPolicies(self) -> dict[str, TaskOptions]:
         """
-        Give the queue each task's policies: its C{@task(...)} options,
-        with L{PoolConfig.taskLimits} over them.
+        @return: each task's scheduling options: its C{@task(...)} options,
+            with L{PoolConfig.taskLimits} over them; tasks with none are
+            left out.
         """
         policies = self.registry.optionsByName()
         for name, override in self.config.taskLimits.items():
@@ -241,6 +242,13 @@ class ProcessPool(Lifecycle[PoolState]):
                 policies[name] = policies[name].merged(override)
             else:
                 policies[name] = override
+        return policies
+
+    def _configureQueue(self) -> None:
+        """
+        Give the queue each task's policies (see L{taskPolicies}).
+        """
+        policies = self.taskPolicies()
         self._queue.agingInterval = self.config.agingInterval
         self._queue.configure(policies)
         self._retryPolicies = {
@@ -433,7 +441,8 @@ class ProcessPool(Lifecycle[PoolState]):
 
     def stats(self) -> dict[str, Any]:
         """
-        @return: counts of workers and calls, for monitoring: integers, and
+        @return: counts of workers and calls, for monitoring: integers
+            (C{retrying}: calls waiting for their next attempt), and
             (C{queuedByPriority}, C{queuedByTask}) the queued calls counted
             by priority (as a string, highest first) and by task name.
         """
@@ -446,6 +455,7 @@ class ProcessPool(Lifecycle[PoolState]):
             "memoryRecycled": self._memoryRecycled,
             "queuedByPriority": self._queue.byPriority(),
             "queuedByTask": self._queue.byTask(),
+            "retrying": len(self._retrying),
         }
 
     def pids(self) -> set[int]:

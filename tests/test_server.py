@@ -204,7 +204,7 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"type":"hello","version":1}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "hello", "version": 1, "server": "taskd", "serverVersion": taskd.__version__, "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100}],
+            [{"type": "hello", "version": 1, "server": "taskd", "serverVersion": taskd.__version__, "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100, "taskLimits": {}}],
         )
 
 
@@ -273,7 +273,7 @@ class StatsTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "connections": 1}],
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0, "connections": 1}],
         )
 
 
