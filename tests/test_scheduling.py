@@ -553,7 +553,7 @@ class DaemonSchedulingTests(DaemonTestCase):
         """
         A task with C{concurrency=1} never overlaps itself on three
         workers, while another task's calls run beside it; C{rate="10/s"}
-        starts 30 (plus or minus 2) calls in 3 seconds of wall time.
+        starts 50 (plus or minus 2) calls in 5 seconds of wall time.
         """
         yield self.startDaemon(
             "--task-limit", "stamped:concurrency=1", "--task-limit", "ratestamp:rate=10/s", workers=3
@@ -563,11 +563,11 @@ class DaemonSchedulingTests(DaemonTestCase):
         capped, rated = os.path.join(directory, "capped"), os.path.join(directory, "rated")
         lines = [
             json.dumps({"function": "stamped", "args": [capped, 0.05], "id": i}).encode() for i in range(10)
-        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(45)]
+        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(55)]
         proto = yield self.pipeline(lines)
         self.assertEqual(
             {id: [r["type"] for r in replies] for id, replies in proto.replies.items()},
-            {id: ["result"] for id in [*range(10), *range(100, 145)]},
+            {id: ["result"] for id in [*range(10), *range(100, 155)]},
         )
         with open(capped) as f:
             spans = sorted(tuple(map(float, line.split())) for line in f)
@@ -576,9 +576,9 @@ class DaemonSchedulingTests(DaemonTestCase):
             self.assertLessEqual(end, start)
         with open(rated) as f:
             starts = sorted(float(line) for line in f)
-        self.assertEqual(len(starts), 45)
-        inThree = sum(1 for t in starts if t - starts[0] < 3.0)
-        self.assertTrue(28 <= inThree <= 32, (inThree, starts))
+        self.assertEqual(len(starts), 55)
+        inFive = sum(1 for t in starts if t - starts[0] < 5.0)
+        self.assertTrue(48 <= inFive <= 52, (inFive, starts))
         self.assertNothingUnhandled()
 
     @inlineCallbacks
