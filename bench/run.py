@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as "python bench/run.py"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import rawclient  # noqa: E402
+from bench import mixed, rawclient  # noqa: E402
 from bench.rawclient import request  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,13 +74,13 @@ PREFETCH = 4
 
 
 class Daemon(Process):
-    def __init__(self, workers: int, prefetch: int = PREFETCH) -> None:
+    def __init__(self, workers: int, prefetch: int = PREFETCH, *options: str) -> None:
         super().__init__(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              # A deeper accept queue than Twisted's default 50: W1a and the
              # idle-connections measurement open connections in bursts.
              "taskd", "--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--workers", str(workers),
-             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000"],
+             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000", *options],
             wait=r"starting on (\d+)[\s\S]*pool ready",
         )
         assert self.match is not None
@@ -265,6 +265,15 @@ def main(argv: list[str] | None = None) -> None:
         w5["taskd"] = repeat("W5 taskd", lambda: measure({"kind": "w5", "port": daemon.port, "n": n5, "inline": False}))
         w5["inline"] = repeat("W5 inline", lambda: measure({"kind": "w5", "n": nInline, "inline": True}))
 
+        w6 = results["w6"] = {}
+        n6 = 10 if quick else 100
+        for name, options, priority in mixed.SETTINGS:
+            w6Daemon = Daemon(2, 1, *options)
+            try:
+                w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
+            finally:
+                w6Daemon.stop()
+
         memory = results["memory"] = {}
         memory["daemon_idle_mb"] = idleRss  # measured before any workload
         memory["daemon_after_workloads_mb"] = rssMB(daemon.pid)
@@ -331,6 +340,9 @@ def report(r: dict[str, Any]) -> None:
     for name in ("taskd", "inline"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
             row(f"W5 lateness {key[:-3]}", name, m("w5", name, key), "ms")
+    for name in ("no_policy", "priority", "cap"):
+        row("W6 short among long, p50", name, m("w6", name, "p50_ms"), "ms")
+        row("W6 short among long, p99", name, m("w6", name, "p99_ms"), "ms")
     mem = r.get("memory", {})
     row("memory", "daemon idle RSS (at start)", mem.get("daemon_idle_mb"), "MB")
     row("memory", "daemon RSS after the workloads", mem.get("daemon_after_workloads_mb"), "MB")
