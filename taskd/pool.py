@@ -211,13 +211,21 @@ class ProcessPool(Lifecycle[PoolState]):
         of them are ready.
 
         @return: a C{Deferred} that fires with C{None} once every worker is
-            ready, or fails with the import error or
-            L{errors.WorkerStartError} (after which the pool is stopped).
+            ready, or fails with the import error, C{ValueError} for task
+            limits (L{PoolConfig.taskLimits}) of a task no module
+            registers, or L{errors.WorkerStartError} (after which the pool
+            is stopped).
         """
         if self.state is not PoolState.NEW:
             return fail(RuntimeError(f"cannot start a pool that is {self.state.value}"))
         try:
             loadTaskModules(self.config.tasks)
+            unknown = sorted(set(self.config.taskLimits) - set(self.registry))
+            if unknown:
+                raise ValueError(
+                    f"task limits are set for {', '.join(map(repr, unknown))}, "
+                    "which no task module registers"
+                )
         except Exception:
             self._go("abandon")
             return fail()

@@ -153,6 +153,23 @@ class OptionsTests(SynchronousTestCase):
         e = self.assertRaises(ValueError, PoolConfig, taskLimits={"m": TaskOptions(concurrency=-1)})
         self.assertEqual(str(e), "taskLimits['m']: concurrency must be a whole number of at least 1, not -1")
 
+    def test_limitsForUnknownTasks(self) -> None:
+        """
+        Task limits for a name no task module registers (a typo, say) fail
+        the pool's start, naming them, rather than limiting nothing.
+        """
+        reactor = FakeProcessReactor()
+        pool = ProcessPool(
+            reactor,
+            tasks=[],
+            workers=1,
+            registry=schedulingRegistry(),
+            taskLimits={"send_mial": TaskOptions(rate="1/s"), "mail": TaskOptions(concurrency=2), "zz": TaskOptions(priority=1)},
+        )
+        e = self.failureResultOf(pool.start(), ValueError).value
+        self.assertEqual(str(e), "task limits are set for 'send_mial', 'zz', which no task module registers")
+        self.assertEqual(reactor.processes, [])
+
 
 class SchedulingTests(SchedulingMixin, SynchronousTestCase):
     @staticmethod
