@@ -47,8 +47,6 @@ from collections import deque
 from enum import Enum
 from typing import Any, Generic, Mapping, Protocol, Sequence, TypeVar
 
-from attrs import frozen
-
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
@@ -77,7 +75,8 @@ from taskd._frames import (
 )
 from taskd._lifecycle import Lifecycle
 from taskd._pipes import ReplyPipe, RequestPipe, makePipe
-from taskd.registry import ASYNC, PROCESS, THREAD
+from taskd._slots import CallBook, Slots
+from taskd.registry import THREAD
 
 #: How often, in seconds, a process group left by an ended worker is
 #: looked at until it is empty.
@@ -115,29 +114,6 @@ WORKER_TRANSITIONS = {
     "terminate": (frozenset({_S.STARTING, _S.READY, _S.RETIRING}), _S.TERMINATING),
     "end": (frozenset({_S.STARTING, _S.READY, _S.RETIRING, _S.TERMINATING}), _S.ENDED),
 }
-
-
-@frozen
-class Slots:
-    """
-    How many calls a worker that runs several at once may run (see
-    L{taskd._multicall}): a call of mode L{THREAD} takes one of its
-    C{threads}, one of mode L{ASYNC} one of its C{asyncCalls}, one of mode
-    L{PROCESS} the whole worker.
-
-    @ivar threads: its threads for plain tasks.
-    @ivar asyncCalls: how many C{async def} calls it may run at once.
-    """
-
-    threads: int
-    asyncCalls: int
-
-    @property
-    def total(self) -> int:
-        """
-        The most calls such a worker may hold.
-        """
-        return self.threads + self.asyncCalls
 
 
 class Runnable(Protocol):
@@ -310,13 +286,9 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         self.slots = slots
         self.concurrent = slots is not None
         self._drainGrace = drainGrace
-        # A worker running several calls: each call's tag and mode, what
-        # is used of its slots, and the timers of the calls asked to stop.
-        self._nextTag = 1
-        self._tags: dict[int, C] = {}
-        self._tagOf: dict[C, int] = {}
-        self._modes: dict[int, str] = {}
-        self._used = {THREAD: 0, ASYNC: 0, PROCESS: 0}
+        # A worker running several calls: its calls by tag, and the timers
+        # of the calls asked to stop.
+        self._book: CallBook[C] | None = None if slots is None else CallBook(slots)
         self._stopTimers: dict[int, IDelayedCall] = {}
         self._frames = FrameDecoder(
             self._taggedFrameReceived if self.concurrent else self._frameReceived,
@@ -558,7 +530,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         except (ValueError, RecursionError):
             self._misbehaved(f"a {kind!r} frame that is not one JSON value")
             return
-        call = self._tags.get(tag)
+        assert self._book is not None
+        call = self._book.get(tag)
         if call is None:
             self._misbehaved(f"a {kind!r} frame for call {tag}, which it does not hold")
             return
@@ -578,9 +551,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         self._events.workerReplied(self, call, reply)
 
     def _forgetTag(self, tag: int) -> None:
-        call = self._tags.pop(tag)
-        del self._tagOf[call]
-        self._used[self._modes.pop(tag)] -= 1
+        assert self._book is not None
+        self._book.remove(tag)
         timer = self._stopTimers.pop(tag, None)
         if timer is not None:
             timer.cancel()
@@ -620,12 +592,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         if not self.concurrent:
             self.requests.write(requestFrame(call.name, call.payload))
             return
-        tag = self._nextTag
-        self._nextTag = tag % 0xFFFFFFFF + 1
-        self._tags[tag] = call
-        self._tagOf[call] = tag
-        self._modes[tag] = mode
-        self._used[mode] += 1
+        assert self._book is not None
+        tag = self._book.add(call, mode)
         self.requests.write(taggedRequestFrame(tag, call.name, call.payload))
 
     def fits(self, mode: str) -> bool:
@@ -633,15 +601,7 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         @return: whether this worker, which runs several calls at once, has
             room for one more of C{mode} now.
         """
-        slots = self.slots
-        used = self._used
-        if slots is None or used[PROCESS]:
-            return False
-        if mode == THREAD:
-            return used[THREAD] < slots.threads
-        if mode == ASYNC:
-            return used[ASYNC] < slots.asyncCalls
-        return not self.inFlight
+        return self._book is not None and self._book.fits(mode)
 
     def cancel(self, call: C) -> None:
         """
@@ -650,7 +610,7 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         stopped; if it has not within the kill grace, the worker is let go
         (its owner hears L{WorkerEvents.workerLeaving} with C{"stuck"}).
         """
-        tag = self._tagOf.get(call)
+        tag = None if self._book is None else self._book.tagOf(call)
         if tag is None or tag in self._stopTimers or self.leaving:
             return
         self.requests.write(cancelFrame(tag))
@@ -658,7 +618,9 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
 
     def _stuck(self, tag: int) -> None:
         del self._stopTimers[tag]
-        call = self._tags[tag]
+        assert self._book is not None
+        call = self._book.get(tag)
+        assert call is not None
         self.log.warn(
             "worker {pid}: task {name!r} did not stop within {grace} seconds of being "
             "asked to; the worker takes no more calls, and is replaced",

@@ -43,7 +43,8 @@ from taskd import _json, errors
 from taskd._lifecycle import Lifecycle
 from taskd._children import describeExit
 from taskd._queue import CallQueue
-from taskd._workerprocess import Slots, WorkerProcess, WorkerState
+from taskd._slots import Slots
+from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
 from taskd.registry import (
     ASYNC,
