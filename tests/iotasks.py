@@ -114,8 +114,3 @@ def crunch(n: int) -> int:
     CPU-bound work that keeps its worker to itself.
     """
     return sum(i * i for i in range(n))
-
-
-@task
-def pid() -> int:
-    return os.getpid()
