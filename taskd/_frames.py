@@ -33,15 +33,15 @@ frame is for the oldest call not yet answered.  A worker started with
 C{--threads} (see L{taskd.worker}) runs several calls at once and answers
 them in any order, so every frame about a call names it by its tag, a
 4-byte big-endian number (L{TAG}) the parent gives it, unique in that
-worker::
+worker.  Parent to worker::
 
-    parent to worker
-    T <tag> <task name> "\n" <JSON object>   a CALL, as above, tagged
-    C <tag>                                  CANCEL that call: stop it
-                                             as well as can be done; it
-                                             is still answered (with
-                                             anything: nobody waits)
-    worker to parent
+    T <tag> <task name> "\\n" <JSON object>  a CALL, as above, tagged
+    C <tag>                                 CANCEL that call: stop it as
+                                            well as can be done (it is
+                                            still answered, to nobody)
+
+Worker to parent::
+
     p <tag> <JSON value>                     PROGRESS of that call
     r <tag> <JSON result>                    its RESULT
     e <tag> <JSON {"type", "message", ...}>  its ERROR

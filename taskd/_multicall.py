@@ -8,10 +8,10 @@ its C{--threads} is above 1 or a task module holds an C{async def} task.
 Such a worker reads tagged frames (L{taskd._frames} has the format) in its
 main thread and hands each call to:
 
-  - one of its C{N} threads, for a task of mode L{THREAD} or L{PROCESS}
-    (the pool sends a L{PROCESS} call only to a worker running nothing
+  - one of its C{N} threads, for a task of mode C{THREAD} or C{PROCESS}
+    (the pool sends a C{PROCESS} call only to a worker running nothing
     else, and sends it nothing else meanwhile);
-  - its event loop, for a task of mode L{ASYNC}: at most
+  - its event loop, for a task of mode C{ASYNC}: at most
     C{--async-concurrency} of them run at once.
 
 Each call is answered, exactly once, with a frame carrying its tag, in

@@ -22,8 +22,8 @@ MAX_TAG = 0xFFFFFFFF
 class Slots:
     """
     How many calls a worker that runs several at once may run: a call of
-    mode L{THREAD} takes one of its C{threads}, one of mode L{ASYNC} one
-    of its C{asyncCalls}, one of mode L{PROCESS} the whole worker.
+    mode C{THREAD} takes one of its C{threads}, one of mode C{ASYNC} one
+    of its C{asyncCalls}, one of mode C{PROCESS} the whole worker.
 
     @ivar threads: its threads for plain tasks.
     @ivar asyncCalls: how many C{async def} calls it may run at once.

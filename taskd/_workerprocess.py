@@ -585,7 +585,7 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         been answered, or at once in a worker that runs several calls
         (which must have room for it: see L{fits}).
 
-        @param mode: how the task runs (L{THREAD}, L{ASYNC}, L{PROCESS}),
+        @param mode: how the task runs (C{THREAD}, C{ASYNC}, C{PROCESS}),
             for a worker that runs several calls at once.
         """
         self.inFlight.append(call)

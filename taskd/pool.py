@@ -940,7 +940,7 @@ class ProcessPool(Lifecycle[PoolState]):
         """
         Stop C{call}, which C{worker} runs (timed out or cancelled): kill
         the worker, unless it runs several calls at once and the call is
-        not of mode L{PROCESS}; then ask the worker to stop it.
+        not of mode C{PROCESS}; then ask the worker to stop it.
         """
         if worker.concurrent and call.mode != PROCESS:
             worker.cancel(call)

@@ -133,9 +133,9 @@ class TaskOptions(NamedTuple):
         further retry waits twice as long as the one before, with jitter.
     @ivar retryOn: the exception types (classes, or names as in an error's
         C{"exception"} field) that are retried as well.
-    @ivar mode: how its calls run in a worker: L{THREAD}, L{ASYNC} (only
+    @ivar mode: how its calls run in a worker: C{THREAD}, C{ASYNC} (only
         for an C{async def} function, and the default for one) or
-        L{PROCESS}; see C{docs/tasks.md}.
+        C{PROCESS}; see C{docs/tasks.md}.
     """
 
     priority: int | None = None
@@ -287,8 +287,8 @@ class Registry:
 
     def mode(self, name: str) -> str:
         """
-        @return: how task C{name}'s calls run in a worker (L{THREAD},
-            L{ASYNC} or L{PROCESS}; L{THREAD} if there is no such task).
+        @return: how task C{name}'s calls run in a worker (C{THREAD},
+            C{ASYNC} or C{PROCESS}; C{THREAD} if there is no such task).
         """
         function = self._tasks.get(name)
         if function is None:
@@ -330,8 +330,8 @@ def _options(options: dict[str, Any]) -> TaskOptions:
 def _modeOf(function: Callable[..., Any], mode: str | None) -> str:
     """
     @return: the mode C{function}'s calls run in: C{mode} if set, else
-        L{ASYNC} for an C{async def} function and L{THREAD} for others.
-    @raise ValueError: for L{ASYNC} on a function that is not C{async def},
+        C{ASYNC} for an C{async def} function and C{THREAD} for others.
+    @raise ValueError: for C{ASYNC} on a function that is not C{async def},
         or another mode on one that is.
     """
     coroutine = _isCoroutineFunction(function)
