@@ -8,20 +8,19 @@ a C{RELIABILITY ...} line.
 from __future__ import annotations
 
 import os
-import random
-import signal
 import time
 from collections import Counter
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 
 from taskd import errors
 from taskd.client import connect
 
 from tests.test_pool import alive
+from tests import test_reliability
 from tests.test_reliability import DaemonTestCase, report
 
 
@@ -224,52 +223,12 @@ class CrashTests(MultiCallDaemonTestCase):
         self.assertNothingUnhandled()
 
 
-class ThreadedChaosTests(MultiCallDaemonTestCase):
-    @inlineCallbacks
+class ThreadedChaosTests(DaemonTestCase):
     def test_randomKills(self) -> Any:
         """
-        5,000 calls with 100 in flight to 2 workers of 8 threads while a
-        ready worker is SIGKILLed every 50 ms: every call gets exactly one
-        reply, a result or C{worker_crashed}; crashes are at most 8 per
-        kill; the pool is back to full strength afterwards.
+        The chaos scenario of L{WorkerChaosTests} (5,000 calls, a worker
+        SIGKILLed every 50 ms) with 2 workers of 8 threads: every call gets
+        exactly one reply, a result or C{worker_crashed}; crashes are at
+        most 8 per kill; the pool is back to full strength afterwards.
         """
-        yield self.startIODaemon("--threads", "8")
-        kills = []
-
-        def kill() -> None:
-            ready = sorted(p for p in self.workerPids()[0] if alive(p))
-            if ready:
-                pid = random.choice(ready)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    return  # it ended between the look and the kill
-                kills.append(pid)
-
-        killer = LoopingCall(kill)
-        killer.start(0.05, now=False)
-        n = 5000
-        lines = [b'{"function":"add","args":[%d,1],"id":%d}' % (i, i) for i in range(n)]
-        try:
-            proto = yield self.pipeline(lines, inFlight=100)
-        finally:
-            killer.stop()
-        self.assertEqual(sorted(proto.replies), list(range(n)))
-        outcomes: Counter[str] = Counter()
-        for i, replies in proto.replies.items():
-            self.assertEqual(len(replies), 1, f"call {i} answered {len(replies)} times")
-            reply = replies[0]
-            if reply["type"] == "result":
-                self.assertEqual(reply["result"], i + 1)
-                outcomes["result"] += 1
-            else:
-                outcomes[reply["error"]["type"]] += 1
-        self.assertEqual(set(outcomes) - {"result", "worker_crashed"}, set())
-        self.assertLessEqual(outcomes["worker_crashed"], 8 * len(kills))
-        for _ in range(200):  # the last kill's replacement may still be starting
-            stats = yield self.stats()
-            if (stats["workers"], stats["idle"], stats["processes"]) == (2, 2, 2):
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        self.assertEqual((stats["workers"], stats["idle"], stats["processes"]), (2, 2, 2))
-        report("worker chaos (threads 8)", calls=n, kills=len(kills), results=outcomes["result"], worker_crashed=outcomes["worker_crashed"])
+        return test_reliability.WorkerChaosTests.chaos(self, 1, "--threads", "8", perKill=8)  # type: ignore[arg-type]
