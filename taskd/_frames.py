@@ -26,6 +26,28 @@ Worker to parent, the first byte names the frame's kind::
 Every frame a worker sends holds one JSON value on one line; the parent
 checks that, since a task could write to the pipe too.
 
+A single-call worker (the default: C{--threads 1} and no C{async def}
+task) runs its calls one at a time in the order they came, so a call's
+tag is implicit: its place in that order, and each C{P}, C{R} or C{E}
+frame is for the oldest call not yet answered.  A worker started with
+C{--threads} (see L{taskd.worker}) runs several calls at once and answers
+them in any order, so every frame about a call names it by its tag, a
+4-byte big-endian number (L{TAG}) the parent gives it, unique in that
+worker.  Parent to worker::
+
+    T <tag> <task name> "\\n" <JSON object>  a CALL, as above, tagged
+    C <tag>                                 CANCEL that call: stop it as
+                                            well as can be done (it is
+                                            still answered, to nobody)
+
+Worker to parent::
+
+    p <tag> <JSON value>                     PROGRESS of that call
+    r <tag> <JSON result>                    its RESULT
+    e <tag> <JSON {"type", "message", ...}>  its ERROR
+
+(C{H}, C{G} and a start-up C{E} are as above.)
+
 The arguments follow one rule wherever they are read (the wire decoder,
 the worker): L{splitArguments}.
 
@@ -52,6 +74,18 @@ PROGRESS = b"P"
 RESULT = b"R"
 ERROR = b"E"
 GOODBYE = b"G"
+
+#: Frame kinds of a worker that runs several calls at once: parent to
+#: worker, ...
+CALL = b"T"
+CANCEL = b"C"
+#: ... and worker to parent.
+TAGGED_PROGRESS = b"p"
+TAGGED_RESULT = b"r"
+TAGGED_ERROR = b"e"
+
+#: A call's tag in a tagged frame, after the kind.
+TAG = struct.Struct("!I")
 
 #: Default largest encoded result, in bytes.
 DEFAULT_MAX_RESULT = 16 * 1024 * 1024
@@ -80,6 +114,39 @@ def requestFrame(name: str, payload: bytes) -> bytes:
     return b"".join(
         (HEADER.pack(len(encodedName) + 1 + len(payload)), encodedName, b"\n", payload)
     )
+
+
+def taggedRequestFrame(tag: int, name: str, payload: bytes) -> bytes:
+    """
+    @return: the frame asking a worker that runs several calls at once to
+        run task C{name} as call C{tag}.
+    """
+    encodedName = name.encode("utf-8")
+    return b"".join(
+        (
+            HEADER.pack(5 + len(encodedName) + 1 + len(payload)),
+            CALL,
+            TAG.pack(tag),
+            encodedName,
+            b"\n",
+            payload,
+        )
+    )
+
+
+def cancelFrame(tag: int) -> bytes:
+    """
+    @return: the frame asking a worker to stop call C{tag}.
+    """
+    return HEADER.pack(5) + CANCEL + TAG.pack(tag)
+
+
+def tagged(kind: bytes, tag: int, body: bytes) -> bytes:
+    """
+    @return: a worker's frame (without its length) of C{kind} about call
+        C{tag}.
+    """
+    return kind + TAG.pack(tag) + body
 
 
 def maxReplyFrame(maxResult: int) -> int:

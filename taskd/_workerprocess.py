@@ -63,12 +63,20 @@ from taskd._frames import (
     REPLY_FD,
     REQUEST_FD,
     RESULT,
+    TAG,
+    TAGGED_ERROR,
+    TAGGED_PROGRESS,
+    TAGGED_RESULT,
     FrameDecoder,
+    cancelFrame,
     maxReplyFrame,
     requestFrame,
+    taggedRequestFrame,
 )
 from taskd._lifecycle import Lifecycle
 from taskd._pipes import ReplyPipe, RequestPipe, makePipe
+from taskd._slots import CallBook, Slots
+from taskd.registry import THREAD
 
 #: How often, in seconds, a process group left by an ended worker is
 #: looked at until it is empty.
@@ -138,8 +146,10 @@ class WorkerEvents(Protocol[C]):
         self, worker: WorkerProcess[C], call: C, reply: bytes | errors.TaskdError
     ) -> None:
         """
-        C{worker} answered C{call}, the first of its calls: with its result
-        (one JSON value, checked) or with the call's error.
+        C{worker} answered C{call} (the first of its calls, unless it runs
+        several at once): with its result (one JSON value, checked) or
+        with the call's error.  A call it was asked to stop
+        (L{WorkerProcess.cancel}) is answered too, when it has stopped.
         """
 
     def workerProgress(self, worker: WorkerProcess[C], call: C, report: bytes) -> None:
@@ -159,10 +169,13 @@ class WorkerEvents(Protocol[C]):
         """
         C{worker} said goodbye: it exits now of its own accord, having
         answered every call it started (the calls still in its
-        L{WorkerProcess.inFlight} never started).
+        L{WorkerProcess.inFlight} never started).  Or (C{"stuck"}) a call it
+        was asked to stop did not stop within the kill grace: it must take
+        no more calls; it exits once it has answered its other calls, and
+        is killed if it has not after the drain bound.
 
-        @param reason: C{"signal"} (it received SIGTERM) or C{"memory"}
-            (its resident memory went over its limit).
+        @param reason: C{"signal"} (it received SIGTERM), C{"memory"}
+            (its resident memory went over its limit) or C{"stuck"}.
         """
 
     def workerEnded(
@@ -171,7 +184,7 @@ class WorkerEvents(Protocol[C]):
         """
         C{worker} has exited and every reply it wrote has been read: the
         calls still in its L{WorkerProcess.inFlight} were not answered,
-        and only the first of them ever started.
+        and only the first L{WorkerProcess.started} of them ever started.
 
         @param previous: the state it was in when it ended.
         """
@@ -209,6 +222,9 @@ class WorkerConfig(Protocol):
     @property
     def killGrace(self) -> float: ...
 
+    @property
+    def grace(self) -> float: ...
+
 
 def _protocolError(worker: WorkerProcess[Any], what: str) -> errors.WorkerProtocolError:
     return errors.WorkerProtocolError(
@@ -221,7 +237,10 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
     The parent's side of one worker process.
 
     @ivar inFlight: the calls written to it and not yet answered, in order;
-        the first is the one running (or about to).
+        the first is the one running (or about to), unless it runs several
+        calls at once (L{concurrent}): then they all run.
+    @ivar concurrent: whether it runs several calls at once (it was given
+        L{Slots}).
     @ivar calls: how many calls it has answered.
     @ivar pid: its process id, once spawned; also its process group's.
     @ivar startError: why it could not start, if it said so.
@@ -242,10 +261,16 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         requests: RequestPipe,
         replies: int,
         groups: Any = None,
+        slots: Slots | None = None,
+        drainGrace: float = 10.0,
     ) -> None:
         """
         @param groups: signals process groups (a L{ProcessGroups}, the
             default).
+        @param slots: how many calls it runs at once, if several.
+        @param drainGrace: how long a worker let go because a call did not
+            stop (see L{WorkerEvents.workerLeaving}) has for its other
+            calls.
         """
         self._reactor = reactor
         self._events = events
@@ -258,7 +283,18 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         self.pid: int | None = None
         self.startError: errors.WorkerStartError | None = None
         self.leavingBecause: str | None = None
-        self._frames = FrameDecoder(self._frameReceived, self._frameTooLong, maxReply)
+        self.slots = slots
+        self.concurrent = slots is not None
+        self._drainGrace = drainGrace
+        # A worker running several calls: its calls by tag, and the timers
+        # of the calls asked to stop.
+        self._book: CallBook[C] | None = None if slots is None else CallBook(slots)
+        self._stopTimers: dict[int, IDelayedCall] = {}
+        self._frames = FrameDecoder(
+            self._taggedFrameReceived if self.concurrent else self._frameReceived,
+            self._frameTooLong,
+            maxReply,
+        )
         self.replies = ReplyPipe(reactor, replies, self._frames.feed, self._repliesClosed)
         self._output: dict[int, OutputLogger] = {}
         self._killTimer: IDelayedCall | None = None
@@ -267,11 +303,13 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
 
     @classmethod
     def spawn(
-        cls, reactor: Any, events: WorkerEvents[C], config: WorkerConfig
+        cls, reactor: Any, events: WorkerEvents[C], config: WorkerConfig, slots: Slots | None = None
     ) -> WorkerProcess[C]:
         """
         Start a worker process.  The reactor's C{processGroups}, if it has
         one (test doubles do), is used instead of a L{ProcessGroups}.
+
+        @param slots: how many calls it runs at once, if several.
 
         @raise Exception: whatever C{spawnProcess} raises; no pipe is left
             open then.
@@ -286,6 +324,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
             RequestPipe(reactor, requestWrite),
             replyRead,
             getattr(reactor, "processGroups", None),
+            slots,
+            config.grace,
         )
         # -P: the worker imports what the daemon imports, in the same order,
         # not first from its current directory.
@@ -294,6 +334,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
             args += ["--max-memory", str(config.maxMemory)]
         if config.maxWorkerRSS:
             args += ["--max-rss", str(config.maxWorkerRSS)]
+        if slots is not None:
+            args += ["--threads", str(slots.threads), "--async-concurrency", str(max(slots.asyncCalls, 1))]
         args += ["--parent", str(os.getpid()), *config.tasks]
         env = dict(os.environ if config.env is None else config.env)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
@@ -381,6 +423,9 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         previous = self._go("end")
         self.requests.abort()
         self._cancelKill()
+        for timer in self._stopTimers.values():
+            timer.cancel()
+        self._stopTimers.clear()
         self._events.workerEnded(self, self._exit, previous)
         if self.pid is not None and self._groups.alive(self.pid):
             self._signalGroup(signal.SIGTERM)
@@ -463,6 +508,55 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         else:
             self._misbehaved(f"an unexpected frame {frame[:16]!r}")
 
+    def _taggedFrameReceived(self, frame: bytes) -> None:
+        """
+        A frame from a worker that runs several calls at once: replies and
+        progress name their call by its tag.
+        """
+        kind = frame[:1]
+        if kind != TAGGED_RESULT and kind != TAGGED_ERROR and kind != TAGGED_PROGRESS:
+            if kind == RESULT or kind == PROGRESS or (kind == ERROR and self.state is not WorkerState.STARTING):
+                self._misbehaved(f"an untagged frame {frame[:16]!r}")
+            else:
+                self._frameReceived(frame)
+            return
+        if len(frame) < 5:
+            self._misbehaved(f"a {kind!r} frame without a tag")
+            return
+        (tag,) = TAG.unpack_from(frame, 1)
+        body = frame[5:]
+        try:
+            value = _json.loadsFrame(body)
+        except (ValueError, RecursionError):
+            self._misbehaved(f"a {kind!r} frame that is not one JSON value")
+            return
+        assert self._book is not None
+        call = self._book.get(tag)
+        if call is None:
+            self._misbehaved(f"a {kind!r} frame for call {tag}, which it does not hold")
+            return
+        if kind == TAGGED_PROGRESS:
+            self._events.workerProgress(self, call, body)
+            return
+        if kind == TAGGED_RESULT:
+            reply: bytes | errors.TaskdError = body
+        elif isinstance(value, dict):
+            reply = errors.errorFromDict(value)
+        else:
+            self._misbehaved("an error that is not a JSON object")
+            return
+        self._forgetTag(tag)
+        self.inFlight.remove(call)
+        self.calls += 1
+        self._events.workerReplied(self, call, reply)
+
+    def _forgetTag(self, tag: int) -> None:
+        assert self._book is not None
+        self._book.remove(tag)
+        timer = self._stopTimers.pop(tag, None)
+        if timer is not None:
+            timer.cancel()
+
     def _misbehaved(self, what: str) -> None:
         self.log.error("worker {pid} sent {what}; stopping it", pid=self.pid, what=what)
         self._events.workerMisbehaved(self, _protocolError(self, what))
@@ -485,13 +579,80 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
 
     # -- what the owner does ----------------------------------------------
 
-    def run(self, call: C) -> None:
+    def run(self, call: C, mode: str = THREAD) -> None:
         """
         Hand C{call} to the worker: it runs when the calls before it have
-        been answered.
+        been answered, or at once in a worker that runs several calls
+        (which must have room for it: see L{fits}).
+
+        @param mode: how the task runs (C{THREAD}, C{ASYNC}, C{PROCESS}),
+            for a worker that runs several calls at once.
         """
         self.inFlight.append(call)
-        self.requests.write(requestFrame(call.name, call.payload))
+        if not self.concurrent:
+            self.requests.write(requestFrame(call.name, call.payload))
+            return
+        assert self._book is not None
+        tag = self._book.add(call, mode)
+        self.requests.write(taggedRequestFrame(tag, call.name, call.payload))
+
+    def fits(self, call: C, mode: str) -> bool:
+        """
+        @return: whether this worker, which runs several calls at once, has
+            room for C{call}, of C{mode}, now: a free slot, and no earlier
+            attempt of the same call still stopping in it (a retry waits
+            for that, or goes to another worker).
+        """
+        book = self._book
+        return book is not None and book.fits(mode) and book.tagOf(call) is None
+
+    def cancel(self, call: C) -> None:
+        """
+        Ask the worker, which runs several calls at once, to stop C{call}
+        (its caller has been answered).  The worker answers it when it has
+        stopped; if it has not within the kill grace, the worker is let go
+        (its owner hears L{WorkerEvents.workerLeaving} with C{"stuck"}).
+        """
+        tag = None if self._book is None else self._book.tagOf(call)
+        if tag is None or tag in self._stopTimers or self.leaving:
+            return
+        self.requests.write(cancelFrame(tag))
+        self._stopTimers[tag] = self._reactor.callLater(self._killGrace, self._stuck, tag)
+
+    def _stuck(self, tag: int) -> None:
+        del self._stopTimers[tag]
+        assert self._book is not None
+        call = self._book.get(tag)
+        assert call is not None
+        self.log.warn(
+            "worker {pid}: task {name!r} did not stop within {grace} seconds of being "
+            "asked to; the worker takes no more calls, and is replaced",
+            pid=self.pid,
+            name=call.name,
+            grace=self._killGrace,
+        )
+        if self.state is WorkerState.READY and self.leavingBecause is None:
+            self.leavingBecause = "stuck"
+            self._events.workerLeaving(self, "stuck")
+
+    def started(self) -> int:
+        """
+        @return: how many of the calls in L{inFlight}, from the first, ever
+            started (as far as can be told once the worker has ended).
+        """
+        if not self.inFlight:
+            return 0
+        if not self.concurrent:
+            return 1 if self.leavingBecause is None else 0
+        # One that said goodbye answered every call it started.
+        return len(self.inFlight) if self.leavingBecause in (None, "stuck") else 0
+
+    @property
+    def waiting(self) -> list[C]:
+        """
+        The calls sent ahead into its pipe that have not started.
+        """
+        return [] if self.concurrent else list(self.inFlight)[1:]
 
     def retire(self) -> None:
         """
@@ -503,7 +664,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         self.requests.close()
         if self.transport is not None:
             self._cancelKill()
-            self._killTimer = self._reactor.callLater(self._killGrace, self.terminate)
+            bound = self._drainGrace if self.leavingBecause == "stuck" else self._killGrace
+            self._killTimer = self._reactor.callLater(bound, self.terminate)
 
     def terminate(self) -> None:
         """

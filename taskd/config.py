@@ -128,6 +128,12 @@ class PoolConfig:
         calls.  1 (the default) sends a call only to an idle worker; more
         speeds up short tasks but lets a long task delay the calls behind
         it.
+    @ivar threads: how many calls each worker may run at once on threads
+        of its own (see C{docs/tasks.md}); 1, the default, runs one call at
+        a time.  The pool runs up to C{workers * threads} plain calls at
+        once.
+    @ivar asyncConcurrency: how many calls of C{async def} tasks each
+        worker may run at once on its event loop.
     @ivar minRestartDelay: the first delay before replacing a worker that
         failed to start; it doubles for each further failure in a row, up
         to C{maxRestartDelay}.  Workers killed (timeout, cancel) or crashed
@@ -155,6 +161,8 @@ class PoolConfig:
     maxMemory: int | None = field(default=None, validator=_atLeast(1))
     maxWorkerRSS: int | None = field(default=None, validator=_atLeast(1))
     prefetch: int = field(default=1, validator=_atLeast(1))
+    threads: int = field(default=1, validator=_atLeast(1))
+    asyncConcurrency: int = field(default=100, validator=_atLeast(1))
     minRestartDelay: float = field(default=0.5, validator=_atLeast(0))
     maxRestartDelay: float = field(default=30.0, validator=_atLeast(0))
     agingInterval: float | None = field(default=1.0, validator=_positiveOrNone)

@@ -45,12 +45,16 @@ from taskd import _json, errors
 from taskd._lifecycle import Lifecycle
 from taskd._children import describeExit
 from taskd._queue import CallQueue
+from taskd._slots import Slots
 from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
 from taskd.registry import (
+    ASYNC,
     MAX_BACKOFF,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    PROCESS,
+    THREAD,
     Registry,
     TaskOptions,
     loadTaskModules,
@@ -131,6 +135,8 @@ class _Call:
     seq: int = 0
     # How many times it has been given to a worker (more with retries).
     attempts: int = 1
+    # How it runs in a worker that runs several calls at once.
+    mode: str = THREAD
 
 
 _Worker = WorkerProcess[_Call]
@@ -202,6 +208,10 @@ class ProcessPool(Lifecycle[PoolState]):
         self._retryPolicies: dict[str, TaskOptions] = {}
         self._retrying: set[_Call] = set()
         self.jitter: Callable[[], float] = random.random
+        # Workers that run several calls at once: their slots, and the
+        # tasks whose mode is not THREAD.
+        self._slots: Slots | None = None
+        self._modes: dict[str, str] = {}
 
     # -- public API -------------------------------------------------------
 
@@ -230,6 +240,7 @@ class ProcessPool(Lifecycle[PoolState]):
             self._go("abandon")
             return fail()
         self._configureQueue()
+        self._configureSlots()
         self._go("start")
         starting = self._starting = Deferred()
         for _ in range(self.config.workers):
@@ -262,6 +273,27 @@ class ProcessPool(Lifecycle[PoolState]):
         self._retryPolicies = {
             name: options for name, options in policies.items() if options.retries
         }
+
+    def _configureSlots(self) -> None:
+        """
+        Decide whether workers run several calls at once (with more than
+        one thread each, or for C{async def} tasks), and how each task's
+        calls run then.
+        """
+        registry, threads = self.registry, self.config.threads
+        modes = {}
+        for name in registry:
+            mode = registry.mode(name)
+            if mode == THREAD and threads == 1 and registry.options(name).mode is None:
+                # With one thread a plain task keeps its worker to itself,
+                # as it does where no task is async.
+                mode = PROCESS
+            if mode != THREAD:
+                modes[name] = mode
+        self._modes = modes
+        asyncTasks = ASYNC in modes.values()
+        if threads > 1 or asyncTasks:
+            self._slots = Slots(threads, self.config.asyncConcurrency if asyncTasks else 0)
 
     def timeoutFor(self, requested: float | None) -> float | None:
         """
@@ -383,10 +415,12 @@ class ProcessPool(Lifecycle[PoolState]):
             deadline,
         )
         call.deferred = Deferred(lambda d: self._cancel(call))
+        if self._slots is not None:
+            call.mode = self._modes.get(name, THREAD)
         if free and not queue.size:
             # Nothing waits: the call goes straight to a worker if one may
             # take it (with no policies, this is the only path).
-            ready = self._idle.pop() if self._idle else self._sendAheadTo()
+            ready = self._idle.pop() if self._idle else self._sendAheadTo(call)
             if ready is not None:
                 if queue.limiters:
                     queue.started(name)
@@ -436,7 +470,7 @@ class ProcessPool(Lifecycle[PoolState]):
         for worker in list(self._processes):
             # Calls waiting in a worker's pipe are not run; the worker may
             # have begun one already.
-            for call in list(worker.inFlight)[1:]:
+            for call in worker.waiting:
                 self._finish(call, Failure(errors.PoolStopping("the pool is stopping", started=True)))
             if worker.state is WorkerState.STARTING:
                 self._discard(worker)
@@ -498,14 +532,18 @@ class ProcessPool(Lifecycle[PoolState]):
 
     def workerReplied(self, worker: _Worker, call: _Call, reply: bytes | errors.TaskdError) -> None:
         """
-        See L{taskd._workerprocess.WorkerEvents.workerReplied}.
+        See L{taskd._workerprocess.WorkerEvents.workerReplied}.  A reply
+        for a call the pool no longer has on this worker (it timed out or
+        was cancelled and waits for a retry, or runs elsewhere now) is
+        dropped.
         """
-        self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
+        if call.worker is worker:
+            self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
         # (A worker that replies is READY, or being let go; or it has exited
         # and its last replies are being read: it takes nothing more.)
         if worker.state is not _READY or worker.exited:
             return  # being let go; workerEnded settles the rest
-        if worker.inFlight:
+        if worker.inFlight and not worker.concurrent:
             self._started(worker)
             if worker.state is not _READY:
                 return
@@ -553,7 +591,7 @@ class ProcessPool(Lifecycle[PoolState]):
         if reason == "memory":
             self._memoryRecycled += 1
         self._release(worker)
-        self._replace(0.0 if reason == "memory" else self.config.minRestartDelay)
+        self._replace(0.0 if reason in ("memory", "stuck") else self.config.minRestartDelay)
 
     def workerEnded(self, worker: _Worker, reason: Failure, previous: WorkerState) -> None:
         """
@@ -562,10 +600,11 @@ class ProcessPool(Lifecycle[PoolState]):
         wasLive = worker in self._live
         self._forget(worker)
         how = describeExit(reason)
+        started = worker.started()
         inFlight, worker.inFlight = worker.inFlight, deque()
-        if inFlight and worker.leavingBecause is None:
-            # Every reply the worker wrote has been read by now, so the
-            # first call was the one running; the others never started.
+        for _ in range(started):
+            # Every reply the worker wrote has been read by now, so these
+            # calls were running; the others never started.
             call = inFlight.popleft()
             self._finish(
                 call,
@@ -603,7 +642,7 @@ class ProcessPool(Lifecycle[PoolState]):
 
     def _spawn(self) -> None:
         try:
-            worker: _Worker = WorkerProcess.spawn(self.reactor, self, self.config)
+            worker: _Worker = WorkerProcess.spawn(self.reactor, self, self.config, self._slots)
         except Exception as e:
             self._startFailed(errors.WorkerStartError(f"cannot spawn a worker: {e}"))
             return
@@ -625,16 +664,21 @@ class ProcessPool(Lifecycle[PoolState]):
         """
         @return: how many calls C{worker} may hold now.
         """
-        depth = self.config.prefetch
+        depth = self.config.prefetch if self._slots is None else self._slots.total
         if self.config.maxTasksPerWorker is not None:
             depth = min(depth, self.config.maxTasksPerWorker - worker.calls)
         return depth
 
-    def _sendAheadTo(self) -> _Worker | None:
+    def _sendAheadTo(self, call: _Call | None) -> _Worker | None:
         """
-        @return: a busy worker that may take one more call in its pipe, if
-            sending ahead is on.
+        @param call: the call to place, if known: needed when workers run
+            several calls at once.
+        @return: a busy worker that may take C{call} now (it runs several
+            calls at once, and has room), or in its pipe, if sending ahead
+            is on.
         """
+        if self._slots is not None:
+            return None if call is None else self._roomFor(call)
         if self.config.prefetch == 1:
             return None
         best = None
@@ -659,6 +703,13 @@ class ProcessPool(Lifecycle[PoolState]):
             call = queue.next()
             if call is None:
                 break
+            if self._slots is not None and not worker.fits(call, call.mode):
+                other = self._roomFor(call)
+                if other is None:
+                    self._putBack(call)
+                    break
+                self._run(other, call)
+                continue
             self._run(worker, call)
         if not worker.inFlight:
             self._idle.append(worker)
@@ -678,8 +729,19 @@ class ProcessPool(Lifecycle[PoolState]):
             self._feed(worker)
             if idle and idle[-1] is worker:
                 return  # nothing may start now (_feed set the wake-up)
+        if self._slots is not None:
+            while queue.size:
+                call = queue.next()
+                if call is None:
+                    return
+                busy = self._roomFor(call)
+                if busy is None:
+                    self._putBack(call)
+                    return
+                self._run(busy, call)
+            return
         while queue.size:
-            busy = self._sendAheadTo()
+            busy = self._sendAheadTo(None)
             if busy is None:
                 return
             call = queue.next()
@@ -717,8 +779,12 @@ class ProcessPool(Lifecycle[PoolState]):
             call.timer.cancel()
             call.timer = None
         call.worker = worker
-        worker.run(call)
-        if len(worker.inFlight) == 1:
+        worker.run(call, call.mode)
+        if worker.concurrent:
+            # It starts now, beside the worker's other calls.
+            if call.timeout is not None:
+                call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
+        elif len(worker.inFlight) == 1:
             self._started(worker)
 
     def _started(self, worker: _Worker) -> None:
@@ -938,7 +1004,7 @@ class ProcessPool(Lifecycle[PoolState]):
         if worker is not None:
             # Let the worker go first: answering the call may start others
             # (a freed cap, a caller's retry), which must not go to it.
-            self._discard(worker)
+            self._stopIn(worker, call)
         self._finish(
             call,
             Failure(
@@ -965,20 +1031,63 @@ class ProcessPool(Lifecycle[PoolState]):
             call.deferred.errback(CallCancelled(started))
             return
         freed = bool(self._queue.limiters) and self._queue.ended(call)
-        if worker.call is call:
+        if worker.concurrent:
+            self._stopIn(worker, call)
+        elif worker.call is call:
             self._discard(worker)
         # else it waits in the worker's pipe: see _started.
         call.deferred.errback(CallCancelled(started))
         if freed and self._serving():
             self._dispatch()
 
+    # -- workers that run several calls at once ------------------------------
+
+    def _roomFor(self, call: _Call) -> _Worker | None:
+        """
+        @return: the busy worker with fewest calls that has room for
+            C{call} now, if any (idle workers are in C{_idle}).
+        """
+        best = None
+        mode = call.mode
+        for worker in self._live:
+            if (
+                worker.state is _READY
+                and worker.inFlight
+                and not worker.exited
+                and worker.fits(call, mode)
+                and len(worker.inFlight) < self._capacity(worker)
+            ):
+                if best is None or len(worker.inFlight) < len(best.inFlight):
+                    best = worker
+        return best
+
+    def _putBack(self, call: _Call) -> None:
+        """
+        Return C{call}, taken from the queue, to its front: no worker has
+        room for its mode now.
+        """
+        if self._queue.limiters:
+            self._queue.ended(call)
+        self._queue.pushFront(call)
+
+    def _stopIn(self, worker: _Worker, call: _Call) -> None:
+        """
+        Stop C{call}, which C{worker} runs (timed out or cancelled): kill
+        the worker, unless it runs several calls at once and the call is
+        not of mode C{PROCESS}; then ask the worker to stop it.
+        """
+        if worker.concurrent and call.mode != PROCESS:
+            worker.cancel(call)
+        else:
+            self._discard(worker)
+
     # -- stopping ---------------------------------------------------------
 
     def _graceOver(self) -> None:
         self._graceTimer = None
         for worker in list(self._processes):
-            call = worker.call
-            if call is not None:
+            # (Only the first call of a single-call worker is left by now.)
+            for call in list(worker.inFlight):
                 self._finish(
                     call,
                     Failure(
@@ -989,6 +1098,7 @@ class ProcessPool(Lifecycle[PoolState]):
                         )
                     ),
                 )
+            if worker.inFlight:
                 self._discard(worker)
 
     def _checkStopped(self) -> None:

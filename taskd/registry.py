@@ -18,6 +18,12 @@ A task module marks its functions with L{task}::
     @task(retries=3, backoff=2.0, retryOn=(ConnectionError,))
     def fetch(url): ...
 
+    @task
+    async def ping(host): ...            # runs on the worker's event loop
+
+    @task(mode="process")
+    def resize(image): ...               # has a worker to itself
+
 The scheduling options (L{TaskOptions}: a default priority, a cap on
 calls running at once, a rate limit, retries) are kept per task name; the
 pool reads them (see C{docs/scheduling.md}).
@@ -63,6 +69,20 @@ def parseRate(text: str) -> float:
     if not 0 < number < float("inf"):
         raise ValueError(f"rate {text!r}: the count must be a positive number")
     return number / _PER[per]
+
+
+#: How a task's calls run in a worker (L{TaskOptions.mode}): on one of
+#: the worker's threads (the default for a plain function; with the
+#: default C{--threads 1}, one call at a time as always), ...
+THREAD = "thread"
+#: ... on the worker's asyncio event loop (the default for an C{async def}
+#: function), ...
+ASYNC = "async"
+#: ... or alone in its worker, which runs nothing else meanwhile and is
+#: killed if the call times out or is cancelled (CPU-bound work).
+PROCESS = "process"
+#: Every mode.
+MODES = (THREAD, ASYNC, PROCESS)
 
 
 #: The most retries a task may ask for.
@@ -113,6 +133,9 @@ class TaskOptions(NamedTuple):
         further retry waits twice as long as the one before, with jitter.
     @ivar retryOn: the exception types (classes, or names as in an error's
         C{"exception"} field) that are retried as well.
+    @ivar mode: how its calls run in a worker: C{THREAD}, C{ASYNC} (only
+        for an C{async def} function, and the default for one) or
+        C{PROCESS}; see C{docs/tasks.md}.
     """
 
     priority: int | None = None
@@ -121,6 +144,7 @@ class TaskOptions(NamedTuple):
     retries: int | None = None
     backoff: float | None = None
     retryOn: tuple[str, ...] | None = None
+    mode: str | None = None
 
     def check(self) -> TaskOptions:
         """
@@ -148,6 +172,8 @@ class TaskOptions(NamedTuple):
             or not 0 <= backoff <= MAX_BACKOFF
         ):
             raise ValueError(f"backoff must be a number of seconds from 0 to {MAX_BACKOFF:g}, not {backoff!r}")
+        if self.mode is not None and self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {self.mode!r}")
         if self.retryOn is not None:
             return self._replace(retryOn=_typeNames(self.retryOn))
         return self
@@ -192,6 +218,7 @@ class Registry:
             raise ValueError(f"invalid task name {name!r}")
         try:
             checked = _options(options)
+            _modeOf(function, checked.mode)
         except ValueError as e:
             raise ValueError(f"task {name!r}: {e}") from None
         existing = self._tasks.get(name)
@@ -221,6 +248,7 @@ class Registry:
         retries: int | None = None,
         backoff: float | None = None,
         retryOn: Iterable[type[BaseException] | str] | None = None,
+        mode: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -229,7 +257,7 @@ class Registry:
         """
         Decorator form of L{register}: C{@task}, C{@task(name="x")},
         C{@task(priority=5, concurrency=2, rate="10/s")},
-        C{@task(retries=3, retryOn=(ConnectionError,))}.
+        C{@task(retries=3, retryOn=(ConnectionError,))}, C{@task(mode="process")}.
         """
         if function is not None:
             return self.register(function)
@@ -256,6 +284,16 @@ class Registry:
         @return: the tasks registered with scheduling options, and theirs.
         """
         return dict(self._options)
+
+    def mode(self, name: str) -> str:
+        """
+        @return: how task C{name}'s calls run in a worker (C{THREAD},
+            C{ASYNC} or C{PROCESS}; C{THREAD} if there is no such task).
+        """
+        function = self._tasks.get(name)
+        if function is None:
+            return THREAD
+        return _modeOf(function, self.options(name).mode)
 
     def get(self, name: str) -> Callable[..., Any] | None:
         """
@@ -287,6 +325,37 @@ def _options(options: dict[str, Any]) -> TaskOptions:
             f"unknown option {unknown[0]!r} (options: {', '.join(TaskOptions._fields)})"
         )
     return TaskOptions(**options).check()
+
+
+def _modeOf(function: Callable[..., Any], mode: str | None) -> str:
+    """
+    @return: the mode C{function}'s calls run in: C{mode} if set, else
+        C{ASYNC} for an C{async def} function and C{THREAD} for others.
+    @raise ValueError: for C{ASYNC} on a function that is not C{async def},
+        or another mode on one that is.
+    """
+    coroutine = _isCoroutineFunction(function)
+    if mode is None:
+        return ASYNC if coroutine else THREAD
+    if coroutine and mode != ASYNC:
+        raise ValueError(f"an async def task runs in mode 'async', not {mode!r}")
+    if mode == ASYNC and not coroutine:
+        raise ValueError("mode 'async' is for async def functions only")
+    return mode
+
+
+#: The code flag of an C{async def} function (C{inspect.CO_COROUTINE};
+#: C{inspect} itself costs a worker 20 ms to import).
+_CO_COROUTINE = 0x80
+
+
+def _isCoroutineFunction(function: Callable[..., Any]) -> bool:
+    """
+    @return: whether C{function} is an C{async def} function (a wrapper
+        made with C{functools.wraps} counts as what it is itself).
+    """
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
 
 
 def _identity(function: Callable[..., Any]) -> tuple[str, str]:

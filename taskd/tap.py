@@ -78,6 +78,8 @@ class Options(usage.Options):
         ["grace", None, 10.0, "On shutdown, seconds running calls may go on.", seconds],
         ["kill-grace", None, 5.0, "Seconds a retired worker has to exit, and processes a task left behind have between SIGTERM and SIGKILL.", seconds],
         ["prefetch", None, 1, "Calls a worker may hold at once (more than 1 sends the next calls ahead: faster for short tasks; a long task delays those behind it).", positiveInt],
+        ["threads", None, 1, "Calls each worker may run at once, on threads of its own (for tasks that wait on I/O; see docs/tasks.md).", positiveInt],
+        ["async-concurrency", None, 100, "Calls of async def tasks each worker may run at once on its event loop.", positiveInt],
         ["max-memory", None, None, "Address-space limit of each worker, in MiB [default: none].", positiveInt],
         ["max-worker-rss", None, None, "Replace a worker whose resident memory is above this many MiB after a call; the call is answered as usual [default: no limit].", positiveInt],
         ["auth-token-file", None, None, "A file holding the shared secret clients must send in their hello [default: no authentication]."],
@@ -328,6 +330,8 @@ def poolConfig(options: Options) -> PoolConfig:
         maxWorkerRSS=_mebibytes(options["max-worker-rss"]),
         prefetch=options["prefetch"],
         taskLimits=options["task-limits"],
+        threads=options["threads"],
+        asyncConcurrency=options["async-concurrency"],
     )
 
 

@@ -24,7 +24,8 @@ import signal
 import sys
 import threading
 import traceback
-from typing import IO, Any
+from contextvars import ContextVar
+from typing import IO, Any, Callable
 
 from taskd import _json, errors
 from taskd._frames import (
@@ -54,6 +55,12 @@ _CALL_ATTRIBUTE = "_taskdCall"
 # right to it.
 _pid = os.getpid()
 
+#: In a worker that runs several calls at once: the tag of the call the
+#: current thread or asyncio task runs (0: none).
+currentTag: ContextVar[int] = ContextVar("currentTag", default=0)
+# Where reports of tagged calls go (see reportTaggedProgressTo).
+_taggedProgress: Callable[[int, bytes], None] | None = None
+
 
 def _reportingCall() -> int:
     """
@@ -63,7 +70,7 @@ def _reportingCall() -> int:
         call started, that call.
     """
     thread = threading.current_thread()
-    return getattr(thread, _CALL_ATTRIBUTE, _call)
+    return getattr(thread, _CALL_ATTRIBUTE, 0) or currentTag.get() or _call
 
 
 def _ownCalls() -> None:
@@ -120,6 +127,22 @@ def progress(value: Any) -> None:
     with _progressLock:
         if _progressOut is not None and _reportingCall() == _call and os.getpid() == _pid:
             _send(_progressOut, PROGRESS + encoded)
+            return
+    sink = _taggedProgress
+    if sink is not None and os.getpid() == _pid:
+        tag = _reportingCall()
+        if tag:
+            sink(tag, encoded)
+
+
+def reportTaggedProgressTo(sink: Callable[[int, bytes], None] | None) -> None:
+    """
+    In a worker that runs several calls at once, send L{progress} reports
+    to C{sink}, with the tag of the call they are for (see L{currentTag});
+    C{sink} drops those of calls that have ended.
+    """
+    global _taggedProgress
+    _taggedProgress = sink
 
 
 def _reportProgressTo(out: IO[bytes] | None) -> None:
@@ -158,15 +181,14 @@ def _error(error: errors.TaskdError) -> bytes:
     return ERROR + _json.encodeASCII(fields)
 
 
-def runCall(
-    reg: Registry, body: bytes, maxResult: int, progressOut: IO[bytes] | None = None
-) -> bytes:
+def prepareCall(
+    reg: Registry, body: bytes
+) -> tuple[str, Callable[..., Any], list[Any], dict[str, Any]] | bytes:
     """
-    Run one request frame's call.
+    Read one call from a request frame's body (without its tag).
 
-    @param progressOut: where the task's L{progress} reports go, as C{P}
-        frames, while it runs.
-    @return: the reply frame's payload (an C{R} or C{E} frame).
+    @return: the task's name, its function and its arguments; or, if it
+        cannot run, the payload of its C{E} frame.
     """
     rawName, _, payload = body.partition(b"\n")
     name = rawName.decode("utf-8", "replace")
@@ -180,14 +202,30 @@ def runCall(
         args, kwargs = splitArguments(request.get("args"), request.get("kwargs"))
     except (ValueError, RecursionError) as e:
         return _error(errors.BadRequest(_safeStr(e)))
-    _reportProgressTo(progressOut)
-    try:
-        result = function(*args, **kwargs)
-    except BaseException as e:
-        return _error(errors.TaskFailed(_safeStr(e), _typeName(e), traceback.format_exc()))
-    finally:
-        # No report may follow the reply: it would count for the next call.
-        _reportProgressTo(None)
+    return name, function, args, kwargs
+
+
+def failed(exc: BaseException) -> bytes:
+    """
+    @return: the payload of the C{E} frame of a call whose task raised
+        C{exc} (call it in the C{except} block: it reads the traceback).
+    """
+    return _error(errors.TaskFailed(_safeStr(exc), _typeName(exc), traceback.format_exc()))
+
+
+def stopped(name: str) -> bytes:
+    """
+    @return: the payload of the C{E} frame answering a call of task
+        C{name} that was stopped (its caller was answered already).
+    """
+    return _error(errors.TaskCancelled(f"the call of task {name!r} was stopped"))
+
+
+def encodeResult(name: str, result: Any, maxResult: int) -> bytes:
+    """
+    @return: the payload of the C{R} frame carrying what task C{name}
+        returned, or of the C{E} frame saying why it cannot be sent.
+    """
     try:
         encoded = _json.encode(result)
     except (TypeError, ValueError) as e:
@@ -210,12 +248,37 @@ def runCall(
     return RESULT + encoded
 
 
+def runCall(
+    reg: Registry, body: bytes, maxResult: int, progressOut: IO[bytes] | None = None
+) -> bytes:
+    """
+    Run one request frame's call.
+
+    @param progressOut: where the task's L{progress} reports go, as C{P}
+        frames, while it runs.
+    @return: the reply frame's payload (an C{R} or C{E} frame).
+    """
+    call = prepareCall(reg, body)
+    if isinstance(call, bytes):
+        return call
+    name, function, args, kwargs = call
+    _reportProgressTo(progressOut)
+    try:
+        result = function(*args, **kwargs)
+    except BaseException as e:
+        return failed(e)
+    finally:
+        # No report may follow the reply: it would count for the next call.
+        _reportProgressTo(None)
+    return encodeResult(name, result, maxResult)
+
+
 def _send(out: IO[bytes], data: bytes) -> None:
     out.write(HEADER.pack(len(data)) + data)
     out.flush()
 
 
-class _Leave(Exception):
+class StopRequested(Exception):
     """
     Raised by the SIGTERM handler in a worker waiting for its next call.
     """
@@ -251,7 +314,7 @@ class StopSignal:
             return
         self.asked = True
         if self._waiting:
-            raise _Leave()
+            raise StopRequested()
 
 
 class MemoryLimit:
@@ -309,10 +372,10 @@ def serve(
         try:
             stop._waiting = True
             if stop.asked:
-                raise _Leave()
+                raise StopRequested()
             head = read(4)
             stop._waiting = False
-        except _Leave:
+        except StopRequested:
             return "signal"
         if len(head) < 4:
             return None
@@ -351,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-memory", type=int, default=0)
     parser.add_argument("--max-rss", type=int, default=0)
     parser.add_argument("--parent", type=int, default=0, help="the parent's pid")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="run several calls at once (tagged frames)"
+    )
+    parser.add_argument("--async-concurrency", type=int, default=100)
     parser.add_argument("modules", nargs="*")
     options = parser.parse_args(argv)
     # A process group of its own: signals to the daemon's group (Ctrl-C in
@@ -394,6 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     hello = {"pid": os.getpid(), "tasks": list(_registry)}
     _send(out, READY + _json.encodeASCII(hello))
     memory = MemoryLimit(options.max_rss) if options.max_rss else None
+    if options.threads:
+        from taskd import _multicall
+
+        reason = _multicall.serveConcurrently(
+            _registry, inp, out, options.max_result, options.threads,
+            options.async_concurrency, stop, memory,
+        )
+        if reason is not None:
+            _send(out, GOODBYE + _json.encodeASCII({"reason": reason}))
+        # Threads running calls that would not stop must not hold the exit.
+        _multicall.leave(0)
     reason = serve(_registry, inp, out, options.max_result, stop, memory)
     if reason is not None:
         _send(out, GOODBYE + _json.encodeASCII({"reason": reason}))

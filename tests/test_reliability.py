@@ -220,8 +220,12 @@ class WorkerChaosTests(DaemonTestCase):
         return self.chaos(prefetch=4)
 
     @inlineCallbacks
-    def chaos(self, prefetch: int) -> Any:
-        yield self.startDaemon("--prefetch", str(prefetch))
+    def chaos(self, prefetch: int, *options: str, perKill: int = 1) -> Any:
+        """
+        @param options: more daemon options.
+        @param perKill: how many calls one kill may cost at most.
+        """
+        yield self.startDaemon("--prefetch", str(prefetch), *options)
         kills = []
 
         def kill() -> None:
@@ -253,14 +257,14 @@ class WorkerChaosTests(DaemonTestCase):
             else:
                 outcomes[reply["error"]["type"]] += 1
         self.assertEqual(set(outcomes) - {"result", "worker_crashed"}, set())
-        self.assertLessEqual(outcomes["worker_crashed"], len(kills))
+        self.assertLessEqual(outcomes["worker_crashed"], perKill * len(kills))
         for _ in range(200):  # the last kill's replacement may still be starting
             stats = yield self.stats()
             if (stats["workers"], stats["idle"], stats["processes"]) == (2, 2, 2):
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual((stats["workers"], stats["idle"], stats["processes"]), (2, 2, 2))
-        report(f"worker chaos (prefetch {prefetch})", calls=n, kills=len(kills), results=outcomes["result"], worker_crashed=outcomes["worker_crashed"])
+        report(f"worker chaos (prefetch {prefetch}{''.join(' ' + o for o in options)})", calls=n, kills=len(kills), results=outcomes["result"], worker_crashed=outcomes["worker_crashed"])
 
 
 class RunawayTests(DaemonTestCase):

@@ -123,7 +123,7 @@ class OptionsTests(SynchronousTestCase):
             ({"retryOn": (42,)}, "task 'x': retryOn must hold exception classes or their names, not 42"),
             (
                 {"retires": 3},
-                "task 'x': unknown option 'retires' (options: priority, concurrency, rate, retries, backoff, retryOn)",
+                "task 'x': unknown option 'retires' (options: priority, concurrency, rate, retries, backoff, retryOn, mode)",
             ),
         ]
         for options, message in cases:

@@ -66,6 +66,8 @@ class OptionsTests(SynchronousTestCase):
                 "max-memory": None,
                 "max-worker-rss": None,
                 "prefetch": 1,
+                "threads": 1,
+                "async-concurrency": 100,
                 "auth-token-file": None,
                 "auth-token": None,
                 "auth-timeout": 10.0,
