@@ -73,6 +73,9 @@ class OptionsTests(SynchronousTestCase):
                 "line-timeout": 30.0,
                 "tracebacks": "full",
                 "task-limits": {},
+                "journal": os.path.abspath("taskd-journal.sqlite"),
+                "job-ttl": 86400.0,
+                "max-jobs": 100000,
             },
         )
 
@@ -409,6 +412,9 @@ class TwistdMixin:
         proto = Twistd()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
         env.update(extraEnv)
+        if not any(a.startswith("--journal") for a in args):
+            # A journal of its own: daemons run side by side from ROOT.
+            args = (*args, "--journal", os.path.abspath(self.mktemp()))  # type: ignore[attr-defined]
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "taskd", *args]
         process = reactor.spawnProcess(proto, sys.executable, argv, env=env, path=ROOT)
 
@@ -576,7 +582,7 @@ class TwistdTests(TwistdMixin, TestCase):
             "import os, sys\n"
             "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'\n"
             "os.environ.pop('LISTEN_FDNAMES', None)\n"
-            "sys.argv = ['twistd', '-n', '--pidfile=', 'taskd', '-w', '1', '--listen', 'systemd:domain=INET:index=0']\n"
+            "sys.argv = ['twistd', '-n', '--pidfile=', 'taskd', '-w', '1', '--listen', 'systemd:domain=INET:index=0', '--journal', ':memory:']\n"
             "from twisted.scripts.twistd import run; run()\n"
         )
         proto = Twistd()
