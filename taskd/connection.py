@@ -32,8 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskd import errors
-from taskd.jobs import JobService, describeJob, jobError
-from taskd.journal import JobRecord
+from taskd.jobs import JobService
+from taskd.journal import JobRecord, describeJob, jobError
 from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
 from taskd.timeouts import ConnectionTimeouts
@@ -491,9 +491,8 @@ class TaskServerProtocol(LineReceiver):
 
     def _jobLine(self, id: CallId, record: JobRecord, progress: bytes | None) -> bytes:
         fields = describeJob(record)
-        error = jobError(record)
-        if error is not None:
-            fields["error"] = self.factory.presentError(error).toDict()
+        if record.error is not None:
+            fields["error"] = self.factory.presentError(jobError(record)).toDict()
         return encodeJobReply(id, fields, record.result, progress)
 
     def _jobAnswered(self, line: bytes, key: Any) -> None:

@@ -48,6 +48,7 @@ from taskd.journal import (
     SCHEDULED,
     Journal,
     JobRecord,
+    jobError,
 )
 from taskd.pool import ProcessPool
 
@@ -160,11 +161,9 @@ class JobService:
                     continue
             self._enqueue(job)
         if records:
-            self.log.info(
-                "jobs: {total} picked up from the journal ({rerun} run again, "
-                "{interrupted} interrupted)",
-                total=len(records), rerun=rerun, interrupted=interrupted,
-            )
+            self.log.info("jobs: {total} picked up from the journal ({rerun} run again, "
+                          "{interrupted} interrupted)", total=len(records), rerun=rerun,
+                          interrupted=interrupted)
         self._pruneTimer = self.clock.callLater(0, self._prune)
         self._feed()
 
@@ -327,12 +326,12 @@ class JobService:
         """
         @return: the jobs not yet ended, by state.
         """
-        counts = {QUEUED: 0, SCHEDULED: 0, RUNNING: 0}
+        counts = {"jobsQueued": 0, "jobsScheduled": 0, "jobsRunning": 0}
         for job in self._jobs.values():
-            if job.record.state in counts:
-                counts[job.record.state] += 1
-        return {"jobsQueued": counts[QUEUED], "jobsScheduled": counts[SCHEDULED],
-                "jobsRunning": counts[RUNNING]}
+            name = "jobs" + job.record.state.capitalize()
+            if name in counts:
+                counts[name] += 1
+        return counts
 
     def _stored(self, jobId: str) -> Deferred[JobRecord]:
         def found(record: JobRecord | None) -> JobRecord:
@@ -469,7 +468,6 @@ class JobService:
     def _retry(self) -> None:
         self._retryTimer = None
         self._feed()
-
     def _notWritten(self, job: _Job, failure: Failure) -> None:
         self._inPool -= 1
         self.log.failure("job {id} could not be marked running", failure, id=job.record.id)
@@ -584,48 +582,6 @@ class JobService:
         self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
 
 
-def _outcome(record: JobRecord) -> Deferred[bytes]:
-    """
-    @return: a job's end as a call's: its result, or its error.
-    """
-    if record.state == DONE:
-        return succeed(record.result if record.result is not None else b"null")
-    return fail(_error(record))
-
-
-def _error(record: JobRecord) -> errors.TaskdError:
-    if record.error is None:
-        return errors.TaskdError(f"the job ended {record.state} without an error")
-    return errors.errorFromDict(_json.loads(record.error))
-
-
-def describeJob(record: JobRecord) -> dict[str, Any]:
-    """
-    @return: a job's fields as a C{job} reply carries them (its result,
-        error and progress apart).
-    """
-    fields: dict[str, Any] = {
-        "job": record.id,
-        "function": record.function,
-        "state": record.state,
-        "submitted": record.submitted,
-        "runAt": record.runAt,
-    }
-    for name, value in (
-        ("key", record.key), ("started", record.started), ("finished", record.finished)
-    ):
-        if value is not None:
-            fields[name] = value
-    return fields
-
-
-def jobError(record: JobRecord) -> errors.TaskdError | None:
-    """
-    @return: the error a job ended with, or C{None}.
-    """
-    return None if record.error is None else _error(record)
-
-
 def _recordOnEnd(job: _Job, done: Deferred[JobRecord]) -> Deferred[bytes]:
     """
     @return: a waiter that fires C{done} with the job's record when the
@@ -636,4 +592,13 @@ def _recordOnEnd(job: _Job, done: Deferred[JobRecord]) -> Deferred[bytes]:
     return waiter
 
 
-__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "JobService", "describeJob", "jobError"]
+def _outcome(record: JobRecord) -> Deferred[bytes]:
+    """
+    @return: a job's end as a call's: its result, or its error.
+    """
+    if record.state == DONE:
+        return succeed(record.result if record.result is not None else b"null")
+    return fail(jobError(record))
+
+
+__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "JobService"]

@@ -32,6 +32,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from taskd import _json, errors
+
 #: A job that may start now.
 QUEUED = "queued"
 #: A job waiting for its time (C{delay} or C{at}).
@@ -108,6 +110,36 @@ class JobRecord:
     finished: float | None = None
     result: bytes | None = None
     error: bytes | None = None
+
+
+def describeJob(record: JobRecord) -> dict[str, Any]:
+    """
+    @return: a job's fields as a C{job} reply carries them (its result,
+        error and progress apart).
+    """
+    fields: dict[str, Any] = {
+        "job": record.id,
+        "function": record.function,
+        "state": record.state,
+        "submitted": record.submitted,
+        "runAt": record.runAt,
+    }
+    for name, value in (
+        ("key", record.key), ("started", record.started), ("finished", record.finished)
+    ):
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def jobError(record: JobRecord) -> errors.TaskdError:
+    """
+    @return: the error a job ended with (one that ended without its
+        error written gets a plain L{errors.TaskdError} saying so).
+    """
+    if record.error is None:
+        return errors.TaskdError(f"the job ended {record.state} without an error")
+    return errors.errorFromDict(_json.loads(record.error))
 
 
 @frozen
@@ -550,4 +582,6 @@ __all__ = [
     "SCHEDULED",
     "SQLiteJournal",
     "UNFINISHED_STATES",
+    "describeJob",
+    "jobError",
 ]

@@ -312,7 +312,7 @@ def decodeRequest(line: bytes) -> Request:
     kind = message.get("type", "call")
     if kind == "call":
         return _decodeCall(message, id, line)
-    if kind in _JOB_KINDS or (kind == "cancel" and "job" in message):
+    if (isinstance(kind, str) and kind in _JOB_KINDS) or (kind == "cancel" and "job" in message):
         return decodeJobRequest(kind, message, id, line)
     if kind == "cancel":
         if id is None:

@@ -18,6 +18,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from tests.test_pool import waitFor
 from tests.test_reliability import DaemonTestCase, report
+from tests.test_tap import ROOT
 
 
 def submit(n: int, function: str, path: str, tag: str, hold: str | None = None, **extra: Any) -> bytes:
@@ -111,3 +112,39 @@ class CrashTests(DaemonTestCase):
             restart_to_all_ended_seconds=round(allDone, 2),
             journal_bytes=os.path.getsize(journal),
         )
+
+
+class JournalOptionTests(DaemonTestCase):
+    @inlineCallbacks
+    def test_oneDaemonPerJournal(self) -> Any:
+        """
+        A second daemon given a journal in use exits with status 1 and a
+        line saying so; the first serves on.
+        """
+        journal = os.path.abspath(self.mktemp())
+        yield self.startDaemon("--journal", journal)
+        first = self.daemonProcess
+        second = self.spawn("--listen", "tcp:0:interface=127.0.0.1", "--workers", "1", "--journal", journal)
+        status = yield second.ended
+        self.assertEqual(status, (1, None))
+        self.assertIn(
+            f"the journal {journal!r} is in use by another daemon (give each daemon a journal of its own with --journal)".encode(),
+            second.output,
+        )
+        self.daemonProcess = first
+        check = yield self.pipeline([b'{"type":"submit","function":"add","args":[1,2],"id":1}'])
+        self.assertEqual(check.replies[1][0]["type"], "accepted")
+
+    @inlineCallbacks
+    def test_inMemory(self) -> Any:
+        """
+        With C{--journal :memory:} jobs work, and no file is written.
+        """
+        default = os.path.join(ROOT, "taskd-journal.sqlite")
+        self.assertFalse(os.path.exists(default))
+        yield self.startDaemon("--journal", ":memory:")
+        replies = yield self.pipeline([b'{"type":"submit","function":"add","args":[1,2],"id":1}'])
+        job = replies.replies[1][0]["job"]
+        waited = yield self.pipeline([json.dumps({"type": "wait", "job": job, "id": 2}).encode()])
+        self.assertEqual(waited.replies[2][0]["result"], 3)
+        self.assertFalse(os.path.exists(default))

@@ -222,6 +222,9 @@ class JobMessagesTests(SynchronousTestCase):
         for line, message in cases:
             e = self.assertRaises(ProtocolError, decodeRequest, line)
             self.assertEqual((e.error.message, e.id), (message, 1), line)
+        # A type that is no string (Hypothesis found it) is an unknown type.
+        e = self.assertRaises(ProtocolError, decodeRequest, b'{"type":["submit"],"id":1}')
+        self.assertEqual(e.error.message, "unknown request type ['submit']")
 
     def test_roundTrips(self) -> None:
         """
