@@ -54,7 +54,6 @@ from taskd.wire import (
     JobRequest,
     JobStatus,
     Submit,
-    Wait,
     decodeRequest,
     encodeAccepted,
     encodeError,

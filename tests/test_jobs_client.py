@@ -94,7 +94,8 @@ class JobClientTests(TestCase):
             TaskServerFactory(self.pool, jobs=self.jobs)
         )
         self.addCleanup(port.stopListening)
-        self.endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
+        self.port = port.getHost().port
+        self.endpoint = f"tcp:127.0.0.1:{self.port}"
         self.client = yield connect(reactor, self.endpoint)
         self.addCleanup(self.client.close)
 
@@ -156,3 +157,49 @@ class JobClientTests(TestCase):
         handles = yield gatherResults([self.client.submit("add", i, i) for i in range(300)])
         results = yield gatherResults([h.result() for h in handles])
         self.assertEqual(results, [2 * i for i in range(300)])
+
+    @inlineCallbacks
+    def converse(self, factory: TaskServerFactory | None = None) -> Any:
+        from twisted.internet.endpoints import TCP4ClientEndpoint
+        from twisted.internet.protocol import Factory
+
+        from tests.test_reliability import Conversation
+
+        port = self.port
+        if factory is not None:
+            listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+            self.addCleanup(listening.stopListening)
+            port = listening.getHost().port
+        conversation = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(
+            Factory.forProtocol(Conversation)
+        )
+        self.addCleanup(conversation.transport.loseConnection)
+        return conversation
+
+    @inlineCallbacks
+    def test_badJobRequests(self) -> Any:
+        """
+        On the wire: a request id still in flight gets C{duplicate_id}
+        (the first request goes on); a daemon without jobs says so; each
+        answer keeps the connection serving.
+        """
+        talk = yield self.converse()
+        (accepted,) = yield talk.exchange(b'{"type":"submit","function":"add","args":[1,2],"delay":600,"id":1}\n')
+        job = accepted["job"].encode()
+        replies = yield talk.exchange(
+            b'{"type":"wait","job":"%s","id":"w"}\n{"type":"wait","job":"%s","id":"w"}\n' % (job, job)
+        )
+        self.assertEqual(
+            replies,
+            [{"type": "error", "id": "w", "error": {"type": "duplicate_id", "message": "id 'w' belongs to a request still in flight; this one was not run"}}],
+        )
+        replies = yield talk.exchange(b'{"type":"cancel","job":"%s","id":2}\n' % (job,), replies=2)
+        self.assertEqual(sorted(r["type"] for r in replies), ["error", "job"])
+        self.assertEqual([r["error"]["type"] for r in replies if r["id"] == "w"], ["cancelled"])
+        none = yield self.converse(TaskServerFactory(self.pool))
+        replies = yield none.exchange(b'{"type":"job","job":"x","id":1}\n{"function":"add","args":[1,2],"id":2}\n', replies=2)
+        self.assertEqual(
+            replies,
+            [{"type": "error", "id": 1, "error": {"type": "bad_request", "message": "this daemon runs no background jobs"}},
+             {"type": "result", "id": 2, "result": 3}],
+        )

@@ -272,7 +272,7 @@ class StartupWarningTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         options = tap.Options()
-        options.parseOptions(["-l", "tcp:12345", "-w", "1"])
+        options.parseOptions(["-l", "tcp:12345", "-w", "1", "--journal", ":memory:"])
         service = tap.makeService(options, reactor=FakeProcessReactor())
         service.startService()
         warnings = [e["problem"] for e in events if "problem" in e]
@@ -286,7 +286,7 @@ class StartupWarningTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         options = tap.Options()
-        options.parseOptions(["-w", "1", *args])
+        options.parseOptions(["-w", "1", "--journal", ":memory:", *args])
         service = tap.makeService(options, reactor=FakeProcessReactor())
         service.startService()
         return [e["problem"] for e in events if "problem" in e]
@@ -325,7 +325,7 @@ class ListenDescriptionTests(SynchronousTestCase):
         L{tap.makeService} listens on C{unix:} sockets with that mode.
         """
         options = tap.Options()
-        options.parseOptions(["-w", "1", "-l", "unix:/tmp/taskd-m.sock", "-l", "unix:/tmp/taskd-m2.sock:mode=600"])
+        options.parseOptions(["-w", "1", "--journal", ":memory:", "-l", "unix:/tmp/taskd-m.sock", "-l", "unix:/tmp/taskd-m2.sock:mode=600"])
         reactor = FakeProcessReactor()
         tap.makeService(options, reactor=reactor).startService()
         self.assertEqual([(path, mode) for path, _, _, mode, _ in reactor.unixServers], [("/tmp/taskd-m.sock", 0o660), ("/tmp/taskd-m2.sock", 0o600)])
