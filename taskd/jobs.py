@@ -221,7 +221,7 @@ class JobService:
             not ended) or L{errors.PoolStopping}.
         """
         if not self._running:
-            return fail(errors.PoolStopping("the daemon is not taking jobs (it is stopping)"))
+            return fail(errors.PoolStopping("the daemon is not taking jobs (it is starting or stopping)"))
         if function not in self.pool.registry:
             return fail(errors.UnknownTask(f"no task named {function!r}"))
         unfinished = len(self._jobs) + self._submitting
@@ -256,7 +256,6 @@ class JobService:
         def failed(failure: Failure) -> Failure:
             self._submitting -= 1
             return failure
-
         # The caller may cancel its answer (its connection is lost): the
         # job is journaled and runs all the same.
         d.addCallbacks(added, failed).addBoth(answer.callback)
@@ -404,10 +403,8 @@ class JobService:
         """
         Hand ready jobs to the pool while fewer than the window are in it.
         """
-        window = self.window
-        if window is None:
-            config = self.pool.config
-            window = config.workers * config.prefetch
+        config = self.pool.config
+        window = config.workers * config.prefetch if self.window is None else self.window
         now = self.clock.seconds()
         while self._running and self._ready and self._inPool < window:
             job = self._ready.popleft()
@@ -446,8 +443,7 @@ class JobService:
             deadline=deadline,
         )
         refused: list[Failure] = []
-        if call.called:
-            # The pool answered at once: refused (or, for a fake pool, run).
+        if call.called:  # the pool answered at once: refused (or a fake pool ran it)
             call.addErrback(refused.append)
         if refused and refused[0].check(errors.PoolBusy, errors.PoolStopping):
             # Not started: back to the front of the line, for later.
