@@ -80,7 +80,8 @@ class Daemon(Process):
              # A deeper accept queue than Twisted's default 50: W1a and the
              # idle-connections measurement open connections in bursts.
              "taskd", "--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--workers", str(workers),
-             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000", *options],
+             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000",
+             "--journal", ":memory:", *options],
             wait=r"starting on (\d+)[\s\S]*pool ready",
         )
         assert self.match is not None

@@ -32,6 +32,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskd import errors
+from taskd.jobs import JobService
+from taskd.journal import JobRecord, describeJob, jobError
 from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
 from taskd.timeouts import ConnectionTimeouts
@@ -47,8 +49,15 @@ from taskd.wire import (
     Stats,
     StatsReply,
     Tasks,
+    JOB_REQUESTS,
+    CancelJob,
+    JobRequest,
+    JobStatus,
+    Submit,
     decodeRequest,
+    encodeAccepted,
     encodeError,
+    encodeJobReply,
     encodeHelloReply,
     encodeProgress,
     encodeResult,
@@ -67,6 +76,8 @@ class ConnectionOwner(Protocol):
 
     #: The pool calls are handed to.
     pool: ProcessPool
+    #: The background jobs, or C{None} if the daemon runs none.
+    jobs: JobService | None
     #: The longest request line accepted, in bytes.
     maxLineLength: int
     #: Connections accepted at once.
@@ -326,6 +337,8 @@ class TaskServerProtocol(LineReceiver):
             self._answer(None, encodeStatsReply(self.factory.stats()))
         elif isinstance(request, Tasks):
             self._answer(None, self.factory.tasksLine())
+        elif isinstance(request, JOB_REQUESTS):
+            self._job(request)
         else:
             self._answer(None, encodeHelloReply(self._hello()))
 
@@ -431,6 +444,63 @@ class TaskServerProtocol(LineReceiver):
             self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
         )
         self._updateReading()
+
+    # -- jobs (taskd.jobs) --------------------------------------------------
+
+    def _job(self, request: JobRequest) -> None:
+        """
+        Answer a request about jobs: like a call, its answer comes later
+        (once the journal has it) and is on the connection's books until
+        then.
+        """
+        id = request.call.id if isinstance(request, Submit) else request.id
+        jobs = self.factory.jobs
+        if jobs is None:
+            error = errors.BadRequest("this daemon runs no background jobs")
+            self._answer(id, encodeError(id, error))
+            return
+        if id is not None and id in self._calls:
+            error = errors.DuplicateId(
+                f"id {id!r} belongs to a request still in flight; this one was not run"
+            )
+            self._answer(id, encodeError(id, error))
+            return
+        d: Deferred[bytes]
+        if isinstance(request, Submit):
+            call = request.call
+            runAt = request.at
+            if request.delay is not None:
+                runAt = jobs.clock.seconds() + request.delay
+            d = jobs.submit(
+                call.function, call.raw, runAt=runAt, key=request.key,
+                timeout=call.timeout, priority=call.priority, deadline=call.deadline,
+            ).addCallback(lambda added: encodeAccepted(id, *added))
+        elif isinstance(request, JobStatus):
+            d = jobs.status(request.job).addCallback(lambda s: self._jobLine(id, *s))
+        elif isinstance(request, CancelJob):
+            d = jobs.cancel(request.job).addCallback(lambda r: self._jobLine(id, r, None))
+        else:
+            progress = None
+            if request.progress:
+                progress = lambda report: self._progress(id, report)  # noqa: E731
+            d = jobs.wait(request.job, progress).addCallback(
+                lambda result: encodeResult(id, result)
+            )
+        key: Any = id if id is not None else self._ordered.reserve()
+        self._unanswered += 1
+        self._calls[key] = d
+        d.addCallbacks(self._jobAnswered, self._failed, callbackArgs=(key,), errbackArgs=(key,))
+        self._updateReading()
+
+    def _jobLine(self, id: CallId, record: JobRecord, progress: bytes | None) -> bytes:
+        fields = describeJob(record)
+        if record.error is not None:
+            fields["error"] = self.factory.presentError(jobError(record)).toDict()
+        return encodeJobReply(id, fields, record.result, progress)
+
+    def _jobAnswered(self, line: bytes, key: Any) -> None:
+        self._calls.pop(key, None)
+        self._done(key, line)
 
     # -- writing ----------------------------------------------------------
 

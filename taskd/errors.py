@@ -344,3 +344,29 @@ def errorFromDict(d: dict[str, Any]) -> TaskdError:
     if type(attempts) is int and attempts > 1:
         err.attempts = attempts
     return err
+
+
+# -- background jobs (taskd.jobs) -------------------------------------------
+
+
+class UnknownJob(TaskdError):
+    """
+    No job has this id: it was never submitted to this daemon, or it ended
+    longer ago than the daemon keeps jobs (C{--job-ttl}, C{--max-jobs}).
+    """
+
+    type = "unknown_job"
+    started = False
+
+
+class JobInterrupted(TaskdError):
+    """
+    The job was running when the daemon stopped or died, and its task does
+    not opt into retries (C{@task(retries=...)}): it may have run in part,
+    and it is not run again.
+    """
+
+    type = "interrupted"
+
+
+_byType.update({cls.type: cls for cls in (UnknownJob, JobInterrupted)})

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 import taskd
 from taskd import errors
 from taskd.connection import ConnectionOwner, TaskServerProtocol
+from taskd.jobs import JobService
 from taskd.pool import ProcessPool
 from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT
 from taskd.tracebacks import TRACEBACK_MODES, presentError
@@ -94,6 +95,7 @@ class TaskServerFactory(Factory):
         lineTimeout: float = DEFAULT_LINE_TIMEOUT,
         tracebacks: str = "full",
         clock: IReactorTime | None = None,
+        jobs: JobService | None = None,
     ) -> None:
         """
         @param authToken: if set, each connection must send
@@ -105,10 +107,13 @@ class TaskServerFactory(Factory):
             without directories (see L{taskd.tracebacks.shortTraceback});
             C{"none"} leaves the C{traceback} field out.
         @param clock: for the timeouts; the pool's reactor by default.
+        @param jobs: the background jobs clients may submit and ask about
+            (C{None}: the daemon answers job requests with an error).
         """
         if tracebacks not in TRACEBACK_MODES:
             raise ValueError(f"tracebacks must be one of {TRACEBACK_MODES}, not {tracebacks!r}")
         self.pool = pool
+        self.jobs = jobs
         self.maxLineLength = maxLineLength
         self.maxConnections = maxConnections
         self.maxInFlight = maxInFlight
@@ -141,9 +146,11 @@ class TaskServerFactory(Factory):
 
     def stats(self) -> StatsReply:
         """
-        @return: the pool's counters and the number of connections.
+        @return: the pool's counters, the number of connections, and the
+            jobs not yet ended by state.
         """
-        return StatsReply({**self.pool.stats(), "connections": len(self.connections)})
+        jobs = {} if self.jobs is None else self.jobs.stats()
+        return StatsReply({**self.pool.stats(), "connections": len(self.connections), **jobs})
 
     def checkToken(self, token: str) -> bool:
         """

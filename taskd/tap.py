@@ -24,8 +24,10 @@ from typing import Any, Callable, NoReturn, Sequence
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 import taskd
 from taskd.coercers import (
@@ -37,6 +39,8 @@ from taskd.coercers import (
     tracebackMode,
 )
 from taskd.config import PoolConfig, parseTaskLimit
+from taskd.jobs import DEFAULT_JOB_TTL, DEFAULT_MAX_JOBS, JobService
+from taskd.journal import DEFAULT_JOURNAL, IN_MEMORY, SQLiteJournal
 from taskd.listeners import (
     checkEndpoint,
     defaultTracebacks,
@@ -86,6 +90,9 @@ class Options(usage.Options):
         ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", positiveSeconds],
         ["idle-timeout", None, DEFAULT_IDLE_TIMEOUT, "Close a connection with no call in flight that sent nothing for this many seconds (0: never).", seconds],
         ["line-timeout", None, DEFAULT_LINE_TIMEOUT, "Close a connection that started a request line and did not finish it within this many seconds (0: never).", seconds],
+        ["journal", None, None, f"The background jobs' journal, an SQLite file [default: {DEFAULT_JOURNAL} in the working directory]; {IN_MEMORY} keeps jobs in memory only (lost when the daemon stops)."],
+        ["job-ttl", None, DEFAULT_JOB_TTL, "Seconds a job that ended is kept, with its result.", positiveSeconds],
+        ["max-jobs", None, DEFAULT_MAX_JOBS, "Jobs the journal keeps at most (the ones that ended first make room); past it in jobs not yet ended, a submit is refused as busy.", positiveInt],
         ["tracebacks", None, None, "How much of a failed task's traceback clients get: full, short (innermost frame and exception, no directories) or none [default: full when every listener is loopback or unix:, short otherwise].", tracebackMode],
     ])
 
@@ -154,6 +161,11 @@ class Options(usage.Options):
             self["tracebacks"] = defaultTracebacks(self["listen"])
         if self["workers"] is None:
             self["workers"] = os.cpu_count() or 1
+        if self["journal"] is None:
+            self["journal"] = DEFAULT_JOURNAL
+        if self["journal"] != IN_MEMORY:
+            # twistd may change directory when it daemonizes.
+            self["journal"] = os.path.abspath(self["journal"])
         # Before Twisted's endpoints module is imported (see skipTLSImports
         # and nameSystemdSockets).
         skipTLSImports(self["listen"])
@@ -217,14 +229,19 @@ class TaskdService(MultiService):
         factory: TaskServerFactory,
         listen: Sequence[str],
         atExit: Callable[[Callable[[], object]], object] = atexit.register,
+        jobs: JobService | None = None,
     ) -> None:
         """
         @param atExit: registers a function to run when the process exits
             (C{atexit.register}; tests pass their own).
+        @param jobs: the background jobs: started with the pool (a journal
+            that cannot be opened stops the daemon, exit status 1), stopped
+            with it.
         """
         super().__init__()
         self.pool = pool
         self.factory = factory
+        self.jobs = jobs
         self.listen = list(listen)
         self._reactor = reactor
         self._atExit = atExit
@@ -294,17 +311,35 @@ class TaskdService(MultiService):
             listen=", ".join(self.listen),
         )
         super().startService()
+        if self.jobs is not None:
+            self.jobs.start().addErrback(self._jobsFailed)
+
+    def _jobsFailed(self, failure: Failure) -> None:
+        self.log.error("taskd: {error}", error=failure.getErrorMessage())
+        self._poolFailed()
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
         d: Deferred[Any] = DeferredList(
             [maybeDeferred(s.stopService) for s in self.listeners]
         )
-        d.addCallback(lambda _: self.poolService.stopService())
+        d.addCallback(lambda _: self._stopPoolAndJobs())
         # Even if stopping the pool failed, the connections are closed.
         d.addBoth(lambda _: self.factory.closeConnections())
         d.addCallback(lambda _: self.log.info("taskd stopped"))
         return d
+
+
+    def _stopPoolAndJobs(self) -> Deferred[Any]:
+        """
+        Stop feeding jobs, stop the pool, and close the journal once the
+        jobs the pool held have ended.
+        """
+        if self.jobs is None:
+            return self.poolService.stopService()
+        jobsStopped = self.jobs.stop()
+        d = self.poolService.stopService()
+        return d.addBoth(lambda _: jobsStopped)
 
 
 def plural(n: int, noun: str) -> str:
@@ -349,6 +384,13 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     if reactor is None:
         from twisted.internet import reactor
     pool = ProcessPool(reactor, config=poolConfig(options))
+    # On a thread of its own, unless it is in memory (no disk to wait
+    # for) or the reactor takes no calls from threads (a test's fake).
+    threaded = options["journal"] != IN_MEMORY and IReactorFromThreads.providedBy(reactor)
+    journal = SQLiteJournal(
+        options["journal"], reactor, maxJobs=options["max-jobs"], threaded=threaded
+    )
+    jobs = JobService(pool, journal, ttl=options["job-ttl"], maxJobs=options["max-jobs"])
     factory = TaskServerFactory(
         pool,
         maxLineLength=options["max-line-length"],
@@ -359,8 +401,9 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         idleTimeout=options["idle-timeout"],
         lineTimeout=options["line-timeout"],
         tracebacks=options["tracebacks"],
+        jobs=jobs,
     )
-    service = TaskdService(reactor, pool, factory, options["listen"])
+    service = TaskdService(reactor, pool, factory, options["listen"], jobs=jobs)
     for description in options["listen"]:
         service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
     return service

@@ -254,3 +254,31 @@ def onceRun(path: str, i: int) -> int:
     Record that call C{i} ran, in C{path}; never to be run twice.
     """
     return _run(path, i)
+
+
+def _recordRun(path: str, tag: str, hold: str | None) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, tag.encode() + b"\n")
+    finally:
+        os.close(fd)
+    while hold is not None and not os.path.exists(hold):
+        time.sleep(0.02)
+    return tag
+
+
+@task
+def recordRun(path: str, tag: str, hold: str | None = None) -> str:
+    """
+    Append C{tag} to the file C{path} (one line per run: the jobs' tests
+    count runs), then, given C{hold}, wait until that file exists.
+    """
+    return _recordRun(path, tag, hold)
+
+
+@task(retries=1)
+def recordRunSafely(path: str, tag: str, hold: str | None = None) -> str:
+    """
+    L{recordRun}, for a task that opts into being run again.
+    """
+    return _recordRun(path, tag, hold)

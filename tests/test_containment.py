@@ -179,7 +179,7 @@ class GroupSignalTests(DaemonTestCase):
         proto = Twistd()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
         code = "import os; os.setpgid(0, 0); from twisted.scripts.twistd import run; run()"
-        argv = [sys.executable, "-c", code, "-n", "--pidfile=", "taskd", *args]
+        argv = [sys.executable, "-c", code, "-n", "--pidfile=", "taskd", *args, "--journal", ":memory:"]
         process = reactor.spawnProcess(proto, sys.executable, argv, env=env, path=ROOT)
 
         def cleanup() -> Any:

@@ -75,6 +75,9 @@ class OptionsTests(SynchronousTestCase):
                 "line-timeout": 30.0,
                 "tracebacks": "full",
                 "task-limits": {},
+                "journal": os.path.abspath("taskd-journal.sqlite"),
+                "job-ttl": 86400.0,
+                "max-jobs": 100000,
             },
         )
 
@@ -271,7 +274,7 @@ class StartupWarningTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         options = tap.Options()
-        options.parseOptions(["-l", "tcp:12345", "-w", "1"])
+        options.parseOptions(["-l", "tcp:12345", "-w", "1", "--journal", ":memory:"])
         service = tap.makeService(options, reactor=FakeProcessReactor())
         service.startService()
         warnings = [e["problem"] for e in events if "problem" in e]
@@ -285,7 +288,7 @@ class StartupWarningTests(SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         options = tap.Options()
-        options.parseOptions(["-w", "1", *args])
+        options.parseOptions(["-w", "1", "--journal", ":memory:", *args])
         service = tap.makeService(options, reactor=FakeProcessReactor())
         service.startService()
         return [e["problem"] for e in events if "problem" in e]
@@ -324,7 +327,7 @@ class ListenDescriptionTests(SynchronousTestCase):
         L{tap.makeService} listens on C{unix:} sockets with that mode.
         """
         options = tap.Options()
-        options.parseOptions(["-w", "1", "-l", "unix:/tmp/taskd-m.sock", "-l", "unix:/tmp/taskd-m2.sock:mode=600"])
+        options.parseOptions(["-w", "1", "--journal", ":memory:", "-l", "unix:/tmp/taskd-m.sock", "-l", "unix:/tmp/taskd-m2.sock:mode=600"])
         reactor = FakeProcessReactor()
         tap.makeService(options, reactor=reactor).startService()
         self.assertEqual([(path, mode) for path, _, _, mode, _ in reactor.unixServers], [("/tmp/taskd-m.sock", 0o660), ("/tmp/taskd-m2.sock", 0o600)])
@@ -411,6 +414,9 @@ class TwistdMixin:
         proto = Twistd()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
         env.update(extraEnv)
+        if not any(a.startswith("--journal") for a in args):
+            # A journal of its own: daemons run side by side from ROOT.
+            args = (*args, "--journal", os.path.abspath(self.mktemp()))  # type: ignore[attr-defined]
         argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "taskd", *args]
         process = reactor.spawnProcess(proto, sys.executable, argv, env=env, path=ROOT)
 
@@ -578,7 +584,7 @@ class TwistdTests(TwistdMixin, TestCase):
             "import os, sys\n"
             "os.environ['LISTEN_PID'] = str(os.getpid()); os.environ['LISTEN_FDS'] = '1'\n"
             "os.environ.pop('LISTEN_FDNAMES', None)\n"
-            "sys.argv = ['twistd', '-n', '--pidfile=', 'taskd', '-w', '1', '--listen', 'systemd:domain=INET:index=0']\n"
+            "sys.argv = ['twistd', '-n', '--pidfile=', 'taskd', '-w', '1', '--listen', 'systemd:domain=INET:index=0', '--journal', ':memory:']\n"
             "from twisted.scripts.twistd import run; run()\n"
         )
         proto = Twistd()

@@ -761,6 +761,8 @@ class ExampleTests(SynchronousTestCase):
             (errors.ResultTooLarge("big"), failed("result_too_large: big")),
             (errors.TaskCancelled("c"), failed("cancelled: c")),
             (errors.WorkerStartError("cannot import"), failed("worker_start_failed: cannot import")),
+            (errors.UnknownJob("no job 'x'"), failed("unknown_job: no job 'x'")),
+            (errors.JobInterrupted("it may have run"), failed("interrupted: it may have run")),
         ]
         everyType = {
             value for value in vars(errors).values()

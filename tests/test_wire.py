@@ -180,3 +180,78 @@ class ReviewEdgeTests(SynchronousTestCase):
         """
         for line in [b'{"type":"hello","version":null}', b"[" * 100000 + b"]" * 100000]:
             self.assertRaises(ValueError, decodeReply, line)
+
+
+class JobMessagesTests(SynchronousTestCase):
+    """
+    The requests and replies about background jobs.
+    """
+
+    def test_decode(self) -> None:
+        """
+        C{submit} decodes as a call with its delay or time and key; C{job},
+        C{wait} and a C{cancel} with a C{job} as requests about that job.
+        """
+        from taskd.wire import CancelJob, JobStatus, Submit, Wait
+
+        line = b'{"type":"submit","function":"add","args":[1,2],"id":1,"delay":5,"key":"k","priority":3}'
+        self.assertEqual(
+            decodeRequest(line),
+            Submit(Call("add", [1, 2], {}, 1, None, line, priority=3), 5.0, None, "k"),
+        )
+        self.assertEqual(decodeRequest(b'{"type":"submit","function":"f","at":1700000000}').at, 1700000000.0)  # type: ignore[union-attr]
+        self.assertEqual(decodeRequest(b'{"type":"job","job":"a1","id":2}'), JobStatus("a1", 2))
+        self.assertEqual(decodeRequest(b'{"type":"wait","job":"a1","id":3,"progress":true}'), Wait("a1", 3, True))
+        self.assertEqual(decodeRequest(b'{"type":"cancel","job":"a1","id":4}'), CancelJob("a1", 4))
+        self.assertEqual(decodeRequest(b'{"type":"cancel","id":4}'), Cancel(4))
+
+    def test_badRequests(self) -> None:
+        """
+        Each bad request about jobs gets a precise error, with its id.
+        """
+        cases = [
+            (b'{"type":"submit","args":[1],"id":1}', "missing 'function': the name of the task to run"),
+            (b'{"type":"submit","function":"f","delay":-1,"id":1}', "'delay' must be a number of seconds, 0 or more"),
+            (b'{"type":"submit","function":"f","delay":1,"at":5,"id":1}', "give 'delay' or 'at', not both"),
+            (b'{"type":"submit","function":"f","key":7,"id":1}', "'key' must be a string of 1 to 1000 characters"),
+            (b'{"type":"submit","function":"f","progress":true,"id":1}', "a submit takes no 'progress': ask for it with a wait"),
+            (b'{"type":"job","id":1}', "a job needs the 'job' id that submit answered"),
+            (b'{"type":"wait","job":5,"id":1}', "'job' must be a job id: a string of 1 to 200 characters"),
+            (b'{"type":"cancel","job":"","id":1}', "'job' must be a job id: a string of 1 to 200 characters"),
+        ]
+        for line, message in cases:
+            e = self.assertRaises(ProtocolError, decodeRequest, line)
+            self.assertEqual((e.error.message, e.id), (message, 1), line)
+        # A type that is no string (Hypothesis found it) is an unknown type.
+        e = self.assertRaises(ProtocolError, decodeRequest, b'{"type":["submit"],"id":1}')
+        self.assertEqual(e.error.message, "unknown request type ['submit']")
+
+    def test_roundTrips(self) -> None:
+        """
+        What the client encodes, the daemon decodes to the same request;
+        what the daemon encodes, the client decodes.
+        """
+        from taskd.wire import (
+            Accepted,
+            CancelJob,
+            JobReply,
+            JobStatus,
+            Submit,
+            Wait,
+            encodeAccepted,
+            encodeJobReply,
+        )
+
+        submit = Submit(Call("add", [1], {"b": 2}, 7, 3.0), None, 1700000000.0, "k")
+        decoded = decodeRequest(encodeRequest(submit).rstrip(b"\n"))
+        assert isinstance(decoded, Submit)
+        self.assertEqual((decoded.call.function, decoded.call.args, decoded.call.kwargs, decoded.call.id, decoded.call.timeout, decoded.at, decoded.key),
+                         ("add", [1], {"b": 2}, 7, 3.0, 1700000000.0, "k"))
+        for request in (JobStatus("x", 1), Wait("x", 2, True), CancelJob("x", 3)):
+            self.assertEqual(decodeRequest(encodeRequest(request).rstrip(b"\n")), request)
+        self.assertEqual(decodeReply(encodeAccepted(1, "x", True)), Accepted(1, "x", True))
+        line = encodeJobReply(2, {"job": "x", "state": "done", "finished": 5.0}, b'{"a":[1]}', None)
+        self.assertEqual(json.loads(line), {"type": "job", "id": 2, "job": "x", "state": "done", "finished": 5.0, "result": {"a": [1]}})
+        self.assertEqual(decodeReply(line), JobReply(2, "x", "done", {"finished": 5.0, "result": {"a": [1]}}))
+        self.assertRaises(ValueError, decodeReply, b'{"type":"job","job":"x"}')
+        self.assertRaises(ValueError, decodeReply, b'{"type":"accepted"}')

@@ -29,7 +29,7 @@ from taskd.cli.progress import Progress
 from taskd.client import TaskClient
 
 
-def _arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
+def splitArguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
     """
     Arguments as on the wire: an array is positional, an object keyword
     arguments, anything else one positional argument.
@@ -41,7 +41,10 @@ def _arguments(value: Any) -> tuple[list[Any], dict[str, Any]]:
     return [value], {}
 
 
-def _describe(failure: Failure) -> str:
+def describeFailure(failure: Failure) -> str:
+    """
+    @return: a failed call's error, in one line for people.
+    """
     error = failure.value
     if isinstance(error, errors.TaskFailed):
         return f"task_failed: {error.remoteType}: {error.message}"
@@ -63,7 +66,7 @@ async def callCommand(reactor: Any, options: argparse.Namespace, interruption: I
 
     @return: the exit status, or -1 if interrupted.
     """
-    args, kwargs = _arguments(options.args)
+    args, kwargs = splitArguments(options.args)
     try:
         protocol = await connecting(reactor, options, interruption)
     except CancelledError:
@@ -86,7 +89,7 @@ async def callCommand(reactor: Any, options: argparse.Namespace, interruption: I
         return -1
     except Exception:
         failure = Failure()
-        print(f"taskd: {_describe(failure)}", file=sys.stderr)
+        print(f"taskd: {describeFailure(failure)}", file=sys.stderr)
         if isinstance(failure.value, errors.TaskFailed):
             print(failure.value.remoteTraceback, file=sys.stderr, end="")
         await client.close()
@@ -107,7 +110,7 @@ def readCalls(source: IO[str], name: str) -> list[tuple[list[Any], dict[str, Any
         if not line.strip():
             continue
         try:
-            calls.append(_arguments(json.loads(line)))
+            calls.append(splitArguments(json.loads(line)))
         except ValueError as e:
             raise UsageProblem(f"{name} line {number} is not JSON: {e}; nothing was sent")
     return calls

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from taskd.cli.calling import callCommand, mapCommand, readInput
 from taskd.cli.console import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, Unreachable, UsageProblem, write
 from taskd.cli.inspecting import inspectCommand
+from taskd.cli.jobs import jobCommand
 from taskd.cli.interruption import Interruption, exitBySignal
 from taskd.cli.options import parser
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 outcome.append(await callCommand(reactor, options, interruption))
             elif options.command == "map":
                 outcome.append(await mapCommand(reactor, options, interruption, calls))
+            elif options.command in ("submit", "job", "wait"):
+                outcome.append(await jobCommand(reactor, options, interruption))
             else:
                 outcome.append(await inspectCommand(reactor, options, interruption))
         except UsageProblem as e:

@@ -143,6 +143,39 @@ def parser() -> argparse.ArgumentParser:
     map_.add_argument(
         "--concurrency", "-n", type=_positive, default=10, help="calls in flight [default: %(default)s]"
     )
+    # -- background jobs (taskd.cli.jobs) --
+    submit = commands.add_parser(
+        "submit",
+        parents=[common, calling],
+        help="queue a background job and print its id",
+        description="Queue a background job (see docs/jobs.md) and print its id once the "
+        "daemon has it on disk. Ask about it with 'job ID', wait for it with 'wait ID'.",
+    )
+    submit.add_argument("function", help="the task's name")
+    submit.add_argument(
+        "args", nargs="?", type=_json, default=[],
+        help="arguments as JSON: an array (positional) or an object (keyword)",
+    )
+    when = submit.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=_waitSeconds, default=None, metavar="SECONDS", help="start it no sooner than SECONDS from now")
+    when.add_argument("--at", type=_waitSeconds, default=None, metavar="TIME", help="start it no sooner than TIME (seconds since the epoch)")
+    submit.add_argument("--key", default=None, help="an idempotency key: if a job with this key is known, print its id and queue nothing")
+    job = commands.add_parser(
+        "job",
+        parents=[common],
+        help="print a background job's state as JSON",
+        description="Print a background job's state, timestamps and, once it has ended, its result or error, as JSON.",
+    )
+    job.add_argument("job", help="the job's id")
+    wait = commands.add_parser(
+        "wait",
+        parents=[common],
+        help="wait for a background job and print its result as JSON",
+        description="Wait for a background job to end; print its result as JSON, or its error "
+        "on stderr (exit status 1). Ctrl-C stops waiting; the job goes on.",
+    )
+    wait.add_argument("job", help="the job's id")
+    wait.add_argument("--progress", "-p", action="store_true", help="print its progress reports on stderr as they come")
     commands.add_parser(
         "hello",
         parents=[common, asking],

@@ -1,0 +1,600 @@
+# -*- test-case-name: tests.test_jobs -*-
+"""
+Background jobs: calls with a life of their own, above the pool.
+
+A job is written to the journal (L{taskd.journal}) before it is accepted,
+and every change of its state after that; L{JobService} feeds the jobs
+that may start to the pool (L{taskd.pool.ProcessPool.submitEncoded}) a
+few at a time, so that jobs wait in the journal rather than in the pool's
+queue, and keeps their results until their retention ends.
+
+A job's life::
+
+    submit --> SCHEDULED --(its time)--> QUEUED --(fed to the pool)--> RUNNING
+                              |                                           |
+                              +-----> CANCELLED, EXPIRED                  +--> DONE, FAILED,
+                                                                               CANCELLED, INTERRUPTED
+
+After a crash, the jobs the journal holds as queued or scheduled run; a
+job that was running is run again only if its task opts into retries
+(C{@task(retries=N)}, N > 0, or C{--task-limit NAME:retries=N}), and ends
+L{INTERRUPTED} otherwise: a job never runs twice unless its task said it
+may.
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+from attrs import define, evolve, field
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskd import _json, errors
+from taskd.journal import (
+    CANCELLED,
+    DONE,
+    EXPIRED,
+    FAILED,
+    FINAL_STATES,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    Journal,
+    JobRecord,
+    jobError,
+)
+from taskd.pool import ProcessPool
+
+#: Seconds finished jobs are kept, by default.
+DEFAULT_JOB_TTL = 24 * 3600.0
+#: Jobs the journal keeps at most, by default.
+DEFAULT_MAX_JOBS = 100_000
+#: Seconds between two removals of the jobs past their retention.
+PRUNE_INTERVAL = 60.0
+#: Jobs removed per transaction: small, so that other writes wait little.
+PRUNE_BATCH = 500
+#: Seconds before a job refused by a full pool queue is offered again.
+BUSY_RETRY = 0.5
+
+
+@define(eq=False)
+class _Job:
+    record: JobRecord
+    # The pool's Deferred, once the job is handed to it.
+    call: Deferred[bytes] | None = None
+    waiters: list[tuple[Deferred[bytes], Callable[[bytes], object] | None]] = field(factory=list)
+    progress: bytes | None = None
+    cancelling: bool = False
+    seq: int = 0
+
+
+class JobService:
+    """
+    Takes jobs, journals them, runs them in a pool, and answers for them.
+
+    @ivar pool: the pool the jobs run in.
+    @ivar journal: where they are written.
+    @ivar ttl: seconds a job that ended is kept.
+    @ivar maxJobs: jobs not yet ended at most; past it a submit is
+        refused with L{errors.PoolBusy}.
+    @ivar window: jobs handed to the pool at once, at most (by default its
+        workers times its prefetch: enough to keep it busy, no more).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: ProcessPool,
+        journal: Journal,
+        *,
+        clock: IReactorTime | None = None,
+        ttl: float = DEFAULT_JOB_TTL,
+        maxJobs: int = DEFAULT_MAX_JOBS,
+        window: int | None = None,
+        newId: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        """
+        @param clock: the clock of delays, deadlines and retention (the
+            pool's reactor by default).
+        @param newId: makes a new job's id.
+        """
+        self.pool = pool
+        self.journal = journal
+        self.ttl = ttl
+        self.maxJobs = maxJobs
+        self.window = window
+        self.clock: IReactorTime = pool.reactor if clock is None else clock
+        self._newId = newId
+        # The jobs that have not ended (and those whose end is being
+        # written), by id.
+        self._jobs: dict[str, _Job] = {}
+        self._ready: deque[_Job] = deque()
+        self._scheduled: list[tuple[float, int, _Job]] = []
+        self._seq = 0
+        self._inPool = 0
+        self._submitting = 0
+        self._timer: IDelayedCall | None = None
+        self._retryTimer: IDelayedCall | None = None
+        self._pruneTimer: IDelayedCall | None = None
+        self._running = False
+        self._stopping: Deferred[None] | None = None
+
+    # -- life -----------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """
+        Open the journal and pick up the jobs it holds: queued and
+        scheduled ones will run; one that was running runs again if its
+        task opts into retries, and ends L{INTERRUPTED} if not.
+
+        @return: a C{Deferred} that fires once the journal is open, or
+            fails with L{taskd.journal.JournalError}.
+        """
+        return self.journal.open().addCallback(self._recover)
+
+    def _recover(self, records: list[JobRecord]) -> None:
+        self._running = True
+        rerun = interrupted = 0
+        for record in records:
+            job = _Job(record)
+            self._jobs[record.id] = job
+            if record.state == RUNNING:
+                if self._retries(record.function) > 0:
+                    rerun += 1
+                    job.record = evolve(record, state=QUEUED, started=None)
+                    self.journal.update(job.record)
+                else:
+                    interrupted += 1
+                    self._end(job, INTERRUPTED, error=errors.JobInterrupted(
+                        "the daemon stopped while the job was running, so it may have "
+                        "run in part; its task does not opt into retries, so it was "
+                        "not run again"
+                    ))
+                    continue
+            self._enqueue(job)
+        if records:
+            self.log.info("jobs: {total} picked up from the journal ({rerun} run again, "
+                          "{interrupted} interrupted)", total=len(records), rerun=rerun,
+                          interrupted=interrupted)
+        self._pruneTimer = self.clock.callLater(0, self._prune)
+        self._feed()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop feeding the pool and starting timers; once the jobs handed to
+        the pool have ended (the pool's own stop ends them), close the
+        journal.  Jobs not yet handed stay in the journal for the next
+        start.
+
+        @return: a C{Deferred} that fires when the journal is closed.
+        """
+        if self._stopping is None:
+            self._running = False
+            self._stopping = Deferred()
+            for timer in (self._timer, self._retryTimer, self._pruneTimer):
+                if timer is not None and timer.active():
+                    timer.cancel()
+            self._maybeStopped()
+        return self._stopping
+
+    def _maybeStopped(self) -> None:
+        if self._stopping is None or self._inPool or self._stopping.called:
+            return
+        stopping = self._stopping
+        self.journal.close().chainDeferred(stopping)
+
+    # -- what clients ask -------------------------------------------------------
+
+    def submit(
+        self,
+        function: str,
+        payload: bytes,
+        *,
+        runAt: float | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
+    ) -> Deferred[tuple[str, bool]]:
+        """
+        Journal a new job; the C{Deferred} fires once it is durable.
+
+        @param payload: the arguments, as for
+            L{taskd.pool.ProcessPool.submitEncoded}.
+        @param runAt: when it may start (seconds since the epoch); now if
+            C{None}.
+        @param key: an idempotency key: while a job with this key is in
+            the journal, its id is the answer and nothing is added.
+        @param deadline: seconds the job may wait past C{runAt}; past them
+            it ends L{EXPIRED} without running.
+        @return: a C{Deferred} firing with (the job's id, whether it is an
+            earlier job's, found by its key), or failing with
+            L{errors.UnknownTask}, L{errors.PoolBusy} (C{maxJobs} jobs have
+            not ended) or L{errors.PoolStopping}.
+        """
+        if not self._running:
+            return fail(errors.PoolStopping("the daemon is not taking jobs (it is starting or stopping)"))
+        if function not in self.pool.registry:
+            return fail(errors.UnknownTask(f"no task named {function!r}"))
+        unfinished = len(self._jobs) + self._submitting
+        if unfinished >= self.maxJobs:
+            return fail(errors.PoolBusy(
+                f"the daemon holds {unfinished} jobs that have not ended, its limit "
+                "(--max-jobs); try again later"
+            ))
+        now = self.clock.seconds()
+        if runAt is None or runAt <= now:
+            state, runAt = QUEUED, now if runAt is None else runAt
+        else:
+            state = SCHEDULED
+        record = JobRecord(
+            self._newId(), function, payload, state, now, runAt, key, timeout, priority, deadline
+        )
+        self._submitting += 1
+        d = self.journal.add(record)
+        answer: Deferred[tuple[str, bool]] = Deferred()
+
+        def added(result: Any) -> tuple[str, bool]:
+            self._submitting -= 1
+            if result.existing:
+                return result.id, True
+            job = _Job(record)
+            self._jobs[record.id] = job
+            if self._running:
+                self._enqueue(job)
+                self._feed()
+            return record.id, False
+
+        def failed(failure: Failure) -> Failure:
+            self._submitting -= 1
+            return failure
+        # The caller may cancel its answer (its connection is lost): the
+        # job is journaled and runs all the same.
+        d.addCallbacks(added, failed).addBoth(answer.callback)
+        return answer
+
+    def status(self, jobId: str) -> Deferred[tuple[JobRecord, bytes | None]]:
+        """
+        @return: a C{Deferred} firing with the job's record and its last
+            progress report (while it runs), or failing with
+            L{errors.UnknownJob}.
+        """
+        job = self._jobs.get(jobId)
+        if job is not None:
+            return succeed((job.record, job.progress))
+        return self._stored(jobId).addCallback(lambda record: (record, None))
+
+    def wait(
+        self, jobId: str, progress: Callable[[bytes], object] | None = None
+    ) -> Deferred[bytes]:
+        """
+        Wait for a job to end.  Cancelling the C{Deferred} stops waiting;
+        the job goes on.
+
+        @param progress: called with each progress report (JSON) the job
+            makes from now on.
+        @return: a C{Deferred} firing with its result (JSON) once it is
+            L{DONE}, or failing with its error.
+        """
+        job = self._jobs.get(jobId)
+        if job is None or job.record.state in FINAL_STATES:
+            if job is not None:
+                return _outcome(job.record)
+            return self._stored(jobId).addCallback(_outcome)
+
+        def stopWaiting(d: Deferred[bytes]) -> None:
+            job.waiters[:] = [w for w in job.waiters if w[0] is not d]
+
+        d: Deferred[bytes] = Deferred(stopWaiting)
+        job.waiters.append((d, progress))
+        return d
+
+    def cancel(self, jobId: str) -> Deferred[JobRecord]:
+        """
+        Cancel a job: one not yet running ends L{CANCELLED} at once; a
+        running one's call is cancelled (its worker is stopped).  A job
+        that has ended stays as it is.
+
+        @return: a C{Deferred} firing with the job's record once its end is
+            written, or failing with L{errors.UnknownJob}.
+        """
+        job = self._jobs.get(jobId)
+        if job is None:
+            return self._stored(jobId)
+        done: Deferred[JobRecord] = Deferred()
+        job.waiters.append((_recordOnEnd(job, done), None))
+        state = job.record.state
+        if state in (QUEUED, SCHEDULED):
+            self._unqueue(job)
+            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
+        elif state == RUNNING and not job.cancelling:
+            job.cancelling = True
+            if job.call is not None:
+                job.call.cancel()
+        return done
+
+    def stats(self) -> dict[str, int]:
+        """
+        @return: the jobs not yet ended, by state.
+        """
+        counts = {"jobsQueued": 0, "jobsScheduled": 0, "jobsRunning": 0}
+        for job in self._jobs.values():
+            name = "jobs" + job.record.state.capitalize()
+            if name in counts:
+                counts[name] += 1
+        return counts
+
+    def _stored(self, jobId: str) -> Deferred[JobRecord]:
+        def found(record: JobRecord | None) -> JobRecord:
+            if record is None:
+                raise errors.UnknownJob(
+                    f"no job {jobId!r}: it was never submitted to this daemon, or it "
+                    "ended before the daemon's retention (--job-ttl, --max-jobs)"
+                )
+            return record
+
+        return self.journal.get(jobId).addCallback(found)
+
+    # -- queueing and feeding ---------------------------------------------------
+
+    def _retries(self, function: str) -> int:
+        options = self.pool.registry.options(function)
+        override = self.pool.config.taskLimits.get(function)
+        if override is not None:
+            options = options.merged(override)
+        return options.retries or 0
+
+    def _enqueue(self, job: _Job) -> None:
+        self._seq += 1
+        job.seq = self._seq
+        if job.record.runAt > self.clock.seconds():
+            job.record = evolve(job.record, state=SCHEDULED)
+            heapq.heappush(self._scheduled, (job.record.runAt, job.seq, job))
+            self._arm()
+        else:
+            if job.record.state == SCHEDULED:
+                job.record = evolve(job.record, state=QUEUED)
+            self._ready.append(job)
+
+    def _unqueue(self, job: _Job) -> None:
+        if job.record.state == SCHEDULED:
+            self._scheduled = [e for e in self._scheduled if e[2] is not job]
+            heapq.heapify(self._scheduled)
+            self._arm()
+        else:
+            self._ready.remove(job)
+
+    def _arm(self) -> None:
+        """
+        Set the one timer of the delays: at the earliest scheduled job's
+        time.
+        """
+        if not self._running:
+            return
+        when = self._scheduled[0][0] if self._scheduled else None
+        timer = self._timer
+        if timer is not None and timer.active():
+            if when is not None and timer.getTime() == when:
+                return
+            timer.cancel()
+        self._timer = None
+        if when is not None:
+            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        now = self.clock.seconds()
+        while self._scheduled and self._scheduled[0][0] <= now:
+            job = heapq.heappop(self._scheduled)[2]
+            job.record = evolve(job.record, state=QUEUED)
+            self._ready.append(job)
+        self._arm()
+        self._feed()
+
+    def _feed(self) -> None:
+        """
+        Hand ready jobs to the pool while fewer than the window are in it.
+        """
+        config = self.pool.config
+        window = config.workers * config.prefetch if self.window is None else self.window
+        now = self.clock.seconds()
+        while self._running and self._ready and self._inPool < window:
+            job = self._ready.popleft()
+            record = job.record
+            if record.deadline is not None and now > record.runAt + record.deadline:
+                self._end(job, EXPIRED, error=errors.Expired(
+                    f"the job waited more than its deadline ({record.deadline:g} s) "
+                    "to start; it was not run"
+                ))
+                continue
+            self._inPool += 1
+            job.record = evolve(record, state=RUNNING, started=now)
+            # Written before the task may start: after a crash, a job the
+            # journal does not show as running has not run.
+            self.journal.update(job.record).addCallbacks(
+                lambda _, job=job: self._hand(job),
+                lambda f, job=job: self._notWritten(job, f),
+            )
+
+    def _hand(self, job: _Job) -> None:
+        if job.cancelling or job.record.state != RUNNING:
+            self._inPool -= 1
+            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
+            return
+        record = job.record
+        pool = self.pool
+        deadline = None
+        if record.deadline is not None:
+            deadline = max(record.runAt + record.deadline - self.clock.seconds(), 0.001)
+        call = pool.submitEncoded(
+            record.function,
+            record.payload,
+            timeout=pool.timeoutFor(record.timeout),
+            progress=lambda report: self._progress(job, report),
+            priority=record.priority,
+            deadline=deadline,
+        )
+        refused: list[Failure] = []
+        if call.called:  # the pool answered at once: refused (or a fake pool ran it)
+            call.addErrback(refused.append)
+        if refused and refused[0].check(errors.PoolBusy, errors.PoolStopping):
+            # Not started: back to the front of the line, for later.
+            self._inPool -= 1
+            job.record = evolve(record, state=QUEUED, started=None)
+            self.journal.update(job.record)
+            self._ready.appendleft(job)
+            if self._running and self._retryTimer is None:
+                self._retryTimer = self.clock.callLater(BUSY_RETRY, self._retry)
+            self._maybeStopped()
+            return
+        if refused:
+            self._ended(refused[0], job)
+            return
+        job.call = call
+        call.addCallbacks(self._ran, self._ended, callbackArgs=(job,), errbackArgs=(job,))
+
+    def _retry(self) -> None:
+        self._retryTimer = None
+        self._feed()
+    def _notWritten(self, job: _Job, failure: Failure) -> None:
+        self._inPool -= 1
+        self.log.failure("job {id} could not be marked running", failure, id=job.record.id)
+        self._fire(job)
+        self._maybeStopped()
+
+    def _progress(self, job: _Job, report: bytes) -> None:
+        job.progress = report
+        for _, progress in list(job.waiters):
+            if progress is not None:
+                try:
+                    progress(report)
+                except Exception:
+                    self.log.failure("a job's progress watcher failed")
+
+    def _ran(self, result: bytes, job: _Job) -> None:
+        self._inPool -= 1
+        job.call = None
+        self._end(job, DONE, result=result)
+        self._feed()
+        self._maybeStopped()
+
+    def _ended(self, failure: Failure, job: _Job) -> None:
+        self._inPool -= 1
+        job.call = None
+        error = failure.value
+        if isinstance(error, CancelledError) or job.cancelling:
+            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
+        elif isinstance(error, errors.PoolStopping):
+            self._stoppedWhileRunning(job, error)
+        elif isinstance(error, errors.Expired):
+            self._end(job, EXPIRED, error=error)
+        elif isinstance(error, errors.TaskdError):
+            self._end(job, FAILED, error=error)
+        else:
+            self.log.failure("unexpected error in job {id}", failure, id=job.record.id)
+            self._end(job, FAILED, error=errors.TaskdError(f"internal error: {error!r}"))
+        self._feed()
+        self._maybeStopped()
+
+    def _stoppedWhileRunning(self, job: _Job, error: errors.PoolStopping) -> None:
+        """
+        The pool stopped with the job in it: if the pool says it never
+        started, or its task opts into retries, it is queued for the next
+        start; otherwise it is interrupted.
+        """
+        if getattr(error, "started", None) is False or self._retries(job.record.function) > 0:
+            job.record = evolve(job.record, state=QUEUED, started=None)
+            self.journal.update(job.record)
+            return
+        self._end(job, INTERRUPTED, error=errors.JobInterrupted(
+            "the daemon stopped while the job was running, so it may have run in "
+            "part; its task does not opt into retries, so it will not run again"
+        ))
+
+    # -- ending -------------------------------------------------------------------
+
+    def _end(
+        self,
+        job: _Job,
+        state: str,
+        result: bytes | None = None,
+        error: errors.TaskdError | None = None,
+    ) -> None:
+        """
+        Write the job's end; once it is durable, tell its waiters and
+        forget it (the journal answers for it from then on).
+        """
+        job.record = evolve(
+            job.record,
+            state=state,
+            finished=self.clock.seconds(),
+            result=result,
+            error=None if error is None else _json.encodeASCII(error.toDict()),
+        )
+        job.progress = None
+
+        def written(_: object) -> None:
+            self._fire(job)
+            if self._jobs.get(job.record.id) is job:
+                del self._jobs[job.record.id]
+
+        self.journal.update(job.record).addBoth(written)
+
+    def _fire(self, job: _Job) -> None:
+        waiters, job.waiters = job.waiters, []
+        for waiter, _ in waiters:
+            if not waiter.called:
+                _outcome(job.record).chainDeferred(waiter)
+
+    # -- retention ---------------------------------------------------------------
+
+    def _prune(self) -> None:
+        """
+        Remove a small batch of the jobs that ended more than L{ttl}
+        seconds ago; go on at once while batches come back full, then
+        wait L{PRUNE_INTERVAL}.
+        """
+        self._pruneTimer = None
+        if not self._running:
+            return
+
+        def pruned(removed: int) -> None:
+            if self._running:
+                delay = 0.0 if removed >= PRUNE_BATCH else PRUNE_INTERVAL
+                self._pruneTimer = self.clock.callLater(delay, self._prune)
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("removing old jobs failed", failure)
+            pruned(0)
+
+        self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
+
+
+def _recordOnEnd(job: _Job, done: Deferred[JobRecord]) -> Deferred[bytes]:
+    """
+    @return: a waiter that fires C{done} with the job's record when the
+        job ends, whatever its end.
+    """
+    waiter: Deferred[bytes] = Deferred()
+    waiter.addBoth(lambda _: done.callback(job.record))
+    return waiter
+
+
+def _outcome(record: JobRecord) -> Deferred[bytes]:
+    """
+    @return: a job's end as a call's: its result, or its error.
+    """
+    if record.state == DONE:
+        return succeed(record.result if record.result is not None else b"null")
+    return fail(jobError(record))
+
+
+__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "JobService"]

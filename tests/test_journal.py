@@ -1,0 +1,281 @@
+"""
+Tests for L{taskd.journal}: the SQLite journal of background jobs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any
+
+from attrs import evolve
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from taskd.journal import (
+    DONE,
+    IN_MEMORY,
+    MIGRATIONS,
+    QUEUED,
+    RUNNING,
+    SCHEDULED,
+    Added,
+    JobRecord,
+    JournalError,
+    SQLiteJournal,
+)
+
+
+def record(n: int, state: str = QUEUED, key: str | None = None) -> JobRecord:
+    return JobRecord(f"job{n}", "add", b'{"args":[%d,1]}' % (n,), state, 100.0 + n, 100.0 + n, key)
+
+
+class SQLiteJournalTests(SynchronousTestCase):
+    """
+    The journal with its statements run at once (C{threaded=False}) on a
+    L{Clock}: exact about what is committed when.
+    """
+
+    def journal(self, path: str | None = None, **kw: Any) -> tuple[SQLiteJournal, Clock]:
+        clock = Clock()
+        journal = SQLiteJournal(path or self.mktemp(), clock, threaded=False, **kw)
+        self.addCleanup(journal.close)
+        return journal, clock
+
+    def test_newFile(self) -> None:
+        """
+        A new journal file gets the latest schema, in WAL mode, and holds
+        no jobs.
+        """
+        path = self.mktemp()
+        journal, _ = self.journal(path)
+        self.assertEqual(self.successResultOf(journal.open()), [])
+        self.assertEqual(self.successResultOf(journal.schemaVersion()), len(MIGRATIONS))
+        self.successResultOf(journal.close())
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    def test_groupCommit(self) -> None:
+        """
+        Writes asked for in one turn of the reactor are committed in one
+        transaction, after it; each C{Deferred} fires only then.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        ds = [journal.add(record(n)) for n in range(100)]
+        for d in ds:
+            self.assertNoResult(d)
+        self.assertEqual(journal.commits, 0)
+        clock.advance(0)
+        self.assertEqual(journal.commits, 1)
+        self.assertEqual(journal.writes, 100)
+        self.assertEqual(self.successResultOf(ds[7]), Added("job7", False))
+
+    def test_reopen(self) -> None:
+        """
+        Reopened, a journal gives back the jobs that had not ended, oldest
+        first, as they were written; ended ones stay readable with
+        L{SQLiteJournal.get}.
+        """
+        path = self.mktemp()
+        journal, clock = self.journal(path)
+        self.successResultOf(journal.open())
+        for n in range(4):
+            journal.add(record(n, SCHEDULED if n == 2 else QUEUED))
+        clock.advance(0)
+        journal.update(evolve(record(1), state=DONE, finished=200.0, result=b"2"))
+        journal.update(evolve(record(3), state=RUNNING, started=150.0))
+        clock.advance(0)
+        self.successResultOf(journal.close())
+        again, _ = self.journal(path)
+        records = self.successResultOf(again.open())
+        self.assertEqual([(r.id, r.state) for r in records], [("job0", QUEUED), ("job2", SCHEDULED), ("job3", RUNNING)])
+        self.assertEqual(records[2].started, 150.0)
+        self.assertEqual(records[0].payload, b'{"args":[0,1]}')
+        done = self.successResultOf(again.get("job1"))
+        assert done is not None
+        self.assertEqual((done.state, done.finished, done.result), (DONE, 200.0, b"2"))
+        self.assertIsNone(self.successResultOf(again.get("nope")))
+
+    def test_key(self) -> None:
+        """
+        A job whose key is held by a job in the journal is not added: the
+        answer is the other job's id, even within one transaction.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        first = journal.add(record(1, key="k"))
+        second = journal.add(record(2, key="k"))
+        other = journal.add(record(3, key="other"))
+        clock.advance(0)
+        self.assertEqual(
+            [self.successResultOf(d) for d in (first, second, other)],
+            [Added("job1", False), Added("job1", True), Added("job3", False)],
+        )
+        self.assertIsNone(self.successResultOf(journal.get("job2")))
+
+    def test_maxJobs(self) -> None:
+        """
+        Past C{maxJobs} rows, the jobs that ended first are removed as new
+        ones are added; jobs that have not ended never are.
+        """
+        journal, clock = self.journal(maxJobs=3)
+        self.successResultOf(journal.open())
+        for n in range(3):
+            journal.add(record(n))
+        clock.advance(0)
+        for n, finished in ((0, 300.0), (1, 200.0)):
+            journal.update(evolve(record(n), state=DONE, finished=finished))
+        journal.add(record(3))
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(journal.size()), 3)
+        self.assertIsNone(self.successResultOf(journal.get("job1")))
+        journal.add(record(4))
+        journal.add(record(5))
+        clock.advance(0)
+        # Only unfinished jobs are left to remove: none is.
+        self.assertEqual(self.successResultOf(journal.size()), 4)
+        self.assertEqual(
+            [self.successResultOf(journal.get(f"job{n}")) is None for n in range(6)],
+            [True, True, False, False, False, False],
+        )
+
+    def test_prune(self) -> None:
+        """
+        L{SQLiteJournal.prune} removes at most C{limit} jobs that ended
+        before the time given, the oldest first.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        for n in range(5):
+            journal.add(record(n))
+        clock.advance(0)
+        for n in range(4):
+            journal.update(evolve(record(n), state=DONE, finished=1000.0 + n))
+        first = journal.prune(1002.5, 2)
+        second = journal.prune(1002.5, 2)
+        clock.advance(0)
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (2, 1))
+        self.assertEqual(self.successResultOf(journal.size()), 2)
+
+    def test_newerSchema(self) -> None:
+        """
+        A journal of a newer schema than this taskd knows is not opened:
+        the error says which versions.
+        """
+        path = self.mktemp()
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA user_version = 99")
+        db.close()
+        journal, _ = self.journal(path)
+        failure = self.failureResultOf(journal.open(), JournalError)
+        self.assertEqual(
+            str(failure.value),
+            f"the journal {path!r} has schema version 99, written by a newer taskd; "
+            "this one reads versions up to 1",
+        )
+
+    def test_migrations(self) -> None:
+        """
+        Opening a journal runs the migrations from its version on, in
+        order, and records the version reached; jobs already in it stay.
+        """
+        path = self.mktemp()
+        journal, clock = self.journal(path)
+        self.successResultOf(journal.open())
+        journal.add(record(1))
+        clock.advance(0)
+        self.successResultOf(journal.close())
+
+        def addNote(db: sqlite3.Connection) -> None:
+            db.execute("ALTER TABLE jobs ADD COLUMN note TEXT DEFAULT 'v2'")
+
+        newer, _ = self.journal(path, migrations=(*MIGRATIONS, addNote))
+        self.assertEqual([r.id for r in self.successResultOf(newer.open())], ["job1"])
+        self.assertEqual(self.successResultOf(newer.schemaVersion()), 2)
+        self.successResultOf(newer.close())
+        db = sqlite3.connect(path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("SELECT id, note FROM jobs").fetchall(), [("job1", "v2")])
+
+    def test_locked(self) -> None:
+        """
+        A second journal on a file in use (a second daemon given the same
+        journal) is refused, saying so.
+        """
+        path = self.mktemp()
+        journal, _ = self.journal(path)
+        self.successResultOf(journal.open())
+        second, _ = self.journal(path)
+        failure = self.failureResultOf(second.open(), JournalError)
+        self.assertIn("is in use by another daemon", str(failure.value))
+        self.successResultOf(journal.close())
+        third, _ = self.journal(path)
+        self.assertEqual(self.successResultOf(third.open()), [])
+
+    def test_inMemory(self) -> None:
+        """
+        L{IN_MEMORY} keeps jobs for as long as the journal is open.
+        """
+        journal, clock = self.journal(IN_MEMORY)
+        self.successResultOf(journal.open())
+        journal.add(record(1))
+        clock.advance(0)
+        found = self.successResultOf(journal.get("job1"))
+        self.assertEqual(found, record(1))
+
+    def test_closeCommitsPending(self) -> None:
+        """
+        Closing commits the writes asked for first; a write after that is
+        refused.
+        """
+        path = self.mktemp()
+        journal, _ = self.journal(path)
+        self.successResultOf(journal.open())
+        added = journal.add(record(1))
+        self.successResultOf(journal.close())
+        self.assertEqual(self.successResultOf(added), Added("job1", False))
+        self.assertRaises(JournalError, journal.add, record(2))
+        again, _ = self.journal(path)
+        self.assertEqual([r.id for r in self.successResultOf(again.open())], ["job1"])
+
+
+class ThreadedJournalTests(TestCase):
+    """
+    The journal as the daemon runs it: statements on a thread of its own.
+    """
+
+    @inlineCallbacks
+    def test_offTheReactorThread(self) -> Any:
+        """
+        Every statement runs on the journal's thread, never the reactor's;
+        writes asked for while a commit runs go together into the next one.
+        """
+        threads: set[int] = set()
+
+        def note(db: sqlite3.Connection) -> None:
+            threads.add(threading.get_ident())
+
+        journal = SQLiteJournal(self.mktemp(), reactor, migrations=(*MIGRATIONS, note))
+        self.addCleanup(journal.close)
+        yield journal.open()
+        first = journal.add(record(0))
+        while journal.commits == 0 and not journal._committing:
+            yield deferLater(0.001)
+        more = [journal.add(record(n)) for n in range(1, 51)]
+        results = yield gatherResults([first, *more])
+        self.assertEqual(len(results), 51)
+        self.assertEqual((journal.commits, journal.writes), (2, 51))
+        self.assertEqual(len(threads), 1)
+        self.assertNotIn(threading.get_ident(), threads)
+        yield journal.close()
+        self.assertIsNone(journal._threadPool)
+
+
+def deferLater(seconds: float) -> Any:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds, lambda: None)
