@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> None:
 
         w6 = results["w6"] = {}
         n6 = 10 if quick else 100
-        for name, options, priority in mixed.SETTINGS:
-            w6Daemon = Daemon(2, 1, *options)
+        for name, daemonOptions, priority in mixed.SETTINGS:
+            w6Daemon = Daemon(2, 1, *daemonOptions)
             try:
                 w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
             finally:
