@@ -153,6 +153,8 @@ class TaskServerProtocol(LineReceiver):
     _producing = False
     # Receiving a line never touches a timer: see taskd.timeouts.
     _timeouts: ConnectionTimeouts | None = None
+    # Who is connected, for the pool's observer (see describePeer).
+    _origin: str | None = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -170,6 +172,7 @@ class TaskServerProtocol(LineReceiver):
             self.transport.loseConnection()
             return
         factory.connections.add(self)
+        self._origin = describePeer(self.transport)
         self.transport.registerProducer(WriteBackpressure(self._writeBufferFull), True)
         self._producing = True
         if factory.idleTimeout or factory.lineTimeout:
@@ -421,6 +424,7 @@ class TaskServerProtocol(LineReceiver):
             progress=progress,
             priority=call.priority,
             deadline=call.deadline,
+            origin=self._origin,
         )
         self._calls[key] = d
         d.addCallbacks(
@@ -493,3 +497,19 @@ class TaskServerProtocol(LineReceiver):
             self.pauseProducing()
         elif not stop and self.paused:
             self.resumeProducing()
+
+
+def describePeer(transport: Any) -> str:
+    """
+    @return: who is at the other end of C{transport}, as people read it:
+        C{"127.0.0.1:50312"}, C{"[::1]:50312"}, C{"unix"}.
+    """
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "unknown"
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    if host is None or port is None:
+        return "unix" if hasattr(peer, "name") else str(type(peer).__name__).lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -45,6 +45,7 @@ from taskd._children import describeExit
 from taskd._queue import CallQueue
 from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
+from taskd.observer import PoolObserver, outcomeOf, workerEndReason
 from taskd.registry import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -108,6 +109,11 @@ class _Call:
     done: bool = False
     queuedAt: float = 0.0
     seq: int = 0
+    # Set only while the pool has an observer (see ProcessPool._observe).
+    origin: str | None = None
+    submittedAt: float = 0.0
+    startedAt: float | None = None
+    outcome: str | None = None
 
 
 _Worker = WorkerProcess[_Call]
@@ -123,6 +129,8 @@ class ProcessPool(Lifecycle[PoolState]):
     @ivar registry: the tasks it accepts calls for.
     @ivar reactor: the reactor it runs on.
     @ivar state: where it is in its life (L{POOL_TRANSITIONS}).
+    @ivar observer: told of calls and workers (a
+        L{taskd.observer.PoolObserver}), or C{None}.
     """
 
     log = Logger()
@@ -173,6 +181,7 @@ class ProcessPool(Lifecycle[PoolState]):
         self._starting: Deferred[None] | None = None
         self._stopping: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
+        self.observer: PoolObserver | None = None
 
     # -- public API -------------------------------------------------------
 
@@ -283,6 +292,7 @@ class ProcessPool(Lifecycle[PoolState]):
         progress: Callable[[bytes], object] | None = None,
         priority: int | None = None,
         deadline: float | None = None,
+        origin: str | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -292,6 +302,7 @@ class ProcessPool(Lifecycle[PoolState]):
             (positional arguments) or an object (keyword arguments) and
             whose optional C{"kwargs"} is an object; other keys are ignored,
             so a whole request line from the wire will do.
+        @param origin: who sent the call, for the pool's observer.
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if not self._serving():
@@ -331,6 +342,8 @@ class ProcessPool(Lifecycle[PoolState]):
             deadline,
         )
         call.deferred = Deferred(lambda d: self._cancel(call))
+        if self.observer is not None:
+            self._observe(call, origin)
         if free and not queue.size:
             # Nothing waits: the call goes straight to a worker if one may
             # take it (with no policies, this is the only path).
@@ -423,6 +436,8 @@ class ProcessPool(Lifecycle[PoolState]):
         See L{taskd._workerprocess.WorkerEvents.workerReady}.
         """
         self.log.info("worker {pid} started", pid=worker.pid)
+        if self.observer is not None:
+            self.observer.workerStarted(worker.pid)
         self._restartDelay = self.config.minRestartDelay
         self._startError = None
         if self.state is PoolState.STOPPING:
@@ -500,6 +515,8 @@ class ProcessPool(Lifecycle[PoolState]):
         See L{taskd._workerprocess.WorkerEvents.workerEnded}.
         """
         wasLive = worker in self._live
+        if self.observer is not None:
+            self._observeWorkerEnd(worker, previous)
         self._forget(worker)
         how = describeExit(reason)
         inFlight, worker.inFlight = worker.inFlight, deque()
@@ -538,6 +555,45 @@ class ProcessPool(Lifecycle[PoolState]):
         """
         self._processes.discard(worker)
         self._checkStopped()
+
+    # -- telling the observer (see taskd.observer) --------------------------
+
+    def _observe(self, call: _Call, origin: str | None) -> None:
+        """
+        Tell the observer of a call accepted, and (through its C{Deferred},
+        however it ends: answered, failed or cancelled) of its end.
+        """
+        assert self.observer is not None
+        call.origin = origin
+        call.submittedAt = self.reactor.seconds()
+        self.observer.callQueued(call)
+        call.deferred.addBoth(self._observeEnd, call)
+
+    def _observeStart(self, worker: _Worker, call: _Call) -> None:
+        assert self.observer is not None
+        call.startedAt = now = self.reactor.seconds()
+        self.observer.callStarted(call, worker.pid, now - call.submittedAt)
+
+    def _observeEnd(self, result: object, call: _Call) -> object:
+        call.outcome = outcome = outcomeOf(result)
+        observer = self.observer
+        if observer is not None:
+            started = call.startedAt
+            ran = None if started is None else self.reactor.seconds() - started
+            observer.callEnded(call, outcome, ran)
+        return result
+
+    def _observeWorkerEnd(self, worker: _Worker, previous: WorkerState) -> None:
+        assert self.observer is not None
+        killedFor = retiredFor = None
+        if previous is WorkerState.TERMINATING:
+            first = worker.inFlight[0] if worker.inFlight else None
+            killedFor = "" if first is None else first.outcome or ""
+        elif previous is WorkerState.RETIRING:
+            retiredFor = worker.leavingBecause or ""
+        self.observer.workerEnded(
+            worker.pid, workerEndReason(killedFor, retiredFor, not self._serving())
+        )
 
     # -- workers ----------------------------------------------------------
 
@@ -673,6 +729,8 @@ class ProcessPool(Lifecycle[PoolState]):
             self._discard(worker)
         elif call.timeout is not None:
             call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
+        if self.observer is not None and not call.done:
+            self._observeStart(worker, call)
 
     def _release(self, worker: _Worker) -> None:
         """
