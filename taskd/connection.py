@@ -32,11 +32,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskd import errors
+from taskd.admin import AdminCommands, isLocalListener
 from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     VERSION,
+    Admin,
     Call,
     CallId,
     Cancel,
@@ -90,6 +92,8 @@ class ConnectionOwner(Protocol):
     version: str
     #: The connections open now (a connection adds itself).
     connections: set[TaskServerProtocol]
+    #: Runs admin requests, or C{None} if the daemon takes none.
+    admin: AdminCommands | None
 
     def connectionEnded(self, protocol: TaskServerProtocol) -> None:
         """
@@ -329,6 +333,8 @@ class TaskServerProtocol(LineReceiver):
             self._answer(None, encodeStatsReply(self.factory.stats()))
         elif isinstance(request, Tasks):
             self._answer(None, self.factory.tasksLine())
+        elif isinstance(request, Admin):
+            self._admin(request)
         else:
             self._answer(None, encodeHelloReply(self._hello()))
 
@@ -431,6 +437,31 @@ class TaskServerProtocol(LineReceiver):
             self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
         )
         self._updateReading()
+
+    # -- admin requests (taskd.admin) ---------------------------------------
+
+    def _admin(self, request: Admin) -> None:
+        """
+        Run an admin request; its answer takes its turn among the replies
+        without an id (a rolling restart answers when it is done).
+        """
+        key = self._ordered.reserve()
+        self._unanswered += 1
+        admin = self.factory.admin
+        if admin is None:
+            d: Deferred[bytes] = Deferred()
+            d.errback(errors.Forbidden("this daemon takes no admin requests"))
+        else:
+            d = admin.handle(request, isLocalListener(self.transport))
+
+        def failed(failure: Failure) -> bytes:
+            error = failure.value
+            if not isinstance(error, errors.TaskdError):
+                self.log.failure("admin {command} failed", failure, command=request.command)
+                error = errors.TaskdError(f"internal error: {error!r}")
+            return encodeError(None, error)
+
+        d.addErrback(failed).addCallback(lambda line: self._done(key, line))
 
     # -- writing ----------------------------------------------------------
 

@@ -32,7 +32,7 @@ from collections import deque
 from enum import Enum
 from typing import Any, Callable, Sequence
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -119,6 +119,34 @@ class _Call:
 _Worker = WorkerProcess[_Call]
 
 
+@define
+class _Rolling:
+    """
+    A rolling restart under way (see L{ProcessPool.restartWorkers}).
+
+    @ivar old: the workers still to replace, the next first.
+    @ivar fresh: whether the next one's replacement is starting.
+    """
+
+    old: list[_Worker]
+    fresh: bool = False
+    replaced: int = 0
+    _waiting: list[Deferred[int]] = field(factory=list)
+
+    def waiting(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def done(self, replaced: int) -> None:
+        for d in self._waiting:
+            d.callback(replaced)
+
+    def failed(self, error: Exception) -> None:
+        for d in self._waiting:
+            d.errback(error)
+
+
 class ProcessPool(Lifecycle[PoolState]):
     """
     A pool of worker processes running registered tasks.
@@ -182,6 +210,10 @@ class ProcessPool(Lifecycle[PoolState]):
         self._stopping: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
         self.observer: PoolObserver | None = None
+        # Ready workers let go once idle (see resize), and the rolling
+        # restart under way (see restartWorkers).
+        self._surplus: set[_Worker] = set()
+        self._rolling: _Rolling | None = None
 
     # -- public API -------------------------------------------------------
 
@@ -429,6 +461,107 @@ class ProcessPool(Lifecycle[PoolState]):
             if w.pid is not None and w.state is not WorkerState.ENDED
         }
 
+    # -- public API: resizing and rolling restarts ---------------------------
+
+    def resize(self, workers: int) -> None:
+        """
+        Run C{workers} worker processes from now on, without failing a call:
+        new ones start at once; of the ones too many, starting and idle ones
+        go at once and busy ones when their calls are answered (they take
+        no new call).
+
+        @raise ValueError: if C{workers} is out of L{PoolConfig}'s range.
+        """
+        self.config = evolve(self.config, workers=workers)
+        if not self._serving():
+            return
+        self.log.info("pool resized to {n} workers", n=workers)
+        excess = len(self._live) - workers
+        if excess < 0:
+            for _ in range(-excess - len(self._restartTimers)):
+                self._spawn()
+            return
+        order = {WorkerState.STARTING: 0, _READY: 1}
+        for worker in sorted(self._live, key=lambda w: (order.get(w.state, 2), len(w.inFlight))):
+            if excess <= 0:
+                break
+            excess -= 1
+            self._letGo(worker)
+
+    def restartWorkers(self) -> Deferred[int]:
+        """
+        A rolling restart: replace every worker, one at a time, with a fresh
+        one that imports the task modules again, without failing a call.
+        Each fresh worker starts first; once it is ready, the one it
+        replaces takes no new call and exits when its calls are answered.
+
+        @return: a C{Deferred} firing with the number of workers replaced,
+            or failing with L{errors.WorkerStartError} if a fresh worker
+            cannot start (the remaining old ones then keep serving), or
+            with L{errors.PoolStopping}.
+        """
+        if not self._serving():
+            return fail(errors.PoolStopping(f"the pool is not running (it is {self.state.value})"))
+        if self._rolling is not None:
+            return self._rolling.waiting()
+        self._rolling = _Rolling(sorted(self._live, key=lambda w: w.pid or 0))
+        d = self._rolling.waiting()
+        self.log.info("rolling restart of {n} workers", n=len(self._rolling.old))
+        self._rollOn()
+        return d
+
+    def _letGo(self, worker: _Worker) -> None:
+        """
+        Let C{worker} go without failing its calls: at once if it is idle
+        or starting; when its calls are answered if it is busy.
+        """
+        if worker.state is WorkerState.STARTING:
+            self._forget(worker)
+            worker.terminate()
+        elif worker.inFlight:
+            self._forget(worker)
+            self._surplus = {w for w in self._surplus if w.state is _READY}
+            self._surplus.add(worker)
+        else:
+            self._release(worker)
+
+    def _rollOn(self) -> None:
+        """
+        The next step of the rolling restart: start the next fresh worker,
+        or, when every old one is let go, say it is done.
+        """
+        rolling = self._rolling
+        assert rolling is not None
+        while rolling.old:
+            if rolling.old[0] in self._live:
+                rolling.fresh = True
+                self._spawn()
+                return
+            rolling.old.pop(0)
+        self._rolling = None
+        self.log.info("rolling restart done: {n} workers replaced", n=rolling.replaced)
+        rolling.done(rolling.replaced)
+
+    def _rolled(self) -> None:
+        """
+        A worker became ready during a rolling restart: if it is the fresh
+        one, let the old one it replaces go, and go on.
+        """
+        rolling = self._rolling
+        if rolling is None or not rolling.fresh:
+            return
+        rolling.fresh = False
+        old = rolling.old.pop(0)
+        if old in self._live:
+            rolling.replaced += 1
+            self._letGo(old)
+        self._rollOn()
+
+    def _rollFailed(self, error: errors.WorkerStartError) -> None:
+        rolling, self._rolling = self._rolling, None
+        if rolling is not None:
+            rolling.failed(error)
+
     # -- what workers tell the pool (WorkerEvents) ------------------------
 
     def workerReady(self, worker: _Worker) -> None:
@@ -444,6 +577,8 @@ class ProcessPool(Lifecycle[PoolState]):
             self._release(worker)
             return
         self._feed(worker)
+        if self._rolling is not None:
+            self._rolled()
         if self._starting is not None and all(
             w.state is not WorkerState.STARTING for w in self._live
         ):
@@ -474,6 +609,10 @@ class ProcessPool(Lifecycle[PoolState]):
         ):
             self._release(worker)
             self._replace()
+        elif worker in self._surplus:
+            if not worker.inFlight:
+                self._surplus.discard(worker)
+                self._release(worker)
         else:
             self._feed(worker)
 
@@ -798,6 +937,8 @@ class ProcessPool(Lifecycle[PoolState]):
         self._restartTimers.add(timer)
 
     def _startFailed(self, error: errors.WorkerStartError) -> None:
+        if self._rolling is not None:
+            self._rollFailed(error)
         if self._starting is not None:
             # Fail start() only once every worker is gone again.
             starting, self._starting = self._starting, None

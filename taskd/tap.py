@@ -17,6 +17,7 @@ L{taskd.coercers}.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
@@ -46,6 +47,7 @@ from taskd.listeners import (
     nameSystemdSockets,
     skipTLSImports,
 )
+from taskd.admin import AdminCommands
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
 from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
@@ -53,6 +55,7 @@ from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT
 
 if TYPE_CHECKING:
     # Imported when --http is given: twisted.web is not small.
+    from taskd.activity import Activity
     from taskd.web import Web
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
@@ -92,6 +95,7 @@ class Options(usage.Options):
         # The HTTP side (see docs/operations.md).
         ["http", None, None, "Serve /metrics (Prometheus), /healthz and a live status page at / on this endpoint; a bare port means tcp:PORT:interface=127.0.0.1 [default: off]. Needs pip install 'taskd[http]'."],
         ["http-token-file", None, None, "A file holding the token every HTTP path but /healthz needs (Authorization: Bearer, or ?token=) [default: none]."],
+        ["admin-token-file", None, None, "A file holding the token admin requests (running, cancel, workers, drain, restart) must carry; they are then taken on every listener [default: no token: taken only on loopback and unix: listeners]."],
     ])
 
     def __init__(self) -> None:
@@ -171,6 +175,9 @@ class Options(usage.Options):
         if self["auth-token-file"] is not None:
             self["auth-token"] = _readToken(self["auth-token-file"])
         self._checkHTTP()
+        self["admin-token"] = None
+        if self["admin-token-file"] is not None:
+            self["admin-token"] = _readToken(self["admin-token-file"], "--admin-token-file")
         for module in self["tasks"]:
             try:
                 loadTaskModules([module])
@@ -196,13 +203,11 @@ class Options(usage.Options):
         problem = checkEndpoint(description)
         if problem is not None:
             raise usage.UsageError(f"--http {description!r}: {problem}")
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("prometheus_client") is None:
             raise usage.UsageError(
                 "--http needs the prometheus_client package, which is not "
                 "installed: pip install 'taskd[http]'"
-            ) from None
+            )
         if self["http-token-file"] is not None:
             self["http-token"] = _readToken(self["http-token-file"], "--http-token-file")
 
@@ -456,25 +461,30 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     service = TaskdService(reactor, pool, factory, options["listen"])
     for description in options["listen"]:
         service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
+    activity = None
+    if options.get("http") is not None or options.get("admin-token") is not None:
+        from taskd.activity import Activity
+
+        # The book of calls and workers: for the HTTP side, and for the
+        # admin requests that list and cancel calls.
+        activity = pool.observer = Activity(reactor)
+    factory.admin = AdminCommands(pool, activity, service.drain, options.get("admin-token"))
     if options.get("http") is not None:
-        web = makeWeb(reactor, pool, factory, service, options["http-token"])
+        assert activity is not None
+        web = makeWeb(reactor, activity, factory, service, options["http-token"])
         service.addHTTP(strports.service(options["http"], web.site, reactor=reactor), options["http"], web)
     return service
 
 
 def makeWeb(
-    reactor: Any, pool: ProcessPool, factory: TaskServerFactory, service: TaskdService, token: str | None
+    reactor: Any, activity: Activity, factory: TaskServerFactory, service: TaskdService, token: str | None
 ) -> Web:
     """
-    Build the HTTP side of the daemon (C{--http}): an observer on the pool,
-    its metrics, the status page and the health check.
+    Build the HTTP side of the daemon (C{--http}) on the pool's observer
+    C{activity}: its metrics, the status page and the health check.
     """
-    from taskd.activity import Activity
     from taskd.metrics import DaemonCollector, MetricsResource, makeRegistry
     from taskd.web import Web
-
-    activity = Activity(reactor)
-    pool.observer = activity
 
     def stats() -> dict[str, Any]:
         return {**factory.stats().fields, "draining": service.draining}

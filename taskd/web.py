@@ -267,11 +267,11 @@ class Web:
         root.putChild(b"events", self.events)
         if metrics is not None:
             root.putChild(b"metrics", metrics)
-        self.site = QuietSite(root)
+        self.site = StatusSite(root)
         self.site.displayTracebacks = False
 
 
-class QuietSite(Site):
+class StatusSite(Site):
     """
     A C{Site} that keeps no access log: a scrape every few seconds and a
     status page's stream would fill the daemon's log.
