@@ -29,10 +29,22 @@ from taskd.wire import Admin, AdminReply, encodeAdminReply
 def isLocalListener(transport: Any) -> bool:
     """
     @return: whether C{transport} was accepted by a loopback or C{unix:}
-        listener (its own address, not its peer's).
+        listener: judged by the address the listening port is bound to
+        (a listener on all interfaces is not local, even for a connection
+        that came through loopback), or by the connection's own address
+        where the port is not known.
     """
+    port = None
+    inner = transport
+    for _ in range(4):  # through TLS (and the like) to the TCP connection
+        port = getattr(inner, "server", None)
+        if port is not None:
+            break
+        inner = getattr(inner, "transport", None)
+        if inner is None:
+            break
     try:
-        host = transport.getHost()
+        host = port.getHost() if port is not None else transport.getHost()
     except Exception:
         return False
     if isinstance(host, UNIXAddress):
