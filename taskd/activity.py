@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from taskd.observer import RESULT, ObservedCall
 
@@ -140,6 +141,8 @@ class Activity:
         C{(when, number, task, error type)}, oldest first.
     """
 
+    log = Logger()
+
     def __init__(
         self, clock: IReactorTime, buckets: tuple[float, ...] = DEFAULT_BUCKETS
     ) -> None:
@@ -210,6 +213,15 @@ class Activity:
         if outcome != RESULT:
             second.errors += 1
             self.recentErrors.append((now, record.number, call.name, outcome))
+            self.log.info(
+                "call {number} of task {task} failed: {error}",
+                number=record.number,
+                task=call.name,
+                error=outcome,
+                duration=ran,
+                pid=record.pid,
+                peer=call.origin,
+            )
 
     def workerStarted(self, pid: int | None) -> None:
         """

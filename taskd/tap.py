@@ -48,6 +48,7 @@ from taskd.listeners import (
     skipTLSImports,
 )
 from taskd.admin import AdminCommands
+from taskd.jsonlog import logFormat, useJSONLog
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
 from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
@@ -95,6 +96,7 @@ class Options(usage.Options):
         # The HTTP side (see docs/operations.md).
         ["http", None, None, "Serve /metrics (Prometheus), /healthz and a live status page at / on this endpoint; a bare port means tcp:PORT:interface=127.0.0.1 [default: off]. Needs pip install 'taskd[http]'."],
         ["http-token-file", None, None, "A file holding the token every HTTP path but /healthz needs (Authorization: Bearer, or ?token=) [default: none]."],
+        ["log-format", None, "text", "text, or json: one JSON object per line, for log shippers (see docs/operations.md).", logFormat],
         ["admin-token-file", None, None, "A file holding the token admin requests (running, cancel, workers, drain, restart) must carry; they are then taken on every listener [default: no token: taken only on loopback and unix: listeners]."],
     ])
 
@@ -175,6 +177,11 @@ class Options(usage.Options):
         if self["auth-token-file"] is not None:
             self["auth-token"] = _readToken(self["auth-token-file"])
         self._checkHTTP()
+        if self["log-format"] == "json" and self.parent is not None and not self.parent.get("logger"):
+            # twistd imports its --logger by name, after this.
+            self.parent["logger"] = useJSONLog(
+                self.parent.get("logfile"), not self.parent.get("nodaemon")
+            )
         self["admin-token"] = None
         if self["admin-token-file"] is not None:
             self["admin-token"] = _readToken(self["admin-token-file"], "--admin-token-file")

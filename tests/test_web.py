@@ -448,3 +448,25 @@ class TwistdHTTPTests(TwistdMixin, TestCase):
         status = yield daemon.ended
         self.assertEqual(status, (None, signal.SIGTERM))
         self.assertTrue(re.search(rb"taskd stopped", daemon.output))
+
+    @inlineCallbacks
+    def test_jsonLog(self) -> Any:
+        """
+        With C{--log-format json} every line of the log is one JSON object;
+        a worker's start carries its C{pid}, a failed call its C{number},
+        C{task}, C{error}, C{duration} and C{peer}.
+        """
+        daemon = yield self.start("--log-format", "json")
+        [reply] = yield self.send([b'{"function":"fail","id":1}\n'])
+        self.assertEqual(reply["error"]["type"], "task_failed")
+        yield daemon.waitFor(rb'"task": "fail"')
+        self.process.signalProcess("TERM")
+        yield daemon.ended
+        events = [json.loads(line) for line in daemon.output.splitlines() if line.strip()]
+        started = [e for e in events if e.get("log_format") == "worker {pid} started"]
+        self.assertEqual(len(started), 2)
+        self.assertTrue(all(isinstance(e["pid"], int) for e in started))
+        [failed] = [e for e in events if e.get("log_namespace") == "taskd.activity.Activity"]
+        self.assertEqual((failed["number"], failed["task"], failed["error"]), (1, "fail", "task_failed"))
+        self.assertGreater(failed["duration"], 0)
+        self.assertTrue(failed["peer"].startswith("127.0.0.1:"))
