@@ -73,6 +73,12 @@ class OptionsTests(SynchronousTestCase):
                 "line-timeout": 30.0,
                 "tracebacks": "full",
                 "task-limits": {},
+                "http": None,
+                "http-token-file": None,
+                "http-token": None,
+                "log-format": "text",
+                "admin-token-file": None,
+                "admin-token": None,
             },
         )
 
