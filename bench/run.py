@@ -93,6 +93,10 @@ class Daemon(Process):
             assert m is not None
             self.httpPort = int(m.group(1))
 
+    def workerPids(self) -> list[int]:
+        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+
 
 class Scraper:
     """
@@ -144,10 +148,6 @@ def httpCost(runs: int, lines: list[bytes], check: Callable[[int, Any], bool], w
         off.stop()
         on.stop()
     return results
-
-    def workerPids(self) -> list[int]:
-        with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
-            return [int(p) for p in f.read().split()]
 
 
 def rssMB(pid: int) -> float:

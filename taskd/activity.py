@@ -3,9 +3,9 @@
 What a running daemon has been doing, kept for people and for Prometheus:
 L{Activity} is a L{taskd.observer.PoolObserver} that counts calls by task
 and outcome, keeps run times and queue waits as histograms per task, the
-calls in flight (each with a daemon-wide number), the workers and what
-they run, the last errors, and calls and errors per second over the last
-minutes.
+ready workers and the calls each ran, the last errors, and calls and
+errors per second over the last minutes; the calls running now it reads
+from the pool when asked.
 
 It is plain Python (no dependency): L{taskd.metrics} reads it when
 Prometheus scrapes, and L{taskd.web}'s status page when it sends an
@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from itertools import count
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
@@ -86,39 +85,6 @@ class Histogram:
             yield bound, total
 
 
-@define(eq=False)
-class CallRecord:
-    """
-    A call in flight.
-
-    @ivar number: its daemon-wide number (from 1, in the order calls were
-        accepted).
-    @ivar pid: the worker running it, once it started.
-    @ivar startedAt: when it started running, or C{None} while queued.
-    """
-
-    number: int
-    call: ObservedCall
-    queuedAt: float
-    pid: int | None = None
-    startedAt: float | None = None
-
-
-@define(eq=False)
-class WorkerRecord:
-    """
-    A worker process that is ready.
-
-    @ivar served: calls it answered.
-    @ivar current: the call it runs, if any.
-    """
-
-    pid: int | None
-    startedAt: float
-    served: int = 0
-    current: CallRecord | None = None
-
-
 @define
 class _Second:
     at: int
@@ -126,16 +92,31 @@ class _Second:
     errors: int = 0
 
 
+@define(eq=False)
+class WorkerRecord:
+    """
+    A worker process that is ready.
+
+    @ivar served: calls it ran to their end.
+    """
+
+    pid: int | None
+    startedAt: float
+    served: int = 0
+
+
 class Activity:
     """
     A pool's activity (a L{taskd.observer.PoolObserver}).
 
+    It keeps per call only counts: the calls in flight are the pool's, read
+    through C{running} when someone asks.
+
     @ivar calls: calls ended, by C{(task, outcome)}.
-    @ivar runTimes: run times of the calls that started, by task.
-    @ivar waits: how long calls waited before they started, by task.
+    @ivar runTimes: run times of the calls that ran, by task.
+    @ivar waits: how long the calls that ran waited to start, by task.
     @ivar workerStarts: how many workers became ready.
     @ivar workerEnds: workers ended, by reason.
-    @ivar inFlight: the calls accepted and not yet ended, by number.
     @ivar workers: the ready workers, by process id.
     @ivar recentErrors: the last L{RECENT_ERRORS} calls that failed, as
         C{(when, number, task, error type)}, oldest first.
@@ -144,82 +125,77 @@ class Activity:
     log = Logger()
 
     def __init__(
-        self, clock: IReactorTime, buckets: tuple[float, ...] = DEFAULT_BUCKETS
+        self,
+        clock: IReactorTime,
+        buckets: tuple[float, ...] = DEFAULT_BUCKETS,
+        running: Callable[[], list[ObservedCall]] = list,
     ) -> None:
+        """
+        @param buckets: the histograms' upper bounds.
+        @param running: returns the calls running now (the pool's
+            L{taskd.pool.ProcessPool.running}).
+        """
         self._clock = clock
         self._buckets = buckets
-        self._numbers = count(1)
+        self._running = running
         self.calls: dict[tuple[str, str], int] = {}
         self.runTimes: dict[str, Histogram] = {}
         self.waits: dict[str, Histogram] = {}
         self.workerStarts = 0
         self.workerEnds: dict[str, int] = {}
-        self.inFlight: dict[int, CallRecord] = {}
-        self._records: dict[ObservedCall, CallRecord] = {}
         self.workers: dict[int | None, WorkerRecord] = {}
         self.recentErrors: deque[tuple[float, int, str, str]] = deque(maxlen=RECENT_ERRORS)
         self._seconds: deque[_Second] = deque(maxlen=HISTORY)
+        self._now = _Second(-1)
 
     # -- PoolObserver -------------------------------------------------------
 
     def callQueued(self, call: ObservedCall) -> None:
         """
-        See L{taskd.observer.PoolObserver.callQueued}.
+        See L{taskd.observer.PoolObserver.callQueued}.  (Nothing to keep:
+        the call carries its number and when it came.)
         """
-        record = CallRecord(next(self._numbers), call, self._clock.seconds())
-        self.inFlight[record.number] = record
-        self._records[call] = record
 
     def callStarted(self, call: ObservedCall, pid: int | None, waited: float) -> None:
         """
-        See L{taskd.observer.PoolObserver.callStarted}.
+        See L{taskd.observer.PoolObserver.callStarted}.  (Its wait is
+        counted when it ends, once, however often it started.)
         """
-        record = self._records.get(call)
-        if record is None:
-            return
-        record.pid = pid
-        record.startedAt = self._clock.seconds()
-        histogram = self.waits.get(call.name)
-        if histogram is None:
-            histogram = self.waits[call.name] = Histogram(self._buckets)
-        histogram.observe(waited)
-        worker = self.workers.get(pid)
-        if worker is not None:
-            worker.current = record
 
     def callEnded(self, call: ObservedCall, outcome: str, ran: float | None) -> None:
         """
         See L{taskd.observer.PoolObserver.callEnded}.
         """
-        record = self._records.pop(call, None)
-        if record is None:
-            return
-        del self.inFlight[record.number]
-        key = (call.name, outcome)
-        self.calls[key] = self.calls.get(key, 0) + 1
+        name = call.name
+        key = (name, outcome)
+        calls = self.calls
+        calls[key] = calls.get(key, 0) + 1
         if ran is not None:
-            histogram = self.runTimes.get(call.name)
+            histogram = self.runTimes.get(name)
             if histogram is None:
-                histogram = self.runTimes[call.name] = Histogram(self._buckets)
+                histogram = self.runTimes[name] = Histogram(self._buckets)
+                self.waits[name] = Histogram(self._buckets)
             histogram.observe(ran)
-        worker = self.workers.get(record.pid)
-        if worker is not None and worker.current is record:
-            worker.current = None
-            if ran is not None:
+            self.waits[name].observe((call.startedAt or 0.0) - call.submittedAt)
+            worker = self.workers.get(call.pid)
+            if worker is not None:
                 worker.served += 1
         now = self._clock.seconds()
-        second = self._second(now)
+        second = self._now
+        if second.at != int(now):
+            second = self._now = _Second(int(now))
+            self._seconds.append(second)
         second.calls += 1
         if outcome != RESULT:
             second.errors += 1
-            self.recentErrors.append((now, record.number, call.name, outcome))
+            self.recentErrors.append((now, call.number, name, outcome))
             self.log.info(
                 "call {number} of task {task} failed: {error}",
-                number=record.number,
-                task=call.name,
+                number=call.number,
+                task=name,
                 error=outcome,
                 duration=ran,
-                pid=record.pid,
+                pid=call.pid,
                 peer=call.origin,
             )
 
@@ -239,28 +215,11 @@ class Activity:
 
     # -- reading --------------------------------------------------------------
 
-    def running(self) -> list[CallRecord]:
+    def running(self) -> list[ObservedCall]:
         """
-        @return: the calls running in a worker now, oldest first.
+        @return: the calls running in a worker now, in the order they came.
         """
-        return sorted(
-            (r for r in self.inFlight.values() if r.startedAt is not None),
-            key=lambda r: r.number,
-        )
-
-    def cancel(self, number: int) -> bool:
-        """
-        Cancel the call in flight with daemon-wide number C{number}: its
-        caller gets a C{cancelled} error, and its worker (if it runs) is
-        replaced.
-
-        @return: whether there was such a call.
-        """
-        record = self.inFlight.get(number)
-        if record is None:
-            return False
-        record.call.deferred.cancel()
-        return True
+        return self._running()
 
     def rates(self, seconds: int = HISTORY) -> list[tuple[int, int, int]]:
         """
@@ -275,33 +234,26 @@ class Activity:
             out.append((at, 0, 0) if s is None else (at, s.calls, s.errors))
         return out
 
-    def _second(self, now: float) -> _Second:
-        at = int(now)
-        if self._seconds and self._seconds[-1].at == at:
-            return self._seconds[-1]
-        second = _Second(at)
-        self._seconds.append(second)
-        return second
-
     def snapshot(self, stats: dict[str, Any], chartSeconds: int = 120) -> dict[str, Any]:
         """
         @param stats: the pool's L{taskd.pool.ProcessPool.stats}.
         @return: what the status page shows, as a JSON-able dictionary.
         """
         now = self._clock.seconds()
+        running = self.running()
+        byPid = {call.pid: call for call in running}
         workers = []
         for w in sorted(self.workers.values(), key=lambda w: w.pid or 0):
-            current = w.current
+            current = byPid.get(w.pid)
+            started = None if current is None else current.startedAt
             workers.append(
                 {
                     "pid": w.pid,
                     "rss": residentMemory(w.pid),
                     "served": w.served,
-                    "task": None if current is None else current.call.name,
+                    "task": None if current is None else current.name,
                     "number": None if current is None else current.number,
-                    "for": None
-                    if current is None or current.startedAt is None
-                    else round(now - current.startedAt, 3),
+                    "for": None if started is None else round(now - started, 3),
                 }
             )
         return {
@@ -309,13 +261,13 @@ class Activity:
             "workers": workers,
             "running": [
                 {
-                    "number": r.number,
-                    "task": r.call.name,
-                    "age": round(now - (r.startedAt or r.queuedAt), 3),
-                    "peer": r.call.origin,
-                    "pid": r.pid,
+                    "number": call.number,
+                    "task": call.name,
+                    "age": round(now - (call.startedAt or call.submittedAt), 3),
+                    "peer": call.origin,
+                    "pid": call.pid,
                 }
-                for r in self.running()
+                for call in running
             ],
             "queued": stats.get("queuedByTask", {}),
             "pool": {k: v for k, v in stats.items() if isinstance(v, int)},

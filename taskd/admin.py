@@ -151,16 +151,17 @@ class AdminCommands:
         now = self._pool.reactor.seconds()
         return [
             {
-                "number": r.number,
-                "task": r.call.name,
-                "age": round(now - (r.startedAt if r.startedAt is not None else r.queuedAt), 3),
-                "peer": r.call.origin,
-                "pid": r.pid,
+                "number": call.number,
+                "task": call.name,
+                "age": round(now - (call.startedAt or call.submittedAt), 3),
+                "peer": call.origin,
+                "pid": call.pid,
             }
-            for r in activity.running()
+            for call in activity.running()
         ]
 
     def _cancel(self, number: int) -> bool:
-        if not self._book().cancel(number):
+        self._book()
+        if not self._pool.cancelCall(number):
             raise errors.BadRequest(f"no call in flight has number {number}")
         return True

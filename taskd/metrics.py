@@ -101,8 +101,8 @@ class DaemonCollector:
             yield family
         running = GaugeMetricFamily("taskd_calls_running", "Calls running in a worker, by task.", labels=["task"])
         byTask: dict[str, int] = {}
-        for record in activity.running():
-            byTask[record.call.name] = byTask.get(record.call.name, 0) + 1
+        for call in activity.running():
+            byTask[call.name] = byTask.get(call.name, 0) + 1
         for task, n in sorted(byTask.items()):
             running.add_metric([task], n)
         yield running

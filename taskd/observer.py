@@ -50,8 +50,8 @@ WORKER_END_REASONS = (
 
 class ObservedCall(Protocol):
     """
-    What an observer may read of a call.  It may keep the call (as a
-    dictionary key, say) until it has ended.
+    What an observer may read of a call.  The pool sets its C{number},
+    C{submittedAt}, C{startedAt} and C{pid} before it tells the observer.
     """
 
     @property
@@ -71,6 +71,31 @@ class ObservedCall(Protocol):
         """
         Who sent it (a connection's peer, as C{"tcp:127.0.0.1:5000"}), if
         its submitter said.
+        """
+
+    @property
+    def number(self) -> int:
+        """
+        Its daemon-wide number: 1 for the first call the pool accepted
+        while observed, and so on.
+        """
+
+    @property
+    def submittedAt(self) -> float:
+        """
+        When it was accepted (the pool's clock).
+        """
+
+    @property
+    def startedAt(self) -> float | None:
+        """
+        When it last started running, or C{None} if it has not.
+        """
+
+    @property
+    def pid(self) -> int | None:
+        """
+        The process id of the worker it last started in, if any.
         """
 
     @property

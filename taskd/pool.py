@@ -29,6 +29,7 @@ The pool's lifecycle (L{PoolState}, L{POOL_TRANSITIONS})::
 from __future__ import annotations
 
 from collections import deque
+from itertools import count
 from enum import Enum
 from typing import Any, Callable, Sequence
 
@@ -45,7 +46,7 @@ from taskd._children import describeExit
 from taskd._queue import CallQueue
 from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
-from taskd.observer import PoolObserver, outcomeOf, workerEndReason
+from taskd.observer import CANCELLED, ObservedCall, PoolObserver, outcomeOf, workerEndReason
 from taskd.registry import (
     MAX_PRIORITY,
     MIN_PRIORITY,
@@ -111,8 +112,10 @@ class _Call:
     seq: int = 0
     # Set only while the pool has an observer (see ProcessPool._observe).
     origin: str | None = None
+    number: int = 0
     submittedAt: float = 0.0
     startedAt: float | None = None
+    pid: int | None = None
     outcome: str | None = None
 
 
@@ -210,6 +213,7 @@ class ProcessPool(Lifecycle[PoolState]):
         self._stopping: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
         self.observer: PoolObserver | None = None
+        self._numbers = count(1)
         # Ready workers let go once idle (see resize), and the rolling
         # restart under way (see restartWorkers).
         self._surplus: set[_Worker] = set()
@@ -510,6 +514,33 @@ class ProcessPool(Lifecycle[PoolState]):
         self._rollOn()
         return d
 
+    def running(self) -> list[ObservedCall]:
+        """
+        @return: the calls running in a worker now, in the order they were
+            accepted (their C{number}, C{startedAt} and C{pid} are set only
+            while the pool has an L{observer}).
+        """
+        calls = []
+        for worker in self._processes:
+            call = worker.call
+            if call is not None and not call.done and worker.state is not WorkerState.ENDED:
+                calls.append(call)
+        return sorted(calls, key=lambda c: (c.number, c.submittedAt))
+
+    def cancelCall(self, number: int) -> bool:
+        """
+        Cancel the call in flight (queued or running) with daemon-wide
+        number C{number} (see L{ObservedCall.number}): its caller gets a
+        C{CancelledError}, and its worker, if it runs, is replaced.
+
+        @return: whether there was such a call.
+        """
+        for call in list(self._queue) + [c for w in self._processes for c in w.inFlight]:
+            if call.number == number and not call.done:
+                call.deferred.cancel()
+                return True
+        return False
+
     def _letGo(self, worker: _Worker) -> None:
         """
         Let C{worker} go without failing its calls: at once if it is idle
@@ -699,28 +730,29 @@ class ProcessPool(Lifecycle[PoolState]):
 
     def _observe(self, call: _Call, origin: str | None) -> None:
         """
-        Tell the observer of a call accepted, and (through its C{Deferred},
-        however it ends: answered, failed or cancelled) of its end.
+        Number a call accepted, note when and from whom, and tell the
+        observer.  (Its start and end are told by L{_started}, L{_finish}
+        and L{_cancel}.)
         """
         assert self.observer is not None
         call.origin = origin
+        call.number = next(self._numbers)
         call.submittedAt = self.reactor.seconds()
         self.observer.callQueued(call)
-        call.deferred.addBoth(self._observeEnd, call)
 
     def _observeStart(self, worker: _Worker, call: _Call) -> None:
         assert self.observer is not None
         call.startedAt = now = self.reactor.seconds()
+        call.pid = worker.pid
         self.observer.callStarted(call, worker.pid, now - call.submittedAt)
 
-    def _observeEnd(self, result: object, call: _Call) -> object:
-        call.outcome = outcome = outcomeOf(result)
-        observer = self.observer
-        if observer is not None:
-            started = call.startedAt
-            ran = None if started is None else self.reactor.seconds() - started
-            observer.callEnded(call, outcome, ran)
-        return result
+    def _observeEnd(self, call: _Call, outcome: str) -> None:
+        assert self.observer is not None
+        call.outcome = outcome
+        started = call.startedAt
+        self.observer.callEnded(
+            call, outcome, None if started is None else self.reactor.seconds() - started
+        )
 
     def _observeWorkerEnd(self, worker: _Worker, previous: WorkerState) -> None:
         assert self.observer is not None
@@ -957,6 +989,8 @@ class ProcessPool(Lifecycle[PoolState]):
         if call.done:
             return
         call.done = True
+        if self.observer is not None:
+            self._observeEnd(call, outcomeOf(result))
         freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
         call.worker = None
         if call.timer is not None and call.timer.active():
@@ -1030,6 +1064,8 @@ class ProcessPool(Lifecycle[PoolState]):
             return
         worker = call.worker
         call.done = True
+        if self.observer is not None:
+            self._observeEnd(call, CANCELLED)
         call.worker = None
         if call.timer is not None and call.timer.active():
             call.timer.cancel()

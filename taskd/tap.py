@@ -474,7 +474,7 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
 
         # The book of calls and workers: for the HTTP side, and for the
         # admin requests that list and cancel calls.
-        activity = pool.observer = Activity(reactor)
+        activity = pool.observer = Activity(reactor, running=pool.running)
     factory.admin = AdminCommands(pool, activity, service.drain, options.get("admin-token"))
     if options.get("http") is not None:
         assert activity is not None

@@ -200,7 +200,10 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         [call] = reactor.processes[0].proto.inFlight
         reactor.processes[0].send(b"R3")
         self.successResultOf(d)
-        self.assertEqual((call.origin, call.submittedAt, call.startedAt, call.outcome), (None, 0.0, None, None))
+        self.assertEqual(
+            (call.origin, call.number, call.submittedAt, call.startedAt, call.pid, call.outcome),
+            (None, 0, 0.0, None, None, None),
+        )
 
 
 class OutcomeTests(SynchronousTestCase):

@@ -54,7 +54,7 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.pool, self.reactor = self.makePool(2)
-        self.activity = Activity(self.reactor, buckets=(1.0, 5.0))
+        self.activity = Activity(self.reactor, buckets=(1.0, 5.0), running=self.pool.running)
         self.pool.observer = self.activity
         d = self.pool.start()
         for p in self.reactor.processes:
@@ -74,7 +74,7 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
         third = self.pool.submitEncoded("add", b'{"args":[2,2]}')
         self.reactor.advance(2)
         running = self.activity.running()
-        self.assertEqual([(r.number, r.call.name) for r in running], [(1, "add"), (2, "sleep")])
+        self.assertEqual([(c.number, c.name) for c in running], [(1, "add"), (2, "sleep")])
         snapshot = self.activity.snapshot(self.pool.stats())
         self.assertEqual(
             [(r["number"], r["task"], r["age"], r["peer"]) for r in snapshot["running"]],
@@ -102,14 +102,20 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
 
     def test_cancelByNumber(self) -> None:
         """
-        L{Activity.cancel} cancels the call in flight with that number (its
-        caller sees the cancellation) and says whether there was one.
+        L{ProcessPool.cancelCall} cancels the call in flight, running or
+        queued, with that number (its caller sees the cancellation) and
+        says whether there was one.
         """
-        d = self.pool.submit("sleep", [9])
-        self.assertTrue(self.activity.cancel(1))
-        self.failureResultOf(d, CancelledError)
-        self.assertFalse(self.activity.cancel(1))
-        self.assertEqual(self.activity.calls, {("sleep", "cancelled"): 1})
+        running = [self.pool.submit("sleep", [9]) for _ in range(2)]
+        queued = self.pool.submit("sleep", [9])
+        self.assertTrue(self.pool.cancelCall(3))
+        self.failureResultOf(queued, CancelledError)
+        self.assertTrue(self.pool.cancelCall(1))
+        self.failureResultOf(running[0], CancelledError)
+        self.assertFalse(self.pool.cancelCall(1))
+        self.assertFalse(self.pool.cancelCall(99))
+        self.assertEqual(self.activity.calls, {("sleep", "cancelled"): 2})
+        self.assertEqual([c.number for c in self.pool.running()], [2])
 
     def test_rates(self) -> None:
         """
