@@ -82,7 +82,7 @@ class ProtocolExamplesTests(SynchronousTestCase):
             kind = message.get("type", "call")
             reply = kind in ("result", "progress", "error") or (kind == "hello" and "server" in message) or (
                 kind in ("stats", "tasks") and len(message) > 1
-            )
+            ) or (kind == "admin" and not set(message) <= {"type", "command", "token", "number", "count"})
             if reply:
                 decodeReply(line)
                 kinds.add("reply:" + kind)
@@ -94,7 +94,8 @@ class ProtocolExamplesTests(SynchronousTestCase):
         self.assertEqual(
             kinds,
             {"request:call", "request:cancel", "request:hello", "request:stats", "request:tasks",
-             "reply:result", "reply:progress", "reply:error", "reply:hello", "reply:stats", "reply:tasks"},
+             "reply:result", "reply:progress", "reply:error", "reply:hello", "reply:stats", "reply:tasks",
+             "request:admin", "reply:admin"},
         )
 
 
