@@ -234,7 +234,7 @@ class _Refused(Resource):
 
 class Web:
     """
-    The HTTP side of a daemon: its resources, and the L{Site} serving them.
+    The HTTP side of a daemon: its resources, and the C{Site} serving them.
 
     @ivar site: the C{Site} to listen with.
     @ivar events: the status page's event stream.

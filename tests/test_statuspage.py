@@ -9,43 +9,18 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.test_mailer import ClientFactory, DevTools, WebSocketClientEndpoint, findChromium
+from tests.test_mailer import WebSocketClientEndpoint, findChromium, launchBrowser
 from tests.test_server import Collector
 from tests.test_tap import TwistdMixin
-
-
-class Browser(ProcessProtocol):
-    """
-    A headless Chromium; C{listening} fires with its DevTools address.
-    """
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.listening: Deferred[str] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-
-    def errReceived(self, data: bytes) -> None:
-        self.output += data
-        m = re.search(rb"DevTools listening on (ws://\S+)", self.output)
-        if m and not self.listening.called:
-            self.listening.callback(m.group(1).decode())
-
-    outReceived = errReceived
-
-    def processEnded(self, reason: Any) -> None:
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(self.output.decode(errors="replace")[-2000:]))
-        self.ended.callback(None)
 
 
 class StatusPageTests(TwistdMixin, TestCase):
@@ -96,27 +71,7 @@ class StatusPageTests(TwistdMixin, TestCase):
 
         add()
 
-        profile = os.path.abspath(self.mktemp())
-        os.makedirs(profile)
-        browser = Browser()
-        process = reactor.spawnProcess(
-            browser, chromium,
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "about:blank"],
-            env=dict(os.environ),
-        )
-
-        def stopBrowser() -> Any:
-            if not browser.ended.called:
-                process.signalProcess("KILL")
-            return browser.ended
-
-        self.addCleanup(stopBrowser)
-        browserURL = yield browser.listening
-        tools = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, browserURL).connect(ClientFactory(DevTools)))
-        self.addCleanup(lambda: tools.transport.loseConnection())
+        tools = yield launchBrowser(self, chromium)
         target = yield tools.call("Target.createTarget", {"url": "about:blank"})
         attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
         session = attached["sessionId"]

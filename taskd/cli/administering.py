@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from twisted.internet.defer import CancelledError
 
 from taskd import errors
-from taskd.cli.connecting import connecting
-from taskd.cli.console import Unreachable, UsageProblem, write
+from taskd.cli.connecting import connecting, readToken
+from taskd.cli.console import Unreachable, write
 from taskd.cli.interruption import Interruption
 from taskd.client import TaskClient
 
@@ -33,18 +32,7 @@ def adminToken(options: argparse.Namespace) -> str | None:
         C{$TASKD_ADMIN_TOKEN}, or C{None}.
     @raise UsageProblem: if the file cannot be read or is empty.
     """
-    path = options.admin_token_file
-    if path is None:
-        return os.environ.get("TASKD_ADMIN_TOKEN") or None
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise UsageProblem(f"--admin-token-file {path!r}: cannot read it: {reason}")
-    if not token:
-        raise UsageProblem(f"--admin-token-file {path!r}: the file is empty")
-    return token
+    return readToken(options.admin_token_file, "--admin-token-file", "TASKD_ADMIN_TOKEN")
 
 
 async def adminCommand(reactor: Any, options: argparse.Namespace, interruption: Interruption) -> int:
