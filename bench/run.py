@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as "python bench/run.py"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench import rawclient  # noqa: E402
+from bench import mixed, rawclient  # noqa: E402
 from bench.rawclient import request  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,21 +74,20 @@ PREFETCH = 4
 
 
 class Daemon(Process):
-    def __init__(self, workers: int, prefetch: int = PREFETCH, http: bool = False) -> None:
+    def __init__(self, workers: int, prefetch: int = PREFETCH, *options: str) -> None:
         super().__init__(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              # A deeper accept queue than Twisted's default 50: W1a and the
              # idle-connections measurement open connections in bursts.
              "taskd", "--listen", "tcp:0:interface=127.0.0.1:backlog=1024", "--workers", str(workers),
-             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000",
-             *(["--http", "tcp:0:interface=127.0.0.1"] if http else [])],
-            wait=r"TaskServerFactory starting on (\d+)[\s\S]*pool ready",
+             "--prefetch", str(prefetch), "--max-queue", "100000", "--max-connections", "20000", *options],
+            wait=r"starting on (\d+)[\s\S]*pool ready",
         )
         assert self.match is not None
         self.port = int(self.match.group(1))
         self.pid = self.popen.pid
         self.httpPort = None
-        if http:
+        if "--http" in options:
             m = re.search(rb"StatusSite starting on (\d+)", self.output())
             assert m is not None
             self.httpPort = int(m.group(1))
@@ -132,7 +131,7 @@ def httpCost(runs: int, lines: list[bytes], check: Callable[[int, Any], bool], w
     W1 against two daemons started alike, one with C{--http} (the pool's
     observer on, C{/metrics} scraped every second), runs interleaved.
     """
-    off, on = Daemon(workers), Daemon(workers, http=True)
+    off, on = Daemon(workers), Daemon(workers, PREFETCH, "--http", "tcp:0:interface=127.0.0.1")
     results: dict[str, list[dict[str, Any]]] = {"taskd_raw_http_off": [], "taskd_raw_http_on": []}
     try:
         for i in range(runs):
@@ -335,6 +334,15 @@ def main(argv: list[str] | None = None) -> None:
         w5["taskd"] = repeat("W5 taskd", lambda: measure({"kind": "w5", "port": daemon.port, "n": n5, "inline": False}))
         w5["inline"] = repeat("W5 inline", lambda: measure({"kind": "w5", "n": nInline, "inline": True}))
 
+        w6 = results["w6"] = {}
+        n6 = 10 if quick else 100
+        for name, options, priority in mixed.SETTINGS:
+            w6Daemon = Daemon(2, 1, *options)
+            try:
+                w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
+            finally:
+                w6Daemon.stop()
+
         memory = results["memory"] = {}
         memory["daemon_idle_mb"] = idleRss  # measured before any workload
         memory["daemon_after_workloads_mb"] = rssMB(daemon.pid)
@@ -401,6 +409,9 @@ def report(r: dict[str, Any]) -> None:
     for name in ("taskd", "inline"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
             row(f"W5 lateness {key[:-3]}", name, m("w5", name, key), "ms")
+    for name in ("no_policy", "priority", "cap"):
+        row("W6 short among long, p50", name, m("w6", name, "p50_ms"), "ms")
+        row("W6 short among long, p99", name, m("w6", name, "p99_ms"), "ms")
     mem = r.get("memory", {})
     row("memory", "daemon idle RSS (at start)", mem.get("daemon_idle_mb"), "MB")
     row("memory", "daemon RSS after the workloads", mem.get("daemon_after_workloads_mb"), "MB")

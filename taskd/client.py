@@ -53,6 +53,10 @@ MAX_REPLY = 128 * 1024 * 1024
 #: How long a new connection's hello may take to be answered, by default.
 HELLO_TIMEOUT = 30.0
 
+#: How many calls may wait on the client's side of one connection for a
+#: place under the daemon's C{maxInFlight}, by default.
+MAX_HELD = 10_000
+
 # Errors without an id by which the daemon says it closes the connection.
 _CLOSING_NOTICES = (errors.IdleTimeout, errors.LineTimeout, errors.LineTooLong)
 
@@ -73,10 +77,23 @@ class TaskClientProtocol(Protocol):
     transport: Any
     log = Logger()
 
+    #: At most this many calls are sent and unanswered at once: the daemon's
+    #: C{maxInFlight}, from its hello (C{None}: no limit).  Calls over it
+    #: wait here, unsent, in order.
+    maxInFlight: int | None = None
+
+    #: At most this many calls wait unsent; a call past them fails at once
+    #: with L{errors.PoolBusy}.
+    maxHeld: int = MAX_HELD
+
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
+        # The ids of calls written and not yet answered, and the calls
+        # waiting to be written (id and line), for maxInFlight.
+        self._written: set[int] = set()
+        self._held: deque[tuple[int, bytes]] = deque()
         self._progress: dict[int, Callable[[Any], object]] = {}
         self._lostWaiters: list[Deferred[None]] = []
         # Requests without an id (hello, stats, tasks), answered in order.
@@ -134,17 +151,58 @@ class TaskClientProtocol(Protocol):
                 )
             )
 
+        limit = self.maxInFlight
+        if limit is not None and len(self._held) >= self.maxHeld and len(self._written) >= limit:
+            return fail(
+                errors.PoolBusy(
+                    f"{self.maxHeld} calls already wait to be sent on this connection "
+                    f"(the daemon takes {limit} at once); the call was not sent"
+                )
+            )
+
         def cancel(d: Deferred[Any]) -> None:
             self._progress.pop(id, None)
-            if self._pending.pop(id, None) is not None and not self._closed:
-                self.transport.write(encodeRequest(Cancel(id)))
+            if self._pending.pop(id, None) is None:
+                return
+            if id in self._written:
+                if not self._closed:
+                    self.transport.write(encodeRequest(Cancel(id)))
+            else:
+                self._held.remove((id, line))
 
         d: Deferred[Any] = Deferred(cancel)
         self._pending[id] = d
         if progress is not None:
             self._progress[id] = progress
-        self.transport.write(line)
+        if limit is not None and (self._held or len(self._written) >= limit):
+            self._held.append((id, line))
+        else:
+            self._written.add(id)
+            self.transport.write(line)
         return d
+
+    @property
+    def outstanding(self) -> int:
+        """
+        How many calls on this connection wait for their replies (sent, or
+        held back by L{maxInFlight}).
+        """
+        return len(self._pending)
+
+    def setMaxInFlight(self, limit: int | None) -> None:
+        """
+        Send at most C{limit} calls at once (the daemon's C{maxInFlight},
+        from its hello); hold the others, in order, until replies come.
+        """
+        self.maxInFlight = limit
+        self._sendHeld()
+
+    def _sendHeld(self) -> None:
+        held, written, limit = self._held, self._written, self.maxInFlight
+        while held and (limit is None or len(written) < limit) and not self.closing:
+            id, line = held.popleft()
+            written.add(id)
+            self.transport.write(line)
 
     def hello(self, fields: dict[str, Any]) -> Deferred[HelloReply]:
         """
@@ -240,6 +298,11 @@ class TaskClientProtocol(Protocol):
             if isinstance(reply.id, int):
                 self._progress.pop(reply.id, None)
                 d = self._pending.pop(reply.id, None)
+                written = self._written
+                if reply.id in written:
+                    written.discard(reply.id)
+                    if self._held:
+                        self._sendHeld()
             if d is None:
                 if isinstance(reply, ErrorReply) and reply.id is None:
                     # An answer to a hello, stats or tasks request, or an
@@ -280,8 +343,17 @@ class TaskClientProtocol(Protocol):
         if self._closedBecause is not None:
             why = f"{self._closedBecause.type}: {self._closedBecause.message}"
         pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(errors.ConnectionLost(f"connection to taskd lost: {why}"))
+        written, self._written = self._written, set()
+        self._held.clear()
+        for id, d in pending.items():
+            if id in written:
+                d.errback(errors.ConnectionLost(f"connection to taskd lost: {why}"))
+            else:
+                d.errback(
+                    errors.ConnectionLost(
+                        f"connection to taskd lost: {why}; the call was not sent", started=False
+                    )
+                )
         unnumbered, self._unnumbered = self._unnumbered, deque()
         for d in unnumbered:
             d.errback(errors.ConnectionLost(f"connection to taskd lost: {why}"))
@@ -299,7 +371,8 @@ class TaskClientProtocol(Protocol):
         if self._closed:
             return
         for id in list(self._pending):
-            self.transport.write(encodeRequest(Cancel(id)))
+            if id in self._written:
+                self.transport.write(encodeRequest(Cancel(id)))
 
     def setMaxLine(self, length: int) -> None:
         """
@@ -324,9 +397,10 @@ class TaskClientProtocol(Protocol):
         if self._closedBecause is not None:
             return errors.ConnectionLost(
                 f"the daemon is closing the connection ({self._closedBecause.type}); "
-                "the call was not sent"
+                "the call was not sent",
+                started=False,
             )
-        return errors.ConnectionLost("the connection is closed; the call was not sent")
+        return errors.ConnectionLost("the connection is closed; the call was not sent", started=False)
 
     def close(self) -> Deferred[None]:
         """
@@ -504,9 +578,13 @@ async def _authenticate(
     except BaseException:
         protocol.transport.loseConnection()
         raise
-    maxLine = protocol.serverHello.fields.get("maxLineLength")
+    fields = protocol.serverHello.fields
+    maxLine = fields.get("maxLineLength")
     if isinstance(maxLine, int) and not isinstance(maxLine, bool) and maxLine > 0:
         protocol.setMaxLine(maxLine)
+    maxInFlight = fields.get("maxInFlight")
+    if isinstance(maxInFlight, int) and not isinstance(maxInFlight, bool) and maxInFlight > 0:
+        protocol.setMaxInFlight(maxInFlight)
     return protocol
 
 

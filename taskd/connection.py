@@ -403,6 +403,10 @@ class TaskServerProtocol(LineReceiver):
                 "tasks": list(pool.registry),
                 "maxLineLength": self._maxLength,
                 "maxInFlight": self.factory.maxInFlight,
+                "taskLimits": {
+                    name: {k: v for k, v in options._asdict().items() if v is not None}
+                    for name, options in sorted(pool.taskPolicies().items())
+                },
             },
         )
 
@@ -490,7 +494,9 @@ class TaskServerProtocol(LineReceiver):
         id = None if isinstance(key, ReplySlot) else key
         error = failure.value
         if isinstance(error, CancelledError):
-            error = errors.TaskCancelled("the call was cancelled")
+            error = errors.TaskCancelled(
+                "the call was cancelled", started=getattr(error, "started", True)
+            )
         elif not isinstance(error, errors.TaskdError):
             self.log.failure("unexpected error in a call", failure)
             error = errors.TaskdError(f"internal error: {error!r}")

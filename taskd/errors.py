@@ -3,8 +3,11 @@
 One exception hierarchy shared by the pool, the server and the client.
 
 Every error that can end a call has a stable, machine-readable C{type}
-string (the C{type} field of an error reply on the wire) and a human
-C{message}.  L{errorFromDict} turns a wire error back into the right class.
+string (the C{type} field of an error reply on the wire), a human
+C{message}, and says whether the task had C{started}: C{False} is a
+promise that this call did not run and never will (a caller may safely
+send it again, here or to another daemon); C{True} means it ran, or may
+have.  L{errorFromDict} turns a wire error back into the right class.
 """
 
 from __future__ import annotations
@@ -18,19 +21,32 @@ class TaskdError(Exception):
 
     @cvar type: the stable machine-readable name of this kind of error.
     @ivar message: a human-readable explanation.
+    @ivar started: whether the task had started running: C{False} promises
+        the call did not run and will not; C{True} means it ran or may
+        have.  Each class has a default; errors that can come either way
+        (L{PoolStopping}, L{TaskCancelled}) are given it.
+    @ivar attempts: how many times the call ran (more than 1 for a task
+        with retries; see C{docs/scheduling.md}).
     """
 
     type = "error"
+    started = True
+    attempts = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, started: bool | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if started is not None:
+            self.started = started
 
     def toDict(self) -> dict[str, Any]:
         """
         @return: the error as the JSON object an error reply carries.
         """
-        return {"type": self.type, "message": self.message}
+        d = {"type": self.type, "message": self.message, "started": self.started}
+        if self.attempts != 1:
+            d["attempts"] = self.attempts
+        return d
 
 
 class BadRequest(TaskdError):
@@ -40,6 +56,7 @@ class BadRequest(TaskdError):
     """
 
     type = "bad_request"
+    started = False
 
 
 class LineTooLong(BadRequest):
@@ -68,6 +85,7 @@ class IdleTimeout(TaskdError):
     """
 
     type = "idle_timeout"
+    started = False
 
 
 class DuplicateId(BadRequest):
@@ -86,6 +104,7 @@ class Unauthenticated(TaskdError):
     """
 
     type = "unauthenticated"
+    started = False
 
 
 class UnknownTask(TaskdError):
@@ -94,6 +113,7 @@ class UnknownTask(TaskdError):
     """
 
     type = "unknown_task"
+    started = False
 
 
 class TaskFailed(TaskdError):
@@ -110,9 +130,14 @@ class TaskFailed(TaskdError):
     type = "task_failed"
 
     def __init__(
-        self, message: str, remoteType: str = "", remoteTraceback: str | None = ""
+        self,
+        message: str,
+        remoteType: str = "",
+        remoteTraceback: str | None = "",
+        *,
+        started: bool | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, started=started)
         self.remoteType = remoteType
         self.remoteTraceback = remoteTraceback
 
@@ -179,14 +204,19 @@ class PoolBusy(TaskdError):
     """
 
     type = "busy"
+    started = False
 
 
 class PoolStopping(TaskdError):
     """
-    The pool is stopping (or stopped) and does not accept or finish the call.
+    The pool is stopping (or stopped) and does not accept or finish the call:
+    C{started} is C{False} for a call that was refused or still queued,
+    C{True} for one cut short by the end of the shutdown grace period (or
+    sent ahead to a worker, which may have begun it).
     """
 
     type = "stopping"
+    started = False
 
 
 class Expired(TaskdError):
@@ -195,23 +225,27 @@ class Expired(TaskdError):
     """
 
     type = "expired"
+    started = False
 
 
 class TaskCancelled(TaskdError):
     """
     The call was cancelled.  On the Python side a cancelled C{Deferred}
     fails with C{twisted.internet.defer.CancelledError}; this class names
-    the same outcome on the wire.
+    the same outcome on the wire, where C{started} says whether it was
+    cancelled while still queued (C{False}) or while running (C{True}).
     """
 
     type = "cancelled"
+    started = False
 
 
 class ConnectionLost(TaskdError):
     """
     The client's connection to the daemon was lost (or closed) before the
-    call's reply arrived.  The call may or may not have run.  Never sent on
-    the wire.
+    call's reply arrived.  The call may or may not have run (C{started} is
+    C{True}), unless it was never sent (C{started} is C{False}).  Never
+    sent on the wire.
     """
 
     type = "connection_lost"
@@ -225,6 +259,7 @@ class NotConnected(TaskdError):
     """
 
     type = "not_connected"
+    started = False
 
 
 class WorkerStartError(TaskdError):
@@ -237,9 +272,12 @@ class WorkerStartError(TaskdError):
     """
 
     type = "worker_start_failed"
+    started = False
 
-    def __init__(self, message: str, remoteTraceback: str | None = "") -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, remoteTraceback: str | None = "", *, started: bool | None = None
+    ) -> None:
+        super().__init__(message, started=started)
         self.remoteTraceback = remoteTraceback
 
     def toDict(self) -> dict[str, Any]:
@@ -284,6 +322,7 @@ class Forbidden(TaskdError):
     """
 
     type = "forbidden"
+    started = False
 
 
 _byType[Forbidden.type] = Forbidden
@@ -294,18 +333,28 @@ def errorFromDict(d: dict[str, Any]) -> TaskdError:
     Build the exception an error object (as made by L{TaskdError.toDict})
     stands for.  An unknown C{type} gives a plain L{TaskdError} that keeps
     the type, so newer peers do not break older ones.
+    A missing or non-boolean C{started} (an older daemon's error) takes
+    the class's default; C{attempts} is kept when it is a whole number.
     """
     kind = str(d.get("type", "error"))
     message = str(d.get("message", ""))
+    started = d.get("started")
+    if not isinstance(started, bool):
+        started = None
     cls = _byType.get(kind)
+    err: TaskdError
     if cls is TaskFailed:
-        return TaskFailed(
-            message, str(d.get("exception", "")), str(d.get("traceback", ""))
+        err = TaskFailed(
+            message, str(d.get("exception", "")), str(d.get("traceback", "")), started=started
         )
-    if cls is WorkerStartError:
-        return WorkerStartError(message, str(d.get("traceback", "")))
-    if cls is None:
-        err = TaskdError(message)
+    elif cls is WorkerStartError:
+        err = WorkerStartError(message, str(d.get("traceback", "")), started=started)
+    elif cls is None:
+        err = TaskdError(message, started=started)
         err.type = kind
-        return err
-    return cls(message)
+    else:
+        err = cls(message, started=started)
+    attempts = d.get("attempts")
+    if type(attempts) is int and attempts > 1:
+        err.attempts = attempts
+    return err

@@ -28,6 +28,8 @@ The pool's lifecycle (L{PoolState}, L{POOL_TRANSITIONS})::
 
 from __future__ import annotations
 
+import copy
+import random
 from collections import deque
 from itertools import count
 from enum import Enum
@@ -35,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from attrs import define, evolve, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,9 +50,11 @@ from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
 from taskd.observer import CANCELLED, ObservedCall, PoolObserver, outcomeOf, workerEndReason
 from taskd.registry import (
+    MAX_BACKOFF,
     MAX_PRIORITY,
     MIN_PRIORITY,
     Registry,
+    TaskOptions,
     loadTaskModules,
     registry as defaultRegistry,
 )
@@ -90,6 +94,23 @@ POOL_TRANSITIONS = {
 
 _READY = WorkerState.READY
 
+#: The first retry's delay, in seconds, for a task that sets none.
+DEFAULT_BACKOFF = 1.0
+
+
+class CallCancelled(CancelledError):
+    """
+    A call's C{Deferred} was cancelled: what it fails with.
+
+    @ivar started: whether the call had started (or may have: it was sent
+        ahead to a worker, or an earlier attempt ran); C{False} promises
+        it never ran.
+    """
+
+    def __init__(self, started: bool) -> None:
+        super().__init__("the call was cancelled")
+        self.started = started
+
 
 @define(eq=False)
 class _Call:
@@ -110,6 +131,8 @@ class _Call:
     done: bool = False
     queuedAt: float = 0.0
     seq: int = 0
+    # How many times it has been given to a worker (more with retries).
+    attempts: int = 1
     # Set only while the pool has an observer (see ProcessPool._observe).
     origin: str | None = None
     number: int = 0
@@ -160,6 +183,8 @@ class ProcessPool(Lifecycle[PoolState]):
     @ivar registry: the tasks it accepts calls for.
     @ivar reactor: the reactor it runs on.
     @ivar state: where it is in its life (L{POOL_TRANSITIONS}).
+    @ivar jitter: returns a number from 0 to 1 that spreads each retry's
+        delay over its upper half (C{random.random}; tests replace it).
     @ivar observer: told of calls and workers (a
         L{taskd.observer.PoolObserver}), or C{None}.
     """
@@ -212,6 +237,10 @@ class ProcessPool(Lifecycle[PoolState]):
         self._starting: Deferred[None] | None = None
         self._stopping: list[Deferred[None]] = []
         self._graceTimer: IDelayedCall | None = None
+        # Tasks with retries, and calls waiting for their next attempt.
+        self._retryPolicies: dict[str, TaskOptions] = {}
+        self._retrying: set[_Call] = set()
+        self.jitter: Callable[[], float] = random.random
         self.observer: PoolObserver | None = None
         self._numbers = count(1)
         # Ready workers let go once idle (see resize), and the rolling
@@ -227,13 +256,21 @@ class ProcessPool(Lifecycle[PoolState]):
         of them are ready.
 
         @return: a C{Deferred} that fires with C{None} once every worker is
-            ready, or fails with the import error or
-            L{errors.WorkerStartError} (after which the pool is stopped).
+            ready, or fails with the import error, C{ValueError} for task
+            limits (L{PoolConfig.taskLimits}) of a task no module
+            registers, or L{errors.WorkerStartError} (after which the pool
+            is stopped).
         """
         if self.state is not PoolState.NEW:
             return fail(RuntimeError(f"cannot start a pool that is {self.state.value}"))
         try:
             loadTaskModules(self.config.tasks)
+            unknown = sorted(set(self.config.taskLimits) - set(self.registry))
+            if unknown:
+                raise ValueError(
+                    f"task limits are set for {', '.join(map(repr, unknown))}, "
+                    "which no task module registers"
+                )
         except Exception:
             self._go("abandon")
             return fail()
@@ -246,10 +283,11 @@ class ProcessPool(Lifecycle[PoolState]):
             self._spawn()
         return starting
 
-    def _configureQueue(self) -> None:
+    def taskPolicies(self) -> dict[str, TaskOptions]:
         """
-        Give the queue each task's policies: its C{@task(...)} options,
-        with L{PoolConfig.taskLimits} over them.
+        @return: each task's scheduling options: its C{@task(...)} options,
+            with L{PoolConfig.taskLimits} over them; tasks with none are
+            left out.
         """
         policies = self.registry.optionsByName()
         for name, override in self.config.taskLimits.items():
@@ -257,8 +295,18 @@ class ProcessPool(Lifecycle[PoolState]):
                 policies[name] = policies[name].merged(override)
             else:
                 policies[name] = override
+        return policies
+
+    def _configureQueue(self) -> None:
+        """
+        Give the queue each task's policies (see L{taskPolicies}).
+        """
+        policies = self.taskPolicies()
         self._queue.agingInterval = self.config.agingInterval
         self._queue.configure(policies)
+        self._retryPolicies = {
+            name: options for name, options in policies.items() if options.retries
+        }
 
     def timeoutFor(self, requested: float | None) -> float | None:
         """
@@ -299,8 +347,12 @@ class ProcessPool(Lifecycle[PoolState]):
             it fails with L{errors.Expired} without running.  C{None}: no
             limit.
         @return: a C{Deferred} firing with the task's result (decoded from
-            JSON), or failing with an L{errors.TaskdError} (or
-            C{twisted.internet.defer.CancelledError} if cancelled).
+            JSON), or failing with an L{errors.TaskdError} (or L{CallCancelled},
+            a C{twisted.internet.defer.CancelledError}, if cancelled).  Its
+            C{started} says whether the task had started.  A task with
+            retries (see L{taskd.registry.TaskOptions}) is run again after
+            a crash, a timeout or an exception it lists, and the C{Deferred}
+            fires once, with the last attempt's outcome.
         """
         try:
             payload = _json.encodeASCII({"args": list(args), "kwargs": kwargs or {}})
@@ -425,10 +477,16 @@ class ProcessPool(Lifecycle[PoolState]):
             starting, self._starting = self._starting, None
             starting.errback(errors.PoolStopping("the pool was stopped while starting"))
         self._failQueue(errors.PoolStopping("the pool is stopping"))
+        for call in list(self._retrying):
+            self._finish(
+                call,
+                Failure(errors.PoolStopping("the pool is stopping before the call's retry", started=True)),
+            )
         for worker in list(self._processes):
-            # Calls waiting in a worker's pipe count as queued.
+            # Calls waiting in a worker's pipe are not run; the worker may
+            # have begun one already.
             for call in list(worker.inFlight)[1:]:
-                self._finish(call, Failure(errors.PoolStopping("the pool is stopping")))
+                self._finish(call, Failure(errors.PoolStopping("the pool is stopping", started=True)))
             if worker.state is WorkerState.STARTING:
                 self._discard(worker)
             elif worker.state is WorkerState.READY and not worker.inFlight:
@@ -440,7 +498,8 @@ class ProcessPool(Lifecycle[PoolState]):
 
     def stats(self) -> dict[str, Any]:
         """
-        @return: counts of workers and calls, for monitoring: integers, and
+        @return: counts of workers and calls, for monitoring: integers
+            (C{retrying}: calls waiting for their next attempt), and
             (C{queuedByPriority}, C{queuedByTask}) the queued calls counted
             by priority (as a string, highest first) and by task name.
         """
@@ -453,6 +512,7 @@ class ProcessPool(Lifecycle[PoolState]):
             "memoryRecycled": self._memoryRecycled,
             "queuedByPriority": self._queue.byPriority(),
             "queuedByTask": self._queue.byTask(),
+            "retrying": len(self._retrying),
         }
 
     def pids(self) -> set[int]:
@@ -759,7 +819,9 @@ class ProcessPool(Lifecycle[PoolState]):
         killedFor = retiredFor = None
         if previous is WorkerState.TERMINATING:
             first = worker.inFlight[0] if worker.inFlight else None
-            killedFor = "" if first is None else first.outcome or ""
+            # A call not over when its worker was killed timed out and
+            # waits for its retry.
+            killedFor = "" if first is None else first.outcome or ("" if first.done else "timeout")
         elif previous is WorkerState.RETIRING:
             retiredFor = worker.leavingBecause or ""
         self.observer.workerEnded(
@@ -988,16 +1050,78 @@ class ProcessPool(Lifecycle[PoolState]):
     def _finish(self, call: _Call, result: bytes | Failure) -> None:
         if call.done:
             return
+        if self._retryPolicies and isinstance(result, Failure) and self._retries(call, result):
+            return
         call.done = True
         if self.observer is not None:
             self._observeEnd(call, outcomeOf(result))
         freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
         call.worker = None
+        if self._retrying:
+            self._retrying.discard(call)
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
+        if call.attempts != 1 and isinstance(result, Failure) and isinstance(result.value, errors.TaskdError):
+            error = copy.copy(result.value)
+            error.started = True
+            error.attempts = call.attempts
+            result = Failure(error)
         call.deferred.callback(result)
         if freed and self._serving():
             self._dispatch()
+
+    def _retries(self, call: _Call, failure: Failure) -> bool:
+        """
+        If C{call}'s task has retries left for this failure, schedule the
+        next attempt instead of answering: after the task's backoff,
+        doubled for each attempt so far, and spread by L{jitter} over its
+        upper half.
+
+        @return: whether it will be run again.
+        """
+        options = self._retryPolicies.get(call.name)
+        error = failure.value
+        if (
+            options is None
+            or call.attempts > (options.retries or 0)
+            or call in self._retrying
+            or not self._serving()
+        ):
+            return False
+        if not isinstance(error, (errors.TaskTimeout, errors.WorkerCrashed)) and not (
+            isinstance(error, errors.TaskFailed) and error.remoteType in (options.retryOn or ())
+        ):
+            return False
+        freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
+        call.worker = None
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        backoff = DEFAULT_BACKOFF if options.backoff is None else options.backoff
+        delay = min(backoff * 2 ** (call.attempts - 1), MAX_BACKOFF) * (1 + self.jitter()) / 2
+        self.log.warn(
+            "task {name!r} failed ({error}); attempt {attempt} of {attempts} in {delay:.3f} s",
+            name=call.name,
+            error=error.type,
+            attempt=call.attempts + 1,
+            attempts=(options.retries or 0) + 1,
+            delay=delay,
+        )
+        self._retrying.add(call)
+        call.timer = self.reactor.callLater(delay, self._retry, call)
+        if freed:
+            self._dispatch()
+        return True
+
+    def _retry(self, call: _Call) -> None:
+        """
+        Queue C{call} again for its next attempt, ahead of the calls that
+        came after it.
+        """
+        call.timer = None
+        self._retrying.discard(call)
+        call.attempts += 1
+        self._queue.pushFront(call)
+        self._dispatch()
 
     def _requeue(self, calls: deque[_Call]) -> None:
         """
@@ -1069,13 +1193,19 @@ class ProcessPool(Lifecycle[PoolState]):
         call.worker = None
         if call.timer is not None and call.timer.active():
             call.timer.cancel()
+        started = worker is not None or call.attempts > 1 or call in self._retrying
         if worker is None:
-            self._queue.remove(call)
+            if call in self._retrying:
+                self._retrying.discard(call)
+            else:
+                self._queue.remove(call)
+            call.deferred.errback(CallCancelled(started))
             return
         freed = bool(self._queue.limiters) and self._queue.ended(call)
         if worker.call is call:
             self._discard(worker)
         # else it waits in the worker's pipe: see _started.
+        call.deferred.errback(CallCancelled(started))
         if freed and self._serving():
             self._dispatch()
 
@@ -1091,7 +1221,8 @@ class ProcessPool(Lifecycle[PoolState]):
                     Failure(
                         errors.PoolStopping(
                             f"task {call.name!r} did not finish within the "
-                            f"{self.config.grace}-second shutdown grace period"
+                            f"{self.config.grace}-second shutdown grace period",
+                            started=True,
                         )
                     ),
                 )

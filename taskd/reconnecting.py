@@ -26,10 +26,16 @@ from taskd import errors
 from taskd.client import Caller, TaskClientProtocol, authenticate
 
 
+#: The errors after which a call is sent to another daemon, if it did not
+#: start: the daemon was full, stopping, or the call was never sent.
+_FAILOVER = (errors.PoolBusy, errors.PoolStopping, errors.ConnectionLost)
+
+
 @define(eq=False)
-class _Waiting:
+class _Outgoing:
     """
-    A call made while no daemon was connected.
+    One call of a L{ReconnectingClient}, from the caller's C{Deferred} to
+    its answer, over the daemons it is sent to.
     """
 
     name: str
@@ -37,11 +43,15 @@ class _Waiting:
     kwargs: dict[str, Any] | None
     timeout: float | None
     progress: Callable[[Any], object] | None
+    priority: int | None
+    deadline: float | None
     deferred: Deferred[Any] = field(init=False)
+    # Its wait for a connection, while no daemon is connected.
     timer: IDelayedCall | None = None
+    # The call on the daemon it was last sent to.
     sent: Deferred[Any] | None = None
-    priority: int | None = None
-    deadline: float | None = None
+    # The connections it was sent to and that refused it without running it.
+    tried: list[TaskClientProtocol] = field(factory=list)
 
 
 class ReconnectingClient(Caller, MultiService):
@@ -50,20 +60,27 @@ class ReconnectingClient(Caller, MultiService):
 
     It keeps a connection to every endpoint (a
     C{twisted.application.internet.ClientService} each, reconnecting with
-    backoff) and spreads calls over the connected ones in turn; a daemon
-    that is down is skipped until it is back.  A call made while no daemon
-    is connected waits up to C{waitTimeout} seconds for one (at most
-    C{maxWaiting} calls wait), or fails at once with
-    L{errors.NotConnected} if C{failFast}.
+    backoff) and sends each call to the connected daemon with the fewest
+    calls outstanding on its connection; a daemon that is down is skipped
+    until it is back.  A call made while no daemon is connected waits up
+    to C{waitTimeout} seconds for one (at most C{maxWaiting} calls wait),
+    or fails at once with L{errors.NotConnected} if C{failFast}.
 
-    A call already sent is not retried elsewhere when its connection is
-    lost: it fails with L{errors.ConnectionLost}, since it may have run.
+    Failover: a call that a daemon refused without running it (C{busy}, or
+    C{stopping} with C{started} false), or that was never sent on a
+    connection that was lost, goes to another connected daemon, each at
+    most once; when none is left it fails with the last error (a call
+    never sent waits for a connection instead).  A call whose connection
+    was lost after it was sent is not sent again: it fails with
+    L{errors.ConnectionLost}, since it may have run.  C{expired} is final.
 
     Add it to a service tree, or call C{startService()} yourself.
 
     @ivar reactor: the reactor it runs on.
     @ivar token: the daemons' shared secret, if they require one.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -85,7 +102,8 @@ class ReconnectingClient(Caller, MultiService):
         self.failFast = failFast
         self._connected: list[TaskClientProtocol] = []
         self._turn = 0
-        self._waiting: deque[_Waiting] = deque()
+        self._waiting: deque[_Outgoing] = deque()
+        self._stopping = False
         self.token = token
         if retryPolicy is None:
             retryPolicy = backoffPolicy(initialDelay=0.2, maxDelay=10.0)
@@ -112,41 +130,107 @@ class ReconnectingClient(Caller, MultiService):
     ) -> Deferred[Any]:
         if not self.running:
             return fail(errors.NotConnected("the client is not running"))
+        call = _Outgoing(name, args, kwargs, timeout, progress, priority, deadline)
+
+        def cancel(d: Deferred[Any]) -> None:
+            if call.sent is not None:
+                call.sent.cancel()
+            elif call in self._waiting:
+                self._unwait(call)
+
+        call.deferred = Deferred(cancel)
         if self._connected:
-            protocol = self._connected[self._turn % len(self._connected)]
-            self._turn += 1
-            return protocol.call(name, args, kwargs, timeout, progress, priority, deadline)
+            self._sendTo(self._leastBusy(self._connected), call)
+        else:
+            self._wait(call)
+        return call.deferred
+
+    def _leastBusy(self, protocols: Sequence[TaskClientProtocol]) -> TaskClientProtocol:
+        """
+        @return: the connection with the fewest calls outstanding; among
+            equals, each in turn.
+        """
+        self._turn += 1
+        start = self._turn % len(protocols)
+        best = protocols[start]
+        for i in range(1, len(protocols)):
+            protocol = protocols[(start + i) % len(protocols)]
+            if protocol.outstanding < best.outstanding:
+                best = protocol
+        return best
+
+    def _sendTo(self, protocol: TaskClientProtocol, call: _Outgoing) -> None:
+        sent = call.sent = protocol.call(
+            call.name,
+            call.args,
+            call.kwargs,
+            call.timeout,
+            call.progress,
+            call.priority,
+            call.deadline,
+        )
+        sent.addCallbacks(self._answered, self._failed, (call,), errbackArgs=(call, protocol))
+
+    def _answered(self, result: Any, call: _Outgoing) -> None:
+        call.sent = None
+        call.deferred.callback(result)
+
+    def _failed(self, failure: Failure, call: _Outgoing, protocol: TaskClientProtocol) -> None:
+        """
+        A daemon answered C{call} with an error: fail over if it did not
+        start and another daemon may take it.
+        """
+        call.sent = None
+        error = failure.value
+        if (
+            isinstance(error, _FAILOVER)
+            and not error.started
+            and not self._stopping
+            and not call.deferred.called
+        ):
+            call.tried.append(protocol)
+            others = [p for p in self._connected if p not in call.tried]
+            if others:
+                self.log.info(
+                    "taskd: {type} from a daemon; sending {name!r} to another",
+                    type=error.type,
+                    name=call.name,
+                )
+                self._sendTo(self._leastBusy(others), call)
+                return
+            if isinstance(error, errors.ConnectionLost) and not self.failFast:
+                self._wait(call)
+                return
+        call.deferred.errback(failure)
+
+    def _wait(self, call: _Outgoing) -> None:
+        """
+        Hold C{call} until a daemon is connected.
+        """
         if self.failFast:
-            return fail(errors.NotConnected("no daemon is connected"))
+            call.deferred.errback(errors.NotConnected("no daemon is connected"))
+            return
         if len(self._waiting) >= self.maxWaiting:
-            return fail(
+            call.deferred.errback(
                 errors.NotConnected(
                     f"no daemon is connected and {self.maxWaiting} calls "
                     "are already waiting for one"
                 )
             )
-        waiting = _Waiting(name, args, kwargs, timeout, progress, priority=priority, deadline=deadline)
+            return
+        call.timer = self.reactor.callLater(self.waitTimeout, self._expire, call)
+        self._waiting.append(call)
 
-        def cancel(d: Deferred[Any]) -> None:
-            if waiting.sent is not None:
-                waiting.sent.cancel()
-            else:
-                self._unwait(waiting)
+    def _unwait(self, call: _Outgoing) -> None:
+        self._waiting.remove(call)
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.timer = None
 
-        waiting.deferred = Deferred(cancel)
-        waiting.timer = self.reactor.callLater(self.waitTimeout, self._expire, waiting)
-        self._waiting.append(waiting)
-        return waiting.deferred
-
-    def _unwait(self, waiting: _Waiting) -> None:
-        self._waiting.remove(waiting)
-        if waiting.timer is not None and waiting.timer.active():
-            waiting.timer.cancel()
-
-    def _expire(self, waiting: _Waiting) -> None:
-        waiting.timer = None
-        self._waiting.remove(waiting)
-        waiting.deferred.errback(
+    def _expire(self, call: _Outgoing) -> None:
+        call.timer = None
+        self._waiting.remove(call)
+        call.deferred.errback(
             errors.NotConnected(
                 f"no daemon could be reached within {self.waitTimeout} seconds"
             )
@@ -160,18 +244,9 @@ class ReconnectingClient(Caller, MultiService):
         self._connected.append(protocol)
         protocol.whenClosing().addCallback(lambda _: self._unusable(protocol))
         while self._waiting and self._connected:
-            waiting = self._waiting[0]
-            self._unwait(waiting)
-            waiting.sent = self._send(
-                waiting.name,
-                waiting.args,
-                waiting.kwargs,
-                waiting.timeout,
-                waiting.progress,
-                waiting.priority,
-                waiting.deadline,
-            )
-            waiting.sent.chainDeferred(waiting.deferred)
+            call = self._waiting[0]
+            self._unwait(call)
+            self._sendTo(self._leastBusy(self._connected), call)
 
     def _unusable(self, protocol: TaskClientProtocol) -> None:
         """
@@ -187,14 +262,19 @@ class ReconnectingClient(Caller, MultiService):
         Fail the calls waiting for a connection, cancel the ones in flight
         on the daemons, and close every connection.
         """
+        self._stopping = True
         while self._waiting:
-            waiting = self._waiting[0]
-            self._unwait(waiting)
-            waiting.deferred.errback(errors.NotConnected("the client was stopped"))
+            call = self._waiting[0]
+            self._unwait(call)
+            call.deferred.errback(errors.NotConnected("the client was stopped"))
         connected, self._connected = self._connected, []
         for protocol in connected:
             protocol.close()
         return super().stopService()  # type: ignore[no-any-return]
+
+    def startService(self) -> None:
+        self._stopping = False
+        super().startService()
 
 
 class _Connection(ClientService):

@@ -16,6 +16,8 @@ imports only L{taskd.errors}.
 
 from __future__ import annotations
 
+import copy
+
 import re
 
 from taskd import errors
@@ -70,7 +72,7 @@ def presentError(error: errors.TaskdError, mode: str) -> errors.TaskdError:
     if isinstance(error, (errors.TaskFailed, errors.WorkerStartError)):
         traceback = error.remoteTraceback
         shown = None if mode == "none" or traceback is None else shortTraceback(traceback)
-        if isinstance(error, errors.TaskFailed):
-            return errors.TaskFailed(error.message, error.remoteType, shown)
-        return errors.WorkerStartError(error.message, shown)
+        presented = copy.copy(error)
+        presented.remoteTraceback = shown
+        return presented
     return error

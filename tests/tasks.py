@@ -232,3 +232,25 @@ def ratestamp(path: str) -> None:
     Append when this call started to C{path}.
     """
     _stamp(path, repr(time.time()))
+
+
+def _run(path: str, i: int) -> int:
+    _stamp(path, str(i))
+    time.sleep(0.001)
+    return i + 1
+
+
+@task(retries=3, backoff=0.01)
+def idempotentRun(path: str, i: int) -> int:
+    """
+    Record that call C{i} ran, in C{path}; safe to run again.
+    """
+    return _run(path, i)
+
+
+@task
+def onceRun(path: str, i: int) -> int:
+    """
+    Record that call C{i} ran, in C{path}; never to be run twice.
+    """
+    return _run(path, i)

@@ -131,6 +131,7 @@ class ConnectionTests(PoolTestsMixin, SynchronousTestCase):
                 "type": "forbidden",
                 "message": "admin requests are taken only on loopback and unix: listeners "
                 "when the daemon has no --admin-token-file",
+                "started": False,
             },
         )
         self.assertEqual((stats["type"], stats["workers"]), ("stats", 1))
@@ -149,7 +150,7 @@ class ConnectionTests(PoolTestsMixin, SynchronousTestCase):
         )
         missing, wrong, done = self.replies(transport)
         self.assertEqual(missing["error"]["message"], "this admin request needs the admin token ('token')")
-        self.assertEqual(wrong["error"], {"type": "forbidden", "message": "the admin token is wrong"})
+        self.assertEqual(wrong["error"], {"type": "forbidden", "message": "the admin token is wrong", "started": False})
         self.assertEqual(done, {"type": "admin", "command": "workers", "workers": 2})
         self.assertEqual(len(self.reactor.processes), 2)
 
@@ -166,6 +167,7 @@ class ConnectionTests(PoolTestsMixin, SynchronousTestCase):
             {
                 "type": "bad_request",
                 "message": "this daemon keeps no book of its calls: start it with --http or --admin-token-file",
+                "started": False,
             },
         )
 
@@ -179,7 +181,9 @@ class ConnectionTests(PoolTestsMixin, SynchronousTestCase):
         protocol.makeConnection(transport)
         protocol.dataReceived(b'{"type":"admin","command":"drain"}\n')
         [reply] = self.replies(transport)
-        self.assertEqual(reply["error"], {"type": "forbidden", "message": "this daemon takes no admin requests"})
+        self.assertEqual(
+            reply["error"], {"type": "forbidden", "message": "this daemon takes no admin requests", "started": False}
+        )
 
 
 class Load(Protocol):

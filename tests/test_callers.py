@@ -419,7 +419,7 @@ class TokenTests(CallersTestCase):
         self.assertRegex(lines[0], r'^\{"type":"hello","version":1,"server":"taskd",.*\}$')
         self.assertEqual(lines[1], '{"type":"result","result":3}')
         out = yield self.shell(command, TASKD_TOKEN="nope")
-        self.assertEqual(out, '{"type":"error","error":{"type":"unauthenticated","message":"the token is wrong"}}\n')
+        self.assertEqual(out, '{"type":"error","error":{"type":"unauthenticated","message":"the token is wrong","started":false}}\n')
 
     @inlineCallbacks
     def shell(self, command: str, **env: str) -> Any:

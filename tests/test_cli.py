@@ -238,7 +238,7 @@ class CLITests(TestCase):
             json.loads(out),
             {"version": 1, "server": "taskd", "serverVersion": taskd.__version__,
              "tasks": ["add", "burn", "crash", "echo", "fail", "pid", "sleep", "steps"],
-             "maxLineLength": 1048576, "maxInFlight": 100},
+             "maxLineLength": 1048576, "maxInFlight": 100, "taskLimits": {}},
         )
 
     @inlineCallbacks
@@ -250,12 +250,12 @@ class CLITests(TestCase):
         out, err, status = yield runCLI("stats", "-c", self.connect)
         self.assertEqual(
             (out, err, status),
-            (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nqueuedByPriority: none\nqueuedByTask: none\nconnections: 1\n", b"", 0),
+            (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nqueuedByPriority: none\nqueuedByTask: none\nretrying: 0\nconnections: 1\n", b"", 0),
         )
         out, err, status = yield runCLI("stats", "--json", "-c", self.connect)
         self.assertEqual(
             json.loads(out),
-            {"workers": 2, "idle": 2, "busy": 0, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "connections": 1},
+            {"workers": 2, "idle": 2, "busy": 0, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0, "connections": 1},
         )
 
     @inlineCallbacks

@@ -196,6 +196,33 @@ class ClientTests(TestCase):
         self.assertEqual(results, [2 * i for i in range(100)])
 
     @inlineCallbacks
+    def test_maxInFlightFromTheDaemon(self) -> Any:
+        """
+        A daemon's C{maxInFlight} reaches the client in its hello: the
+        client then never has more calls unanswered on the wire, and every
+        call of a burst past it is answered.
+        """
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            TaskServerFactory(self.pool, maxInFlight=3)
+        )
+        self.addCleanup(port.stopListening)
+        client = yield connect(reactor, f"tcp:127.0.0.1:{port.getHost().port}")
+        self.addCleanup(client.close)
+        protocol = client._protocol
+        self.assertEqual(protocol.maxInFlight, 3)
+        most = []
+        write = protocol.transport.write
+
+        def counting(data: bytes) -> None:
+            most.append(len(protocol._written))
+            write(data)
+
+        protocol.transport.write = counting
+        results = yield gatherResults([client.call("add", i, i) for i in range(50)])
+        self.assertEqual(results, [2 * i for i in range(50)])
+        self.assertEqual(max(most), 3)
+
+    @inlineCallbacks
     def test_progress(self) -> Any:
         """
         C{callWith(..., progress=f)} gets a real task's reports before its
@@ -388,3 +415,93 @@ class ClientSafetyTests(SynchronousTestCase):
         proto.dataReceived(b'{"type":"hello","version":1,"maxLineLength":64}\n')
         self.successResultOf(d)
         self.failureResultOf(proto.call("echo", ["x" * 100]), errors.LineTooLong)
+
+
+class MaxInFlightTests(SynchronousTestCase):
+    """
+    The client sends at most the daemon's C{maxInFlight} calls at once on
+    a connection and holds the others, unsent, in order.
+    """
+
+    def connected(self, maxInFlight: int) -> tuple[TaskClientProtocol, StringTransport]:
+        from taskd.client import authenticate
+
+        proto = TaskClientProtocol()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        d = authenticate(proto, None, Clock())
+        proto.dataReceived(b'{"type":"hello","version":1,"maxInFlight":%d}\n' % maxInFlight)
+        self.successResultOf(d)
+        transport.clear()
+        return proto, transport
+
+    def sentIds(self, transport: StringTransport) -> list[Any]:
+        return [json.loads(line).get("id") for line in transport.value().splitlines()]
+
+    def test_heldUntilReplies(self) -> None:
+        """
+        Calls past the limit are written one by one as replies free places,
+        in the order they were made; L{TaskClientProtocol.outstanding}
+        counts both kinds.
+        """
+        proto, transport = self.connected(2)
+        ds = [proto.call("add", [i, i]) for i in range(4)]
+        self.assertEqual(self.sentIds(transport), [1, 2])
+        self.assertEqual(proto.outstanding, 4)
+        proto.dataReceived(b'{"type":"result","id":2,"result":2}\n')
+        self.assertEqual(self.sentIds(transport), [1, 2, 3])
+        proto.dataReceived(b'{"type":"error","id":1,"error":{"type":"timeout","message":"late"}}\n')
+        self.assertEqual(self.sentIds(transport), [1, 2, 3, 4])
+        self.assertEqual(self.successResultOf(ds[1]), 2)
+        self.failureResultOf(ds[0], errors.TaskTimeout)
+        self.assertEqual(proto.outstanding, 2)
+
+    def test_cancelHeld(self) -> None:
+        """
+        Cancelling a held call sends nothing (the daemon never heard of
+        it); cancelling a sent one sends a cancel, and its place is free
+        only once the daemon answers.
+        """
+        proto, transport = self.connected(1)
+        first = proto.call("sleep", [9])
+        held = proto.call("add", [1, 2])
+        held.cancel()
+        self.failureResultOf(held, CancelledError)
+        self.assertEqual(self.sentIds(transport), [1])
+        first.cancel()
+        self.failureResultOf(first, CancelledError)
+        self.assertEqual(json.loads(transport.value().splitlines()[-1]), {"type": "cancel", "id": 1})
+        third = proto.call("add", [1, 2])
+        self.assertEqual(len(transport.value().splitlines()), 2)
+        proto.dataReceived(b'{"type":"error","id":1,"error":{"type":"cancelled","message":"the call was cancelled","started":true}}\n')
+        self.assertEqual(self.sentIds(transport)[-1], 3)
+        proto.dataReceived(b'{"type":"result","id":3,"result":3}\n')
+        self.assertEqual(self.successResultOf(third), 3)
+
+    def test_lostHeldDidNotStart(self) -> None:
+        """
+        When the connection is lost, a sent call may have run; a held one
+        did not, and says so.
+        """
+        proto, transport = self.connected(1)
+        sent, held = proto.call("sleep", [9]), proto.call("add", [1, 2])
+        proto.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(self.failureResultOf(sent, errors.ConnectionLost).value.started)
+        e = self.failureResultOf(held, errors.ConnectionLost).value
+        self.assertFalse(e.started)
+        self.assertIn("the call was not sent", e.message)
+
+    def test_heldIsBounded(self) -> None:
+        """
+        Past C{maxHeld} waiting calls, a call fails at once with C{busy},
+        not sent.
+        """
+        proto, transport = self.connected(1)
+        proto.maxHeld = 2
+        ds = [proto.call("add", [i, i]) for i in range(3)]
+        e = self.failureResultOf(proto.call("add", [0, 0]), errors.PoolBusy).value
+        self.assertEqual(e.message, "2 calls already wait to be sent on this connection (the daemon takes 1 at once); the call was not sent")
+        self.assertFalse(e.started)
+        self.assertEqual(self.sentIds(transport), [1])
+        for d in ds:
+            self.assertNoResult(d)

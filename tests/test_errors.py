@@ -47,11 +47,52 @@ class ErrorTests(SynchronousTestCase):
     def test_unknownType(self) -> None:
         """
         An error type this version does not know becomes a plain
-        L{errors.TaskdError} that keeps the type.
+        L{errors.TaskdError} that keeps the type; without C{started}, it
+        may have run.
         """
         e = errors.errorFromDict({"type": "from_the_future", "message": "hi"})
         self.assertIs(type(e), errors.TaskdError)
-        self.assertEqual(e.toDict(), {"type": "from_the_future", "message": "hi"})
+        self.assertEqual(e.toDict(), {"type": "from_the_future", "message": "hi", "started": True})
+
+    def test_started(self) -> None:
+        """
+        Errors of calls that never reached a worker say C{started: false};
+        errors from a running task say C{true}; errors that can come either
+        way take what they are given; C{started} and C{attempts} cross the
+        wire, and a missing or odd C{started} gives the type's default.
+        """
+        notStarted = [
+            errors.BadRequest("x"),
+            errors.LineTooLong("x"),
+            errors.DuplicateId("x"),
+            errors.UnknownTask("x"),
+            errors.PoolBusy("x"),
+            errors.Expired("x"),
+            errors.NotConnected("x"),
+            errors.Unauthenticated("x"),
+            errors.PoolStopping("x"),
+            errors.WorkerStartError("x"),
+        ]
+        started = [
+            errors.TaskFailed("x", "ValueError"),
+            errors.TaskTimeout("x"),
+            errors.WorkerCrashed("x"),
+            errors.WorkerProtocolError("x"),
+            errors.ResultTooLarge("x"),
+            errors.ConnectionLost("x"),
+            errors.PoolStopping("x", started=True),
+            errors.TaskCancelled("x", started=True),
+        ]
+        self.assertEqual([e.toDict()["started"] for e in notStarted], [False] * len(notStarted))
+        self.assertEqual([e.toDict()["started"] for e in started], [True] * len(started))
+        for e in notStarted + started:
+            self.assertEqual(errors.errorFromDict(e.toDict()).started, e.started)
+        retried = errors.TaskTimeout("late")
+        retried.attempts = 3
+        self.assertEqual(retried.toDict(), {"type": "timeout", "message": "late", "started": True, "attempts": 3})
+        self.assertEqual(errors.errorFromDict(retried.toDict()).attempts, 3)
+        self.assertEqual(errors.errorFromDict({"type": "busy", "started": "yes", "attempts": True}).toDict(),
+                         {"type": "busy", "message": "", "started": False})
 
     def test_taskFailedStr(self) -> None:
         """

@@ -190,6 +190,39 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual(ends, ["stop", "stop"])
         self.assertIn(("ended", "add", "stopping", None), recorder.events)
 
+    def test_retried(self) -> None:
+        """
+        A call of a task with retries whose worker crashes is started again
+        and ends once, with its last attempt's outcome and run time; the
+        worker ends for the reason C{"crash"}.
+        """
+        from taskd.registry import Registry
+
+        registry = Registry()
+        registry.register(lambda: None, "flaky", retries=1, backoff=1.0)
+        pool, reactor, recorder = self.observed(registry=registry)
+        pool.jitter = lambda: 1.0
+        first = reactor.processes[0]
+        d = pool.submit("flaky")
+        first.exit(None, signal.SIGKILL)
+        second = reactor.processes[1]
+        second.ready()
+        reactor.advance(1)
+        reactor.advance(0.5)
+        second.send(b"Rnull")
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(
+            recorder.events[1:],
+            [
+                ("queued", "flaky", 0, None),
+                ("started", "flaky", first.pid, 0.0),
+                ("workerEnded", first.pid, "crash"),
+                ("worker", second.pid),
+                ("started", "flaky", second.pid, 1.0),
+                ("ended", "flaky", "result", 0.5),
+            ],
+        )
+
     def test_noObserver(self) -> None:
         """
         Without an observer the pool leaves its calls' observation fields

@@ -433,7 +433,7 @@ class RecycleTests(PoolTestsMixin, SynchronousTestCase):
         first.exit(0)
         self.assertEqual(
             pool.stats(),
-            {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}},
+            {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0},
         )
 
     def test_retiredWorkerThatHangsIsKilled(self) -> None:

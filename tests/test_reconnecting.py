@@ -33,9 +33,9 @@ class Daemon:
     same port.
     """
 
-    def __init__(self) -> None:
-        self.pool = ProcessPool(reactor, tasks=["taskd.examples"], workers=1, killGrace=1.0)
-        self.factory = TaskServerFactory(self.pool)
+    def __init__(self, maxQueue: int = 100, maxInFlight: int = 100) -> None:
+        self.pool = ProcessPool(reactor, tasks=["taskd.examples"], workers=1, killGrace=1.0, maxQueue=maxQueue)
+        self.factory = TaskServerFactory(self.pool, maxInFlight=maxInFlight)
         self.port: Any = None
         self.number = 0
 
@@ -62,10 +62,10 @@ class Daemon:
 
 class ReconnectingClientTests(TestCase):
     @inlineCallbacks
-    def daemons(self, n: int) -> Any:
+    def daemons(self, n: int, **kw: Any) -> Any:
         result = []
         for _ in range(n):
-            daemon = Daemon()
+            daemon = Daemon(**kw)
             yield daemon.start()
             self.addCleanup(daemon.stop)
             result.append(daemon)
@@ -81,7 +81,8 @@ class ReconnectingClientTests(TestCase):
     @inlineCallbacks
     def test_roundRobin(self) -> Any:
         """
-        Calls are spread over the connected daemons in turn.
+        Calls are spread over the connected daemons: with as many calls
+        outstanding on each, in turn.
         """
         a, b = yield self.daemons(2)
         client = self.client([a, b])
@@ -89,6 +90,73 @@ class ReconnectingClientTests(TestCase):
         pids = yield gatherResults([client.call("pid") for _ in range(6)])
         self.assertEqual(sorted(set(pids)), sorted(a.pool.pids() | b.pool.pids()))
         self.assertEqual(sorted(pids.count(p) for p in set(pids)), [3, 3])
+
+    @inlineCallbacks
+    def test_leastBusy(self) -> Any:
+        """
+        A call goes to the daemon with the fewest calls outstanding on its
+        connection.
+        """
+        a, b = yield self.daemons(2)
+        client = self.client([a, b])
+        yield waitFor(lambda: client.connectedCount() == 2, "both connections")
+        sleeps = [client.call("sleep", 0.5) for _ in range(3)]
+        yield waitFor(lambda: a.pool.stats()["busy"] + b.pool.stats()["busy"] == 2, "both daemons to run a sleep")
+        [quieter] = [d for d in (a, b) if d.pool.stats()["queued"] == 0]
+        pid = yield client.call("pid")
+        self.assertEqual({pid}, quieter.pool.pids())
+        yield gatherResults(sleeps)
+
+    @inlineCallbacks
+    def test_busyFailsOver(self) -> Any:
+        """
+        A call a daemon refuses as C{busy} (it did not start) is sent to
+        another daemon; with none left, the caller gets C{busy}.
+        """
+        a, b = yield self.daemons(2, maxQueue=1)
+        full = [a.pool.submit("sleep", [3]), a.pool.submit("sleep", [3])]
+        self.assertEqual(a.pool.stats()["queued"], 1)
+        client = self.client([a, b])
+        yield waitFor(lambda: client.connectedCount() == 2, "both connections")
+        pids = []
+        with capturedLogs() as events:
+            for _ in range(4):
+                pids.append((yield client.call("pid")))
+        self.assertEqual(set(pids), b.pool.pids())
+        self.assertIn(
+            "taskd: busy from a daemon; sending 'pid' to another",
+            [e["log_format"].format(**e) for e in events if e.get("log_namespace", "").startswith("taskd.reconnecting")],
+        )
+        full += [b.pool.submit("sleep", [3]), b.pool.submit("sleep", [3])]
+        e = yield self.assertFailure(client.call("pid"), errors.PoolBusy)
+        self.assertFalse(e.started)
+        for d in full:
+            d.addErrback(lambda f: f.trap(CancelledError))
+            d.cancel()
+
+    @inlineCallbacks
+    def test_unsentCallsFailOver(self) -> Any:
+        """
+        Calls held back on a connection by the daemon's C{maxInFlight} were
+        never sent: when that daemon dies they go to another one; the call
+        it was running fails with L{errors.ConnectionLost}, since it may
+        have run.
+        """
+        a, b = yield self.daemons(2, maxInFlight=1)
+        yield b.kill()
+        client = self.client([a, b])
+        yield waitFor(lambda: client.connectedCount() == 1, "the connection to a")
+        running = client.call("sleep", 5)
+        held = [client.call("pid") for _ in range(2)]
+        yield waitFor(lambda: a.pool.stats()["busy"] == 1, "the sleep to run")
+        self.assertEqual(a.pool.stats()["queued"], 0)
+        yield b.start()
+        yield waitFor(lambda: client.connectedCount() == 2, "the connection to b")
+        yield a.kill()
+        e = yield self.assertFailure(running, errors.ConnectionLost)
+        self.assertTrue(e.started)
+        pids = yield gatherResults(held)
+        self.assertEqual(set(pids), b.pool.pids())
 
     @inlineCallbacks
     def test_idleConnectionClosedByTheDaemon(self) -> Any:

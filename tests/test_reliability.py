@@ -670,7 +670,7 @@ class HostileLineTests(DaemonTestCase):
         c = yield self.converse()
         error = lambda r: (r.get("id"), r["error"]["type"])  # noqa: E731
         (r,) = yield c.exchange(b"[" * 2000 + b"]" * 2000 + b"\n")
-        self.assertEqual(r["error"], {"type": "bad_request", "message": "the line nests arrays or objects too deeply"})
+        self.assertEqual(r["error"], {"type": "bad_request", "message": "the line nests arrays or objects too deeply", "started": False})
         c.send(b'{"function":"sleep","args":[60],"id":7}\n')
         for _ in range(2):
             (r,) = yield c.exchange(b'{"function":"add","args":[1,1],"id":7}\n')

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import time
+from collections import Counter
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
@@ -20,7 +25,8 @@ from taskd.pool import ProcessPool
 from taskd.registry import Registry, TaskOptions, parseRate
 
 from tests.fakes import FakeProcess, FakeProcessReactor, PoolTestsMixin
-from tests.test_reliability import DaemonTestCase
+from tests.test_pool import alive
+from tests.test_reliability import DaemonTestCase, report
 
 
 def schedulingRegistry() -> Registry:
@@ -146,6 +152,23 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(queue.defaultPriorities, {"urgent": 5, "add": 7})
         e = self.assertRaises(ValueError, PoolConfig, taskLimits={"m": TaskOptions(concurrency=-1)})
         self.assertEqual(str(e), "taskLimits['m']: concurrency must be a whole number of at least 1, not -1")
+
+    def test_limitsForUnknownTasks(self) -> None:
+        """
+        Task limits for a name no task module registers (a typo, say) fail
+        the pool's start, naming them, rather than limiting nothing.
+        """
+        reactor = FakeProcessReactor()
+        pool = ProcessPool(
+            reactor,
+            tasks=[],
+            workers=1,
+            registry=schedulingRegistry(),
+            taskLimits={"send_mial": TaskOptions(rate="1/s"), "mail": TaskOptions(concurrency=2), "zz": TaskOptions(priority=1)},
+        )
+        e = self.failureResultOf(pool.start(), ValueError).value
+        self.assertEqual(str(e), "task limits are set for 'send_mial', 'zz', which no task module registers")
+        self.assertEqual(reactor.processes, [])
 
 
 class SchedulingTests(SchedulingMixin, SynchronousTestCase):
@@ -547,7 +570,7 @@ class DaemonSchedulingTests(DaemonTestCase):
         """
         A task with C{concurrency=1} never overlaps itself on three
         workers, while another task's calls run beside it; C{rate="10/s"}
-        starts 30 (plus or minus 2) calls in 3 seconds of wall time.
+        starts 50 (plus or minus 2) calls in 5 seconds of wall time.
         """
         yield self.startDaemon(
             "--task-limit", "stamped:concurrency=1", "--task-limit", "ratestamp:rate=10/s", workers=3
@@ -557,11 +580,11 @@ class DaemonSchedulingTests(DaemonTestCase):
         capped, rated = os.path.join(directory, "capped"), os.path.join(directory, "rated")
         lines = [
             json.dumps({"function": "stamped", "args": [capped, 0.05], "id": i}).encode() for i in range(10)
-        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(45)]
+        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(55)]
         proto = yield self.pipeline(lines)
         self.assertEqual(
             {id: [r["type"] for r in replies] for id, replies in proto.replies.items()},
-            {id: ["result"] for id in [*range(10), *range(100, 145)]},
+            {id: ["result"] for id in [*range(10), *range(100, 155)]},
         )
         with open(capped) as f:
             spans = sorted(tuple(map(float, line.split())) for line in f)
@@ -570,7 +593,117 @@ class DaemonSchedulingTests(DaemonTestCase):
             self.assertLessEqual(end, start)
         with open(rated) as f:
             starts = sorted(float(line) for line in f)
-        self.assertEqual(len(starts), 45)
-        inThree = sum(1 for t in starts if t - starts[0] < 3.0)
-        self.assertTrue(28 <= inThree <= 32, (inThree, starts))
+        self.assertEqual(len(starts), 55)
+        inFive = sum(1 for t in starts if t - starts[0] < 5.0)
+        self.assertTrue(48 <= inFive <= 52, (inFive, starts))
         self.assertNothingUnhandled()
+
+    @inlineCallbacks
+    def test_urgentPastTenThousand(self) -> Any:
+        """
+        With 10,000 low-priority C{sleep(0.01)} calls queued, a
+        high-priority call starts as soon as a worker is free: no
+        low-priority call starts between its arrival and its start but
+        those a worker had already begun.
+        """
+        yield self.startDaemon("--max-queue", "20000", "--max-in-flight", "20000", workers=2)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        low, urgent = os.path.join(directory, "low"), os.path.join(directory, "urgent")
+        n = 10_000
+        lines = [
+            json.dumps({"function": "stamped", "args": [low, 0.01], "id": i, "priority": -5}).encode()
+            for i in range(n)
+        ]
+        flood = self.pipeline(lines, inFlight=n)
+        for _ in range(400):
+            stats = yield self.stats()
+            if stats["queued"] + stats["busy"] + 200 >= n:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertGreater(stats["queued"], n - 400)
+        sentAt = time.time()
+        proto = yield self.pipeline(
+            [json.dumps({"function": "stamped", "args": [urgent, 0], "id": "u", "priority": 10}).encode()]
+        )
+        self.assertEqual(proto.replies["u"][0]["type"], "result")
+        with open(urgent) as f:
+            (startedAt, _), = (tuple(map(float, line.split())) for line in f)
+        with open(low) as f:
+            lowStarts = [float(line.split()[0]) for line in f]
+        overtaking = [t for t in lowStarts if sentAt < t < startedAt]
+        # At most one per worker while the line travels, and one more each
+        # if it arrived as they finished: never the queue's thousands.
+        self.assertLessEqual(len(overtaking), 4, (startedAt - sentAt, overtaking))
+        report(
+            "urgent call past 10,000 queued",
+            waitedMs=round((startedAt - sentAt) * 1000, 1),
+            lowStartedMeanwhile=len(overtaking),
+            queued=stats["queued"],
+        )
+        self.daemonProcess.signalProcess("TERM")
+        yield flood
+        yield self.daemon.ended
+
+    @inlineCallbacks
+    def test_retriesUnderChaos(self) -> Any:
+        """
+        Workers SIGKILLed at random while calls run: every call of a task
+        with C{retries=3} ends in its result, none ran more than its four
+        attempts; a task without retries is answered with its result or
+        C{worker_crashed}, and no call of it ran twice.
+        """
+        yield self.startDaemon(workers=2)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        again, once = os.path.join(directory, "again"), os.path.join(directory, "once")
+        kills = []
+
+        def kill() -> None:
+            ready = sorted(p for p in self.workerPids()[0] if alive(p))
+            if ready:
+                pid = random.choice(ready)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    return
+                kills.append(pid)
+
+        killer = LoopingCall(kill)
+        killer.start(0.2, now=False)
+        n = 1000
+        lines = []
+        for i in range(n):
+            lines.append(json.dumps({"function": "idempotentRun", "args": [again, i], "id": i}).encode())
+            lines.append(json.dumps({"function": "onceRun", "args": [once, i], "id": n + i}).encode())
+        try:
+            proto = yield self.pipeline(lines, inFlight=50)
+        finally:
+            killer.stop()
+        self.assertEqual(sorted(proto.replies), list(range(2 * n)))
+        for id, replies in proto.replies.items():
+            self.assertEqual(len(replies), 1, f"call {id} answered {len(replies)} times")
+        with open(again) as f:
+            againRuns = Counter(int(line) for line in f)
+        with open(once) as f:
+            onceRuns = Counter(int(line) for line in f)
+        crashed = 0
+        for i in range(n):
+            self.assertEqual(proto.replies[i][0].get("result"), i + 1, proto.replies[i])
+            self.assertLessEqual(againRuns[i], 4)
+            reply = proto.replies[n + i][0]
+            self.assertLessEqual(onceRuns[i], 1, f"call {i} of a task without retries ran twice")
+            if reply["type"] == "result":
+                self.assertEqual((reply["result"], onceRuns[i]), (i + 1, 1))
+            else:
+                self.assertEqual((reply["error"]["type"], reply["error"]["started"]), ("worker_crashed", True))
+                crashed += 1
+        self.assertGreater(len(kills), 0)
+        report(
+            "retries under worker chaos",
+            calls=2 * n,
+            kills=len(kills),
+            retried=sum(1 for c in againRuns.values() if c > 1),
+            mostRuns=max(againRuns.values()),
+            onceCrashed=crashed,
+        )

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import taskd
+from taskd import errors
 from taskd.pool import ProcessPool
 from taskd.connection import TaskServerProtocol
 from taskd.server import TaskServerFactory
@@ -50,8 +51,14 @@ class ServerTestsMixin(PoolTestsMixin):
         self.assertTrue(data == b"" or data.endswith(b"\n"))
         return [json.loads(line) for line in data.splitlines()]
 
-    def error(self, type: str, message: str, id: Any = None) -> dict[str, Any]:
-        reply: dict[str, Any] = {"type": "error", "error": {"type": type, "message": message}}
+    def error(self, type: str, message: str, id: Any = None, started: bool | None = None) -> dict[str, Any]:
+        """
+        @return: an error reply, with C{started} as given or as the error
+            type's default.
+        """
+        if started is None:
+            started = errors.errorFromDict({"type": type}).started
+        reply: dict[str, Any] = {"type": "error", "error": {"type": type, "message": message, "started": started}}
         if id is not None:
             reply["id"] = id
         return reply
@@ -132,7 +139,7 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         reactor.processes[0].send(b'E{"type":"task_failed","message":"m","exception":"TypeError","traceback":"TB"}')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "error", "id": 1, "error": {"type": "task_failed", "message": "m", "exception": "TypeError", "traceback": "TB"}}],
+            [{"type": "error", "id": 1, "error": {"type": "task_failed", "message": "m", "started": True, "exception": "TypeError", "traceback": "TB"}}],
         )
 
     def test_duplicateId(self) -> None:
@@ -197,7 +204,7 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"type":"hello","version":1}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "hello", "version": 1, "server": "taskd", "serverVersion": taskd.__version__, "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100}],
+            [{"type": "hello", "version": 1, "server": "taskd", "serverVersion": taskd.__version__, "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100, "taskLimits": {}}],
         )
 
 
@@ -266,7 +273,7 @@ class StatsTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
         self.assertEqual(
             self.replies(transport),
-            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "connections": 1}],
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0, "connections": 1}],
         )
 
 
@@ -301,6 +308,18 @@ class SchedulingTests(ServerTestsMixin, SynchronousTestCase):
 
 
 class CancelTests(ServerTestsMixin, SynchronousTestCase):
+    def test_cancelQueued(self) -> None:
+        """
+        A call cancelled while it waits in the queue is answered with
+        C{started: false}: it never ran, and will not.
+        """
+        proto, transport, reactor = self.connect()
+        proto.dataReceived(b'{"function":"sleep","args":[99],"id":1}\n{"function":"add","args":[1,2],"id":2}\n')
+        proto.dataReceived(b'{"type":"cancel","id":2}\n')
+        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", 2, started=False)])
+        self.assertEqual(len(reactor.processes[0].written), 1)
+        self.assertEqual(reactor.processes[0].signals, [])
+
     def test_cancelMessage(self) -> None:
         """
         A cancel message ends the named call with a C{cancelled} error and
@@ -310,7 +329,7 @@ class CancelTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(b'{"function":"sleep","args":[99],"id":"s"}\n{"type":"cancel","id":"nope"}\n')
         self.assertEqual(self.replies(transport), [])
         proto.dataReceived(b'{"type":"cancel","id":"s"}\n')
-        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", "s")])
+        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", "s", started=True)])
         self.assertEqual(reactor.processes[0].signals, ["SIGKILL"])
         self.assertEqual(len(reactor.processes), 2)
 
@@ -692,7 +711,7 @@ class HostileLineTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.replies(transport), [self.error("bad_request", "'function' must be a non-empty string", 7)])
         self.assertEqual(len(worker.written), 1)
         proto.dataReceived(b'{"type":"cancel","id":7}\n')
-        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", 7)])
+        self.assertEqual(self.replies(transport), [self.error("cancelled", "the call was cancelled", 7, started=True)])
         self.assertEqual(worker.signals, ["SIGKILL"])
 
     def test_refusedIdThenReset(self) -> None:
@@ -736,8 +755,8 @@ class TimeoutTests(ServerTestsMixin, SynchronousTestCase):
     The idle and line timeouts, on the pool's clock.
     """
 
-    idle = {"type": "error", "error": {"type": "idle_timeout", "message": "no call in flight and nothing received for 300.0 seconds; closing the connection"}}
-    slow = {"type": "error", "error": {"type": "line_timeout", "message": "a request line was not finished within 30.0 seconds; closing the connection"}}
+    idle = {"type": "error", "error": {"type": "idle_timeout", "message": "no call in flight and nothing received for 300.0 seconds; closing the connection", "started": False}}
+    slow = {"type": "error", "error": {"type": "line_timeout", "message": "a request line was not finished within 30.0 seconds; closing the connection", "started": False}}
 
     def test_idle(self) -> None:
         """
@@ -937,7 +956,7 @@ class TracebackTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(self.failedCall("full")["traceback"], full)
         self.assertEqual(self.failedCall("short")["traceback"], shortTraceback(full))
         self.assertNotIn(os.path.dirname(__file__), self.failedCall("short")["traceback"])
-        self.assertEqual(self.failedCall("none"), {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+        self.assertEqual(self.failedCall("none"), {"type": "task_failed", "message": "no luck", "started": True, "exception": "ValueError"})
 
     def test_workerStartFailed(self) -> None:
         """

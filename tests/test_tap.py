@@ -467,7 +467,7 @@ class TwistdTests(TwistdMixin, TestCase):
         byId = {r["id"]: r for r in replies}
         self.assertEqual(byId["first"]["result"], 3)
         self.assertEqual((byId["s1"]["result"], byId["s2"]["result"]), (1, 1))
-        self.assertEqual(byId["queued"]["error"], {"type": "stopping", "message": "the pool is stopping"})
+        self.assertEqual(byId["queued"]["error"], {"type": "stopping", "message": "the pool is stopping", "started": False})
         status = yield daemon.ended
         self.assertEqual(status, (None, signal.SIGTERM))
         self.assertIn(b"taskd stopped", daemon.output)
@@ -504,7 +504,7 @@ class TwistdTests(TwistdMixin, TestCase):
         replies = yield collector.done
         self.assertEqual(
             replies,
-            [{"type": "error", "error": {"type": "unauthenticated", "message": "this daemon requires a token and the hello carried none"}}],
+            [{"type": "error", "error": {"type": "unauthenticated", "message": "this daemon requires a token and the hello carried none", "started": False}}],
         )
         out, err, status = yield runCLI("call", "-c", connect, "add", "[1, 2]", env={"TASKD_TOKEN": "s3cret"})
         self.assertEqual((out, err, status), (b"3\n", b"", 0))
@@ -644,11 +644,11 @@ class TwistdTests(TwistdMixin, TestCase):
             yield daemon.ended
         short, none = replies
         lines = short.pop("traceback").splitlines()
-        self.assertEqual(short, {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+        self.assertEqual(short, {"type": "task_failed", "message": "no luck", "started": True, "exception": "ValueError"})
         self.assertEqual(lines[0], "Traceback (most recent call last):")
         self.assertRegex(lines[1], r'^  File "examples.py", line \d+, in fail$')
         self.assertEqual(lines[2:], ["    raise ValueError(message)", "ValueError: no luck"])
-        self.assertEqual(none, {"type": "task_failed", "message": "no luck", "exception": "ValueError"})
+        self.assertEqual(none, {"type": "task_failed", "message": "no luck", "started": True, "exception": "ValueError"})
 
     @inlineCallbacks
     def test_unixListeners(self) -> Any:

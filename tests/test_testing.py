@@ -587,7 +587,7 @@ class FakePoolTests(SynchronousTestCase):
         self.failureResultOf(pool.submit("refuse", ["a"]), errors.TaskFailed)
         self.failureResultOf(pool.submit("nope"), errors.UnknownTask)
         self.failureResultOf(pool.submit("double", [{1}]), errors.BadRequest)
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}})
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 1, "busy": 0, "queued": 0, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0})
         self.assertEqual(pool.pids(), set())
 
     def test_submitEncoded(self) -> None:
@@ -619,7 +619,7 @@ class FakePoolTests(SynchronousTestCase):
         self.failureResultOf(third, errors.PoolBusy)
         a, b = pool.pending
         self.assertEqual((a.state, b.state), (CallState.RUNNING, CallState.QUEUED))
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 1, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {"0": 1}, "queuedByTask": {"double": 1}})
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 1, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {"0": 1}, "queuedByTask": {"double": 1}, "retrying": 0})
         self.assertRaises(RuntimeError, b.succeed, 1)
         self.clock.advance(5)
         self.failureResultOf(first, errors.TaskTimeout)
@@ -668,7 +668,7 @@ class FakePoolTests(SynchronousTestCase):
         self.assertEqual(self.failureResultOf(queued, errors.PoolStopping).value.message, "the pool is stopping")
         self.assertNoResult(stopped)
         self.assertEqual(pool.state, PoolState.STOPPING)
-        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 0, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}})
+        self.assertEqual(pool.stats(), {"workers": 1, "idle": 0, "busy": 1, "queued": 0, "processes": 1, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0})
         also = pool.stop()
         self.failureResultOf(pool.submit("double", [3]), errors.PoolStopping)
         pool.pending[0].run()
@@ -677,7 +677,7 @@ class FakePoolTests(SynchronousTestCase):
         self.successResultOf(also)
         self.assertEqual(pool.state, PoolState.STOPPED)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(pool.stats(), {"workers": 0, "idle": 0, "busy": 0, "queued": 0, "processes": 0, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}})
+        self.assertEqual(pool.stats(), {"workers": 0, "idle": 0, "busy": 0, "queued": 0, "processes": 0, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0})
 
     def test_stopGrace(self) -> None:
         """

@@ -132,7 +132,7 @@ class EncodeTests(SynchronousTestCase):
         line = encodeError(4, errors.TaskFailed("boom", "ValueError", "TB"))
         self.assertEqual(
             json.loads(line),
-            {"type": "error", "id": 4, "error": {"type": "task_failed", "message": "boom", "exception": "ValueError", "traceback": "TB"}},
+            {"type": "error", "id": 4, "error": {"type": "task_failed", "message": "boom", "started": True, "exception": "ValueError", "traceback": "TB"}},
         )
         self.assertTrue(line.endswith(b"}\n") and line.count(b"\n") == 1)
 

@@ -72,7 +72,7 @@ class RunCallTests(SynchronousTestCase):
         """
         self.assertEqual(
             self.run_(b"os.system\n{}"),
-            ("E", {"type": "unknown_task", "message": "no task named 'os.system'"}),
+            ("E", {"type": "unknown_task", "message": "no task named 'os.system'", "started": False}),
         )
 
     def test_exceptions(self) -> None:
@@ -93,7 +93,7 @@ class RunCallTests(SynchronousTestCase):
         self.assertEqual(error["type"], "bad_result")
         self.assertIn("Object of type set is not JSON serializable", error["message"])
         kind, error = self.run_(b'add\n{"args":["aaaa","bbbb"]}', maxResult=9)
-        self.assertEqual(error, {"type": "result_too_large", "message": "task 'add' returned 10 bytes of JSON; the limit is 9"})
+        self.assertEqual(error, {"type": "result_too_large", "message": "task 'add' returned 10 bytes of JSON; the limit is 9", "started": True})
         self.assertEqual(self.run_(b'add\n{"args":["aaa","bbbb"]}', maxResult=9), ("R", "aaabbbb"))
 
     def test_textResults(self) -> None:

@@ -15,7 +15,7 @@ from taskd import _json, errors
 from taskd._frames import DEFAULT_MAX_RESULT
 from taskd._lifecycle import Lifecycle
 from taskd.pool import POOL_TRANSITIONS, PoolState
-from taskd.registry import Registry, loadTaskModules, registry as defaultRegistry
+from taskd.registry import Registry, TaskOptions, loadTaskModules, registry as defaultRegistry
 from taskd.testing._calls import USE_DEFAULT, FakeCalls, decodedProgress, encodeArguments
 
 class FakePool(FakeCalls, Lifecycle[PoolState]):
@@ -218,7 +218,17 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             "memoryRecycled": 0,
             "queuedByPriority": {"0": len(self._queue)} if self._queue else {},
             "queuedByTask": _countByName(self._queue),
+            "retrying": 0,
         }
+
+    def taskPolicies(self) -> dict[str, TaskOptions]:
+        """
+        @return: the scheduling options of the registry's tasks, as
+            L{taskd.pool.ProcessPool.taskPolicies} gives them (the fake
+            does not apply them).
+        """
+        registry = self.registry
+        return {} if registry is None else registry.optionsByName()
 
     def pids(self) -> set[int]:
         """
