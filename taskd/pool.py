@@ -133,16 +133,39 @@ class _Call:
     seq: int = 0
     # How many times it has been given to a worker (more with retries).
     attempts: int = 1
-    # Set only while the pool has an observer (see ProcessPool._observe).
-    origin: str | None = None
-    number: int = 0
-    submittedAt: float = 0.0
+    # What its observer is told of it, if the pool has one.
+    watched: _Watched | None = None
+
+
+_Worker = WorkerProcess[_Call]
+
+
+@define(eq=False)
+class _Watched:
+    """
+    A call as the pool's observer sees it (a
+    L{taskd.observer.ObservedCall}): made only while the pool has one.
+    """
+
+    call: _Call
+    number: int
+    origin: str | None
+    submittedAt: float
     startedAt: float | None = None
     pid: int | None = None
     outcome: str | None = None
 
+    @property
+    def name(self) -> str:
+        return self.call.name
 
-_Worker = WorkerProcess[_Call]
+    @property
+    def priority(self) -> int:
+        return self.call.priority
+
+    @property
+    def deferred(self) -> Deferred[bytes]:
+        return self.call.deferred
 
 
 @define
@@ -577,15 +600,15 @@ class ProcessPool(Lifecycle[PoolState]):
     def running(self) -> list[ObservedCall]:
         """
         @return: the calls running in a worker now, in the order they were
-            accepted (their C{number}, C{startedAt} and C{pid} are set only
-            while the pool has an L{observer}).
+            accepted, as the L{observer} sees them (so only calls accepted
+            while the pool has one).
         """
         calls = []
         for worker in self._processes:
             call = worker.call
-            if call is not None and not call.done and worker.state is not WorkerState.ENDED:
-                calls.append(call)
-        return sorted(calls, key=lambda c: (c.number, c.submittedAt))
+            if call is not None and call.watched is not None and not call.done and worker.state is not WorkerState.ENDED:
+                calls.append(call.watched)
+        return sorted(calls, key=lambda c: c.number)
 
     def cancelCall(self, number: int) -> bool:
         """
@@ -596,7 +619,7 @@ class ProcessPool(Lifecycle[PoolState]):
         @return: whether there was such a call.
         """
         for call in list(self._queue) + [c for w in self._processes for c in w.inFlight]:
-            if call.number == number and not call.done:
+            if call.watched is not None and call.watched.number == number and not call.done:
                 call.deferred.cancel()
                 return True
         return False
@@ -795,23 +818,25 @@ class ProcessPool(Lifecycle[PoolState]):
         and L{_cancel}.)
         """
         assert self.observer is not None
-        call.origin = origin
-        call.number = next(self._numbers)
-        call.submittedAt = self.reactor.seconds()
-        self.observer.callQueued(call)
+        watched = call.watched = _Watched(call, next(self._numbers), origin, self.reactor.seconds())
+        self.observer.callQueued(watched)
 
     def _observeStart(self, worker: _Worker, call: _Call) -> None:
-        assert self.observer is not None
-        call.startedAt = now = self.reactor.seconds()
-        call.pid = worker.pid
-        self.observer.callStarted(call, worker.pid, now - call.submittedAt)
+        watched = call.watched
+        if watched is None or self.observer is None:
+            return  # accepted before the pool had an observer
+        watched.startedAt = now = self.reactor.seconds()
+        watched.pid = worker.pid
+        self.observer.callStarted(watched, worker.pid, now - watched.submittedAt)
 
     def _observeEnd(self, call: _Call, outcome: str) -> None:
-        assert self.observer is not None
-        call.outcome = outcome
-        started = call.startedAt
+        watched = call.watched
+        if watched is None or self.observer is None:
+            return
+        watched.outcome = outcome
+        started = watched.startedAt
         self.observer.callEnded(
-            call, outcome, None if started is None else self.reactor.seconds() - started
+            watched, outcome, None if started is None else self.reactor.seconds() - started
         )
 
     def _observeWorkerEnd(self, worker: _Worker, previous: WorkerState) -> None:
@@ -819,9 +844,10 @@ class ProcessPool(Lifecycle[PoolState]):
         killedFor = retiredFor = None
         if previous is WorkerState.TERMINATING:
             first = worker.inFlight[0] if worker.inFlight else None
+            outcome = None if first is None or first.watched is None else first.watched.outcome
             # A call not over when its worker was killed timed out and
             # waits for its retry.
-            killedFor = "" if first is None else first.outcome or ("" if first.done else "timeout")
+            killedFor = "" if first is None else outcome or ("" if first.done else "timeout")
         elif previous is WorkerState.RETIRING:
             retiredFor = worker.leavingBecause or ""
         self.observer.workerEnded(
