@@ -133,39 +133,16 @@ class _Call:
     seq: int = 0
     # How many times it has been given to a worker (more with retries).
     attempts: int = 1
-    # What its observer is told of it, if the pool has one.
-    watched: _Watched | None = None
-
-
-_Worker = WorkerProcess[_Call]
-
-
-@define(eq=False)
-class _Watched:
-    """
-    A call as the pool's observer sees it (a
-    L{taskd.observer.ObservedCall}): made only while the pool has one.
-    """
-
-    call: _Call
-    number: int
-    origin: str | None
-    submittedAt: float
+    # Set only while the pool has an observer (see ProcessPool._observe).
+    origin: str | None = None
+    number: int = 0
+    submittedAt: float = 0.0
     startedAt: float | None = None
     pid: int | None = None
     outcome: str | None = None
 
-    @property
-    def name(self) -> str:
-        return self.call.name
 
-    @property
-    def priority(self) -> int:
-        return self.call.priority
-
-    @property
-    def deferred(self) -> Deferred[bytes]:
-        return self.call.deferred
+_Worker = WorkerProcess[_Call]
 
 
 @define
@@ -600,15 +577,15 @@ class ProcessPool(Lifecycle[PoolState]):
     def running(self) -> list[ObservedCall]:
         """
         @return: the calls running in a worker now, in the order they were
-            accepted, as the L{observer} sees them (so only calls accepted
-            while the pool has one).
+            accepted (their C{number}, C{startedAt} and C{pid} are set only
+            while the pool has an L{observer}).
         """
         calls = []
         for worker in self._processes:
             call = worker.call
-            if call is not None and call.watched is not None and not call.done and worker.state is not WorkerState.ENDED:
-                calls.append(call.watched)
-        return sorted(calls, key=lambda c: c.number)
+            if call is not None and not call.done and worker.state is not WorkerState.ENDED:
+                calls.append(call)
+        return sorted(calls, key=lambda c: (c.number, c.submittedAt))
 
     def cancelCall(self, number: int) -> bool:
         """
@@ -619,7 +596,7 @@ class ProcessPool(Lifecycle[PoolState]):
         @return: whether there was such a call.
         """
         for call in list(self._queue) + [c for w in self._processes for c in w.inFlight]:
-            if call.watched is not None and call.watched.number == number and not call.done:
+            if call.number == number and not call.done:
                 call.deferred.cancel()
                 return True
         return False
@@ -818,25 +795,23 @@ class ProcessPool(Lifecycle[PoolState]):
         and L{_cancel}.)
         """
         assert self.observer is not None
-        watched = call.watched = _Watched(call, next(self._numbers), origin, self.reactor.seconds())
-        self.observer.callQueued(watched)
+        call.origin = origin
+        call.number = next(self._numbers)
+        call.submittedAt = self.reactor.seconds()
+        self.observer.callQueued(call)
 
     def _observeStart(self, worker: _Worker, call: _Call) -> None:
-        watched = call.watched
-        if watched is None or self.observer is None:
-            return  # accepted before the pool had an observer
-        watched.startedAt = now = self.reactor.seconds()
-        watched.pid = worker.pid
-        self.observer.callStarted(watched, worker.pid, now - watched.submittedAt)
+        assert self.observer is not None
+        call.startedAt = now = self.reactor.seconds()
+        call.pid = worker.pid
+        self.observer.callStarted(call, worker.pid, now - call.submittedAt)
 
     def _observeEnd(self, call: _Call, outcome: str) -> None:
-        watched = call.watched
-        if watched is None or self.observer is None:
-            return
-        watched.outcome = outcome
-        started = watched.startedAt
+        assert self.observer is not None
+        call.outcome = outcome
+        started = call.startedAt
         self.observer.callEnded(
-            watched, outcome, None if started is None else self.reactor.seconds() - started
+            call, outcome, None if started is None else self.reactor.seconds() - started
         )
 
     def _observeWorkerEnd(self, worker: _Worker, previous: WorkerState) -> None:
@@ -844,10 +819,9 @@ class ProcessPool(Lifecycle[PoolState]):
         killedFor = retiredFor = None
         if previous is WorkerState.TERMINATING:
             first = worker.inFlight[0] if worker.inFlight else None
-            outcome = None if first is None or first.watched is None else first.watched.outcome
             # A call not over when its worker was killed timed out and
             # waits for its retry.
-            killedFor = "" if first is None else outcome or ("" if first.done else "timeout")
+            killedFor = "" if first is None else first.outcome or ("" if first.done else "timeout")
         elif previous is WorkerState.RETIRING:
             retiredFor = worker.leavingBecause or ""
         self.observer.workerEnded(

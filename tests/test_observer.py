@@ -225,17 +225,18 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
 
     def test_noObserver(self) -> None:
         """
-        Without an observer the pool keeps nothing for it: its calls are
-        not numbered, and L{ProcessPool.running} lists none.
+        Without an observer the pool leaves its calls' observation fields
+        as they were made.
         """
         pool, reactor = self.startedPool()
         d = pool.submitEncoded("add", b'{"args":[1,2]}', origin="x")
         [call] = reactor.processes[0].proto.inFlight
-        self.assertIsNone(call.watched)
-        self.assertEqual(pool.running(), [])
-        self.assertFalse(pool.cancelCall(0))
         reactor.processes[0].send(b"R3")
         self.successResultOf(d)
+        self.assertEqual(
+            (call.origin, call.number, call.submittedAt, call.startedAt, call.pid, call.outcome),
+            (None, 0, 0.0, None, None, None),
+        )
 
 
 class OutcomeTests(SynchronousTestCase):
