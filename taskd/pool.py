@@ -31,10 +31,11 @@ from __future__ import annotations
 import copy
 import random
 from collections import deque
+from itertools import count
 from enum import Enum
 from typing import Any, Callable, Sequence
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
@@ -48,6 +49,7 @@ from taskd._queue import CallQueue
 from taskd._slots import Slots
 from taskd._workerprocess import WorkerProcess, WorkerState
 from taskd.config import PoolConfig
+from taskd.observer import CANCELLED, ObservedCall, PoolObserver, outcomeOf, workerEndReason
 from taskd.registry import (
     ASYNC,
     MAX_BACKOFF,
@@ -137,9 +139,44 @@ class _Call:
     attempts: int = 1
     # How it runs in a worker that runs several calls at once.
     mode: str = THREAD
+    # Set only while the pool has an observer (see ProcessPool._observe).
+    origin: str | None = None
+    number: int = 0
+    submittedAt: float = 0.0
+    startedAt: float | None = None
+    pid: int | None = None
+    outcome: str | None = None
 
 
 _Worker = WorkerProcess[_Call]
+
+
+@define
+class _Rolling:
+    """
+    A rolling restart under way (see L{ProcessPool.restartWorkers}).
+
+    @ivar old: the workers still to replace, the next first.
+    @ivar fresh: whether the next one's replacement is starting.
+    """
+
+    old: list[_Worker]
+    fresh: bool = False
+    replaced: int = 0
+    _waiting: list[Deferred[int]] = field(factory=list)
+
+    def waiting(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def done(self, replaced: int) -> None:
+        for d in self._waiting:
+            d.callback(replaced)
+
+    def failed(self, error: Exception) -> None:
+        for d in self._waiting:
+            d.errback(error)
 
 
 class ProcessPool(Lifecycle[PoolState]):
@@ -154,6 +191,8 @@ class ProcessPool(Lifecycle[PoolState]):
     @ivar state: where it is in its life (L{POOL_TRANSITIONS}).
     @ivar jitter: returns a number from 0 to 1 that spreads each retry's
         delay over its upper half (C{random.random}; tests replace it).
+    @ivar observer: told of calls and workers (a
+        L{taskd.observer.PoolObserver}), or C{None}.
     """
 
     log = Logger()
@@ -212,6 +251,12 @@ class ProcessPool(Lifecycle[PoolState]):
         # tasks whose mode is not THREAD.
         self._slots: Slots | None = None
         self._modes: dict[str, str] = {}
+        self.observer: PoolObserver | None = None
+        self._numbers = count(1)
+        # Ready workers let go once idle (see resize), and the rolling
+        # restart under way (see restartWorkers).
+        self._surplus: set[_Worker] = set()
+        self._rolling: _Rolling | None = None
 
     # -- public API -------------------------------------------------------
 
@@ -367,6 +412,7 @@ class ProcessPool(Lifecycle[PoolState]):
         progress: Callable[[bytes], object] | None = None,
         priority: int | None = None,
         deadline: float | None = None,
+        origin: str | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -376,6 +422,7 @@ class ProcessPool(Lifecycle[PoolState]):
             (positional arguments) or an object (keyword arguments) and
             whose optional C{"kwargs"} is an object; other keys are ignored,
             so a whole request line from the wire will do.
+        @param origin: who sent the call, for the pool's observer.
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if not self._serving():
@@ -417,6 +464,8 @@ class ProcessPool(Lifecycle[PoolState]):
         call.deferred = Deferred(lambda d: self._cancel(call))
         if self._slots is not None:
             call.mode = self._modes.get(name, THREAD)
+        if self.observer is not None:
+            self._observe(call, origin)
         if free and not queue.size:
             # Nothing waits: the call goes straight to a worker if one may
             # take it (with no policies, this is the only path).
@@ -510,6 +559,134 @@ class ProcessPool(Lifecycle[PoolState]):
             if w.pid is not None and w.state is not WorkerState.ENDED
         }
 
+    # -- public API: resizing and rolling restarts ---------------------------
+
+    def resize(self, workers: int) -> None:
+        """
+        Run C{workers} worker processes from now on, without failing a call:
+        new ones start at once; of the ones too many, starting and idle ones
+        go at once and busy ones when their calls are answered (they take
+        no new call).
+
+        @raise ValueError: if C{workers} is out of L{PoolConfig}'s range.
+        """
+        self.config = evolve(self.config, workers=workers)
+        if not self._serving():
+            return
+        self.log.info("pool resized to {n} workers", n=workers)
+        excess = len(self._live) - workers
+        if excess < 0:
+            for _ in range(-excess - len(self._restartTimers)):
+                self._spawn()
+            return
+        order = {WorkerState.STARTING: 0, _READY: 1}
+        for worker in sorted(self._live, key=lambda w: (order.get(w.state, 2), len(w.inFlight))):
+            if excess <= 0:
+                break
+            excess -= 1
+            self._letGo(worker)
+
+    def restartWorkers(self) -> Deferred[int]:
+        """
+        A rolling restart: replace every worker, one at a time, with a fresh
+        one that imports the task modules again, without failing a call.
+        Each fresh worker starts first; once it is ready, the one it
+        replaces takes no new call and exits when its calls are answered.
+
+        @return: a C{Deferred} firing with the number of workers replaced,
+            or failing with L{errors.WorkerStartError} if a fresh worker
+            cannot start (the remaining old ones then keep serving), or
+            with L{errors.PoolStopping}.
+        """
+        if not self._serving():
+            return fail(errors.PoolStopping(f"the pool is not running (it is {self.state.value})"))
+        if self._rolling is not None:
+            return self._rolling.waiting()
+        self._rolling = _Rolling(sorted(self._live, key=lambda w: w.pid or 0))
+        d = self._rolling.waiting()
+        self.log.info("rolling restart of {n} workers", n=len(self._rolling.old))
+        self._rollOn()
+        return d
+
+    def running(self) -> list[ObservedCall]:
+        """
+        @return: the calls running in a worker now, in the order they were
+            accepted (their C{number}, C{startedAt} and C{pid} are set only
+            while the pool has an L{observer}).
+        """
+        calls = []
+        for worker in self._processes:
+            call = worker.call
+            if call is not None and not call.done and worker.state is not WorkerState.ENDED:
+                calls.append(call)
+        return sorted(calls, key=lambda c: (c.number, c.submittedAt))
+
+    def cancelCall(self, number: int) -> bool:
+        """
+        Cancel the call in flight (queued or running) with daemon-wide
+        number C{number} (see L{ObservedCall.number}): its caller gets a
+        C{CancelledError}, and its worker, if it runs, is replaced.
+
+        @return: whether there was such a call.
+        """
+        for call in list(self._queue) + [c for w in self._processes for c in w.inFlight]:
+            if call.number == number and not call.done:
+                call.deferred.cancel()
+                return True
+        return False
+
+    def _letGo(self, worker: _Worker) -> None:
+        """
+        Let C{worker} go without failing its calls: at once if it is idle
+        or starting; when its calls are answered if it is busy.
+        """
+        if worker.state is WorkerState.STARTING:
+            self._forget(worker)
+            worker.terminate()
+        elif worker.inFlight:
+            self._forget(worker)
+            self._surplus = {w for w in self._surplus if w.state is _READY}
+            self._surplus.add(worker)
+        else:
+            self._release(worker)
+
+    def _rollOn(self) -> None:
+        """
+        The next step of the rolling restart: start the next fresh worker,
+        or, when every old one is let go, say it is done.
+        """
+        rolling = self._rolling
+        assert rolling is not None
+        while rolling.old:
+            if rolling.old[0] in self._live:
+                rolling.fresh = True
+                self._spawn()
+                return
+            rolling.old.pop(0)
+        self._rolling = None
+        self.log.info("rolling restart done: {n} workers replaced", n=rolling.replaced)
+        rolling.done(rolling.replaced)
+
+    def _rolled(self) -> None:
+        """
+        A worker became ready during a rolling restart: if it is the fresh
+        one, let the old one it replaces go, and go on.
+        """
+        rolling = self._rolling
+        if rolling is None or not rolling.fresh:
+            return
+        rolling.fresh = False
+        old = rolling.old.pop(0)
+        if old in self._live:
+            rolling.replaced += 1
+            self._letGo(old)
+        self._rollOn()
+
+    def _rollFailed(self, error: errors.WorkerStartError) -> None:
+        rolling, self._rolling = self._rolling, None
+        if rolling is not None:
+            rolling.failed(error)
+
     # -- what workers tell the pool (WorkerEvents) ------------------------
 
     def workerReady(self, worker: _Worker) -> None:
@@ -517,12 +694,16 @@ class ProcessPool(Lifecycle[PoolState]):
         See L{taskd._workerprocess.WorkerEvents.workerReady}.
         """
         self.log.info("worker {pid} started", pid=worker.pid)
+        if self.observer is not None:
+            self.observer.workerStarted(worker.pid)
         self._restartDelay = self.config.minRestartDelay
         self._startError = None
         if self.state is PoolState.STOPPING:
             self._release(worker)
             return
         self._feed(worker)
+        if self._rolling is not None:
+            self._rolled()
         if self._starting is not None and all(
             w.state is not WorkerState.STARTING for w in self._live
         ):
@@ -557,6 +738,10 @@ class ProcessPool(Lifecycle[PoolState]):
         ):
             self._release(worker)
             self._replace()
+        elif worker in self._surplus:
+            if not worker.inFlight:
+                self._surplus.discard(worker)
+                self._release(worker)
         else:
             self._feed(worker)
 
@@ -598,23 +783,28 @@ class ProcessPool(Lifecycle[PoolState]):
         See L{taskd._workerprocess.WorkerEvents.workerEnded}.
         """
         wasLive = worker in self._live
+        if self.observer is not None:
+            self._observeWorkerEnd(worker, previous)
         self._forget(worker)
         how = describeExit(reason)
         started = worker.started()
         inFlight, worker.inFlight = worker.inFlight, deque()
         for _ in range(started):
             # Every reply the worker wrote has been read by now, so these
-            # calls were running; the others never started.
+            # calls were running; the others never started.  A call the
+            # pool has moved on from (it timed out here and waits for its
+            # retry, or runs elsewhere) is not this worker's to settle.
             call = inFlight.popleft()
-            self._finish(
-                call,
-                Failure(
-                    errors.WorkerCrashed(
-                        f"the worker running task {call.name!r} (pid {worker.pid}) {how}"
-                    )
-                ),
-            )
-        self._requeue(inFlight)
+            if call.worker is worker:
+                self._finish(
+                    call,
+                    Failure(
+                        errors.WorkerCrashed(
+                            f"the worker running task {call.name!r} (pid {worker.pid}) {how}"
+                        )
+                    ),
+                )
+        self._requeue(deque(call for call in inFlight if call.worker is worker))
         if previous is WorkerState.STARTING and wasLive:
             error = worker.startError or errors.WorkerStartError(
                 f"worker {worker.pid} {how} before it was ready"
@@ -637,6 +827,48 @@ class ProcessPool(Lifecycle[PoolState]):
         """
         self._processes.discard(worker)
         self._checkStopped()
+
+    # -- telling the observer (see taskd.observer) --------------------------
+
+    def _observe(self, call: _Call, origin: str | None) -> None:
+        """
+        Number a call accepted, note when and from whom, and tell the
+        observer.  (Its start and end are told by L{_started}, L{_finish}
+        and L{_cancel}.)
+        """
+        assert self.observer is not None
+        call.origin = origin
+        call.number = next(self._numbers)
+        call.submittedAt = self.reactor.seconds()
+        self.observer.callQueued(call)
+
+    def _observeStart(self, worker: _Worker, call: _Call) -> None:
+        assert self.observer is not None
+        call.startedAt = now = self.reactor.seconds()
+        call.pid = worker.pid
+        self.observer.callStarted(call, worker.pid, now - call.submittedAt)
+
+    def _observeEnd(self, call: _Call, outcome: str) -> None:
+        assert self.observer is not None
+        call.outcome = outcome
+        started = call.startedAt
+        self.observer.callEnded(
+            call, outcome, None if started is None else self.reactor.seconds() - started
+        )
+
+    def _observeWorkerEnd(self, worker: _Worker, previous: WorkerState) -> None:
+        assert self.observer is not None
+        killedFor = retiredFor = None
+        if previous is WorkerState.TERMINATING:
+            first = worker.inFlight[0] if worker.inFlight else None
+            # A call not over when its worker was killed timed out and
+            # waits for its retry.
+            killedFor = "" if first is None else first.outcome or ("" if first.done else "timeout")
+        elif previous is WorkerState.RETIRING:
+            retiredFor = worker.leavingBecause or ""
+        self.observer.workerEnded(
+            worker.pid, workerEndReason(killedFor, retiredFor, not self._serving())
+        )
 
     # -- workers ----------------------------------------------------------
 
@@ -799,6 +1031,8 @@ class ProcessPool(Lifecycle[PoolState]):
             self._discard(worker)
         elif call.timeout is not None:
             call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
+        if self.observer is not None and not call.done:
+            self._observeStart(worker, call)
 
     def _release(self, worker: _Worker) -> None:
         """
@@ -866,6 +1100,8 @@ class ProcessPool(Lifecycle[PoolState]):
         self._restartTimers.add(timer)
 
     def _startFailed(self, error: errors.WorkerStartError) -> None:
+        if self._rolling is not None:
+            self._rollFailed(error)
         if self._starting is not None:
             # Fail start() only once every worker is gone again.
             starting, self._starting = self._starting, None
@@ -886,6 +1122,8 @@ class ProcessPool(Lifecycle[PoolState]):
         if self._retryPolicies and isinstance(result, Failure) and self._retries(call, result):
             return
         call.done = True
+        if self.observer is not None:
+            self._observeEnd(call, outcomeOf(result))
         freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
         call.worker = None
         if self._retrying:
@@ -1019,6 +1257,8 @@ class ProcessPool(Lifecycle[PoolState]):
             return
         worker = call.worker
         call.done = True
+        if self.observer is not None:
+            self._observeEnd(call, CANCELLED)
         call.worker = None
         if call.timer is not None and call.timer.active():
             call.timer.cancel()

@@ -78,6 +78,12 @@ class OptionsTests(SynchronousTestCase):
                 "journal": os.path.abspath("taskd-journal.sqlite"),
                 "job-ttl": 86400.0,
                 "max-jobs": 100000,
+                "http": None,
+                "http-token-file": None,
+                "http-token": None,
+                "log-format": "text",
+                "admin-token-file": None,
+                "admin-token": None,
             },
         )
 
