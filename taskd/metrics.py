@@ -153,6 +153,19 @@ class DaemonCollector:
                 rss.add_metric([str(slot)], size)
         yield rss
         yield GaugeMetricFamily(
+            "taskd_calls_retrying",
+            "Calls waiting out their backoff before another attempt.",
+            value=stats.get("retrying", 0),
+        )
+        jobs = GaugeMetricFamily(
+            "taskd_jobs", "Background jobs not yet ended, by state.", labels=["state"]
+        )
+        for state in ("queued", "scheduled", "running"):
+            key = "jobs" + state.capitalize()
+            if key in stats:
+                jobs.add_metric([state], stats[key])
+        yield jobs
+        yield GaugeMetricFamily(
             "taskd_connections", "Client connections open.", value=stats.get("connections", 0)
         )
         yield GaugeMetricFamily(

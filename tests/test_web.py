@@ -157,7 +157,8 @@ class MetricsTests(PoolTestsMixin, SynchronousTestCase):
     def test_collect(self) -> None:
         """
         Every counter and histogram is what the activity holds; worker ends
-        are listed for every reason, zero or not.
+        are listed for every reason, zero or not; jobs by state and calls
+        waiting for a retry are what the daemon's stats say.
         """
         from prometheus_client import generate_latest
 
@@ -171,8 +172,14 @@ class MetricsTests(PoolTestsMixin, SynchronousTestCase):
         self.failureResultOf(d, errors.TaskTimeout)
         reactor.processes[0].exit(None, signal.SIGKILL)
         draining = [False]
-        registry = makeRegistry(DaemonCollector(activity, pool.stats, lambda: draining[0]), processMetrics=False)
+        stats = lambda: {**pool.stats(), "jobsQueued": 2, "jobsScheduled": 1, "jobsRunning": 0}  # noqa: E731
+        registry = makeRegistry(DaemonCollector(activity, stats, lambda: draining[0]), processMetrics=False)
         got = families(generate_latest(registry).decode())
+        self.assertEqual(
+            got["taskd_jobs"],
+            {("taskd_jobs", (("state", s),)): n for s, n in (("queued", 2.0), ("scheduled", 1.0), ("running", 0.0))},
+        )
+        self.assertEqual(got["taskd_calls_retrying"], {("taskd_calls_retrying", ()): 0.0})
         self.assertEqual(got["taskd_calls"], {("taskd_calls_total", (("outcome", "timeout"), ("task", "sleep"))): 1.0})
         run = got["taskd_call_run_seconds"]
         self.assertEqual(run[("taskd_call_run_seconds_bucket", (("le", "1.0"), ("task", "sleep")))], 0.0)
