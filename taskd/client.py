@@ -27,15 +27,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import errors
+from taskd.jobclient import JobAsking, JobHandle, Submitter
 from taskd.wire import (
     VERSION,
     Accepted,
-    CancelJob,
     JobReply,
-    JobRequest,
-    JobStatus,
     Submit,
-    Wait,
     Call,
     Cancel,
     ErrorReply,
@@ -68,7 +65,7 @@ MAX_HELD = 10_000
 _CLOSING_NOTICES = (errors.IdleTimeout, errors.LineTimeout, errors.LineTooLong)
 
 
-class TaskClientProtocol(Protocol):
+class TaskClientProtocol(JobAsking, Protocol):
     """
     The client's side of one connection.
 
@@ -443,103 +440,6 @@ class TaskClientProtocol(Protocol):
         return d
 
 
-    # -- background jobs (taskd.jobs) -------------------------------------
-
-    def askAboutJob(
-        self,
-        request: Callable[[int], JobRequest],
-        progress: Callable[[Any], object] | None = None,
-    ) -> Deferred[Any]:
-        """
-        Send a request about jobs, made by C{request} from the id it gets.
-        Cancelling the C{Deferred} only stops waiting for the answer (a
-        job goes on: cancel it with a L{CancelJob}).
-
-        @return: a C{Deferred} firing with the L{Accepted} or L{JobReply}
-            answer, or, for a L{Wait}, the job's result; or failing with the
-            daemon's error.
-        """
-        if self.closing:
-            return fail(self._notSent())
-        id = next(self._ids)
-        try:
-            line = encodeRequest(request(id))
-        except (TypeError, ValueError, RecursionError) as e:
-            return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e!r}"))
-        if len(line) > self._maxLine:
-            return fail(
-                errors.LineTooLong(
-                    f"the request is a {len(line)}-byte line; the daemon takes at most "
-                    f"{self._maxLine - 1} bytes; it was not sent"
-                )
-            )
-
-        def forget(d: Deferred[Any]) -> None:
-            self._progress.pop(id, None)
-            self._pending.pop(id, None)
-
-        d: Deferred[Any] = Deferred(forget)
-        self._pending[id] = d
-        if progress is not None:
-            self._progress[id] = progress
-        self.transport.write(line)
-        return d
-
-    def _jobAnswered(self, reply: Accepted | JobReply) -> None:
-        d = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
-        if d is not None:
-            d.callback(reply)
-
-
-class JobHandle:
-    """
-    A background job on a daemon: its id, and what can be asked about it
-    (from any connection: a handle made by L{TaskClient.job} in another
-    process works as well).
-
-    @ivar id: the job's id.
-    @ivar existing: whether the submit found an earlier job by its key
-        (this is that job).
-    """
-
-    def __init__(self, protocol: TaskClientProtocol, jobId: str, existing: bool = False) -> None:
-        self._protocol = protocol
-        self.id = jobId
-        self.existing = existing
-
-    def result(self, progress: Callable[[Any], object] | None = None) -> Deferred[Any]:
-        """
-        Wait for the job to end.
-
-        @param progress: called with each progress report the job makes
-            from now on.
-        @return: a C{Deferred} firing with its result, or failing with its
-            error (as a call's), L{errors.JobInterrupted} or
-            L{errors.UnknownJob}.  Cancelling it stops waiting; the job
-            goes on.
-        """
-        return self._protocol.askAboutJob(
-            lambda id: Wait(self.id, id, progress is not None), progress
-        )
-
-    def status(self) -> Deferred[JobReply]:
-        """
-        @return: a C{Deferred} firing with the job's L{JobReply}: its
-            C{state}, and in C{fields} its timestamps and, once it has
-            ended, its C{result} or C{error} object.
-        """
-        return self._protocol.askAboutJob(lambda id: JobStatus(self.id, id))
-
-    def cancel(self) -> Deferred[JobReply]:
-        """
-        Cancel the job.
-
-        @return: a C{Deferred} firing with its L{JobReply} once it has
-            ended (C{cancelled}, or the state it had already ended in).
-        """
-        return self._protocol.askAboutJob(lambda id: CancelJob(self.id, id))
-
-
 class Caller:
     """
     The calling API shared by L{TaskClient} and
@@ -598,7 +498,7 @@ class Caller:
         return self._send(name, args, kwargs, timeout, progress, priority, deadline)
 
 
-class TaskClient(Caller):
+class TaskClient(Caller, Submitter):
     """
     A connection to a taskd daemon.
     """
@@ -627,50 +527,10 @@ class TaskClient(Caller):
         """
         return self._protocol.close()
 
-    # -- background jobs (taskd.jobs) -------------------------------------
+    # -- background jobs (taskd.jobclient) -----------------------------------
 
-    def submit(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[JobHandle]:
-        """
-        Queue task C{name} as a background job with these arguments.
-
-        @return: a C{Deferred} firing with its L{JobHandle} once the daemon
-            has it on disk, or failing with L{errors.UnknownTask},
-            L{errors.PoolBusy} (the daemon holds its C{--max-jobs}), ...
-        """
-        return self.submitWith(name, args, kwargs)
-
-    def submitWith(
-        self,
-        name: str,
-        args: Sequence[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        delay: float | None = None,
-        at: float | None = None,
-        key: str | None = None,
-        timeout: float | None = None,
-        priority: int | None = None,
-        deadline: float | None = None,
-    ) -> Deferred[JobHandle]:
-        """
-        Like L{submit}, with the job's options kept apart from the task's
-        arguments.
-
-        @param delay: seconds before it may start.
-        @param at: when it may start, in seconds since the epoch.
-        @param key: an idempotency key: while a job with this key is known,
-            the answer is that job's handle (with C{existing} set).
-        @param timeout: seconds it may run.
-        @param priority: its priority, as a call's.
-        @param deadline: seconds it may wait past its time before it
-            starts; past them it ends C{expired}.
-        """
+    def _submitJob(self, request: Callable[[int], Submit]) -> Deferred[JobHandle]:
         protocol = self._protocol
-
-        def request(id: int) -> Submit:
-            call = Call(name, list(args), dict(kwargs or {}), id, timeout, priority=priority, deadline=deadline)
-            return Submit(call, delay, at, key)
-
         d = protocol.askAboutJob(request)
         return d.addCallback(lambda reply: JobHandle(protocol, reply.job, reply.existing))
 

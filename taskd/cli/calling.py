@@ -157,6 +157,14 @@ async def mapCommand(
     call cancelled before that one as C{{"error": {"type":
     "interrupted", ...}}}, and nothing for the calls after it.
 
+    With C{--background} it submits one background job per line instead
+    (L{taskd.jobclient.Submitter.submitWith}) and writes each job's id, in
+    input order, as soon as the daemon has it on disk (a refused submit
+    writes its C{{"error": ...}} object in its place).  Interrupted, it
+    sends no more and waits for the answers to the submits already sent
+    (a submit cannot be taken back: the daemon may have queued it), so
+    every job queued has its id written.
+
     @return: the exit status, or -1 if interrupted.
     """
     try:
@@ -166,6 +174,7 @@ async def mapCommand(
         return -1
     interruption.onAbort(protocol.abortNow)
     client = TaskClient(protocol)
+    background = bool(getattr(options, "background", False))
     progress = Progress(len(calls), sys.stderr)
     results: dict[int, str] = {}
     inFlight: dict[int, Deferred[Any]] = {}
@@ -215,10 +224,17 @@ async def mapCommand(
             ):
                 index, (args, kwargs) = nextCall, calls[nextCall]
                 nextCall += 1
-                d = client.callWith(options.function, args, kwargs, timeout=options.timeout)
+                d: Deferred[Any]
+                if background:
+                    d = client.submitWith(
+                        options.function, args, kwargs, timeout=options.timeout
+                    ).addCallback(lambda handle: handle.id)
+                else:
+                    d = client.callWith(options.function, args, kwargs, timeout=options.timeout)
+                    d.addCallback(lambda result: json.dumps(result))
                 inFlight[index] = d
                 d.addCallbacks(
-                    lambda result, i=index: done(json.dumps(result), i, True),
+                    lambda line, i=index: done(line, i, True),
                     failed,
                     errbackArgs=(index,),
                 )
@@ -228,6 +244,8 @@ async def mapCommand(
             finished.callback(None)
 
     def interrupted() -> None:
+        if background:
+            return  # the submits in flight are answered: their ids are written
         for d in list(inFlight.values()):
             d.cancel()
 
@@ -253,8 +271,17 @@ async def mapCommand(
             results[index] = marker
     flush()
     progress.update(final=True)
-    await closeAfterCancel(reactor, protocol)
     notSent = len(calls) - nextCall
+    if background:
+        await client.close()
+        write(
+            sys.stderr,
+            f"taskd: interrupted ({interruption.name}): {progress.done - progress.failed} of "
+            f"{len(calls)} jobs queued ({progress.failed} refused), {notSent} not sent; "
+            f"{written} lines written; the queued jobs go on\n",
+        )
+        return -1
+    await closeAfterCancel(reactor, protocol)
     write(
         sys.stderr,
         f"taskd: interrupted ({interruption.name}): {progress.done} of {len(calls)} "

@@ -145,6 +145,13 @@ def parser() -> argparse.ArgumentParser:
     map_.add_argument(
         "--concurrency", "-n", type=_positive, default=10, help="calls in flight [default: %(default)s]"
     )
+    map_.add_argument(
+        "--background",
+        "-b",
+        action="store_true",
+        help="submit one background job per line instead (see docs/jobs.md) and write the "
+        "job ids, in input order, once each is on disk; Ctrl-C sends no more",
+    )
     # -- background jobs (taskd.cli.jobs) --
     submit = commands.add_parser(
         "submit",
