@@ -657,8 +657,12 @@ class DaemonSchedulingTests(DaemonTestCase):
         again, once = os.path.join(directory, "again"), os.path.join(directory, "once")
         kills: list[int] = []
         killer = LoopingCall(self.killRandomWorker, kills)
-        killer.start(0.2, now=False)
-        n = 1000
+        # No faster than the pool may replace workers (two at once, then
+        # one every half second): faster, the pool runs short of workers
+        # and the call at the queue's front, a retried one, is the one
+        # each kill hits.
+        killer.start(0.5, now=False)
+        n = 1500
         lines = []
         for i in range(n):
             lines.append(json.dumps({"function": "idempotentRun", "args": [again, i], "id": i}).encode())
