@@ -568,7 +568,11 @@ class DaemonSchedulingTests(DaemonTestCase):
         """
         A task with C{concurrency=1} never overlaps itself on three
         workers, while another task's calls run beside it; C{rate="10/s"}
-        starts 50 (plus or minus 2) calls in 5 seconds of wall time.
+        starts 50 (plus or minus 2) calls in 5 seconds of wall time: no
+        5-second window holds more than 52 starts, and the fullest holds
+        at least 48 (a machine that stalls the daemon for a while, as a
+        loaded CI machine may, makes fewer in the windows around the stall,
+        never more).
         """
         yield self.startDaemon(
             "--task-limit", "stamped:concurrency=1", "--task-limit", "ratestamp:rate=10/s", workers=3
@@ -578,11 +582,11 @@ class DaemonSchedulingTests(DaemonTestCase):
         capped, rated = os.path.join(directory, "capped"), os.path.join(directory, "rated")
         lines = [
             json.dumps({"function": "stamped", "args": [capped, 0.05], "id": i}).encode() for i in range(10)
-        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(55)]
+        ] + [json.dumps({"function": "ratestamp", "args": [rated], "id": 100 + i}).encode() for i in range(80)]
         proto = yield self.pipeline(lines)
         self.assertEqual(
             {id: [r["type"] for r in replies] for id, replies in proto.replies.items()},
-            {id: ["result"] for id in [*range(10), *range(100, 155)]},
+            {id: ["result"] for id in [*range(10), *range(100, 180)]},
         )
         with open(capped) as f:
             spans = sorted(tuple(map(float, line.split())) for line in f)
@@ -591,9 +595,10 @@ class DaemonSchedulingTests(DaemonTestCase):
             self.assertLessEqual(end, start)
         with open(rated) as f:
             starts = sorted(float(line) for line in f)
-        self.assertEqual(len(starts), 55)
-        inFive = sum(1 for t in starts if t - starts[0] < 5.0)
-        self.assertTrue(48 <= inFive <= 52, (inFive, starts))
+        self.assertEqual(len(starts), 80)
+        windows = [sum(1 for t in starts if first <= t < first + 5.0) for first in starts]
+        self.assertLessEqual(max(windows), 52, starts)
+        self.assertGreaterEqual(max(windows), 48, starts)
         self.assertNothingUnhandled()
 
     @inlineCallbacks
