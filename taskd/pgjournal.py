@@ -173,9 +173,8 @@ class PostgreSQLJournal:
         @param maxJobs: the most jobs kept; past it, the jobs that ended
             first are removed as new ones are added.
         @param listen: whether to C{LISTEN} for notifications.
-        @param pollInterval: how often the listening thread checks whether
-            it should stop (and how long a lost notification connection
-            waits at least before trying again).
+        @param pollInterval: the daemons' poll interval (the listening
+            thread checks every 0.2 s at most whether it should stop).
         """
         self.dsn = dsn
         self.maxJobs = maxJobs
@@ -680,7 +679,7 @@ class PostgreSQLJournal:
                         self._reactor.callFromThread(self.notified, "new")
                     first = False
                     while not self._stopListening.is_set():
-                        for note in db.notifies(timeout=self._pollInterval):
+                        for note in db.notifies(timeout=min(self._pollInterval, 0.2)):
                             self._reactor.callFromThread(self.notified, note.payload)
             except psycopg.Error as e:
                 backoff = min(MAX_BACKOFF, max(0.1, backoff * 2))
