@@ -195,6 +195,7 @@ class PostgreSQLJournal:
         self._backoff = 0.0
         self._nextAttempt = 0.0
         self._lastError = ""
+        self._connectedSince = 0.0
         self._pending: list[tuple[Callable[[Any], Any], Deferred[Any], bool]] = []
         self._flushCall: Any = None
         self._committing = False
@@ -235,6 +236,7 @@ class PostgreSQLJournal:
             self.log.info("journal: reconnected to PostgreSQL")
             self._reactor.callFromThread(self.notified, "new")
         self._connected = True
+        self._connectedSince = time.monotonic()
         self._backoff = 0.0
         self._db = db
         return db
@@ -562,7 +564,9 @@ class PostgreSQLJournal:
         Requeue or end the running jobs whose lease expired (their daemon
         died or lost the database for longer than the lease): a job whose
         task opts into retries is queued again, any other ends
-        L{INTERRUPTED}, as after a crash on one host.
+        L{INTERRUPTED}, as after a crash on one host.  A daemon reaps
+        nothing in its first lease after (re)connecting: after an outage of
+        the server, the others renew their leases first.
 
         @param retries: the retries of a task, by name.
         @return: a C{Deferred} firing with (requeued, interrupted).
@@ -573,6 +577,10 @@ class PostgreSQLJournal:
         ).toDict())
 
         def expire(db: Any) -> tuple[int, int]:
+            if time.monotonic() - self._connectedSince < self.lease:
+                # Just (re)connected: the server may have been away, and
+                # the other daemons need a lease's time to renew theirs.
+                return 0, 0
             rows = db.execute(
                 "SELECT id, function FROM taskd_jobs WHERE state = 'running' "
                 "AND lease_until < clock_timestamp() ORDER BY lease_until LIMIT %s "

@@ -43,7 +43,9 @@ def skipReason() -> str | None:
     @return: why PostgreSQL tests cannot run here, or C{None}.
     """
     try:
-        import psycopg  # noqa: F401
+        import psycopg
+
+        del psycopg
     except ImportError:
         return "psycopg is not installed (pip install '.[postgresql]')"
     if binDir() is None:

@@ -88,7 +88,7 @@ class PostgreSQLJournalTests(TestCase):
         state).
         """
         dead = yield self.journal(owner="dead", lease=0.3)
-        alive = yield self.journal(owner="alive")
+        alive = yield self.journal(owner="alive", lease=0.3)
         yield gatherResults([dead.add(record(1)), dead.add(evolve(record(2), function="safe"))])
         claimed = yield dead.claim(10, 500.0)
         self.assertEqual(len(claimed), 2)
@@ -112,7 +112,7 @@ class PostgreSQLJournalTests(TestCase):
         reaps the job.
         """
         owner = yield self.journal(owner="busy", lease=0.3)
-        other = yield self.journal(owner="other")
+        other = yield self.journal(owner="other", lease=0.3)
         yield owner.add(record(1))
         yield owner.claim(1, 500.0)
         for _ in range(6):
