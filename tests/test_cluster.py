@@ -323,7 +323,8 @@ class JobsThroughHAProxyTests(ClusterTestCase):
             C{connections} connections.
         """
         parts = yield gatherResults([
-            self.pipeline(lines[k::connections], inFlight=200) for k in range(connections)
+            # The daemons' --max-in-flight (100) per connection.
+            self.pipeline(lines[k::connections], inFlight=100) for k in range(connections)
         ])
         replies: dict[Any, dict[str, Any]] = {}
         for part in parts:
@@ -356,7 +357,7 @@ class JobsThroughHAProxyTests(ClusterTestCase):
 
         started = time.monotonic()
         replies = yield self.submitAll([submitLine(n, function(n), runs, hold) for n in range(first)])
-        self.assertEqual({r["type"] for r in replies.values()}, {"accepted"})
+        self.assertEqual([r for r in replies.values() if r["type"] != "accepted"][:3], [])
         jobs = {n: r["job"] for n, r in replies.items()}
 
         def ranCount() -> int:
