@@ -37,12 +37,19 @@ N = 20000
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument(
+        "--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)"
+    )
     options = parser.parse_args()
 
     registry = Registry()
     registry.register(lambda a, b: a + b, "add")
     reactor = FakeProcessReactor()
     pool = ProcessPool(reactor, tasks=[], workers=2, registry=registry, prefetch=4, maxQueue=N)
+    if options.observed:
+        from taskd.activity import Activity
+
+        pool.observer = Activity(reactor)
     pool.start()
     for process in reactor.processes:
         process.ready()

@@ -87,10 +87,67 @@ class Daemon(Process):
         assert self.match is not None
         self.port = int(self.match.group(1))
         self.pid = self.popen.pid
+        self.httpPort = None
+        if "--http" in options:
+            m = re.search(rb"StatusSite starting on (\d+)", self.output())
+            assert m is not None
+            self.httpPort = int(m.group(1))
 
     def workerPids(self) -> list[int]:
         with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
             return [int(p) for p in f.read().split()]
+
+
+class Scraper:
+    """
+    Fetches a daemon's C{/metrics} and C{/events} snapshot once a second in
+    a thread, as Prometheus and a status page would, while a workload runs.
+    """
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port = port
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(1.0):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+                assert b"taskd_calls_total" in r.read()
+            self.scrapes += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.scrapes
+
+
+def httpCost(runs: int, lines: list[bytes], check: Callable[[int, Any], bool], workers: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """
+    W1 against two daemons started alike, one with C{--http} (the pool's
+    observer on, C{/metrics} scraped every second), runs interleaved.
+    """
+    off, on = Daemon(workers), Daemon(workers, PREFETCH, "--http", "tcp:0:interface=127.0.0.1")
+    results: dict[str, list[dict[str, Any]]] = {"taskd_raw_http_off": [], "taskd_raw_http_on": []}
+    try:
+        for i in range(runs):
+            r = pipelinedCPU(off.port, lines, check, off.pid, off.workerPids())
+            results["taskd_raw_http_off"].append(r)
+            assert on.httpPort is not None
+            scraper = Scraper(on.httpPort)
+            r = pipelinedCPU(on.port, lines, check, on.pid, on.workerPids())
+            r["scrapes"] = scraper.stop()
+            results["taskd_raw_http_on"].append(r)
+            print(f"  W1 --http off/on run {i + 1}: {results['taskd_raw_http_off'][-1]['calls_per_s']:,.0f} / {r['calls_per_s']:,.0f} calls/s ({r['scrapes']} scrapes)", file=sys.stderr)
+    finally:
+        off.stop()
+        on.stop()
+    return results
 
 
 def rssMB(pid: int) -> float:
@@ -160,11 +217,13 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    results: dict[str, Any]
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few hundred calls, one run: to check the benchmark works, not to judge speed")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     parser.add_argument("--skip-ampoule", action="store_true", help="leave out ampoule (if the bench extra is not installed)")
+    parser.add_argument("--http-only", action="store_true", help="only W1 with --http off and on (needs prometheus_client)")
     options = parser.parse_args(argv)
     quick = options.quick
     runs = 1 if quick else options.runs
@@ -175,8 +234,17 @@ def main(argv: list[str] | None = None) -> None:
     n5 = 50 if quick else 1000
     nInline = 20 if quick else 100
     idleConnections = 200 if quick else 10000
+    if options.http_only:
+        results = {"machine": machine(), "quick": quick, "runs": runs}
+        lines = [request("add", [i, 1], i) for i in range(n1)]
+        results["w1"] = httpCost(runs, lines, lambda i, r: r == i + 1)
+        report(results)
+        if options.json:
+            with open(options.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return
     burnN = calibrateBurn()
-    results: dict[str, Any] = {"machine": machine(), "quick": quick, "runs": runs, "burn_n": burnN}
+    results = {"machine": machine(), "quick": quick, "runs": runs, "burn_n": burnN}
     ampoule = not options.skip_ampoule
 
     def repeat(name: str, f: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -217,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: pipelinedCPU(linePort, addLines, addCheck, line.popen.pid))
         w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
         w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
+        w1.update(httpCost(runs, addLines, addCheck))
         if ampoule:
             w1["ampoule"] = repeat("W1 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w1", "n": n1}))
 
@@ -268,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
 
         w6 = results["w6"] = {}
         n6 = 10 if quick else 100
-        for name, options, priority in mixed.SETTINGS:
-            w6Daemon = Daemon(2, 1, *options)
+        for name, daemonOptions, priority in mixed.SETTINGS:
+            w6Daemon = Daemon(2, 1, *daemonOptions)
             try:
                 w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
             finally:
@@ -325,9 +394,9 @@ def report(r: dict[str, Any]) -> None:
         if value is not None:
             rows.append((workload, system, f"{value:,.1f}", unit))
 
-    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
+    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
-    for name in ("taskd_raw", "ceiling_tcp"):
+    for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "ceiling_tcp"):
         for part in ("client", "server", "workers"):
             row(f"W1 CPU per call, {part}", name, m("w1", name, f"cpu_us_{part}"), "us")
     row("W1a connection per call", "taskd_raw", m("w1a", "taskd_raw", "calls_per_s"), "calls/s")

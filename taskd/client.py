@@ -48,6 +48,8 @@ from taskd.wire import (
     StatsReply,
     Tasks,
     TasksReply,
+    Admin,
+    AdminReply,
     decodeReply,
     encodeRequest,
 )
@@ -235,6 +237,19 @@ class TaskClientProtocol(Protocol):
         """
         return self._ask(Tasks())
 
+    # -- admin requests (see docs/operations.md) -----------------------------
+
+    def admin(self, command: str, **fields: Any) -> Deferred[AdminReply]:
+        """
+        Make an admin request: C{command} is one of
+        L{taskd.wire.ADMIN_COMMANDS}, C{fields} its other fields (the admin
+        C{token}, a call's C{number}, a pool size's C{count}).
+
+        @return: a C{Deferred} firing with the L{AdminReply}, or failing
+            with the daemon's error (L{errors.Forbidden}, say).
+        """
+        return self._ask(Admin(command, fields))
+
     def _ask(self, request: Request) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
         if self.closing:
@@ -273,7 +288,7 @@ class TaskClientProtocol(Protocol):
         except ValueError as e:
             self.log.warn("ignoring a reply taskd.client cannot read: {error}", error=e)
             return
-        if isinstance(reply, (HelloReply, StatsReply, TasksReply)):
+        if isinstance(reply, (HelloReply, StatsReply, TasksReply, AdminReply)):
             if self._unnumbered:
                 self._unnumbered.popleft().callback(reply)
             return

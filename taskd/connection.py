@@ -34,11 +34,13 @@ from zope.interface import implementer
 from taskd import errors
 from taskd.jobs import JobService
 from taskd.journal import JobRecord, describeJob, jobError
+from taskd.admin import AdminCommands, isLocalListener
 from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     VERSION,
+    Admin,
     Call,
     CallId,
     Cancel,
@@ -101,6 +103,8 @@ class ConnectionOwner(Protocol):
     version: str
     #: The connections open now (a connection adds itself).
     connections: set[TaskServerProtocol]
+    #: Runs admin requests, or C{None} if the daemon takes none.
+    admin: AdminCommands | None
 
     def connectionEnded(self, protocol: TaskServerProtocol) -> None:
         """
@@ -164,6 +168,8 @@ class TaskServerProtocol(LineReceiver):
     _producing = False
     # Receiving a line never touches a timer: see taskd.timeouts.
     _timeouts: ConnectionTimeouts | None = None
+    # Who is connected, for the pool's observer (see describePeer).
+    _origin: str | None = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -181,6 +187,7 @@ class TaskServerProtocol(LineReceiver):
             self.transport.loseConnection()
             return
         factory.connections.add(self)
+        self._origin = describePeer(self.transport)
         self.transport.registerProducer(WriteBackpressure(self._writeBufferFull), True)
         self._producing = True
         if factory.idleTimeout or factory.lineTimeout:
@@ -339,6 +346,8 @@ class TaskServerProtocol(LineReceiver):
             self._answer(None, self.factory.tasksLine())
         elif isinstance(request, JOB_REQUESTS):
             self._job(request)
+        elif isinstance(request, Admin):
+            self._admin(request)
         else:
             self._answer(None, encodeHelloReply(self._hello()))
 
@@ -438,6 +447,7 @@ class TaskServerProtocol(LineReceiver):
             progress=progress,
             priority=call.priority,
             deadline=call.deadline,
+            origin=self._origin,
         )
         self._calls[key] = d
         d.addCallbacks(
@@ -501,6 +511,30 @@ class TaskServerProtocol(LineReceiver):
     def _jobAnswered(self, line: bytes, key: Any) -> None:
         self._calls.pop(key, None)
         self._done(key, line)
+    # -- admin requests (taskd.admin) ---------------------------------------
+
+    def _admin(self, request: Admin) -> None:
+        """
+        Run an admin request; its answer takes its turn among the replies
+        without an id (a rolling restart answers when it is done).
+        """
+        key = self._ordered.reserve()
+        self._unanswered += 1
+        admin = self.factory.admin
+        if admin is None:
+            d: Deferred[bytes] = Deferred()
+            d.errback(errors.Forbidden("this daemon takes no admin requests"))
+        else:
+            d = admin.handle(request, isLocalListener(self.transport))
+
+        def failed(failure: Failure) -> bytes:
+            error = failure.value
+            if not isinstance(error, errors.TaskdError):
+                self.log.failure("admin {command} failed", failure, command=request.command)
+                error = errors.TaskdError(f"internal error: {error!r}")
+            return encodeError(None, error)
+
+        d.addErrback(failed).addCallback(lambda line: self._done(key, line))
 
     # -- writing ----------------------------------------------------------
 
@@ -569,3 +603,19 @@ class TaskServerProtocol(LineReceiver):
             self.pauseProducing()
         elif not stop and self.paused:
             self.resumeProducing()
+
+
+def describePeer(transport: Any) -> str:
+    """
+    @return: who is at the other end of C{transport}, as people read it:
+        C{"127.0.0.1:50312"}, C{"[::1]:50312"}, C{"unix"}.
+    """
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "unknown"
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    if host is None or port is None:
+        return "unix" if hasattr(peer, "name") else str(type(peer).__name__).lower()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -314,6 +314,20 @@ _byType: dict[str, type[TaskdError]] = {
 }
 
 
+class Forbidden(TaskdError):
+    """
+    An admin request from a connection that may not make it: without the
+    admin token, or (when the daemon has none) not on a loopback or
+    C{unix:} listener.
+    """
+
+    type = "forbidden"
+    started = False
+
+
+_byType[Forbidden.type] = Forbidden
+
+
 def errorFromDict(d: dict[str, Any]) -> TaskdError:
     """
     Build the exception an error object (as made by L{TaskdError.toDict})

@@ -12,11 +12,15 @@ stop.  It takes a task name and the arguments as a JSON object and gives
 back the task's result as JSON, so a server can pass bytes from the
 network to a worker and back without decoding and encoding them again.
 
-This module is one state machine, and over 450 lines on purpose: the
-queue, the idle list, the live and ending workers and the timers are read
-and changed together by every method below, and splitting them over
-files would hide that.  Policies that choose the next call (priorities,
-caps, rates) belong in a queue room of their own beside it.
+L{ProcessPool} is one state machine, built from rooms that each hold one
+concern (L{taskd._poolstate} declares the state they share): this module
+holds its public API, what its workers tell it (the C{WorkerEvents}) and
+how it starts; L{taskd._dispatching} hands calls to workers,
+L{taskd._endings} ends them, L{taskd._retrying} retries them,
+L{taskd._supervision} keeps the workers, L{taskd._placement} places calls
+in workers that run several at once, L{taskd._observing} tells the
+observer, and L{taskd._stopping} stops.  The policies that choose the
+next call (priorities, caps, rates) are in L{taskd._queue}.
 
 The pool's lifecycle (L{PoolState}, L{POOL_TRANSITIONS})::
 
@@ -28,32 +32,42 @@ The pool's lifecycle (L{PoolState}, L{POOL_TRANSITIONS})::
 
 from __future__ import annotations
 
-import copy
 import random
 from collections import deque
-from enum import Enum
+from itertools import count
 from typing import Any, Callable, Sequence
 
-from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
-from taskd._lifecycle import Lifecycle
 from taskd._children import describeExit
+from taskd._dispatching import Dispatching
+from taskd._endings import CallEndings
+from taskd._lifecycle import Lifecycle
+from taskd._observing import Observing
+from taskd._placement import MultiCallPlacement
+from taskd._poolstate import (
+    POOL_TRANSITIONS,
+    CallCancelled,
+    PoolCall,
+    PoolState,
+    PoolWorker,
+)
 from taskd._queue import CallQueue
+from taskd._retrying import Retrying
 from taskd._slots import Slots
-from taskd._workerprocess import WorkerProcess, WorkerState
+from taskd._stopping import Stopping
+from taskd._supervision import Rolling, WorkerSupervision
+from taskd._workerprocess import WorkerState
 from taskd.config import PoolConfig
+from taskd.observer import PoolObserver
 from taskd.registry import (
-    ASYNC,
-    MAX_BACKOFF,
     MAX_PRIORITY,
     MIN_PRIORITY,
-    PROCESS,
     THREAD,
     Registry,
     TaskOptions,
@@ -65,84 +79,16 @@ from taskd.registry import (
 _DEFAULT: Any = object()
 
 
-class PoolState(Enum):
-    """
-    Where a pool is in its life.
-    """
-
-    #: Built; not started.
-    NEW = "new"
-    #: Starting its workers; takes calls (they wait).
-    STARTING = "starting"
-    #: Every worker was ready once; serving.
-    RUNNING = "running"
-    #: Refusing calls; running ones finish within the grace period.
-    STOPPING = "stopping"
-    #: Every worker has exited.
-    STOPPED = "stopped"
-
-
-_P = PoolState
-
-#: Every transition of a pool's lifecycle: its name, the states it may be
-#: taken from, and the state it leads to.
-POOL_TRANSITIONS = {
-    "start": (frozenset({_P.NEW}), _P.STARTING),
-    "abandon": (frozenset({_P.NEW}), _P.STOPPED),
-    "started": (frozenset({_P.STARTING}), _P.RUNNING),
-    "stop": (frozenset({_P.STARTING, _P.RUNNING}), _P.STOPPING),
-    "stopped": (frozenset({_P.STOPPING}), _P.STOPPED),
-}
-
-_READY = WorkerState.READY
-
-#: The first retry's delay, in seconds, for a task that sets none.
-DEFAULT_BACKOFF = 1.0
-
-
-class CallCancelled(CancelledError):
-    """
-    A call's C{Deferred} was cancelled: what it fails with.
-
-    @ivar started: whether the call had started (or may have: it was sent
-        ahead to a worker, or an earlier attempt ran); C{False} promises
-        it never ran.
-    """
-
-    def __init__(self, started: bool) -> None:
-        super().__init__("the call was cancelled")
-        self.started = started
-
-
-@define(eq=False)
-class _Call:
-    """
-    One submitted call, from L{ProcessPool.submitEncoded} to its end.
-    """
-
-    name: str
-    payload: bytes
-    timeout: float | None
-    progress: Callable[[bytes], object] | None = None
-    priority: int = 0
-    deadline: float | None = None
-    deferred: Deferred[bytes] = field(init=False)
-    worker: WorkerProcess[_Call] | None = None
-    # Its run timeout's timer once it runs; its deadline's while queued.
-    timer: IDelayedCall | None = None
-    done: bool = False
-    queuedAt: float = 0.0
-    seq: int = 0
-    # How many times it has been given to a worker (more with retries).
-    attempts: int = 1
-    # How it runs in a worker that runs several calls at once.
-    mode: str = THREAD
-
-
-_Worker = WorkerProcess[_Call]
-
-
-class ProcessPool(Lifecycle[PoolState]):
+class ProcessPool(
+    Dispatching,
+    CallEndings,
+    Retrying,
+    WorkerSupervision,
+    MultiCallPlacement,
+    Observing,
+    Stopping,
+    Lifecycle[PoolState],
+):
     """
     A pool of worker processes running registered tasks.
 
@@ -154,6 +100,8 @@ class ProcessPool(Lifecycle[PoolState]):
     @ivar state: where it is in its life (L{POOL_TRANSITIONS}).
     @ivar jitter: returns a number from 0 to 1 that spreads each retry's
         delay over its upper half (C{random.random}; tests replace it).
+    @ivar observer: told of calls and workers (a
+        L{taskd.observer.PoolObserver}), or C{None}.
     """
 
     log = Logger()
@@ -188,13 +136,13 @@ class ProcessPool(Lifecycle[PoolState]):
         self.reactor = reactor
         self.registry = defaultRegistry if registry is None else registry
         self.state = PoolState.NEW
-        self._queue: CallQueue[_Call] = CallQueue(reactor.seconds, config.agingInterval)
+        self._queue: CallQueue[PoolCall] = CallQueue(reactor.seconds, config.agingInterval)
         self._wakeTimer: IDelayedCall | None = None
-        self._idle: list[_Worker] = []
+        self._idle: list[PoolWorker] = []
         # Workers counted against capacity: starting or ready.
-        self._live: set[_Worker] = set()
+        self._live: set[PoolWorker] = set()
         # Every worker process not yet ended, leaving ones included.
-        self._processes: set[_Worker] = set()
+        self._processes: set[PoolWorker] = set()
         self._restartDelay = config.minRestartDelay
         self._restartTimers: set[IDelayedCall] = set()
         self._respawnTokens = float(config.workers)
@@ -206,12 +154,18 @@ class ProcessPool(Lifecycle[PoolState]):
         self._graceTimer: IDelayedCall | None = None
         # Tasks with retries, and calls waiting for their next attempt.
         self._retryPolicies: dict[str, TaskOptions] = {}
-        self._retrying: set[_Call] = set()
+        self._retrying: set[PoolCall] = set()
         self.jitter: Callable[[], float] = random.random
         # Workers that run several calls at once: their slots, and the
         # tasks whose mode is not THREAD.
         self._slots: Slots | None = None
         self._modes: dict[str, str] = {}
+        self.observer: PoolObserver | None = None
+        self._numbers = count(1)
+        # Ready workers let go once idle (see resize), and the rolling
+        # restart under way (see restartWorkers).
+        self._surplus: set[PoolWorker] = set()
+        self._rolling: Rolling | None = None
 
     # -- public API -------------------------------------------------------
 
@@ -273,27 +227,6 @@ class ProcessPool(Lifecycle[PoolState]):
         self._retryPolicies = {
             name: options for name, options in policies.items() if options.retries
         }
-
-    def _configureSlots(self) -> None:
-        """
-        Decide whether workers run several calls at once (with more than
-        one thread each, or for C{async def} tasks), and how each task's
-        calls run then.
-        """
-        registry, threads = self.registry, self.config.threads
-        modes = {}
-        for name in registry:
-            mode = registry.mode(name)
-            if mode == THREAD and threads == 1 and registry.options(name).mode is None:
-                # With one thread a plain task keeps its worker to itself,
-                # as it does where no task is async.
-                mode = PROCESS
-            if mode != THREAD:
-                modes[name] = mode
-        self._modes = modes
-        asyncTasks = ASYNC in modes.values()
-        if threads > 1 or asyncTasks:
-            self._slots = Slots(threads, self.config.asyncConcurrency if asyncTasks else 0)
 
     def timeoutFor(self, requested: float | None) -> float | None:
         """
@@ -367,6 +300,7 @@ class ProcessPool(Lifecycle[PoolState]):
         progress: Callable[[bytes], object] | None = None,
         priority: int | None = None,
         deadline: float | None = None,
+        origin: str | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -376,6 +310,7 @@ class ProcessPool(Lifecycle[PoolState]):
             (positional arguments) or an object (keyword arguments) and
             whose optional C{"kwargs"} is an object; other keys are ignored,
             so a whole request line from the wire will do.
+        @param origin: who sent the call, for the pool's observer.
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if not self._serving():
@@ -406,7 +341,7 @@ class ProcessPool(Lifecycle[PoolState]):
                     f"the queue is full ({maxQueue} calls waiting); try again later"
                 )
             )
-        call = _Call(
+        call = PoolCall(
             name,
             payload,
             self.config.timeout if timeout is _DEFAULT else timeout,
@@ -417,6 +352,8 @@ class ProcessPool(Lifecycle[PoolState]):
         call.deferred = Deferred(lambda d: self._cancel(call))
         if self._slots is not None:
             call.mode = self._modes.get(name, THREAD)
+        if self.observer is not None:
+            self._observe(call, origin)
         if free and not queue.size:
             # Nothing waits: the call goes straight to a worker if one may
             # take it (with no policies, this is the only path).
@@ -435,51 +372,6 @@ class ProcessPool(Lifecycle[PoolState]):
             if self._idle and queue.size:
                 self._wakeLater()
         return call.deferred
-
-    def stop(self) -> Deferred[None]:
-        """
-        Stop: refuse new calls, fail queued ones with L{errors.PoolStopping},
-        give running calls C{grace} seconds to finish (then fail them with
-        L{errors.PoolStopping} and terminate their workers), and end every
-        worker.
-
-        @return: a C{Deferred} that fires when every worker process has
-            exited.
-        """
-        if self.state is PoolState.NEW:
-            self._go("abandon")
-        if self.state is PoolState.STOPPED and not self._processes:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._stopping.append(d)
-        if self.state is PoolState.STOPPING:
-            return d
-        self._go("stop")
-        for timer in self._restartTimers:
-            timer.cancel()
-        self._restartTimers.clear()
-        if self._starting is not None:
-            starting, self._starting = self._starting, None
-            starting.errback(errors.PoolStopping("the pool was stopped while starting"))
-        self._failQueue(errors.PoolStopping("the pool is stopping"))
-        for call in list(self._retrying):
-            self._finish(
-                call,
-                Failure(errors.PoolStopping("the pool is stopping before the call's retry", started=True)),
-            )
-        for worker in list(self._processes):
-            # Calls waiting in a worker's pipe are not run; the worker may
-            # have begun one already.
-            for call in worker.waiting:
-                self._finish(call, Failure(errors.PoolStopping("the pool is stopping", started=True)))
-            if worker.state is WorkerState.STARTING:
-                self._discard(worker)
-            elif worker.state is WorkerState.READY and not worker.inFlight:
-                self._release(worker)
-        if any(self._busy(w) for w in self._processes):
-            self._graceTimer = self.reactor.callLater(self.config.grace, self._graceOver)
-        self._checkStopped()
-        return d
 
     def stats(self) -> dict[str, Any]:
         """
@@ -512,17 +404,21 @@ class ProcessPool(Lifecycle[PoolState]):
 
     # -- what workers tell the pool (WorkerEvents) ------------------------
 
-    def workerReady(self, worker: _Worker) -> None:
+    def workerReady(self, worker: PoolWorker) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerReady}.
         """
         self.log.info("worker {pid} started", pid=worker.pid)
+        if self.observer is not None:
+            self.observer.workerStarted(worker.pid)
         self._restartDelay = self.config.minRestartDelay
         self._startError = None
         if self.state is PoolState.STOPPING:
             self._release(worker)
             return
         self._feed(worker)
+        if self._rolling is not None:
+            self._rolled()
         if self._starting is not None and all(
             w.state is not WorkerState.STARTING for w in self._live
         ):
@@ -530,7 +426,7 @@ class ProcessPool(Lifecycle[PoolState]):
             self._go("started")
             starting.callback(None)
 
-    def workerReplied(self, worker: _Worker, call: _Call, reply: bytes | errors.TaskdError) -> None:
+    def workerReplied(self, worker: PoolWorker, call: PoolCall, reply: bytes | errors.TaskdError) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerReplied}.  A reply
         for a call the pool no longer has on this worker (it timed out or
@@ -541,11 +437,11 @@ class ProcessPool(Lifecycle[PoolState]):
             self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
         # (A worker that replies is READY, or being let go; or it has exited
         # and its last replies are being read: it takes nothing more.)
-        if worker.state is not _READY or worker.exited:
+        if worker.state is not WorkerState.READY or worker.exited:
             return  # being let go; workerEnded settles the rest
         if worker.inFlight and not worker.concurrent:
             self._started(worker)
-            if worker.state is not _READY:
+            if worker.state is not WorkerState.READY:
                 return
         if not self._serving():
             if not worker.inFlight:
@@ -557,10 +453,14 @@ class ProcessPool(Lifecycle[PoolState]):
         ):
             self._release(worker)
             self._replace()
+        elif worker in self._surplus:
+            if not worker.inFlight:
+                self._surplus.discard(worker)
+                self._release(worker)
         else:
             self._feed(worker)
 
-    def workerProgress(self, worker: _Worker, call: _Call, report: bytes) -> None:
+    def workerProgress(self, worker: PoolWorker, call: PoolCall, report: bytes) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerProgress}.
         """
@@ -570,7 +470,7 @@ class ProcessPool(Lifecycle[PoolState]):
             except Exception:
                 self.log.failure("a progress callback of task {name!r} failed", name=call.name)
 
-    def workerMisbehaved(self, worker: _Worker, error: errors.TaskdError) -> None:
+    def workerMisbehaved(self, worker: PoolWorker, error: errors.TaskdError) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerMisbehaved}.
         """
@@ -579,42 +479,47 @@ class ProcessPool(Lifecycle[PoolState]):
         if call is not None:
             self._finish(call, Failure(error))
 
-    def workerLeaving(self, worker: _Worker, reason: str) -> None:
+    def workerLeaving(self, worker: PoolWorker, reason: str) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerLeaving}.  A worker
         over its memory limit is replaced at once; one that received
         SIGTERM after L{PoolConfig.minRestartDelay} (by then a daemon that
         is being stopped as a whole is stopping, and starts none).
         """
-        if worker.state is not _READY:
+        if worker.state is not WorkerState.READY:
             return
         if reason == "memory":
             self._memoryRecycled += 1
         self._release(worker)
         self._replace(0.0 if reason in ("memory", "stuck") else self.config.minRestartDelay)
 
-    def workerEnded(self, worker: _Worker, reason: Failure, previous: WorkerState) -> None:
+    def workerEnded(self, worker: PoolWorker, reason: Failure, previous: WorkerState) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerEnded}.
         """
         wasLive = worker in self._live
+        if self.observer is not None:
+            self._observeWorkerEnd(worker, previous)
         self._forget(worker)
         how = describeExit(reason)
         started = worker.started()
         inFlight, worker.inFlight = worker.inFlight, deque()
         for _ in range(started):
             # Every reply the worker wrote has been read by now, so these
-            # calls were running; the others never started.
+            # calls were running; the others never started.  A call the
+            # pool has moved on from (it timed out here and waits for its
+            # retry, or runs elsewhere) is not this worker's to settle.
             call = inFlight.popleft()
-            self._finish(
-                call,
-                Failure(
-                    errors.WorkerCrashed(
-                        f"the worker running task {call.name!r} (pid {worker.pid}) {how}"
-                    )
-                ),
-            )
-        self._requeue(inFlight)
+            if call.worker is worker:
+                self._finish(
+                    call,
+                    Failure(
+                        errors.WorkerCrashed(
+                            f"the worker running task {call.name!r} (pid {worker.pid}) {how}"
+                        )
+                    ),
+                )
+        self._requeue(deque(call for call in inFlight if call.worker is worker))
         if previous is WorkerState.STARTING and wasLive:
             error = worker.startError or errors.WorkerStartError(
                 f"worker {worker.pid} {how} before it was ready"
@@ -631,486 +536,22 @@ class ProcessPool(Lifecycle[PoolState]):
             if wasLive:
                 self._replace(None)
 
-    def workerGone(self, worker: _Worker) -> None:
+    def workerGone(self, worker: PoolWorker) -> None:
         """
         See L{taskd._workerprocess.WorkerEvents.workerGone}.
         """
         self._processes.discard(worker)
         self._checkStopped()
 
-    # -- workers ----------------------------------------------------------
-
-    def _spawn(self) -> None:
-        try:
-            worker: _Worker = WorkerProcess.spawn(self.reactor, self, self.config, self._slots)
-        except Exception as e:
-            self._startFailed(errors.WorkerStartError(f"cannot spawn a worker: {e}"))
-            return
-        self._live.add(worker)
-        self._processes.add(worker)
+    # -- shared by the rooms ----------------------------------------------
 
     def _serving(self) -> bool:
         state = self.state
         return state is PoolState.RUNNING or state is PoolState.STARTING
 
     @staticmethod
-    def _busy(worker: _Worker) -> bool:
-        return worker.state is _READY and bool(worker.inFlight)
-
-    def _anyReady(self) -> bool:
-        return any(w.state is WorkerState.READY for w in self._live)
-
-    def _capacity(self, worker: _Worker) -> int:
-        """
-        @return: how many calls C{worker} may hold now.
-        """
-        depth = self.config.prefetch if self._slots is None else self._slots.total
-        if self.config.maxTasksPerWorker is not None:
-            depth = min(depth, self.config.maxTasksPerWorker - worker.calls)
-        return depth
-
-    def _sendAheadTo(self, call: _Call | None) -> _Worker | None:
-        """
-        @param call: the call to place, if known: needed when workers run
-            several calls at once.
-        @return: a busy worker that may take C{call} now (it runs several
-            calls at once, and has room), or in its pipe, if sending ahead
-            is on.
-        """
-        if self._slots is not None:
-            return None if call is None else self._roomFor(call)
-        if self.config.prefetch == 1:
-            return None
-        best = None
-        for worker in self._live:
-            if (
-                worker.state is _READY
-                and worker.inFlight
-                and len(worker.inFlight) < self._capacity(worker)
-                and not worker.exited
-            ):
-                if best is None or len(worker.inFlight) < len(best.inFlight):
-                    best = worker
-        return best
-
-    def _feed(self, worker: _Worker) -> None:
-        """
-        Give C{worker} queued calls up to its capacity; idle it if none.
-        """
-        capacity = self._capacity(worker)
-        queue = self._queue
-        while queue.size and len(worker.inFlight) < capacity:
-            call = queue.next()
-            if call is None:
-                break
-            if self._slots is not None and not worker.fits(call, call.mode):
-                other = self._roomFor(call)
-                if other is None:
-                    self._putBack(call)
-                    break
-                self._run(other, call)
-                continue
-            self._run(worker, call)
-        if not worker.inFlight:
-            self._idle.append(worker)
-            if queue.size:
-                self._wakeLater()
-
-    def _dispatch(self) -> None:
-        """
-        Hand the queued calls that may start now to idle workers, then (with
-        C{prefetch}) send them ahead to busy ones; if some are held back by
-        a rate limit, wake up when the next may start.
-        """
-        queue = self._queue
-        idle = self._idle
-        while queue.size and idle:
-            worker = idle.pop()
-            self._feed(worker)
-            if idle and idle[-1] is worker:
-                return  # nothing may start now (_feed set the wake-up)
-        if self._slots is not None:
-            while queue.size:
-                call = queue.next()
-                if call is None:
-                    return
-                busy = self._roomFor(call)
-                if busy is None:
-                    self._putBack(call)
-                    return
-                self._run(busy, call)
-            return
-        while queue.size:
-            busy = self._sendAheadTo(None)
-            if busy is None:
-                return
-            call = queue.next()
-            if call is None:
-                return
-            self._run(busy, call)
-
-    def _wakeLater(self) -> None:
-        """
-        Calls wait that are held back by their tasks' limits while a worker
-        could take them: dispatch again when the earliest rate limit lets
-        one start.  (A concurrency cap frees up when a call ends; see
-        L{_finish}.)
-        """
-        at = self._queue.wakeAt()
-        if at is None:
-            return
-        timer = self._wakeTimer
-        if timer is not None:
-            if timer.getTime() <= at:
-                return
-            timer.cancel()
-        self._wakeTimer = self.reactor.callLater(
-            max(0.0, at - self.reactor.seconds()), self._wake
-        )
-
-    def _wake(self) -> None:
-        self._wakeTimer = None
-        if self._serving():
-            self._dispatch()
-
-    def _run(self, worker: _Worker, call: _Call) -> None:
-        if call.timer is not None:
-            # Its deadline: it leaves the queue in time.
-            call.timer.cancel()
-            call.timer = None
-        call.worker = worker
-        worker.run(call, call.mode)
-        if worker.concurrent:
-            # It starts now, beside the worker's other calls.
-            if call.timeout is not None:
-                call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
-        elif len(worker.inFlight) == 1:
-            self._started(worker)
-
-    def _started(self, worker: _Worker) -> None:
-        """
-        The first call in C{worker}'s pipe is now the one it runs: start its
-        clock.  A call cancelled (or failed by a stop) while it waited in
-        the pipe is not let run: the worker is stopped, and the calls behind
-        it go back to the queue when the worker has ended.
-        """
-        call = worker.inFlight[0]
-        if call.done:
-            self._discard(worker)
-        elif call.timeout is not None:
-            call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
-
-    def _release(self, worker: _Worker) -> None:
-        """
-        Let a worker go gracefully: it exits when its request pipe closes.
-        """
-        self._forget(worker)
-        worker.retire()
-
-    def _discard(self, worker: _Worker) -> None:
-        """
-        Let a worker go at once: terminate it.  The call it runs must have
-        been finished by the caller; the calls waiting in its pipe are
-        settled when it has ended (see L{workerEnded}).
-        """
-        if worker.leaving:
-            return
-        self._forget(worker)
-        worker.terminate()
-        self._replace(None)
-
-    def _respawnDelay(self) -> float:
-        """
-        How long the replacement of a killed or crashed worker waits, so
-        that no caller (a call-then-cancel loop, a task that always
-        crashes) can make the pool spawn processes at an unbounded rate:
-        C{workers} replacements may start at once, then one every
-        L{PoolConfig.minRestartDelay} seconds (a token bucket).
-        """
-        now = self.reactor.seconds()
-        interval = max(self.config.minRestartDelay, 1e-3)
-        capacity = float(self.config.workers)
-        self._respawnTokens = min(
-            capacity, self._respawnTokens + (now - self._respawnTokensAt) / interval
-        )
-        self._respawnTokensAt = now
-        self._respawnTokens -= 1
-        return 0.0 if self._respawnTokens >= 0 else -self._respawnTokens * interval
-
-    def _forget(self, worker: _Worker) -> None:
-        self._live.discard(worker)
-        if worker in self._idle:
-            self._idle.remove(worker)
-
-    def _replace(self, delay: float | None = 0.0) -> None:
-        """
-        Start a worker in place of one that is gone, after C{delay} seconds
-        (C{None}: a killed or crashed worker's; see L{_respawnDelay}), if
-        the pool is short of one then.
-        """
-        if not self._serving():
-            return
-        if len(self._live) + len(self._restartTimers) >= self.config.workers:
-            return
-        if delay is None:
-            delay = self._respawnDelay()
-        if delay <= 0:
-            self._spawn()
-            return
-
-        def restart() -> None:
-            self._restartTimers.discard(timer)
-            self._spawn()
-
-        timer = self.reactor.callLater(delay, restart)
-        self._restartTimers.add(timer)
-
-    def _startFailed(self, error: errors.WorkerStartError) -> None:
-        if self._starting is not None:
-            # Fail start() only once every worker is gone again.
-            starting, self._starting = self._starting, None
-            self.stop().addBoth(lambda _: starting.errback(error))
-            return
-        self._startError = error
-        if not self._anyReady():
-            self._failQueue(error)
-        delay = self._restartDelay
-        self._restartDelay = min(delay * 2, self.config.maxRestartDelay)
-        self._replace(delay)
-
-    # -- calls ------------------------------------------------------------
-
-    def _finish(self, call: _Call, result: bytes | Failure) -> None:
-        if call.done:
-            return
-        if self._retryPolicies and isinstance(result, Failure) and self._retries(call, result):
-            return
-        call.done = True
-        freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
-        call.worker = None
-        if self._retrying:
-            self._retrying.discard(call)
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        if call.attempts != 1 and isinstance(result, Failure) and isinstance(result.value, errors.TaskdError):
-            error = copy.copy(result.value)
-            error.started = True
-            error.attempts = call.attempts
-            result = Failure(error)
-        call.deferred.callback(result)
-        if freed and self._serving():
-            self._dispatch()
-
-    def _retries(self, call: _Call, failure: Failure) -> bool:
-        """
-        If C{call}'s task has retries left for this failure, schedule the
-        next attempt instead of answering: after the task's backoff,
-        doubled for each attempt so far, and spread by L{jitter} over its
-        upper half.
-
-        @return: whether it will be run again.
-        """
-        options = self._retryPolicies.get(call.name)
-        error = failure.value
-        if (
-            options is None
-            or call.attempts > (options.retries or 0)
-            or call in self._retrying
-            or not self._serving()
-        ):
-            return False
-        if not isinstance(error, (errors.TaskTimeout, errors.WorkerCrashed)) and not (
-            isinstance(error, errors.TaskFailed) and error.remoteType in (options.retryOn or ())
-        ):
-            return False
-        freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
-        call.worker = None
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        backoff = DEFAULT_BACKOFF if options.backoff is None else options.backoff
-        delay = min(backoff * 2 ** (call.attempts - 1), MAX_BACKOFF) * (1 + self.jitter()) / 2
-        self.log.warn(
-            "task {name!r} failed ({error}); attempt {attempt} of {attempts} in {delay:.3f} s",
-            name=call.name,
-            error=error.type,
-            attempt=call.attempts + 1,
-            attempts=(options.retries or 0) + 1,
-            delay=delay,
-        )
-        self._retrying.add(call)
-        call.timer = self.reactor.callLater(delay, self._retry, call)
-        if freed:
-            self._dispatch()
-        return True
-
-    def _retry(self, call: _Call) -> None:
-        """
-        Queue C{call} again for its next attempt, ahead of the calls that
-        came after it.
-        """
-        call.timer = None
-        self._retrying.discard(call)
-        call.attempts += 1
-        self._queue.pushFront(call)
-        self._dispatch()
-
-    def _requeue(self, calls: deque[_Call]) -> None:
-        """
-        Put calls that never started back at the front of the queue.
-        """
-        queue = self._queue
-        for call in reversed(calls):
-            if not call.done:
-                if call.timer is not None:
-                    # It was about to run (a reply made it the worker's
-                    # first call): time spent queued again is not its run.
-                    call.timer.cancel()
-                    call.timer = None
-                if queue.limiters:
-                    queue.ended(call)
-                call.worker = None
-                queue.pushFront(call)
-        if not self._serving():
-            self._failQueue(errors.PoolStopping("the pool is stopping"))
-        else:
-            self._dispatch()
-
-    def _failQueue(self, error: Exception) -> None:
-        for call in self._queue.drain():
-            self._finish(call, Failure(error))
-        if self._wakeTimer is not None:
-            self._wakeTimer.cancel()
-            self._wakeTimer = None
-
-    def _expired(self, call: _Call) -> None:
-        """
-        C{call} waited in the queue past its deadline.
-        """
-        call.timer = None
-        self._queue.remove(call)
-        self._finish(
-            call,
-            Failure(
-                errors.Expired(
-                    f"task {call.name!r} waited {call.deadline} seconds in the queue "
-                    "without starting (its deadline)"
-                )
-            ),
-        )
-
-    def _timedOut(self, call: _Call) -> None:
-        worker = call.worker
-        call.timer = None
-        if worker is not None:
-            # Let the worker go first: answering the call may start others
-            # (a freed cap, a caller's retry), which must not go to it.
-            self._stopIn(worker, call)
-        self._finish(
-            call,
-            Failure(
-                errors.TaskTimeout(
-                    f"task {call.name!r} did not finish within {call.timeout} seconds"
-                )
-            ),
-        )
-
-    def _cancel(self, call: _Call) -> None:
-        if call.done:
-            return
-        worker = call.worker
-        call.done = True
-        call.worker = None
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        started = worker is not None or call.attempts > 1 or call in self._retrying
-        if worker is None:
-            if call in self._retrying:
-                self._retrying.discard(call)
-            else:
-                self._queue.remove(call)
-            call.deferred.errback(CallCancelled(started))
-            return
-        freed = bool(self._queue.limiters) and self._queue.ended(call)
-        if worker.concurrent:
-            self._stopIn(worker, call)
-        elif worker.call is call:
-            self._discard(worker)
-        # else it waits in the worker's pipe: see _started.
-        call.deferred.errback(CallCancelled(started))
-        if freed and self._serving():
-            self._dispatch()
-
-    # -- workers that run several calls at once ------------------------------
-
-    def _roomFor(self, call: _Call) -> _Worker | None:
-        """
-        @return: the busy worker with fewest calls that has room for
-            C{call} now, if any (idle workers are in C{_idle}).
-        """
-        best = None
-        mode = call.mode
-        for worker in self._live:
-            if (
-                worker.state is _READY
-                and worker.inFlight
-                and not worker.exited
-                and worker.fits(call, mode)
-                and len(worker.inFlight) < self._capacity(worker)
-            ):
-                if best is None or len(worker.inFlight) < len(best.inFlight):
-                    best = worker
-        return best
-
-    def _putBack(self, call: _Call) -> None:
-        """
-        Return C{call}, taken from the queue, to its front: no worker has
-        room for its mode now.
-        """
-        if self._queue.limiters:
-            self._queue.ended(call)
-        self._queue.pushFront(call)
-
-    def _stopIn(self, worker: _Worker, call: _Call) -> None:
-        """
-        Stop C{call}, which C{worker} runs (timed out or cancelled): kill
-        the worker, unless it runs several calls at once and the call is
-        not of mode C{PROCESS}; then ask the worker to stop it.
-        """
-        if worker.concurrent and call.mode != PROCESS:
-            worker.cancel(call)
-        else:
-            self._discard(worker)
-
-    # -- stopping ---------------------------------------------------------
-
-    def _graceOver(self) -> None:
-        self._graceTimer = None
-        for worker in list(self._processes):
-            # (Only the first call of a single-call worker is left by now.)
-            for call in list(worker.inFlight):
-                self._finish(
-                    call,
-                    Failure(
-                        errors.PoolStopping(
-                            f"task {call.name!r} did not finish within the "
-                            f"{self.config.grace}-second shutdown grace period",
-                            started=True,
-                        )
-                    ),
-                )
-            if worker.inFlight:
-                self._discard(worker)
-
-    def _checkStopped(self) -> None:
-        if self.state is not PoolState.STOPPING or self._processes:
-            return
-        self._go("stopped")
-        if self._graceTimer is not None and self._graceTimer.active():
-            self._graceTimer.cancel()
-        self._graceTimer = None
-        waiting, self._stopping = self._stopping, []
-        for d in waiting:
-            d.callback(None)
+    def _busy(worker: PoolWorker) -> bool:
+        return worker.state is WorkerState.READY and bool(worker.inFlight)
 
 
 class PoolService(Service):
@@ -1154,3 +595,6 @@ class PoolService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self.pool.stop()
+
+
+__all__ = ["CallCancelled", "POOL_TRANSITIONS", "PoolService", "PoolState", "ProcessPool"]

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 import taskd
 from taskd import errors
+from taskd.admin import AdminCommands
 from taskd.connection import ConnectionOwner, TaskServerProtocol
 from taskd.jobs import JobService
 from taskd.pool import ProcessPool
@@ -131,6 +132,8 @@ class TaskServerFactory(Factory):
         #: taskd's version, sent in the hello reply.
         self.version: str = taskd.version()
         self._tasksLine: bytes | None = None
+        #: Runs admin requests (set by the daemon), or C{None}: none taken.
+        self.admin: AdminCommands | None = None
 
     def tasksLine(self) -> bytes:
         """

@@ -17,9 +17,10 @@ L{taskd.coercers}.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -50,10 +51,17 @@ from taskd.listeners import (
     nameSystemdSockets,
     skipTLSImports,
 )
+from taskd.admin import AdminCommands
+from taskd.jsonlog import logFormat, useJSONLog
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
 from taskd.server import DEFAULT_MAX_LINE, TaskServerFactory
 from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT
+
+if TYPE_CHECKING:
+    # Imported when --http is given: twisted.web is not small.
+    from taskd.activity import Activity
+    from taskd.web import Web
 
 DEFAULT_LISTEN = "tcp:12345:interface=127.0.0.1"
 DEFAULT_TASKS = "taskd.examples"
@@ -96,6 +104,11 @@ class Options(usage.Options):
         ["job-poll", None, 1.0, "With a PostgreSQL journal: seconds between two polls of the database (delayed jobs, expired leases; the fallback of LISTEN/NOTIFY).", positiveSeconds],
         ["max-jobs", None, DEFAULT_MAX_JOBS, "Jobs the journal keeps at most (the ones that ended first make room); past it in jobs not yet ended, a submit is refused as busy.", positiveInt],
         ["tracebacks", None, None, "How much of a failed task's traceback clients get: full, short (innermost frame and exception, no directories) or none [default: full when every listener is loopback or unix:, short otherwise].", tracebackMode],
+        # The HTTP side (see docs/operations.md).
+        ["http", None, None, "Serve /metrics (Prometheus), /healthz and a live status page at / on this endpoint; a bare port means tcp:PORT:interface=127.0.0.1 [default: off]. Needs pip install 'taskd[http]'."],
+        ["http-token-file", None, None, "A file holding the token every HTTP path but /healthz needs (Authorization: Bearer, or ?token=) [default: none]."],
+        ["log-format", None, "text", "text, or json: one JSON object per line, for log shippers (see docs/operations.md).", logFormat],
+        ["admin-token-file", None, None, "A file holding the token admin requests (running, cancel, workers, drain, restart) must carry; they are then taken on every listener [default: no token: taken only on loopback and unix: listeners]."],
     ])
 
     def __init__(self) -> None:
@@ -179,6 +192,15 @@ class Options(usage.Options):
         self["auth-token"] = None
         if self["auth-token-file"] is not None:
             self["auth-token"] = _readToken(self["auth-token-file"])
+        self._checkHTTP()
+        if self["log-format"] == "json" and self.parent is not None and not self.parent.get("logger"):
+            # twistd imports its --logger by name, after this.
+            self.parent["logger"] = useJSONLog(
+                self.parent.get("logfile"), not self.parent.get("nodaemon")
+            )
+        self["admin-token"] = None
+        if self["admin-token-file"] is not None:
+            self["admin-token"] = _readToken(self["admin-token-file"], "--admin-token-file")
         for module in self["tasks"]:
             try:
                 loadTaskModules([module])
@@ -186,6 +208,31 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--tasks {module!r}: cannot load task module: {type(e).__name__}: {e}"
                 ) from e
+
+
+    def _checkHTTP(self) -> None:
+        """
+        Check C{--http} and C{--http-token-file}: the endpoint string, that
+        C{prometheus_client} is installed, the token.
+        """
+        self["http-token"] = None
+        if self["http"] is None:
+            if self["http-token-file"] is not None:
+                raise usage.UsageError("--http-token-file needs --http")
+            return
+        from taskd.web import httpDescription
+
+        self["http"] = description = httpDescription(self["http"])
+        problem = checkEndpoint(description)
+        if problem is not None:
+            raise usage.UsageError(f"--http {description!r}: {problem}")
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError(
+                "--http needs the prometheus_client package, which is not "
+                "installed: pip install 'taskd[http]'"
+            )
+        if self["http-token-file"] is not None:
+            self["http-token"] = _readToken(self["http-token-file"], "--http-token-file")
 
 
 def _exitWithUsageError(message: str) -> NoReturn:
@@ -199,15 +246,15 @@ def _exitWithUsageError(message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
-def _readToken(path: str) -> str:
+def _readToken(path: str, option: str = "--auth-token-file") -> str:
     try:
         with open(path, encoding="utf-8") as f:
             token = f.read().strip()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise usage.UsageError(f"--auth-token-file {path!r}: cannot read it: {reason}") from e
+        raise usage.UsageError(f"{option} {path!r}: cannot read it: {reason}") from e
     if not token:
-        raise usage.UsageError(f"--auth-token-file {path!r}: the file is empty")
+        raise usage.UsageError(f"{option} {path!r}: the file is empty")
     return token
 
 
@@ -251,6 +298,12 @@ class TaskdService(MultiService):
         self.poolService = PoolService(pool, onStartFailure=self._poolFailed)
         self.poolService.setServiceParent(self)
         self.listeners: list[IService] = []
+        #: Whether the daemon drains: see L{drain}.
+        self.draining = False
+        #: The HTTP side (C{--http}), if any: see L{addHTTP}.
+        self.web: Web | None = None
+        self.httpService: IService | None = None
+        self.httpDescription: str | None = None
 
     def addListener(self, service: IService) -> None:
         self.listeners.append(service)
@@ -299,11 +352,18 @@ class TaskdService(MultiService):
             except (CannotListenError, OSError) as e:
                 where = descriptions.get(id(child))
                 prefix = "" if where is None else f"--listen {where!r}: "
+                if child is self.httpService:
+                    prefix = f"--http {self.httpDescription!r}: "
                 _exitWithUsageError(prefix + describeListenError(e))
 
     def startService(self) -> None:
         for description in self.listen:
             for warning in exposureWarnings(description, self.factory.authToken is not None):
+                self.log.warn("SECURITY: {problem}", problem=warning)
+        if self.httpDescription is not None and self.web is not None:
+            from taskd.web import httpExposureWarnings
+
+            for warning in httpExposureWarnings(self.httpDescription, self.web.hasToken):
                 self.log.warn("SECURITY: {problem}", problem=warning)
         self.log.info(
             "taskd {version} starting: {workers} running {tasks}, listening on {listen}",
@@ -322,14 +382,63 @@ class TaskdService(MultiService):
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
+        # While the pool drains, /healthz says so (503).
+        self.draining = True
         d: Deferred[Any] = DeferredList(
             [maybeDeferred(s.stopService) for s in self.listeners]
         )
         d.addCallback(lambda _: self._stopPoolAndJobs())
         # Even if stopping the pool failed, the connections are closed.
         d.addBoth(lambda _: self.factory.closeConnections())
+        d.addBoth(lambda _: self._stopHTTP())
         d.addCallback(lambda _: self.log.info("taskd stopped"))
         return d
+
+    # -- the HTTP side and draining ------------------------------------------
+
+    def addHTTP(self, service: IService, description: str, web: Web) -> None:
+        """
+        Serve the HTTP side (C{--http}) with C{service}, listening on
+        C{description}.  It stops last, so that C{/healthz} answers 503
+        while the pool drains.
+        """
+        self.web = web
+        self.httpService = service
+        self.httpDescription = description
+        service.setServiceParent(self)
+
+    def _stopHTTP(self) -> Deferred[Any] | None:
+        if self.web is not None:
+            self.web.events.closeAll()
+        if self.httpService is None:
+            return None
+        return maybeDeferred(self.httpService.stopService)
+
+    def healthProblem(self) -> str | None:
+        """
+        @return: why the daemon should get no new calls (it drains, it has no
+            ready worker), or C{None}.
+        """
+        if self.draining:
+            return "draining"
+        if self.web is not None and not self.web.activity.workers:
+            return "no ready worker"
+        return None
+
+    def drain(self) -> Deferred[Any]:
+        """
+        Drain: stop listening for new connections and fail the health check
+        (C{/healthz} answers 503), while open connections are served and
+        running and queued calls finish.  Stop the daemon (SIGTERM) when it
+        is idle.
+
+        @return: a C{Deferred} that fires when the listeners are closed.
+        """
+        if self.draining:
+            return DeferredList([])
+        self.draining = True
+        self.log.info("draining: no new connections; /healthz answers 503")
+        return DeferredList([maybeDeferred(s.stopService) for s in self.listeners])
 
 
     def _stopPoolAndJobs(self) -> Deferred[Any]:
@@ -430,4 +539,40 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     service = TaskdService(reactor, pool, factory, options["listen"], jobs=jobs)
     for description in options["listen"]:
         service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
+    activity = None
+    if options.get("http") is not None or options.get("admin-token") is not None:
+        from taskd.activity import Activity
+
+        # The book of calls and workers: for the HTTP side, and for the
+        # admin requests that list and cancel calls.
+        activity = pool.observer = Activity(reactor, running=pool.running)
+    factory.admin = AdminCommands(pool, activity, service.drain, options.get("admin-token"))
+    if options.get("http") is not None:
+        assert activity is not None
+        web = makeWeb(reactor, activity, factory, service, options["http-token"])
+        service.addHTTP(strports.service(options["http"], web.site, reactor=reactor), options["http"], web)
     return service
+
+
+def makeWeb(
+    reactor: Any, activity: Activity, factory: TaskServerFactory, service: TaskdService, token: str | None
+) -> Web:
+    """
+    Build the HTTP side of the daemon (C{--http}) on the pool's observer
+    C{activity}: its metrics, the status page and the health check.
+    """
+    from taskd.metrics import DaemonCollector, MetricsResource, makeRegistry
+    from taskd.web import Web
+
+    def stats() -> dict[str, Any]:
+        return {**factory.stats().fields, "draining": service.draining}
+
+    collector = DaemonCollector(activity, stats, lambda: service.draining)
+    return Web(
+        reactor,
+        activity,
+        stats,
+        service.healthProblem,
+        token,
+        MetricsResource(makeRegistry(collector)),
+    )

@@ -167,7 +167,23 @@ JobRequest = Union[Submit, JobStatus, Wait, CancelJob]
 JOB_REQUESTS = (Submit, JobStatus, Wait, CancelJob)
 
 
-Request = Union[Call, Cancel, Hello, Stats, Tasks, JobRequest]
+@frozen
+class Admin:
+    """
+    An admin request (see C{docs/operations.md}): C{command} is one of
+    L{ADMIN_COMMANDS}; C{fields} are its other fields (C{"token"}, the
+    admin token; C{"number"}, C{"count"}).
+    """
+
+    command: str
+    fields: dict[str, Any]
+
+
+#: The admin requests' commands.
+ADMIN_COMMANDS = ("running", "cancel", "workers", "drain", "restart")
+
+
+Request = Union[Call, Cancel, Hello, Stats, Tasks, JobRequest, Admin]
 
 
 @frozen
@@ -258,7 +274,24 @@ class JobReply:
     fields: dict[str, Any]
 
 
-Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply, TasksReply, Accepted, JobReply]
+@frozen
+class AdminReply:
+    """
+    The answer to an L{Admin} request: its C{command}, and what it says.
+    """
+
+    command: str
+    fields: dict[str, Any]
+
+
+def encodeAdminReply(reply: AdminReply) -> bytes:
+    """
+    Encode the answer to an admin request.
+    """
+    return _json.encodeASCII({"type": "admin", "command": reply.command, **reply.fields}) + b"\n"
+
+
+Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply, TasksReply, Accepted, JobReply, AdminReply]
 
 
 class ProtocolError(Exception):
@@ -328,7 +361,24 @@ def decodeRequest(line: bytes) -> Request:
         return Stats()
     if kind == "tasks":
         return Tasks()
+    if kind == "admin":
+        return _decodeAdmin(message)
     raise _bad(f"unknown request type {kind!r}", id)
+
+
+def _decodeAdmin(message: dict[str, Any]) -> Admin:
+    command = message.get("command")
+    if command not in ADMIN_COMMANDS:
+        raise _bad(f"an admin request needs a 'command', one of {', '.join(ADMIN_COMMANDS)}")
+    name = {"cancel": "number", "workers": "count"}.get(command)
+    if name is not None:
+        value = message.get(name)
+        if type(value) is not int or value < 1:
+            raise _bad(f"admin {command} needs {name!r}, a whole number above 0")
+    token = message.get("token")
+    if token is not None and not isinstance(token, str):
+        raise _bad("'token' must be a string")
+    return Admin(command, {k: v for k, v in message.items() if k not in ("type", "command")})
 
 
 def _decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
@@ -401,6 +451,8 @@ def encodeRequest(request: Request) -> bytes:
         message = {"type": "stats"}
     elif isinstance(request, Tasks):
         message = {"type": "tasks"}
+    elif isinstance(request, Admin):
+        message = {"type": "admin", "command": request.command, **request.fields}
     else:
         message = {"type": "hello", "version": request.version, **request.fields}
     if isinstance(request, Call) and request.id is not None:
@@ -501,6 +553,8 @@ def _decodeReply(line: bytes) -> Reply:
         return HelloReply(int(message.get("version", VERSION)), fields)
     if kind == "stats":
         return StatsReply({k: v for k, v in message.items() if k != "type"})
+    if kind == "admin":
+        return AdminReply(str(message.get("command")), {k: v for k, v in message.items() if k not in ("type", "command")})
     if kind == "tasks":
         tasks = message.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
@@ -280,6 +282,62 @@ def findChromium() -> str | None:
     return None
 
 
+class Browser(ProcessProtocol):
+    """
+    A headless Chromium; C{listening} fires with its DevTools address.
+    """
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.listening: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+        m = re.search(rb"DevTools listening on (ws://\S+)", self.output)
+        if m and not self.listening.called:
+            self.listening.callback(m.group(1).decode())
+
+    outReceived = errReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.listening.called:
+            self.listening.errback(RuntimeError(self.output.decode(errors="replace")[-2000:]))
+        self.ended.callback(None)
+
+
+@inlineCallbacks
+def launchBrowser(case: TestCase, chromium: str) -> Any:
+    """
+    Start a headless Chromium for C{case} (killed by PID at its cleanup)
+    and connect to its DevTools.
+
+    @return: a C{Deferred} firing with the connected L{DevTools}.
+    """
+    profile = os.path.abspath(case.mktemp())
+    os.makedirs(profile)
+    browser = Browser()
+    process = reactor.spawnProcess(
+        browser, chromium,
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "about:blank"],
+        env=dict(os.environ),
+    )
+
+    def stopBrowser() -> Any:
+        if not browser.ended.called:
+            process.signalProcess("KILL")
+        return browser.ended
+
+    case.addCleanup(stopBrowser)
+    browserURL = yield browser.listening
+    tools = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, browserURL).connect(ClientFactory(DevTools)))
+    case.addCleanup(lambda: tools.transport.loseConnection())
+    return tools
+
+
 class BrowserTests(MailerCase):
     """
     A real browser: headless Chromium loads the page, presses the button
@@ -293,57 +351,13 @@ class BrowserTests(MailerCase):
         for 200 mails and sees the bar reach 200 of 200 and "done"; the
         sink holds the 200 messages.
         """
-        from twisted.internet.protocol import ProcessProtocol
-
         chromium = findChromium()
         if chromium is None:
             self.skipTest("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
         sink, smtpPort = yield self.sink()
         url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
         page = url.replace("ws://", "http://").replace("/ws", "/")
-
-        class Browser(ProcessProtocol):
-            def __init__(self) -> None:
-                self.output = b""
-                self.listening: Deferred[str] = Deferred()
-                self.ended: Deferred[None] = Deferred()
-
-            def errReceived(self, data: bytes) -> None:
-                self.output += data
-                import re
-
-                m = re.search(rb"DevTools listening on (ws://\S+)", self.output)
-                if m and not self.listening.called:
-                    self.listening.callback(m.group(1).decode())
-
-            outReceived = errReceived
-
-            def processEnded(self, reason: Any) -> None:
-                if not self.listening.called:
-                    self.listening.errback(RuntimeError(self.output.decode(errors="replace")[-2000:]))
-                self.ended.callback(None)
-
-        profile = os.path.abspath(self.mktemp())
-        os.makedirs(profile)
-        browser = Browser()
-        process = reactor.spawnProcess(
-            browser, chromium,
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "about:blank"],
-            env=dict(os.environ),
-        )
-
-        def stopBrowser() -> Any:
-            if not browser.ended.called:
-                process.signalProcess("KILL")
-            return browser.ended
-
-        self.addCleanup(stopBrowser)
-        browserURL = yield browser.listening
-        tools = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, browserURL).connect(ClientFactory(DevTools)))
-        self.addCleanup(lambda: tools.transport.loseConnection())
+        tools = yield launchBrowser(self, chromium)
         target = yield tools.call("Target.createTarget", {"url": page})
         attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
         session = attached["sessionId"]

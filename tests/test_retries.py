@@ -211,6 +211,27 @@ class RetryTests(PoolTestsMixin, SynchronousTestCase):
         new.send(b"R7")
         self.assertEqual(self.successResultOf(d), 7)
 
+    def test_timedOutWorkerEndsDuringBackoff(self) -> None:
+        """
+        The worker killed for a timeout ends while its call waits for the
+        retry: that is not the call's crash; the retry runs, and its result
+        is the answer.
+        """
+        pool, reactor = self.pool()
+        d = pool.submit("flaky", [1], timeout=2)
+        old = reactor.processes[0]
+        reactor.advance(2)
+        self.assertEqual(old.signals, ["SIGKILL"])
+        old.exit(None, signal.SIGKILL)
+        self.assertNoResult(d)
+        self.assertEqual(pool.stats()["retrying"], 1)
+        new = reactor.processes[-1]
+        new.ready()
+        reactor.advance(0.75)
+        self.assertEqual([r["args"] for _, r in new.requests()], [[1]])
+        new.send(b"R2")
+        self.assertEqual(self.successResultOf(d), 2)
+
     def test_listedExceptions(self) -> None:
         """
         An exception the task lists in C{retryOn} is retried on the same

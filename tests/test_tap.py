@@ -80,6 +80,12 @@ class OptionsTests(SynchronousTestCase):
                 "job-lease": 30.0,
                 "job-poll": 1.0,
                 "max-jobs": 100000,
+                "http": None,
+                "http-token-file": None,
+                "http-token": None,
+                "log-format": "text",
+                "admin-token-file": None,
+                "admin-token": None,
             },
         )
 

@@ -757,6 +757,7 @@ class ExampleTests(SynchronousTestCase):
             (errors.LineTimeout("slow"), failed("line_timeout: slow")),
             (errors.IdleTimeout("idle"), failed("idle_timeout: idle")),
             (errors.Unauthenticated("no token"), failed("unauthenticated: no token")),
+            (errors.Forbidden("admin only"), failed("forbidden: admin only")),
             (errors.ResultNotSerializable("nan"), failed("bad_result: nan")),
             (errors.ResultTooLarge("big"), failed("result_too_large: big")),
             (errors.TaskCancelled("c"), failed("cancelled: c")),

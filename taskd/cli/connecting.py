@@ -35,19 +35,27 @@ from taskd.client import TaskClient, TaskClientProtocol, authenticate
 CLOSE_TIMEOUT = 5.0
 
 
-def _token(options: argparse.Namespace) -> str | None:
-    path = options.token_file
+def readToken(path: str | None, option: str, variable: str) -> str | None:
+    """
+    @return: the token in the file at C{path} (given as C{option}), or, if
+        C{path} is C{None}, the environment variable C{variable}'s, if set.
+    @raise UsageProblem: if the file cannot be read or is empty.
+    """
     if path is not None:
         try:
             with open(path, encoding="utf-8") as f:
                 token = f.read().strip()
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise UsageProblem(f"--token-file {path!r}: cannot read it: {reason}")
+            raise UsageProblem(f"{option} {path!r}: cannot read it: {reason}")
         if not token:
-            raise UsageProblem(f"--token-file {path!r}: the file is empty")
+            raise UsageProblem(f"{option} {path!r}: the file is empty")
         return token
-    return os.environ.get("TASKD_TOKEN") or None
+    return os.environ.get(variable) or None
+
+
+def _token(options: argparse.Namespace) -> str | None:
+    return readToken(options.token_file, "--token-file", "TASKD_TOKEN")
 
 
 class CLIProtocol(TaskClientProtocol):

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from taskd.cli.administering import ADMIN_COMMANDS, adminCommand
 from taskd.cli.calling import callCommand, mapCommand, readInput
 from taskd.cli.console import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, Unreachable, UsageProblem, write
 from taskd.cli.inspecting import inspectCommand
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 outcome.append(await mapCommand(reactor, options, interruption, calls))
             elif options.command in ("submit", "job", "wait"):
                 outcome.append(await jobCommand(reactor, options, interruption))
+            elif options.command in ADMIN_COMMANDS:
+                outcome.append(await adminCommand(reactor, options, interruption))
             else:
                 outcome.append(await inspectCommand(reactor, options, interruption))
         except UsageProblem as e:

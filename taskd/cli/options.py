@@ -64,6 +64,8 @@ def _forArgparse(coerce: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 _positive = _forArgparse(positiveInt)
+#: A whole number above 0, as an argument (C{'0': must be ...}).
+positiveArgument = _positive
 _seconds = _forArgparse(positiveSeconds)
 _waitSeconds = _forArgparse(seconds)
 
@@ -194,4 +196,7 @@ def parser() -> argparse.ArgumentParser:
         help="the tasks the daemon serves, with signatures and docstrings",
         description="List the tasks the daemon serves, each with its signature and the first line of its docstring.",
     )
+    from taskd.cli.administering import addAdminCommands
+
+    addAdminCommands(commands, common)
     return top

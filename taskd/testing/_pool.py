@@ -147,6 +147,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         progress: Callable[[bytes], object] | None = None,
         priority: int | None = None,
         deadline: float | None = None,
+        origin: str | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -155,6 +156,8 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
 
         @param payload: a UTF-8 JSON object whose C{"args"} is an array or
             an object and whose optional C{"kwargs"} is an object.
+        @param origin: who sent the call (the real pool tells its observer;
+            this one ignores it).
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if self.state is not PoolState.RUNNING:
