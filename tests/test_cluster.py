@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections import Counter
 from typing import Any
@@ -24,7 +25,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from taskd import errors
 from taskd.client import connect
@@ -127,7 +128,7 @@ class ClusterTestCase(DaemonTestCase):
     @inlineCallbacks
     def startMember(self, n: int) -> Any:
         daemon = yield self.startDaemon(
-            "--journal", self.dsn, "--job-lease", "2", "--job-poll", "0.5", *self.daemonOptions,
+            "--journal", self.dsn, "--job-lease", "5", "--job-poll", "0.5", *self.daemonOptions,
             port=self.ports[n], workers=self.workers,
         )
         self.daemons[n] = daemon
@@ -450,3 +451,37 @@ class JobsThroughHAProxyTests(ClusterTestCase):
 
 
 FINAL = {"done", "failed", "cancelled", "interrupted", "expired"}
+
+
+class HAProxyConfigDocsTests(SynchronousTestCase):
+    """
+    docs/cluster.md shows the HAProxy configuration the cluster tests run.
+    """
+
+    def test_sameAsTheTests(self) -> None:
+        """
+        The balancing and health-check lines of docs/cluster.md's
+        configuration are the tests' own, and HAProxy accepts it.
+        """
+        from tests.test_tap import ROOT
+
+        with open(os.path.join(ROOT, "docs", "cluster.md")) as f:
+            text = f.read()
+        block = text.split("## HAProxy", 1)[1].split("```\n", 2)[1]
+
+        def essential(config: str) -> list[str]:
+            return [
+                line.strip() for line in config.splitlines()
+                if line.strip().startswith(("tcp-check", "balance", "option", "retries", "default-server", "timeout", "mode"))
+            ]
+
+        ours = HAPROXY_CONFIG.format(bind="127.0.0.1:1", servers="")
+        self.assertEqual(essential(block), essential(ours))
+        haproxy = haproxyPath()
+        if haproxy is None:
+            raise SkipTest("haproxy is not installed (Debian package 'haproxy')")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(block.replace("10.0.0.10", "127.0.0.1"))
+        result = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
