@@ -38,11 +38,14 @@ from bench.run import Process  # noqa: E402
 
 
 def daemon(journal: str) -> Process:
+    # Submits are taken once the journal is open: on PostgreSQL, once the
+    # daemon says it shares it.
+    ready = r"pool ready" if not journal.startswith("postgresql:") else r"pool ready)(?=[\s\S]*sharing the PostgreSQL journal"
     return Process(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
          "taskd", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2", "--prefetch", "4",
          "--max-queue", "100000", "--journal", journal, "--max-jobs", "1000000"],
-        wait=r"starting on (\d+)[\s\S]*pool ready",
+        wait=rf"(?=[\s\S]*{ready})[\s\S]*?starting on (\d+)",
     )
 
 
@@ -55,11 +58,19 @@ def spread(ports: list[int], lines: list[bytes], check: Any) -> float:
     parts = [lines[k::len(ports)] for k in range(len(ports))]
     errors: list[BaseException] = []
 
+    wrong: list[Any] = []
+
+    def checked(i: int, reply: Any) -> bool:
+        ok = bool(check(i, reply))
+        if not ok and len(wrong) < 3:
+            wrong.append(reply)
+        return ok
+
     def send(port: int, part: list[bytes]) -> None:
         try:
-            pipelined(port, part, 1000, check)
+            pipelined(port, part, 1000, checked)
         except BaseException as e:
-            errors.append(e)
+            errors.append(AssertionError(f"{e}: {wrong}"))
 
     threads = [threading.Thread(target=send, args=(p, part)) for p, part in zip(ports, parts)]
     start = time.perf_counter()

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from taskd import errors
 from taskd.jobs import JobService
 from taskd.journal import DONE, EXPIRED, FINAL_STATES, JobRecord, jobError
-from taskd.pgjournal import DEFAULT_POLL, PostgreSQLJournal
+from taskd.pgjournal import DEFAULT_POLL, PostgreSQLJournal, redact
 from taskd.pool import ProcessPool
 
 
@@ -79,6 +79,10 @@ class SharedJobService(JobService):
         """
 
         def started(_: object) -> None:
+            self.log.info(
+                "jobs: sharing the PostgreSQL journal {dsn} as {owner}",
+                dsn=redact(self.journal.dsn), owner=self.journal.owner,
+            )
             for name, interval, f in (
                 ("_poll", self.pollInterval, self._tick),
                 ("_renewal", self.journal.lease / 3, self._renew),
