@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -485,3 +486,99 @@ class HAProxyConfigDocsTests(SynchronousTestCase):
             f.write(block.replace("10.0.0.10", "127.0.0.1"))
         result = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+
+class RollingRestartTests(ClusterTestCase):
+    """
+    The rolling-restart script of docs/deployment.md, under load.
+    """
+
+    daemonOptions = ("--grace", "10")
+
+    @inlineCallbacks
+    def test_rollingRestart(self) -> Any:
+        """
+        The script drains and restarts each of the 3 daemons in turn while
+        a L{ReconnectingClient} (three connections through HAProxy) keeps
+        20 calls in flight: it succeeds, every daemon is replaced, calling
+        goes on throughout, and the only failures are C{connection_lost}
+        for calls sent while a stopping daemon closed its connection (the
+        issue's goal is none: see docs/deployment.md for what is missing).
+        """
+        from taskd.reconnecting import ReconnectingClient
+        from tests.test_tap import ROOT
+
+        yield self.startCluster()
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        with open(os.path.join(ROOT, "docs", "deployment.md")) as f:
+            text = f.read()
+        script = text.split("## Rolling restart behind a balancer", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+        path = os.path.join(work, "rolling-restart.sh")
+        with open(path, "w") as f:
+            f.write(script)
+        for port, process in zip(self.ports, self.processes):
+            with open(os.path.join(work, f"taskd-{port}.pid"), "w") as f:
+                f.write(str(process.pid))
+
+        def killRestarted() -> None:
+            for port in self.ports:
+                try:
+                    with open(os.path.join(work, f"taskd-{port}.pid")) as f:
+                        pid = int(f.read())
+                except (OSError, ValueError):
+                    continue
+                if pid not in [p.pid for p in self.processes]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+        self.addCleanup(killRestarted)
+        client = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{self.port}"] * 3)
+        client.startService()
+        self.addCleanup(client.stopService)
+        outcomes: Counter[str] = Counter()
+        failures: list[str] = []
+        stop = [False]
+
+        @inlineCallbacks
+        def lane(k: int) -> Any:
+            n = 0
+            while not stop[0]:
+                n += 1
+                try:
+                    result = yield client.call("add", k, n)
+                    outcomes["ok" if result == k + n else "wrong"] += 1
+                except Exception as e:
+                    failures.append(repr(e))
+            return None
+
+        lanes = gatherResults([lane(k) for k in range(20)])
+        yield deferLater(reactor, 1, lambda: None)
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([ROOT, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep),
+            TASKD_OPTIONS=f"--workers {self.workers} --tasks taskd.examples --tasks tests.tasks --journal {self.dsn}",
+        )
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        started = time.monotonic()
+        out, err, code = yield getProcessOutputAndValue(
+            "/bin/sh", [path, *map(str, self.ports)], env=env, path=work
+        )
+        seconds = time.monotonic() - started
+        yield deferLater(reactor, 1, lambda: None)
+        stop[0] = True
+        yield lanes
+        self.assertEqual(code, 0, (out + err).decode(errors="replace"))
+        for daemon in self.daemons:
+            self.assertTrue(daemon.ended.called)
+        self.assertEqual(
+            [f for f in failures if not f.startswith("ConnectionLost('connection to taskd lost")], []
+        )
+        self.assertLess(len(failures), outcomes["ok"] / 100)
+        self.assertEqual(outcomes["wrong"], 0)
+        self.assertGreater(outcomes["ok"], 1000)
+        report("cluster-rolling-restart", daemons=3, calls=outcomes["ok"], failed=len(failures), seconds=f"{seconds:.1f}")
