@@ -40,7 +40,7 @@ import time
 import uuid
 from typing import Any, Callable, Sequence, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -202,6 +202,7 @@ class PostgreSQLJournal:
         self._closing: Deferred[None] | None = None
         self._isOpen = False
         self._stopListening = threading.Event()
+        self._listening = threading.Event()
         self._listener: threading.Thread | None = None
 
     # -- the connection -------------------------------------------------------
@@ -279,7 +280,11 @@ class PostgreSQLJournal:
 
     def _read(self, op: Callable[[Any], T]) -> Deferred[T]:
         if not self._isOpen or self._closing is not None:
-            raise JournalError("the journal is not open")
+            # A job request while the daemon starts or stops: an answer,
+            # not an internal error.
+            return fail(errors.JournalUnavailable(
+                "the jobs' journal is not open (the daemon is starting or stopping)"
+            ))
         return self._run(lambda: self._transaction([op])[0])
 
     def _write(self, op: Callable[[Any], T], durable: bool = False) -> Deferred[T]:
@@ -361,7 +366,8 @@ class PostgreSQLJournal:
 
     def open(self) -> Deferred[list[JobRecord]]:
         """
-        Connect, create or migrate the schema, and start listening.
+        Connect, create or migrate the schema, and start listening (the
+        C{Deferred} fires once C{LISTEN} is in place, or after 10 s).
 
         @return: a C{Deferred} firing with an empty list (the jobs of a
             shared journal are claimed, not picked up: see
@@ -379,14 +385,16 @@ class PostgreSQLJournal:
                 f"cannot open the journal {redact(self.dsn)!r}: {failure.value}"
             ))
 
-        def opened(_: object) -> list[JobRecord]:
+        def opened(_: object) -> Deferred[list[JobRecord]] | list[JobRecord]:
             self._isOpen = True
-            if self._listen:
-                self._listener = threading.Thread(
-                    target=self._listenLoop, name="taskd-pgjournal-listen", daemon=True
-                )
-                self._listener.start()
-            return []
+            if not self._listen:
+                return []
+            self._listener = threading.Thread(
+                target=self._listenLoop, name="taskd-pgjournal-listen", daemon=True
+            )
+            self._listener.start()
+            # Open once listening (or after 10 s: the poll covers for it).
+            return self._run(self._listening.wait, 10.0).addCallback(lambda _: [])
 
         return d.addCallbacks(opened, failed)
 
@@ -682,6 +690,7 @@ class PostgreSQLJournal:
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as db:
                     db.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
                     backoff = 0.0
                     if not first:
                         self._reactor.callFromThread(self.notified, "new")

@@ -223,3 +223,17 @@ class PostgreSQLJournalTests(TestCase):
         self.assertEqual((yield journal.get("job1")).state, DONE)
         yield journal.add(record(2))
         self.assertEqual((yield journal.size()), 2)
+
+    @inlineCallbacks
+    def test_notOpen(self) -> Any:
+        """
+        Read before it is open (or once it is closing), the journal answers
+        with L{errors.JournalUnavailable} saying so, rather than raising.
+        """
+        from taskd.pgjournal import PostgreSQLJournal
+
+        journal = PostgreSQLJournal(self.dsn, reactor)
+        failure = yield self.assertFailure(journal.get("job1"), errors.JournalUnavailable)
+        self.assertEqual(
+            str(failure), "the jobs' journal is not open (the daemon is starting or stopping)"
+        )
