@@ -169,6 +169,20 @@ class DaemonTestCase(TwistdMixin, TestCase):
         ended = {int(p) for p in re.findall(rb"worker (\d+) (?:exited|was killed|could not start)", output)}
         return started - ended, started
 
+    def killRandomWorker(self, kills: list[int]) -> None:
+        """
+        SIGKILL one ready worker of the daemon, chosen at random, and note
+        its pid in C{kills}.
+        """
+        ready = sorted(p for p in self.workerPids()[0] if alive(p))
+        if ready:
+            pid = random.choice(ready)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return  # it ended between the look and the kill
+            kills.append(pid)
+
     def killWorkers(self, daemon: Any) -> None:
         # Whatever a scenario did, no worker outlives the test.
         for pid in self.workerPids(daemon)[1]:
@@ -226,19 +240,8 @@ class WorkerChaosTests(DaemonTestCase):
         @param perKill: how many calls one kill may cost at most.
         """
         yield self.startDaemon("--prefetch", str(prefetch), *options)
-        kills = []
-
-        def kill() -> None:
-            ready = sorted(p for p in self.workerPids()[0] if alive(p))
-            if ready:
-                pid = random.choice(ready)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    return  # it ended between the look and the kill
-                kills.append(pid)
-
-        killer = LoopingCall(kill)
+        kills: list[int] = []
+        killer = LoopingCall(self.killRandomWorker, kills)
         killer.start(0.05, now=False)
         n = 5000
         lines = [b'{"function":"add","args":[%d,1],"id":%d}' % (i, i) for i in range(n)]

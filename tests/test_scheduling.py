@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import time
 from collections import Counter
@@ -25,7 +24,6 @@ from taskd.pool import ProcessPool
 from taskd.registry import Registry, TaskOptions, parseRate
 
 from tests.fakes import FakeProcess, FakeProcessReactor, PoolTestsMixin
-from tests.test_pool import alive
 from tests.test_reliability import DaemonTestCase, report
 
 
@@ -657,19 +655,8 @@ class DaemonSchedulingTests(DaemonTestCase):
         directory = os.path.abspath(self.mktemp())
         os.mkdir(directory)
         again, once = os.path.join(directory, "again"), os.path.join(directory, "once")
-        kills = []
-
-        def kill() -> None:
-            ready = sorted(p for p in self.workerPids()[0] if alive(p))
-            if ready:
-                pid = random.choice(ready)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    return
-                kills.append(pid)
-
-        killer = LoopingCall(kill)
+        kills: list[int] = []
+        killer = LoopingCall(self.killRandomWorker, kills)
         killer.start(0.2, now=False)
         n = 1000
         lines = []

@@ -25,7 +25,7 @@ from taskd.pool import ProcessPool
 from taskd.connection import TaskServerProtocol
 from taskd.server import TaskServerFactory
 
-from tests.fakes import FakeProcessReactor, PoolTestsMixin
+from tests.fakes import FakeProcessReactor, PoolTestsMixin, makeRegistry
 
 
 class ServerTestsMixin(PoolTestsMixin):
@@ -205,6 +205,25 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(
             self.replies(transport),
             [{"type": "hello", "version": 1, "server": "taskd", "serverVersion": taskd.__version__, "tasks": ["add", "pid", "sleep"], "maxLineLength": 1048576, "maxInFlight": 100, "taskLimits": {}}],
+        )
+
+    def test_helloTellsTaskLimits(self) -> None:
+        """
+        The hello lists each task's scheduling options that are set: the
+        task's own, with the daemon's task limits over them.
+        """
+        from taskd.registry import TaskOptions
+
+        registry = makeRegistry()
+        registry.register(lambda: None, "mail", concurrency=2, retries=3, retryOn=(ConnectionError,))
+        proto, transport, reactor = self.connect(
+            poolOptions={"registry": registry, "taskLimits": {"mail": TaskOptions(rate="5/s"), "add": TaskOptions(priority=4)}}
+        )
+        proto.dataReceived(b'{"type":"hello","version":1}\n')
+        [hello] = self.replies(transport)
+        self.assertEqual(
+            hello["taskLimits"],
+            {"add": {"priority": 4}, "mail": {"concurrency": 2, "rate": "5/s", "retries": 3, "retryOn": ["ConnectionError"]}},
         )
 
 
