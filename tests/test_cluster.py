@@ -103,7 +103,7 @@ class ClusterTestCase(DaemonTestCase):
     process and workers.
     """
 
-    timeout = 120
+    timeout = 400
     daemonOptions: tuple[str, ...] = ()
 
     def setUp(self) -> None:
@@ -337,7 +337,8 @@ class JobsThroughHAProxyTests(ClusterTestCase):
     @inlineCallbacks
     def test_killDaemonAndRestartPostgreSQL(self) -> Any:
         """
-        10,000 jobs submitted through HAProxy (9,800, then 200) (one in ten of a task that
+        5,000 jobs (C{TASKD_CLUSTER_JOBS}) submitted through HAProxy (all
+        but 200, then 200) (one in ten of a task that
         opts into retries), held running on every daemon; one daemon is
         SIGKILLed, then PostgreSQL is restarted while 200 more are
         submitted (refused with C{journal_unavailable} while it is down,
@@ -351,7 +352,10 @@ class JobsThroughHAProxyTests(ClusterTestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         runs, hold = os.path.join(work, "runs"), os.path.join(work, "hold")
-        first, during = 9800, 200
+        # 10,000 is the issue's scale (TASKD_CLUSTER_JOBS=10000, ~50 s
+        # alone); CI runs half of it, beside the rest of the suite.
+        during = 200
+        first = int(os.environ.get("TASKD_CLUSTER_JOBS", "5000")) - during
         total = first + during
 
         def function(n: int) -> str:
