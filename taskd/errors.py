@@ -384,3 +384,20 @@ class JobInterrupted(TaskdError):
 
 
 _byType.update({cls.type: cls for cls in (UnknownJob, JobInterrupted)})
+
+
+# -- the shared (PostgreSQL) journal (taskd.pgjournal) ---------------------
+
+
+class JournalUnavailable(TaskdError):
+    """
+    The daemon cannot reach its jobs' journal (a PostgreSQL server that is
+    down or unreachable): the job was not accepted; try again once it is
+    back.  Jobs accepted earlier are safe in the database.
+    """
+
+    type = "journal_unavailable"
+    started = False
+
+
+_byType[JournalUnavailable.type] = JournalUnavailable

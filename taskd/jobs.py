@@ -345,6 +345,11 @@ class JobService:
 
     # -- queueing and feeding ---------------------------------------------------
 
+    def _track(self, record: JobRecord) -> _Job:
+        # A job this daemon answers for from now on (a shared journal's claims).
+        job = self._jobs[record.id] = _Job(record)
+        return job
+
     def _retries(self, function: str) -> int:
         options = self.pool.registry.options(function)
         override = self.pool.config.taskLimits.get(function)

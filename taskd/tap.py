@@ -100,6 +100,8 @@ class Options(usage.Options):
         ["line-timeout", None, DEFAULT_LINE_TIMEOUT, "Close a connection that started a request line and did not finish it within this many seconds (0: never).", seconds],
         ["journal", None, None, f"The background jobs' journal, an SQLite file [default: {DEFAULT_JOURNAL} in the working directory]; {IN_MEMORY} keeps jobs in memory only (lost when the daemon stops)."],
         ["job-ttl", None, DEFAULT_JOB_TTL, "Seconds a job that ended is kept, with its result.", positiveSeconds],
+        ["job-lease", None, 30.0, "With a PostgreSQL journal: seconds a daemon's claim on a running job lasts unless renewed (every third of it); once it expires (the daemon died), another daemon requeues or interrupts the job.", positiveSeconds],
+        ["job-poll", None, 1.0, "With a PostgreSQL journal: seconds between two polls of the database (delayed jobs, expired leases; the fallback of LISTEN/NOTIFY).", positiveSeconds],
         ["max-jobs", None, DEFAULT_MAX_JOBS, "Jobs the journal keeps at most (the ones that ended first make room); past it in jobs not yet ended, a submit is refused as busy.", positiveInt],
         ["tracebacks", None, None, "How much of a failed task's traceback clients get: full, short (innermost frame and exception, no directories) or none [default: full when every listener is loopback or unix:, short otherwise].", tracebackMode],
         # The HTTP side (see docs/operations.md).
@@ -176,7 +178,7 @@ class Options(usage.Options):
             self["workers"] = os.cpu_count() or 1
         if self["journal"] is None:
             self["journal"] = DEFAULT_JOURNAL
-        if self["journal"] != IN_MEMORY:
+        if self["journal"] != IN_MEMORY and not isPostgreSQL(self["journal"]):
             # twistd may change directory when it daemonizes.
             self["journal"] = os.path.abspath(self["journal"])
         # Before Twisted's endpoints module is imported (see skipTLSImports
@@ -479,6 +481,14 @@ def poolConfig(options: Options) -> PoolConfig:
     )
 
 
+def isPostgreSQL(journal: str) -> bool:
+    """
+    @return: whether a C{--journal} names a PostgreSQL database
+        (C{postgresql://...} or C{postgres://...}) rather than a file.
+    """
+    return journal.startswith(("postgresql://", "postgres://"))
+
+
 def _mebibytes(value: int | None) -> int | None:
     return None if value is None else value * 1024 * 1024
 
@@ -496,10 +506,24 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     # On a thread of its own, unless it is in memory (no disk to wait
     # for) or the reactor takes no calls from threads (a test's fake).
     threaded = options["journal"] != IN_MEMORY and IReactorFromThreads.providedBy(reactor)
-    journal = SQLiteJournal(
-        options["journal"], reactor, maxJobs=options["max-jobs"], threaded=threaded
-    )
-    jobs = JobService(pool, journal, ttl=options["job-ttl"], maxJobs=options["max-jobs"])
+    jobs: JobService
+    if isPostgreSQL(options["journal"]):
+        # A journal shared with other daemons (see docs/cluster.md).
+        from taskd.pgjournal import PostgreSQLJournal
+        from taskd.sharedjobs import SharedJobService
+
+        shared = PostgreSQLJournal(
+            options["journal"], reactor, maxJobs=options["max-jobs"], lease=options["job-lease"]
+        )
+        jobs = SharedJobService(
+            pool, shared, ttl=options["job-ttl"], maxJobs=options["max-jobs"],
+            pollInterval=options["job-poll"],
+        )
+    else:
+        journal = SQLiteJournal(
+            options["journal"], reactor, maxJobs=options["max-jobs"], threaded=threaded
+        )
+        jobs = JobService(pool, journal, ttl=options["job-ttl"], maxJobs=options["max-jobs"])
     factory = TaskServerFactory(
         pool,
         maxLineLength=options["max-line-length"],

@@ -279,3 +279,156 @@ def deferLater(seconds: float) -> Any:
     from twisted.internet.task import deferLater as later
 
     return later(reactor, seconds, lambda: None)
+
+
+# -- one suite, both backends ---------------------------------------------------
+
+
+class JournalContractMixin:
+    """
+    What every L{taskd.journal.Journal} does, the same for each backend,
+    on the real reactor (the journals run their statements on threads).
+    Subclasses give L{makeJournal}.
+    """
+
+    def makeJournal(self, **kw: Any) -> Any:
+        raise NotImplementedError()
+
+    @inlineCallbacks
+    def opened(self, **kw: Any) -> Any:
+        journal = self.makeJournal(**kw)
+        self.addCleanup(journal.close)  # type: ignore[attr-defined]
+        yield journal.open()
+        return journal
+
+    @inlineCallbacks
+    def test_addGetUpdate(self) -> Any:
+        """
+        A job added is read back as written; an update changes its state,
+        timestamps, result and error; a job never added is C{None}.
+        """
+        journal = yield self.opened()
+        added = yield gatherResults([journal.add(record(n)) for n in range(3)])
+        self.assertEqual(added, [Added(f"job{n}", False) for n in range(3)])
+        found = yield journal.get("job1")
+        self.assertEqual(found, record(1))
+        ended = evolve(record(2), state=DONE, started=150.0, finished=200.0, result=b"3", error=None)
+        yield journal.update(ended)
+        self.assertEqual((yield journal.get("job2")), ended)
+        self.assertIsNone((yield journal.get("nope")))
+        self.assertEqual((yield journal.size()), 3)
+
+    @inlineCallbacks
+    def test_key(self) -> Any:
+        """
+        A job whose key is held by a job in the journal is not added: the
+        answer is the other job's id, even within one transaction.
+        """
+        journal = yield self.opened()
+        results = yield gatherResults([
+            journal.add(record(1, key="k")), journal.add(record(2, key="k")),
+            journal.add(record(3, key="other")),
+        ])
+        self.assertEqual(results, [Added("job1", False), Added("job1", True), Added("job3", False)])
+        self.assertIsNone((yield journal.get("job2")))
+
+    @inlineCallbacks
+    def test_maxJobs(self) -> Any:
+        """
+        Past C{maxJobs} rows, the jobs that ended first are removed as new
+        ones are added; jobs that have not ended never are.
+        """
+        journal = yield self.opened(maxJobs=3)
+        yield gatherResults([journal.add(record(n)) for n in range(3)])
+        yield gatherResults([
+            journal.update(evolve(record(n), state=DONE, finished=finished))
+            for n, finished in ((0, 300.0), (1, 200.0))
+        ])
+        yield journal.add(record(3))
+        self.assertEqual((yield journal.size()), 3)
+        self.assertIsNone((yield journal.get("job1")))
+        yield gatherResults([journal.add(record(4)), journal.add(record(5))])
+        self.assertEqual((yield journal.size()), 4)
+        gone = []
+        for n in range(6):
+            gone.append((yield journal.get(f"job{n}")) is None)
+        self.assertEqual(gone, [True, True, False, False, False, False])
+
+    @inlineCallbacks
+    def test_prune(self) -> Any:
+        """
+        C{prune} removes at most C{limit} jobs that ended before the time
+        given, the oldest first.
+        """
+        journal = yield self.opened()
+        yield gatherResults([journal.add(record(n)) for n in range(5)])
+        yield gatherResults([
+            journal.update(evolve(record(n), state=DONE, finished=1000.0 + n)) for n in range(4)
+        ])
+        first = yield journal.prune(1002.5, 2)
+        second = yield journal.prune(1002.5, 2)
+        self.assertEqual((first, second), (2, 1))
+        self.assertEqual((yield journal.size()), 2)
+        self.assertIsNotNone((yield journal.get("job3")))
+
+    @inlineCallbacks
+    def test_closeCommitsPending(self) -> Any:
+        """
+        Closing commits the writes asked for first; a write after that is
+        refused with L{JournalError}.
+        """
+        journal = self.makeJournal()
+        yield journal.open()
+        added = journal.add(record(1))
+        yield journal.close()
+        self.assertEqual((yield added), Added("job1", False))
+        self.assertRaises(JournalError, journal.add, record(2))
+        again = yield self.opened()
+        self.assertEqual((yield again.get("job1")), record(1))
+
+    @inlineCallbacks
+    def test_schemaVersion(self) -> Any:
+        """
+        A new journal gets the latest schema version.
+        """
+        journal = yield self.opened()
+        self.assertEqual((yield journal.schemaVersion()), self.latestVersion)
+
+
+class SQLiteContractTests(JournalContractMixin, TestCase):
+    """
+    The journal contract, for L{SQLiteJournal} on its thread.
+    """
+
+    latestVersion = len(MIGRATIONS)
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+
+    def makeJournal(self, **kw: Any) -> Any:
+        return SQLiteJournal(self.path, reactor, **kw)
+
+
+class PostgreSQLContractTests(JournalContractMixin, TestCase):
+    """
+    The journal contract, for L{taskd.pgjournal.PostgreSQLJournal} on a
+    throwaway PostgreSQL server (see L{tests.pgserver}).
+    """
+
+    from tests.pgserver import skipReason
+
+    skip = skipReason()
+    del skipReason
+
+    def setUp(self) -> None:
+        from taskd.pgjournal import PG_MIGRATIONS
+        from tests.pgserver import dropDatabase, freshDatabase
+
+        self.latestVersion = len(PG_MIGRATIONS)
+        self.dsn = freshDatabase()
+        self.addCleanup(dropDatabase, self.dsn)
+
+    def makeJournal(self, **kw: Any) -> Any:
+        from taskd.pgjournal import PostgreSQLJournal
+
+        return PostgreSQLJournal(self.dsn, reactor, **kw)

@@ -77,6 +77,8 @@ class OptionsTests(SynchronousTestCase):
                 "task-limits": {},
                 "journal": os.path.abspath("taskd-journal.sqlite"),
                 "job-ttl": 86400.0,
+                "job-lease": 30.0,
+                "job-poll": 1.0,
                 "max-jobs": 100000,
                 "http": None,
                 "http-token-file": None,

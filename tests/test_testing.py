@@ -764,6 +764,7 @@ class ExampleTests(SynchronousTestCase):
             (errors.WorkerStartError("cannot import"), failed("worker_start_failed: cannot import")),
             (errors.UnknownJob("no job 'x'"), failed("unknown_job: no job 'x'")),
             (errors.JobInterrupted("it may have run"), failed("interrupted: it may have run")),
+            (errors.JournalUnavailable("down"), failed("journal_unavailable: down")),
         ]
         everyType = {
             value for value in vars(errors).values()

@@ -1,0 +1,197 @@
+"""
+A throwaway PostgreSQL server for the tests: C{initdb} in a temporary
+directory, C{postgres} listening on a unix socket in it only (no TCP port
+to race for), stopped by its PID at the end.
+
+PostgreSQL refuses to run as root: when the tests run as root (CI), the
+server runs as the C{postgres} user (created by the Debian package) through
+C{runuser}.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+#: Where Debian's PostgreSQL server programs are (the newest version found).
+BIN_DIRS = sorted(
+    (os.path.join("/usr/lib/postgresql", v, "bin") for v in (
+        os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else ()
+    )),
+    reverse=True,
+)
+
+
+def binDir() -> str | None:
+    """
+    @return: the directory of C{initdb} and C{postgres}, or C{None}.
+    """
+    for d in BIN_DIRS:
+        if os.path.exists(os.path.join(d, "initdb")):
+            return d
+    found = shutil.which("initdb")
+    return None if found is None else os.path.dirname(found)
+
+
+def skipReason() -> str | None:
+    """
+    @return: why PostgreSQL tests cannot run here, or C{None}.
+    """
+    try:
+        import psycopg
+
+        del psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install '.[postgresql]')"
+    if binDir() is None:
+        return "PostgreSQL's server programs are not installed (apt install postgresql)"
+    if os.getuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no postgres user to run the server as"
+    return None
+
+
+class PostgreSQLServer:
+    """
+    One throwaway PostgreSQL cluster.
+
+    @ivar dsn: a libpq connection string for its C{postgres} database.
+    @ivar pid: the postmaster's process id while it runs.
+    """
+
+    def __init__(self) -> None:
+        bindir = binDir()
+        assert bindir is not None
+        self.bindir = bindir
+        self.dir = tempfile.mkdtemp(prefix="taskd-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.user = "postgres" if os.getuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
+        if os.getuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+        self.dsn = f"postgresql:///postgres?host={self.dir}&user={self.user}"
+        self.pid: int | None = None
+        self._run("initdb", "-D", self.data, "-A", "trust", "-U", self.user, "--no-sync", "-E", "UTF8")
+
+    def _command(self, program: str, *args: str) -> list[str]:
+        command = [os.path.join(self.bindir, program), *args]
+        if os.getuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return command
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(self._command(program, *args), check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, cwd=self.dir)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """
+        Start the server and wait until it takes connections.
+        """
+        log = open(os.path.join(self.dir, "server.log"), "ab")
+        process = subprocess.Popen(
+            self._command(
+                "postgres", "-D", self.data, "-k", self.dir, "-c", "listen_addresses=",
+                "-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=32MB",
+            ),
+            stdout=log, stderr=log, cwd=self.dir, start_new_session=True,
+        )
+        log.close()
+        self._process = process
+        pidFile = os.path.join(self.data, "postmaster.pid")
+        deadline = time.monotonic() + timeout
+        import psycopg
+
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("postgres exited: " + self.log()[-2000:])
+            try:
+                psycopg.connect(self.dsn, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with open(pidFile) as f:
+            self.pid = int(f.readline())
+
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """
+        Stop the server (fast shutdown: SIGINT) by its PID and wait for it.
+        """
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        self._process.wait(30)
+        self.pid = None
+
+    def destroy(self) -> None:
+        """
+        Stop the server and remove its directory.
+        """
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_shared: PostgreSQLServer | None = None
+
+
+def sharedServer() -> PostgreSQLServer:
+    """
+    @return: the one server the tests of this process share (each test
+        uses a database of its own), started on first use and stopped when
+        the process exits.
+    """
+    global _shared
+    if _shared is None:
+        import atexit
+
+        _shared = PostgreSQLServer()
+        _shared.start()
+        atexit.register(_shared.destroy)
+    return _shared
+
+
+_counter = 0
+
+
+def freshDatabase(server: PostgreSQLServer | None = None) -> str:
+    """
+    Create an empty database on the (shared) server.
+
+    @return: its connection string.
+    """
+    global _counter
+    import psycopg
+
+    server = server or sharedServer()
+    _counter += 1
+    name = f"t{os.getpid()}_{_counter}"
+    with psycopg.connect(server.dsn, autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    return server.dsn.replace("/postgres?", f"/{name}?")
+
+
+def dropDatabase(dsn: str, server: PostgreSQLServer | None = None) -> None:
+    import psycopg
+
+    server = server or sharedServer()
+    name = dsn.split("/")[3].split("?")[0]
+    with psycopg.connect(server.dsn, autocommit=True) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+__all__ = ["PostgreSQLServer", "dropDatabase", "freshDatabase", "sharedServer", "skipReason"]

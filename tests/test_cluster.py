@@ -1,0 +1,588 @@
+"""
+A cluster started by the tests themselves: three C{twistd taskd} daemons on
+127.0.0.1, a real HAProxy in TCP mode in front (its health check speaks the
+protocol: it sends a hello and expects the daemon's), and one throwaway
+PostgreSQL server holding their jobs.  The reliability scenarios of
+docs/cluster.md, scaled to fit CI's time; each prints its figures as a
+C{RELIABILITY ...} line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from taskd import errors
+from taskd.client import connect
+from tests.pgserver import PostgreSQLServer, freshDatabase, skipReason
+from tests.test_pool import waitFor
+from tests.test_reliability import DaemonTestCase, report
+
+#: The HAProxy configuration of docs/cluster.md; {servers} is one
+#: C{server} line per daemon, {bind} the frontend's address.
+HAPROXY_CONFIG = """\
+global
+    maxconn 4096
+
+defaults
+    mode tcp
+    timeout connect 2s
+    # Longer than the longest call: a connection is idle while its task runs.
+    timeout client 10m
+    timeout server 10m
+    # A connection refused by a daemon that just died goes to another one.
+    retries 2
+    option redispatch
+
+frontend taskd
+    bind {bind}
+    default_backend taskd_daemons
+
+backend taskd_daemons
+    balance leastconn
+    option tcp-check
+    tcp-check connect
+    tcp-check send "{{\\"type\\":\\"hello\\",\\"version\\":1}}\\n"
+    tcp-check expect rstring "\\"type\\": ?\\"hello\\""
+    default-server inter 300ms fall 2 rise 2
+{servers}
+"""
+
+
+def haproxyPath() -> str | None:
+    found = shutil.which("haproxy")
+    if found is None and os.path.exists("/usr/sbin/haproxy"):
+        found = "/usr/sbin/haproxy"
+    return found
+
+
+def freePort() -> int:
+    """
+    @return: a port the kernel just gave out on 127.0.0.1 (HAProxy's
+        configuration needs the daemons' ports before they start, and a
+        restarted daemon takes its port again).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Output(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Any] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(None)
+
+
+class ClusterTestCase(DaemonTestCase):
+    """
+    Starts PostgreSQL, N daemons and HAProxy; knows each daemon's port,
+    process and workers.
+    """
+
+    timeout = 400
+    daemonOptions: tuple[str, ...] = ()
+
+    def setUp(self) -> None:
+        reason = skipReason()
+        if reason is None and haproxyPath() is None:
+            reason = "haproxy is not installed (Debian package 'haproxy')"
+        if reason is not None:
+            raise SkipTest(reason)
+
+    @inlineCallbacks
+    def startCluster(self, daemons: int = 3, workers: int = 2) -> Any:
+        self.pg = PostgreSQLServer()
+        self.addCleanup(self.pg.destroy)
+        self.pg.start()
+        self.dsn = freshDatabase(self.pg)
+        self.ports = [freePort() for _ in range(daemons)]
+        self.daemons: list[Any] = [None] * daemons
+        self.processes: list[Any] = [None] * daemons
+        self.workers = workers
+        yield gatherResults([self.startMember(n) for n in range(daemons)])
+        yield self.startHAProxy()
+
+    @inlineCallbacks
+    def startMember(self, n: int) -> Any:
+        daemon = yield self.startDaemon(
+            "--journal", self.dsn, "--job-lease", "5", "--job-poll", "0.5", *self.daemonOptions,
+            port=self.ports[n], workers=self.workers,
+        )
+        self.daemons[n] = daemon
+        self.processes[n] = self._spawned[id(daemon)]
+        return daemon
+
+    def spawn(self, *args: str, **extraEnv: str) -> Any:
+        # Daemons start side by side: remember each one's process.
+        proto = super().spawn(*args, **extraEnv)
+        if not hasattr(self, "_spawned"):
+            self._spawned: dict[int, Any] = {}
+        self._spawned[id(proto)] = self.process
+        return proto
+
+    @inlineCallbacks
+    def startHAProxy(self) -> Any:
+        self.port = freePort()
+        servers = "\n".join(
+            f"    server taskd{n} 127.0.0.1:{port} check" for n, port in enumerate(self.ports)
+        )
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(HAPROXY_CONFIG.format(bind=f"127.0.0.1:{self.port}", servers=servers))
+        self.haproxyConfig = path
+        proto = _Output()
+        process = reactor.spawnProcess(proto, haproxyPath(), [haproxyPath(), "-db", "-f", path], env=os.environ)
+        self.haproxyOutput = proto
+
+        def stop() -> Any:
+            if not proto.ended.called:
+                process.signalProcess("KILL")
+            return proto.ended
+
+        self.addCleanup(stop)
+        # Serving once every daemon passes its health check.
+        yield self.waitUp(set(range(len(self.ports))))
+
+    @inlineCallbacks
+    def waitUp(self, members: set[int], tries: int = 400) -> Any:
+        """
+        Wait until HAProxy sends new connections to each of C{members}
+        (each answers a C{pid} call with one of its workers).
+        """
+        seen: set[int] = set()
+        for _ in range(tries):
+            try:
+                client = yield connect(reactor, f"tcp:127.0.0.1:{self.port}")
+                try:
+                    pid = yield client.call("pid")
+                finally:
+                    yield client.close()
+                seen.add(self.memberOf(pid))
+            except errors.TaskdError:
+                pass
+            except Exception:
+                pass
+            if members <= seen:
+                return
+            yield deferLater(reactor, 0.02, lambda: None)
+        raise AssertionError(f"HAProxy never reached daemons {members - seen}")
+
+    @inlineCallbacks
+    def connectMember(self, tries: int = 200) -> Any:
+        """
+        Connect through HAProxy (again: a connection HAProxy sent to a
+        daemon that just died is closed at once).
+
+        @return: the client, and which daemon it reached.
+        """
+        for _ in range(tries):
+            try:
+                client = yield connect(reactor, f"tcp:127.0.0.1:{self.port}")
+                pid = yield client.call("pid")
+                return client, self.memberOf(pid)
+            except Exception:
+                yield deferLater(reactor, 0.05, lambda: None)
+        raise AssertionError("could not connect through HAProxy")
+
+    def memberOf(self, workerPid: int) -> int:
+        """
+        @return: which daemon runs the worker C{workerPid}.
+        """
+        for n, daemon in enumerate(self.daemons):
+            if daemon is not None and re.search(rb"worker %d started" % workerPid, daemon.output):
+                return n
+        raise AssertionError(f"no daemon started worker {workerPid}")
+
+    @inlineCallbacks
+    def killMember(self, n: int) -> Any:
+        os.kill(self.processes[n].pid, signal.SIGKILL)
+        yield self.daemons[n].ended
+
+
+class CallsThroughHAProxyTests(ClusterTestCase):
+    """
+    Calls through HAProxy while a daemon is killed and restarted.
+    """
+
+    @inlineCallbacks
+    def test_killOneDaemon(self) -> Any:
+        """
+        20,000 calls from 50 connections (10 in flight on each) through HAProxy to 3 daemons; one
+        daemon is SIGKILLed a third of the way, and restarted: every call
+        gets exactly one outcome, the right result or, only for calls on
+        a connection to the killed daemon, C{connection_lost} saying so
+        (the caller reconnects through HAProxy and goes on); the restarted
+        daemon takes connections again.
+        """
+        yield self.startCluster()
+        total, connections, inFlight = 20_000, 50, 10
+        nextCall = iter(range(total))
+        outcomes: dict[int, list[Any]] = {}
+        lostOn: Counter[int] = Counter()
+        killAt = total // 3
+        done = [0]
+        killed: Deferred[None] = Deferred()
+        victim = 1
+
+        @inlineCallbacks
+        def caller() -> Any:
+            while True:
+                client, member = yield self.connectMember()
+                lost: list[bool] = []
+
+                @inlineCallbacks
+                def lane() -> Any:
+                    for n in nextCall:
+                        try:
+                            result = yield client.call("add", n, 1)
+                            outcomes.setdefault(n, []).append(("result", result))
+                        except errors.ConnectionLost as e:
+                            outcomes.setdefault(n, []).append(("lost", member, str(e)))
+                            lostOn[member] += 1
+                            lost.append(True)
+                            return
+                        done[0] += 1
+                        if done[0] == killAt and not killed.called:
+                            killed.callback(None)
+
+                yield gatherResults([lane() for _ in range(inFlight)])
+                if not lost:
+                    yield client.close()
+                    return
+
+        started = time.monotonic()
+        callers = gatherResults([caller() for _ in range(connections)], consumeErrors=True)
+
+        def stopWaiting(result: Any) -> Any:
+            if not killed.called:
+                killed.errback(result) if isinstance(result, Failure) else killed.callback(None)
+            return result
+
+        callers.addBoth(stopWaiting)
+        yield killed
+        victimPid = self.processes[victim].pid
+        yield self.killMember(victim)
+        yield callers.addBoth(lambda r: r)
+        yield self.startMember(victim)
+        yield self.waitUp({victim})
+        seconds = time.monotonic() - started
+        self.assertEqual(sorted(outcomes), list(range(total)))
+        self.assertEqual([n for n, o in outcomes.items() if len(o) != 1], [])
+        wrong = [n for n, (o,) in outcomes.items() if o[0] == "result" and o[1] != n + 1]
+        self.assertEqual(wrong, [])
+        failures = [o for (o,) in outcomes.values() if o[0] == "lost"]
+        self.assertEqual({f[1] for f in failures} - {victim}, set())
+        for f in failures:
+            self.assertIn("connection to taskd lost", f[2])
+        self.assertGreater(len(failures), 0)
+        report(
+            "cluster-calls", calls=total, connections=connections, daemons=3,
+            killed=victimPid, failed=len(failures), seconds=f"{seconds:.1f}",
+        )
+
+
+def submitLine(n: int, function: str, runs: str, hold: str | None) -> bytes:
+    return json.dumps({
+        "type": "submit", "function": function, "args": [runs, f"t{n}", hold],
+        "key": f"k{n}", "id": n,
+    }).encode()
+
+
+class JobsThroughHAProxyTests(ClusterTestCase):
+    """
+    Jobs through HAProxy on the PostgreSQL journal while a daemon is killed
+    and PostgreSQL itself is restarted.
+    """
+
+    @inlineCallbacks
+    def submitAll(self, lines: list[bytes], connections: int = 5) -> Any:
+        """
+        @return: the replies to C{lines}, by id, sent through HAProxy on
+            C{connections} connections.
+        """
+        parts = yield gatherResults([
+            # The daemons' --max-in-flight (100) per connection.
+            self.pipeline(lines[k::connections], inFlight=100) for k in range(connections)
+        ])
+        replies: dict[Any, dict[str, Any]] = {}
+        for part in parts:
+            for id, answers in part.replies.items():
+                (replies[id],) = answers
+        return replies
+
+    @inlineCallbacks
+    def test_killDaemonAndRestartPostgreSQL(self) -> Any:
+        """
+        5,000 jobs (C{TASKD_CLUSTER_JOBS}) submitted through HAProxy (all
+        but 200, then 200) (one in ten of a task that
+        opts into retries), held running on every daemon; one daemon is
+        SIGKILLed, then PostgreSQL is restarted while 200 more are
+        submitted (refused with C{journal_unavailable} while it is down,
+        submitted again with the same key after); the daemon is restarted
+        and the jobs released: every job reaches exactly one final state;
+        none without opt-in ran twice; only the jobs the killed daemon held
+        end C{interrupted}, saying its lease expired; every daemon answers
+        the same status for any job.
+        """
+        yield self.startCluster()
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        runs, hold = os.path.join(work, "runs"), os.path.join(work, "hold")
+        # 10,000 is the issue's scale (TASKD_CLUSTER_JOBS=10000, ~50 s
+        # alone); CI runs half of it, beside the rest of the suite.
+        during = 200
+        first = int(os.environ.get("TASKD_CLUSTER_JOBS", "5000")) - during
+        total = first + during
+
+        def function(n: int) -> str:
+            return "recordRunSafely" if n % 10 == 0 else "recordRun"
+
+        started = time.monotonic()
+        replies = yield self.submitAll([submitLine(n, function(n), runs, hold) for n in range(first)])
+        self.assertEqual([r for r in replies.values() if r["type"] != "accepted"][:3], [])
+        jobs = {n: r["job"] for n, r in replies.items()}
+
+        def ranCount() -> int:
+            try:
+                with open(runs) as f:
+                    return len(f.read().split())
+            except FileNotFoundError:
+                return 0
+
+        # Every daemon's workers are busy with held jobs.
+        yield waitFor(lambda: ranCount() >= 3 * self.workers, "every worker to run a held job")
+        yield deferLater(reactor, 0.5, lambda: None)
+        victim = 1
+        yield self.killMember(victim)
+        self.pg.stop()
+        refused = yield self.submitAll(
+            [submitLine(n, function(n), runs, None) for n in range(first, total)]
+        )
+        refusals = Counter(r["error"]["type"] for r in refused.values() if r["type"] == "error")
+        for n, r in refused.items():
+            if r["type"] == "error":
+                self.assertIn("the jobs' journal (PostgreSQL) is unreachable", r["error"]["message"])
+                self.assertFalse(r["error"]["started"])
+            else:
+                jobs[n] = r["job"]
+        self.assertEqual(set(refusals), {"journal_unavailable"})
+        self.pg.start()
+        missing = sorted(set(range(first, total)) - set(jobs))
+        for _ in range(100):
+            if not missing:
+                break
+            again = yield self.submitAll([submitLine(n, function(n), runs, None) for n in missing], 1)
+            for n, r in again.items():
+                if r["type"] == "accepted":
+                    jobs[n] = r["job"]
+            missing = sorted(set(range(first, total)) - set(jobs))
+            yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(missing, [])
+        with open(hold, "w"):
+            pass
+        yield self.startMember(victim)
+        yield self.waitUp({victim})
+
+        states: dict[int, dict[str, Any]] = {}
+        for _ in range(240):
+            pending = [n for n in jobs if states.get(n, {}).get("state") not in FINAL]
+            if not pending:
+                break
+            answers = yield self.submitAll(
+                [json.dumps({"type": "job", "job": jobs[n], "id": n}).encode() for n in pending]
+            )
+            states.update(answers)
+            yield deferLater(reactor, 0.5, lambda: None)
+        seconds = time.monotonic() - started
+        with open(runs) as f:
+            ran = Counter(int(tag[1:]) for tag in f.read().split())
+        byState = Counter(s["state"] for s in states.values())
+        self.assertEqual(len(states), total)
+        self.assertEqual(set(byState) - {"done", "interrupted"}, set())
+        interrupted = [n for n, s in states.items() if s["state"] == "interrupted"]
+        for n in interrupted:
+            self.assertEqual(function(n), "recordRun")
+            self.assertIn("its lease expired", states[n]["error"]["message"])
+        # The killed daemon held at most its window of jobs.
+        self.assertLessEqual(len(interrupted), self.workers)
+        twice = [n for n in range(total) if ran[n] > 1 and function(n) == "recordRun"]
+        self.assertEqual(twice, [])
+        for n, s in states.items():
+            if s["state"] == "done":
+                self.assertGreaterEqual(ran[n], 1)
+                self.assertEqual(s["result"], f"t{n}")
+        # Any daemon answers for any job, the same.
+        sample = [jobs[n] for n in range(0, total, 97)]
+        seen = []
+        for port in self.ports:
+            self.port, haproxy = port, self.port
+            answers = yield self.pipeline(
+                [json.dumps({"type": "job", "job": j, "id": k}).encode() for k, j in enumerate(sample)]
+            )
+            self.port = haproxy
+            seen.append([(answers.replies[k][0]["state"], answers.replies[k][0]["finished"]) for k in range(len(sample))])
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual(seen[0], seen[2])
+        report(
+            "cluster-jobs", jobs=total, daemons=3, refusedWhileDown=sum(refusals.values()),
+            interrupted=len(interrupted),
+            reranWithOptIn=sum(1 for n in range(total) if ran[n] > 1),
+            seconds=f"{seconds:.1f}",
+        )
+
+
+FINAL = {"done", "failed", "cancelled", "interrupted", "expired"}
+
+
+class HAProxyConfigDocsTests(SynchronousTestCase):
+    """
+    docs/cluster.md shows the HAProxy configuration the cluster tests run.
+    """
+
+    def test_sameAsTheTests(self) -> None:
+        """
+        The balancing and health-check lines of docs/cluster.md's
+        configuration are the tests' own, and HAProxy accepts it.
+        """
+        from tests.test_tap import ROOT
+
+        with open(os.path.join(ROOT, "docs", "cluster.md")) as f:
+            text = f.read()
+        block = text.split("## HAProxy", 1)[1].split("```\n", 2)[1]
+
+        def essential(config: str) -> list[str]:
+            return [
+                line.strip() for line in config.splitlines()
+                if line.strip().startswith(("tcp-check", "balance", "option", "retries", "default-server", "timeout", "mode"))
+            ]
+
+        ours = HAPROXY_CONFIG.format(bind="127.0.0.1:1", servers="")
+        self.assertEqual(essential(block), essential(ours))
+        haproxy = haproxyPath()
+        if haproxy is None:
+            raise SkipTest("haproxy is not installed (Debian package 'haproxy')")
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(block.replace("10.0.0.10", "127.0.0.1"))
+        result = subprocess.run([haproxy, "-c", "-f", path], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+
+class RollingRestartTests(ClusterTestCase):
+    """
+    The rolling-restart script of docs/deployment.md, under load.
+    """
+
+    daemonOptions = ("--grace", "10")
+
+    @inlineCallbacks
+    def test_rollingRestart(self) -> Any:
+        """
+        The script drains and restarts each of the 3 daemons in turn while
+        a L{ReconnectingClient} (three connections through HAProxy) keeps
+        20 calls in flight: it succeeds, every daemon is replaced, calling
+        goes on throughout, and the only failures are C{connection_lost}
+        for calls sent while a stopping daemon closed its connection (the
+        issue's goal is none: see docs/deployment.md for what is missing).
+        """
+        from taskd.reconnecting import ReconnectingClient
+        from tests.test_tap import ROOT
+
+        yield self.startCluster()
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        with open(os.path.join(ROOT, "docs", "deployment.md")) as f:
+            text = f.read()
+        script = text.split("## Rolling restart behind a balancer", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+        path = os.path.join(work, "rolling-restart.sh")
+        with open(path, "w") as f:
+            f.write(script)
+        for port, process in zip(self.ports, self.processes):
+            with open(os.path.join(work, f"taskd-{port}.pid"), "w") as f:
+                f.write(str(process.pid))
+
+        def killRestarted() -> None:
+            for port in self.ports:
+                try:
+                    with open(os.path.join(work, f"taskd-{port}.pid")) as f:
+                        pid = int(f.read())
+                except (OSError, ValueError):
+                    continue
+                if pid not in [p.pid for p in self.processes]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+        self.addCleanup(killRestarted)
+        client = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{self.port}"] * 3)
+        client.startService()
+        self.addCleanup(client.stopService)
+        outcomes: Counter[str] = Counter()
+        failures: list[str] = []
+        stop = [False]
+
+        @inlineCallbacks
+        def lane(k: int) -> Any:
+            n = 0
+            while not stop[0]:
+                n += 1
+                try:
+                    result = yield client.call("add", k, n)
+                    outcomes["ok" if result == k + n else "wrong"] += 1
+                except Exception as e:
+                    failures.append(repr(e))
+            return None
+
+        lanes = gatherResults([lane(k) for k in range(20)])
+        yield deferLater(reactor, 1, lambda: None)
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([ROOT, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]).rstrip(os.pathsep),
+            TASKD_OPTIONS=f"--workers {self.workers} --tasks taskd.examples --tasks tests.tasks --journal {self.dsn}",
+        )
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        started = time.monotonic()
+        out, err, code = yield getProcessOutputAndValue(
+            "/bin/sh", [path, *map(str, self.ports)], env=env, path=work
+        )
+        seconds = time.monotonic() - started
+        yield deferLater(reactor, 1, lambda: None)
+        stop[0] = True
+        yield lanes
+        self.assertEqual(code, 0, (out + err).decode(errors="replace"))
+        for daemon in self.daemons:
+            self.assertTrue(daemon.ended.called)
+        self.assertEqual(
+            [f for f in failures if not f.startswith("ConnectionLost('connection to taskd lost")], []
+        )
+        self.assertLess(len(failures), outcomes["ok"] / 100)
+        self.assertEqual(outcomes["wrong"], 0)
+        self.assertGreater(outcomes["ok"], 1000)
+        report("cluster-rolling-restart", daemons=3, calls=outcomes["ok"], failed=len(failures), seconds=f"{seconds:.1f}")

@@ -1,0 +1,239 @@
+"""
+Tests for L{taskd.pgjournal}: what a journal shared by several daemons does
+beyond L{taskd.journal.Journal} (whose suite, in tests/test_journal.py, runs
+against both backends), on throwaway PostgreSQL servers.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from attrs import evolve
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from taskd import errors
+from taskd.journal import CANCELLED, DONE, INTERRUPTED, QUEUED, RUNNING, JournalError
+from tests.pgserver import PostgreSQLServer, dropDatabase, freshDatabase, skipReason
+from tests.test_journal import record
+from tests.test_pool import waitFor
+
+
+def sleep(seconds: float) -> Any:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class PostgreSQLJournalTests(TestCase):
+    """
+    Claims, leases, cancels and wake-ups between journals (daemons) sharing
+    one database.
+    """
+
+    skip = skipReason()
+
+    def setUp(self) -> None:
+        self.dsn = freshDatabase()
+        self.addCleanup(dropDatabase, self.dsn)
+
+    @inlineCallbacks
+    def journal(self, dsn: str | None = None, **kw: Any) -> Any:
+        from taskd.pgjournal import PostgreSQLJournal
+
+        journal = PostgreSQLJournal(dsn or self.dsn, reactor, **kw)
+        self.addCleanup(journal.close)
+        yield journal.open()
+        return journal
+
+    @inlineCallbacks
+    def test_claimsNeverOverlap(self) -> Any:
+        """
+        Two daemons claiming at once in small batches take every due job
+        exactly once between them, oldest first, marked running with the
+        claimer as owner; a job whose time has not come is not claimed.
+        """
+        a = yield self.journal(owner="a")
+        b = yield self.journal(owner="b")
+        yield gatherResults([a.add(record(n)) for n in range(200)])
+        yield a.add(evolve(record(999), runAt=10_000.0))
+        first = yield b.claim(3, 5000.0)
+        self.assertEqual([r.id for r in first], ["job0", "job1", "job2"])
+        taken: dict[str, list[str]] = {"a": [], "b": [r.id for r in first]}
+
+        @inlineCallbacks
+        def drain(journal: Any) -> Any:
+            while True:
+                claimed = yield journal.claim(7, 5000.0)
+                if not claimed:
+                    return
+                self.assertEqual({r.state for r in claimed}, {RUNNING})
+                self.assertEqual({r.started for r in claimed}, {5000.0})
+                taken[journal.owner].extend(r.id for r in claimed)
+
+        yield gatherResults([drain(a), drain(b)])
+        everything = taken["a"] + taken["b"]
+        self.assertEqual(sorted(everything), sorted(f"job{n}" for n in range(200)))
+        self.assertEqual(len(set(everything)), 200)
+        self.assertEqual((yield a.get("job999")).state, QUEUED)
+
+    @inlineCallbacks
+    def test_expiredLease(self) -> Any:
+        """
+        A daemon that stops renewing (it died): once its lease expires,
+        another daemon's reap queues again the job whose task opts into
+        retries and ends the other C{interrupted}, saying why; the dead
+        daemon's late update is refused (the job keeps its one final
+        state).
+        """
+        dead = yield self.journal(owner="dead", lease=0.3)
+        alive = yield self.journal(owner="alive", lease=0.3)
+        yield gatherResults([dead.add(record(1)), dead.add(evolve(record(2), function="safe"))])
+        claimed = yield dead.claim(10, 500.0)
+        self.assertEqual(len(claimed), 2)
+        self.assertEqual((yield alive.reap(lambda f: 0, 600.0)), (0, 0))
+        yield sleep(0.5)
+        counts = yield alive.reap(lambda f: 2 if f == "safe" else 0, 600.0)
+        self.assertEqual(counts, (1, 1))
+        lost = yield alive.get("job1")
+        self.assertEqual((lost.state, lost.finished), (INTERRUPTED, 600.0))
+        self.assertIn(b"its lease expired", lost.error)
+        self.assertEqual((yield alive.get("job2")).state, QUEUED)
+        yield dead.update(evolve(claimed[0], state=DONE, finished=700.0, result=b"2"))
+        self.assertEqual((yield alive.get("job1")).state, INTERRUPTED)
+        again = yield alive.claim(10, 800.0)
+        self.assertEqual([r.id for r in again], ["job2"])
+
+    @inlineCallbacks
+    def test_renewKeepsTheLease(self) -> Any:
+        """
+        Renewed every third of its length, a lease never expires: nobody
+        reaps the job.
+        """
+        owner = yield self.journal(owner="busy", lease=0.3)
+        other = yield self.journal(owner="other", lease=0.3)
+        yield owner.add(record(1))
+        yield owner.claim(1, 500.0)
+        for _ in range(6):
+            yield sleep(0.1)
+            held = yield owner.renew()
+            self.assertEqual(held, [("job1", False)])
+            self.assertEqual((yield other.reap(lambda f: 0, 600.0)), (0, 0))
+
+    @inlineCallbacks
+    def test_cancelAnywhere(self) -> Any:
+        """
+        Any daemon cancels a queued job at once; a running one is flagged
+        for its owner, which hears it by C{NOTIFY} and by its next lease
+        renewal.
+        """
+        runner = yield self.journal(owner="runner")
+        asker = yield self.journal(owner="asker")
+        heard: list[str] = []
+        runner.notified = heard.append
+        yield gatherResults([asker.add(record(1)), asker.add(record(2))])
+        (claimed,) = yield runner.claim(1, 500.0)
+        self.assertEqual(claimed.id, "job1")
+        queued = yield asker.cancel("job2", 600.0)
+        self.assertEqual((queued.state, queued.finished), (CANCELLED, 600.0))
+        running = yield asker.cancel("job1", 600.0)
+        self.assertEqual(running.state, RUNNING)
+        yield waitFor(lambda: "cancel:job1" in heard, "the cancel notification")
+        self.assertIn("end:job2", heard)
+        self.assertEqual((yield runner.renew()), [("job1", True)])
+        self.assertIsNone((yield asker.cancel("nope", 600.0)))
+
+    @inlineCallbacks
+    def test_notifications(self) -> Any:
+        """
+        Every daemon hears of a new job (C{new}) and of a job's end
+        (C{end:ID}), on the reactor thread.
+        """
+        a = yield self.journal()
+        b = yield self.journal()
+        heard: list[tuple[str, bool]] = []
+        b.notified = lambda p: heard.append((p, threading.current_thread() is threading.main_thread()))
+        yield a.add(record(1))
+        yield waitFor(lambda: ("new", True) in heard, "the new job notification")
+        yield a.update(evolve(record(1), state=DONE, finished=1.0))
+        yield waitFor(lambda: ("end:job1", True) in heard, "the end notification")
+        ended = yield b.ended(["job1", "nope"])
+        self.assertEqual([r.id for r in ended], ["job1"])
+
+    @inlineCallbacks
+    def test_offTheReactorThread(self) -> Any:
+        """
+        Every statement runs on the journal's thread, never the reactor's.
+        """
+        threads: set[int] = set()
+
+        def note(db: Any) -> None:
+            threads.add(threading.get_ident())
+
+        from taskd.pgjournal import PG_MIGRATIONS
+
+        journal = yield self.journal(migrations=(*PG_MIGRATIONS, note))
+        self.assertEqual(len(threads), 1)
+        self.assertNotIn(threading.get_ident(), threads)
+        self.assertEqual((yield journal.schemaVersion()), 2)
+
+    @inlineCallbacks
+    def test_newerSchema(self) -> Any:
+        """
+        A database of a newer schema than this taskd knows is not used:
+        the error says which versions.
+        """
+        import psycopg
+
+        first = yield self.journal()
+        yield first.close()
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            db.execute("UPDATE taskd_schema SET version = 99")
+        from taskd.pgjournal import PostgreSQLJournal
+
+        journal = PostgreSQLJournal(self.dsn, reactor)
+        failure = yield self.assertFailure(journal.open(), JournalError)
+        self.assertIn("has schema version 99, written by a newer taskd; this one reads "
+                      "versions up to 1", str(failure))
+
+    @inlineCallbacks
+    def test_unreachable(self) -> Any:
+        """
+        While the server is down, an add fails at once with
+        L{errors.JournalUnavailable} saying so, and a job's change of state
+        waits; once the server is back, the journal reconnects, the change
+        is written, and adds work again.  Nothing acknowledged is lost.
+        """
+        server = PostgreSQLServer()
+        self.addCleanup(server.destroy)
+        server.start()
+        dsn = freshDatabase(server)
+        journal = yield self.journal(dsn)
+        yield journal.add(record(1))
+        server.stop()
+        update = journal.update(evolve(record(1), state=DONE, finished=5.0, result=b"2"))
+        failure = yield self.assertFailure(journal.add(record(2)), errors.JournalUnavailable)
+        self.assertIn("the jobs' journal (PostgreSQL) is unreachable", str(failure))
+        self.assertFalse(update.called)
+        failure = yield self.assertFailure(journal.get("job1"), errors.JournalUnavailable)
+        server.start()
+        yield update
+        self.assertEqual(journal.reconnects, 1)
+        self.assertEqual((yield journal.get("job1")).state, DONE)
+        yield journal.add(record(2))
+        self.assertEqual((yield journal.size()), 2)
+
+    @inlineCallbacks
+    def test_notOpen(self) -> Any:
+        """
+        Read before it is open (or once it is closing), the journal answers
+        with L{errors.JournalUnavailable} saying so, rather than raising.
+        """
+        from taskd.pgjournal import PostgreSQLJournal
+
+        journal = PostgreSQLJournal(self.dsn, reactor)
+        failure = yield self.assertFailure(journal.get("job1"), errors.JournalUnavailable)
+        self.assertEqual(
+            str(failure), "the jobs' journal is not open (the daemon is starting or stopping)"
+        )
