@@ -153,7 +153,16 @@ class ReconnectingClient(Caller, Submitter, MultiService):
     ) -> Deferred[Any]:
         if not self.running:
             return fail(errors.NotConnected("the client is not running"))
-        call = _Outgoing(name, args, kwargs, timeout, progress, priority, deadline)
+        return self._start(_Outgoing(name, args, kwargs, timeout, progress, priority, deadline))
+
+    def _start(self, call: _Outgoing) -> Deferred[Any]:
+        """
+        Send C{call} to the least busy connected daemon, or hold it until
+        one is connected.
+
+        @return: C{call}'s C{Deferred}; cancelling it cancels the call
+            where it is.
+        """
 
         def cancel(d: Deferred[Any]) -> None:
             if call.sent is not None:
@@ -325,20 +334,7 @@ class ReconnectingClient(Caller, Submitter, MultiService):
         if not self.running:
             return fail(errors.NotConnected("the client is not running"))
         name = request(0).call.function
-        call = _Outgoing(name, (), None, None, None, None, None, submit=request)
-
-        def cancel(d: Deferred[Any]) -> None:
-            if call.sent is not None:
-                call.sent.cancel()
-            elif call in self._waiting:
-                self._unwait(call)
-
-        call.deferred = Deferred(cancel)
-        if self._connected:
-            self._sendTo(self._leastBusy(self._connected), call)
-        else:
-            self._wait(call)
-        return call.deferred
+        return self._start(_Outgoing(name, (), None, None, None, None, None, submit=request))
 
     def job(self, jobId: str) -> JobHandle:
         """
