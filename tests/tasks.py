@@ -236,7 +236,7 @@ def ratestamp(path: str) -> None:
 
 def _run(path: str, i: int) -> int:
     _stamp(path, str(i))
-    time.sleep(0.001)
+    time.sleep(0.005)
     return i + 1
 
 

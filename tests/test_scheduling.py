@@ -667,7 +667,7 @@ class DaemonSchedulingTests(DaemonTestCase):
         # and the call at the queue's front, a retried one, is the one
         # each kill hits.
         killer.start(0.5, now=False)
-        n = 1500
+        n = 1000
         lines = []
         for i in range(n):
             lines.append(json.dumps({"function": "idempotentRun", "args": [again, i], "id": i}).encode())
