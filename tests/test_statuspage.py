@@ -64,11 +64,21 @@ class StatusPageTests(TwistdMixin, TestCase):
         adders = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(Factory.forProtocol(lambda: adder))
         self.addCleanup(adders.transport.loseConnection)
 
+        adding: list[Any] = []
+
         def add() -> None:
             if adders.transport.connected:
                 adders.transport.write(b'{"function":"add","args":[1,2]}\n')
-                reactor.callLater(0.1, add)
+                adding[:] = [reactor.callLater(0.1, add)]
 
+        def stopAdding() -> None:
+            for call in adding:
+                if call.active():
+                    call.cancel()
+
+        # (Cleanups run last first: the adding stops before its connection
+        # closes, so no call is left pending when the test ends.)
+        self.addCleanup(stopAdding)
         add()
 
         tools = yield launchBrowser(self, chromium)
