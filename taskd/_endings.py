@@ -41,7 +41,7 @@ class CallEndings(PoolRooms):
             error.started = True
             error.attempts = call.attempts
             result = Failure(error)
-        call.deferred.callback(result)
+        call.answer(call.key, result)
         if freed and self._serving():
             self._dispatch()
 
@@ -114,7 +114,7 @@ class CallEndings(PoolRooms):
                 self._retrying.discard(call)
             else:
                 self._queue.remove(call)
-            call.deferred.errback(CallCancelled(started))
+            call.answer(call.key, Failure(CallCancelled(started)))
             return
         freed = bool(self._queue.limiters) and self._queue.ended(call)
         if worker.concurrent:
@@ -122,6 +122,6 @@ class CallEndings(PoolRooms):
         elif worker.call is call:
             self._discard(worker)
         # else it waits in the worker's pipe: see _started.
-        call.deferred.errback(CallCancelled(started))
+        call.answer(call.key, Failure(CallCancelled(started)))
         if freed and self._serving():
             self._dispatch()

@@ -40,7 +40,7 @@ class Observing(PoolRooms):
         """
         for call in list(self._queue) + [c for w in self._processes for c in w.inFlight]:
             if call.number == number and not call.done:
-                call.deferred.cancel()
+                self._cancel(call)
                 return True
         return False
 

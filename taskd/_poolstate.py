@@ -20,7 +20,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
-from attrs import define, field
+from attrs import define
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -72,6 +72,11 @@ POOL_TRANSITIONS = {
 }
 
 
+#: How a call relayed through L{taskd.pool.ProcessPool.relay} is answered:
+#: C{answer(key, outcome)}, with the result as JSON bytes or a L{Failure}.
+Answer = Callable[[Any, "bytes | Failure"], object]
+
+
 class CallCancelled(CancelledError):
     """
     A call's C{Deferred} was cancelled: what it fails with.
@@ -95,10 +100,14 @@ class PoolCall:
     name: str
     payload: bytes
     timeout: float | None
+    # Told of its end, once: answer(key, result or Failure).
+    answer: Answer
+    key: Any
+    # The pool's way to cancel it (see cancel).
+    canceller: Callable[[PoolCall], None]
     progress: Callable[[bytes], object] | None = None
     priority: int = 0
     deadline: float | None = None
-    deferred: Deferred[bytes] = field(init=False)
     worker: WorkerProcess[PoolCall] | None = None
     # Its run timeout's timer once it runs; its deadline's while queued.
     timer: IDelayedCall | None = None
@@ -116,6 +125,13 @@ class PoolCall:
     startedAt: float | None = None
     pid: int | None = None
     outcome: str | None = None
+
+    def cancel(self) -> None:
+        """
+        Cancel this call, if it has not ended: its answer is a
+        L{CallCancelled}, and a worker running it is replaced.
+        """
+        self.canceller(self)
 
 
 #: A worker process of the pool.
@@ -218,5 +234,7 @@ class PoolRooms:
         def _observeWorkerEnd(self, worker: PoolWorker, previous: WorkerState) -> None: ...
 
         # taskd._stopping
+        def _cancel(self, call: PoolCall) -> None: ...
+
         def stop(self) -> Deferred[None]: ...
         def _failQueue(self, error: Exception) -> None: ...

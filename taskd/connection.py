@@ -66,6 +66,18 @@ from taskd.wire import (
     encodeStatsReply,
 )
 
+class InFlight(Protocol):
+    """
+    A request of a connection in flight: a relayed call
+    (L{taskd.pool.PoolCall}) or a C{Deferred} of another answer.
+    """
+
+    def cancel(self) -> None:
+        """
+        Give up on it: it is answered as cancelled.
+        """
+
+
 #: Longest line accepted before a connection has authenticated.
 MAX_HELLO_LINE = 4096
 
@@ -174,7 +186,7 @@ class TaskServerProtocol(LineReceiver):
     def connectionMade(self) -> None:
         factory = self.factory
         self._setMaxLength(factory.maxLineLength)
-        self._calls: dict[Any, Deferred[bytes]] = {}
+        self._calls: dict[Any, InFlight] = {}
         self._ordered = OrderedReplies()
         self._unanswered = 0
         if len(factory.connections) >= factory.maxConnections:
@@ -440,20 +452,20 @@ class TaskServerProtocol(LineReceiver):
         progress = None
         if call.progress:
             progress = lambda report: self._progress(id, report)  # noqa: E731
-        d = pool.submitEncoded(
+        handle = pool.relay(
             call.function,
             call.raw,
+            self._callEnded,
+            key,
             timeout=pool.timeoutFor(call.timeout),
             progress=progress,
             priority=call.priority,
             deadline=call.deadline,
             origin=self._origin,
         )
-        self._calls[key] = d
-        d.addCallbacks(
-            self._succeeded, self._failed, callbackArgs=(key,), errbackArgs=(key,)
-        )
-        self._updateReading()
+        if handle is not None:
+            self._calls[key] = handle
+            self._updateReading()
 
     # -- jobs (taskd.jobs) --------------------------------------------------
 
@@ -553,14 +565,26 @@ class TaskServerProtocol(LineReceiver):
         if not self._closed and not self._writeBlocked and id in self._calls:
             self.transport.write(encodeProgress(id, report))
 
-    def _succeeded(self, result: bytes, key: Any) -> None:
+    def _callEnded(self, key: Any, outcome: bytes | Failure) -> None:
+        """
+        A call has ended (see L{ProcessPool.relay}): write its reply.
+        """
         self._calls.pop(key, None)
-        id = None if isinstance(key, ReplySlot) else key
-        self._done(key, encodeResult(id, result))
+        id = None if type(key) is ReplySlot else key
+        if type(outcome) is bytes:
+            self._done(key, encodeResult(id, outcome))
+            return
+        self._done(key, encodeError(id, self._errorOf(outcome)))  # type: ignore[arg-type]
 
     def _failed(self, failure: Failure, key: Any) -> None:
         self._calls.pop(key, None)
         id = None if isinstance(key, ReplySlot) else key
+        self._done(key, encodeError(id, self._errorOf(failure)))
+
+    def _errorOf(self, failure: Failure) -> errors.TaskdError:
+        """
+        @return: the error a failed request's reply carries.
+        """
         error = failure.value
         if isinstance(error, CancelledError):
             error = errors.TaskCancelled(
@@ -569,7 +593,7 @@ class TaskServerProtocol(LineReceiver):
         elif not isinstance(error, errors.TaskdError):
             self.log.failure("unexpected error in a call", failure)
             error = errors.TaskdError(f"internal error: {error!r}")
-        self._done(key, encodeError(id, self.factory.presentError(error)))
+        return self.factory.presentError(error)
 
     def _done(self, key: Any, line: bytes) -> None:
         """

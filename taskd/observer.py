@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.python.failure import Failure
 
 from taskd import errors
@@ -98,10 +98,10 @@ class ObservedCall(Protocol):
         The process id of the worker it last started in, if any.
         """
 
-    @property
-    def deferred(self) -> Deferred[bytes]:
+    def cancel(self) -> None:
         """
-        The C{Deferred} its submitter got; cancelling it cancels the call.
+        Cancel the call, as cancelling the C{Deferred} its submitter got
+        does.
         """
 
 

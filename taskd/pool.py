@@ -52,6 +52,7 @@ from taskd._observing import Observing
 from taskd._placement import MultiCallPlacement
 from taskd._poolstate import (
     POOL_TRANSITIONS,
+    Answer,
     CallCancelled,
     PoolCall,
     PoolState,
@@ -77,6 +78,9 @@ from taskd.registry import (
 
 #: Marks "use the pool's default" where C{None} means "no limit".
 _DEFAULT: Any = object()
+
+#: How L{ProcessPool.submitEncoded}'s C{Deferred} hears its call's end.
+_fire: Answer = Deferred.callback
 
 
 class ProcessPool(
@@ -313,65 +317,109 @@ class ProcessPool(
         @param origin: who sent the call, for the pool's observer.
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
-        if not self._serving():
-            return fail(
-                errors.PoolStopping(f"the pool is not running (it is {self.state.value})")
-            )
-        if name not in self.registry:
-            return fail(errors.UnknownTask(f"no task named {name!r}"))
-        if self._startError is not None and not self._anyReady():
-            return fail(self._startError)
-        queue = self._queue
-        if priority is None:
-            priority = queue.defaultPriorities.get(name, 0) if queue.defaultPriorities else 0
-        elif type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            return fail(
-                errors.BadRequest(
-                    f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
-                )
-            )
-        if deadline is not None and not deadline > 0:
-            return fail(errors.BadRequest("deadline must be a positive number of seconds"))
-        maxQueue = self.config.maxQueue
-        # Whether the call may start now as far as its task's limits go.
-        free = not queue.limiters or queue.mayStart(name)
-        if queue.size >= maxQueue and not (self._idle and free):
-            return fail(
-                errors.PoolBusy(
-                    f"the queue is full ({maxQueue} calls waiting); try again later"
-                )
-            )
-        call = PoolCall(
-            name,
-            payload,
-            self.config.timeout if timeout is _DEFAULT else timeout,
-            progress,
-            priority,
-            deadline,
+        call: PoolCall | None = None
+
+        def cancel(d: Deferred[bytes]) -> None:
+            if call is not None:
+                self._cancel(call)
+
+        d: Deferred[bytes] = Deferred(cancel)
+        call = self.relay(
+            name, payload, _fire, d,
+            timeout=timeout, progress=progress, priority=priority, deadline=deadline, origin=origin,
         )
-        call.deferred = Deferred(lambda d: self._cancel(call))
-        if self._slots is not None:
-            call.mode = self._modes.get(name, THREAD)
-        if self.observer is not None:
-            self._observe(call, origin)
-        if free and not queue.size:
-            # Nothing waits: the call goes straight to a worker if one may
-            # take it (with no policies, this is the only path).
-            ready = self._idle.pop() if self._idle else self._sendAheadTo(call)
-            if ready is not None:
-                if queue.limiters:
-                    queue.started(name)
-                self._run(ready, call)
-                return call.deferred
-        queue.push(call)
-        if deadline is not None:
-            call.timer = self.reactor.callLater(deadline, self._expired, call)
-        if queue.limiters:
-            # It may have been held back while a worker is free.
-            self._dispatch()
-            if self._idle and queue.size:
-                self._wakeLater()
-        return call.deferred
+        return d
+
+    def relay(
+        self,
+        name: str,
+        payload: bytes,
+        answer: Answer,
+        key: Any,
+        *,
+        timeout: float | None = _DEFAULT,
+        progress: Callable[[bytes], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
+        origin: str | None = None,
+    ) -> PoolCall | None:
+        """
+        Like L{submitEncoded}, for a caller that relays many calls and wants
+        no C{Deferred} for each (the daemon's connections): the call's end
+        is told to C{answer(key, outcome)}, once, with the result as JSON
+        bytes or a L{Failure} (an L{errors.TaskdError}, or L{CallCancelled}).
+
+        A call the pool refuses (unknown task, full queue, a bad priority,
+        a pool not running) is answered before this returns, and C{None} is
+        returned; a call it accepts is never answered before this returns.
+
+        @return: the accepted call, whose C{cancel()} cancels it as
+            cancelling L{submitEncoded}'s C{Deferred} does; or C{None}.
+        """
+        state = self.state
+        if state is not PoolState.RUNNING and state is not PoolState.STARTING:
+            error: errors.TaskdError = errors.PoolStopping(
+                f"the pool is not running (it is {state.value})"
+            )
+        elif name not in self.registry:
+            error = errors.UnknownTask(f"no task named {name!r}")
+        elif self._startError is not None and not self._anyReady():
+            error = self._startError
+        else:
+            queue = self._queue
+            if priority is None:
+                priority = queue.defaultPriorities.get(name, 0) if queue.defaultPriorities else 0
+            elif type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+                answer(key, Failure(errors.BadRequest(
+                    f"priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}"
+                )))
+                return None
+            if deadline is not None and not deadline > 0:
+                answer(key, Failure(errors.BadRequest("deadline must be a positive number of seconds")))
+                return None
+            maxQueue = self.config.maxQueue
+            # Whether the call may start now as far as its task's limits go.
+            free = not queue.limiters or queue.mayStart(name)
+            if queue.size >= maxQueue and not (self._idle and free):
+                answer(key, Failure(errors.PoolBusy(
+                    f"the queue is full ({maxQueue} calls waiting); try again later"
+                )))
+                return None
+            call = PoolCall(
+                name,
+                payload,
+                self.config.timeout if timeout is _DEFAULT else timeout,
+                answer,
+                key,
+                self._cancel,
+                progress,
+                priority,
+                deadline,
+            )
+            if self._slots is not None:
+                call.mode = self._modes.get(name, THREAD)
+            if self.observer is not None:
+                self._observe(call, origin)
+            if free and not queue.size:
+                # Nothing waits: the call goes straight to a worker if one may
+                # take it (with no policies, this is the only path).
+                ready = self._idle.pop() if self._idle else self._sendAheadTo(call)
+                if ready is not None:
+                    if queue.limiters:
+                        queue.started(name)
+                    self._run(ready, call)
+                    return call
+            queue.push(call)
+            if deadline is not None:
+                call.timer = self.reactor.callLater(deadline, self._expired, call)
+            if queue.limiters:
+                # It may have been held back while a worker is free.
+                self._dispatch()
+                if self._idle and queue.size:
+                    self._wakeLater()
+            return call
+        answer(key, Failure(error))
+        return None
 
     def stats(self) -> dict[str, Any]:
         """
@@ -597,4 +645,4 @@ class PoolService(Service):
         return self.pool.stop()
 
 
-__all__ = ["CallCancelled", "POOL_TRANSITIONS", "PoolService", "PoolState", "ProcessPool"]
+__all__ = ["Answer", "CallCancelled", "POOL_TRANSITIONS", "PoolCall", "PoolService", "PoolState", "ProcessPool"]

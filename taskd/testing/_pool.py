@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 from taskd import _json, errors
 from taskd._frames import DEFAULT_MAX_RESULT
 from taskd._lifecycle import Lifecycle
-from taskd.pool import POOL_TRANSITIONS, PoolState
+from taskd.pool import POOL_TRANSITIONS, Answer, PoolState
 from taskd.registry import Registry, TaskOptions, loadTaskModules, registry as defaultRegistry
 from taskd.testing._calls import USE_DEFAULT, FakeCalls, decodedProgress, encodeArguments
 
@@ -172,6 +172,34 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             priority,
             deadline,
         )
+
+    def relay(
+        self,
+        name: str,
+        payload: bytes,
+        answer: Answer,
+        key: Any,
+        *,
+        timeout: float | None = USE_DEFAULT,
+        progress: Callable[[bytes], object] | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
+        origin: str | None = None,
+    ) -> Deferred[None] | None:
+        """
+        Like L{submitEncoded}, answering as L{taskd.pool.ProcessPool.relay}
+        does: C{answer(key, outcome)} once, before this returns (and
+        C{None} is returned) if the call is refused or ends at once.
+
+        @return: what cancels the call (its C{cancel()}), or C{None}.
+        """
+        d = self.submitEncoded(
+            name, payload, timeout=timeout, progress=progress, priority=priority,
+            deadline=deadline, origin=origin,
+        )
+        ended = d.called
+        told = d.addBoth(lambda outcome: answer(key, outcome)).addCallback(lambda _: None)
+        return None if ended else told
 
     def stop(self) -> Deferred[None]:
         """
