@@ -8,6 +8,11 @@ turn and two C{epoll_ctl} calls per request), and its reader takes 8 KiB a
 turn.  L{RequestPipe} writes straight into the pipe and asks the reactor
 for help only with what the pipe cannot take; L{ReplyPipe} reads up to
 L{READ_SIZE} at a time.  Neither knows anything of calls or frames.
+
+While its owner handles one event (a chunk of replies, a client's lines),
+the frames it writes may be held in a L{WriteBatch} and written when the
+event is handled, one write per pipe: a worker then wakes once for the
+calls of a burst rather than once per call.
 """
 
 from __future__ import annotations
@@ -56,6 +61,42 @@ def makePipe() -> tuple[int, int]:
     return readEnd, writeEnd
 
 
+class WriteBatch:
+    """
+    Holds what L{RequestPipe}s are given while its owner handles one event,
+    and writes it, one write per pipe, when the outermost L{release} comes.
+    Holding nests: L{hold} and L{release} come in pairs.
+    """
+
+    __slots__ = ("depth", "_pipes")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._pipes: list[RequestPipe] = []
+
+    def hold(self) -> None:
+        """
+        Hold writes until the matching L{release}.
+        """
+        self.depth += 1
+
+    def release(self) -> None:
+        """
+        End a L{hold}; the outermost writes what was held.
+        """
+        self.depth -= 1
+        if not self.depth and self._pipes:
+            pipes, self._pipes = self._pipes, []
+            for pipe in pipes:
+                pipe.flush()
+
+    def held(self, pipe: RequestPipe) -> None:
+        """
+        C{pipe} holds a write, to be flushed at the outermost L{release}.
+        """
+        self._pipes.append(pipe)
+
+
 class _PipeEnd:
     """
     A non-blocking pipe end that the reactor may watch.
@@ -90,15 +131,41 @@ class RequestPipe(_PipeEnd):
 
     _name = "taskd-request-pipe"
 
-    def __init__(self, reactor: Any, fd: int) -> None:
+    def __init__(self, reactor: Any, fd: int, batch: WriteBatch | None = None) -> None:
+        """
+        @param batch: where writes are held while its owner handles an
+            event; none are held if C{None}.
+        """
         super().__init__(reactor, fd)
         self._pending = bytearray()
         self._closeWhenDrained = False
+        self._batch = WriteBatch() if batch is None else batch
+        self._held: list[bytes] = []
 
     def write(self, data: bytes) -> None:
         """
-        Write C{data} now, or as soon as the pipe takes it.
+        Write C{data} now (or when the batch is released, if it is held),
+        or as soon as the pipe takes it.
         """
+        if self._fd is None:
+            return
+        if self._batch.depth:
+            if not self._held:
+                self._batch.held(self)
+            self._held.append(data)
+            return
+        self._send(data)
+
+    def flush(self) -> None:
+        """
+        Write what a batch held.
+        """
+        held = self._held
+        if held:
+            self._held = []
+            self._send(held[0] if len(held) == 1 else b"".join(held))
+
+    def _send(self, data: bytes) -> None:
         if self._fd is None:
             return
         if not self._pending:
@@ -136,6 +203,7 @@ class RequestPipe(_PipeEnd):
         Close once everything written has reached the pipe: the worker then
         reads end of file and exits.
         """
+        self.flush()
         if self._pending:
             self._closeWhenDrained = True
         else:
@@ -147,6 +215,7 @@ class RequestPipe(_PipeEnd):
         """
         if self._fd is None:
             return
+        self._held = []
         if self._pending:
             self._reactor.removeWriter(self)
             self._pending.clear()

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from collections import deque
     from itertools import count
 
+    from taskd._pipes import WriteBatch
     from taskd._queue import CallQueue
     from taskd._slots import Slots
     from taskd._supervision import Rolling
@@ -172,6 +173,7 @@ class PoolRooms:
         _retryPolicies: dict[str, TaskOptions]
         _retrying: set[PoolCall]
         _slots: Slots | None
+        writes: WriteBatch
         _modes: dict[str, str]
         _numbers: count[int]
         _surplus: set[PoolWorker]

@@ -50,7 +50,7 @@ class WorkerSupervision(PoolRooms):
 
     def _spawn(self) -> None:
         try:
-            worker: PoolWorker = WorkerProcess.spawn(self.reactor, self, self.config, self._slots)
+            worker: PoolWorker = WorkerProcess.spawn(self.reactor, self, self.config, self._slots, self.writes)
         except Exception as e:
             self._startFailed(errors.WorkerStartError(f"cannot spawn a worker: {e}"))
             return

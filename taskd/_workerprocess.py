@@ -72,7 +72,7 @@ from taskd._frames import (
     taggedRequestFrame,
 )
 from taskd._lifecycle import Lifecycle
-from taskd._pipes import ReplyPipe, RequestPipe, makePipe
+from taskd._pipes import ReplyPipe, RequestPipe, WriteBatch, makePipe
 from taskd._slots import CallBook, Slots
 from taskd._workerstate import (
     WORKER_TRANSITIONS,
@@ -139,10 +139,14 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         groups: Any = None,
         slots: Slots | None = None,
         drainGrace: float = 10.0,
+        batch: WriteBatch | None = None,
     ) -> None:
         """
         @param groups: signals process groups (a L{ProcessGroups}, the
             default).
+        @param batch: holds the frames written to workers while a chunk of
+            this worker's replies is handled (the pool's; see
+            L{taskd._pipes.WriteBatch}).
         @param slots: how many calls it runs at once, if several.
         @param drainGrace: how long a worker let go because a call did not
             stop (see L{WorkerEvents.workerLeaving}) has for its other
@@ -171,7 +175,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
             self._frameTooLong,
             maxReply,
         )
-        self.replies = ReplyPipe(reactor, replies, self._frames.feed, self._repliesClosed)
+        self._batch = WriteBatch() if batch is None else batch
+        self.replies = ReplyPipe(reactor, replies, self._repliesReceived, self._repliesClosed)
         self._output: dict[int, OutputLogger] = {}
         self._killTimer: IDelayedCall | None = None
         self._sweepTimer: IDelayedCall | None = None
@@ -179,13 +184,20 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
 
     @classmethod
     def spawn(
-        cls, reactor: Any, events: WorkerEvents[C], config: WorkerConfig, slots: Slots | None = None
+        cls,
+        reactor: Any,
+        events: WorkerEvents[C],
+        config: WorkerConfig,
+        slots: Slots | None = None,
+        batch: WriteBatch | None = None,
     ) -> WorkerProcess[C]:
         """
         Start a worker process.  The reactor's C{processGroups}, if it has
         one (test doubles do), is used instead of a L{ProcessGroups}.
 
         @param slots: how many calls it runs at once, if several.
+        @param batch: see L{__init__}; its request pipe's writes are held in
+            it too.
 
         @raise Exception: whatever C{spawnProcess} raises; no pipe is left
             open then.
@@ -197,11 +209,12 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
             events,
             config.killGrace,
             maxReplyFrame(config.maxResult),
-            RequestPipe(reactor, requestWrite),
+            RequestPipe(reactor, requestWrite, batch),
             replyRead,
             getattr(reactor, "processGroups", None),
             slots,
             config.grace,
+            batch,
         )
         # -P: the worker imports what the daemon imports, in the same order,
         # not first from its current directory.
@@ -337,6 +350,16 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         self._sweepTimer = self._reactor.callLater(delay, self._sweep, deadline)
 
     # -- frames -----------------------------------------------------------
+
+    def _repliesReceived(self, data: bytes) -> None:
+        # The calls its replies let start go out together, one write per
+        # worker, once the chunk is handled.
+        batch = self._batch
+        batch.hold()
+        try:
+            self._frames.feed(data)
+        finally:
+            batch.release()
 
     def _frameReceived(self, frame: bytes) -> None:
         kind, body = frame[:1], frame[1:]

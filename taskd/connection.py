@@ -303,13 +303,20 @@ class TaskServerProtocol(LineReceiver):
         self.MAX_LENGTH = length + 1
 
     def dataReceived(self, data: bytes) -> None:
-        timeouts = self._timeouts
-        if timeouts is None:
+        # The calls of one read go to the workers together: one write per
+        # worker (see taskd._pipes.WriteBatch).
+        writes = self.factory.pool.writes
+        writes.hold()
+        try:
+            timeouts = self._timeouts
+            if timeouts is None:
+                LineReceiver.dataReceived(self, data)
+                return
+            timeouts.receiving(data)
             LineReceiver.dataReceived(self, data)
-            return
-        timeouts.receiving(data)
-        LineReceiver.dataReceived(self, data)
-        timeouts.received(data, bool(self._buffer))
+            timeouts.received(data, bool(self._buffer))
+        finally:
+            writes.release()
 
     def resumeProducing(self) -> None:
         # The time the daemon did not read is not the client's.

@@ -49,6 +49,7 @@ from taskd._dispatching import Dispatching
 from taskd._endings import CallEndings
 from taskd._lifecycle import Lifecycle
 from taskd._observing import Observing
+from taskd._pipes import WriteBatch
 from taskd._placement import MultiCallPlacement
 from taskd._poolstate import (
     POOL_TRANSITIONS,
@@ -170,6 +171,11 @@ class ProcessPool(
         # restart under way (see restartWorkers).
         self._surplus: set[PoolWorker] = set()
         self._rolling: Rolling | None = None
+        #: Holds the frames written to workers while a caller relays a
+        #: burst of calls (L{WriteBatch.hold}, then L{WriteBatch.release}):
+        #: one write per worker for the burst.  The pool holds them itself
+        #: while it handles a chunk of a worker's replies.
+        self.writes = WriteBatch()
 
     # -- public API -------------------------------------------------------
 

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
 from taskd._frames import HEADER, REPLY_FD, REQUEST_FD, FrameDecoder
-from taskd.pool import PoolService, PoolState, ProcessPool
+from taskd.pool import CallCancelled, PoolService, PoolState, ProcessPool
 
 from tests.fakes import FakeProcessReactor, PoolTestsMixin, frame
 
@@ -823,3 +823,134 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         second.ready()
         second.send(b"R2")
         self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])
+
+
+class WriteBatchTests(PoolTestsMixin, SynchronousTestCase):
+    """
+    L{taskd._pipes.WriteBatch}: what request pipes are given while it is
+    held goes out in one write per pipe at the outermost release.
+    """
+
+    def setUp(self) -> None:
+        self.writes: list[int] = []
+        realWrite = os.write
+
+        def write(fd: int, data: Any) -> int:
+            self.writes.append(fd)
+            return realWrite(fd, data)
+
+        self.patch(os, "write", write)
+
+    def pipe(self, batch: Any) -> tuple[Any, int]:
+        from taskd._pipes import RequestPipe
+
+        readEnd, writeEnd = os.pipe()
+        os.set_blocking(readEnd, False)
+        self.addCleanup(os.close, readEnd)
+        return RequestPipe(FakeProcessReactor(), writeEnd, batch), readEnd
+
+    def test_heldUntilTheOutermostRelease(self) -> None:
+        """
+        Writes to held pipes wait, in order, until the outermost release,
+        then go out as one write per pipe; with nothing held, a write goes
+        out at once.
+        """
+        from taskd._pipes import WriteBatch
+
+        batch = WriteBatch()
+        first, firstEnd = self.pipe(batch)
+        second, secondEnd = self.pipe(batch)
+        batch.hold()
+        first.write(b"a")
+        second.write(b"x")
+        batch.hold()
+        first.write(b"b")
+        batch.release()
+        first.write(b"c")
+        self.assertEqual(self.writes, [])
+        self.assertRaises(BlockingIOError, os.read, firstEnd, 100)
+        batch.release()
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual(os.read(firstEnd, 100), b"abc")
+        self.assertEqual(os.read(secondEnd, 100), b"x")
+        first.write(b"d")
+        self.assertEqual(len(self.writes), 3)
+        self.assertEqual(os.read(firstEnd, 100), b"d")
+
+    def test_closeWritesWhatIsHeld(self) -> None:
+        """
+        Closing a pipe writes what a batch holds for it first; aborting
+        drops it, and the batch's release then writes nothing to it.
+        """
+        from taskd._pipes import WriteBatch
+
+        batch = WriteBatch()
+        closed, closedEnd = self.pipe(batch)
+        aborted, abortedEnd = self.pipe(batch)
+        batch.hold()
+        closed.write(b"last")
+        aborted.write(b"lost")
+        closed.close()
+        aborted.abort()
+        batch.release()
+        self.assertEqual(os.read(closedEnd, 100), b"last")
+        self.assertEqual(os.read(closedEnd, 100), b"")
+        self.assertEqual(os.read(abortedEnd, 100), b"")
+
+    def test_repliesLetTheNextCallsGoInOneWrite(self) -> None:
+        """
+        When one chunk read from a worker answers several calls, the calls
+        that take their places in its pipe are written to it together.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2)
+        p = reactor.processes[0]
+        ds = [pool.submit("add", [i, 0]) for i in range(4)]
+        self.assertEqual(len(p.written), 2)
+        p.sendRaw(frame(b"R0") + frame(b"R1"), deliver=False)
+        del self.writes[:]
+        p.proto.replies.doRead()
+        self.assertEqual(self.writes, [p.proto.requests.fileno()])
+        self.assertEqual([name for name, _ in p.requests()], ["add"] * 4)
+        self.assertEqual([self.successResultOf(d) for d in ds[:2]], [0, 1])
+
+
+class RelayTests(PoolTestsMixin, SynchronousTestCase):
+    """
+    L{ProcessPool.relay}: calls answered through a callable, without a
+    C{Deferred} each.
+    """
+
+    def test_answeredOnceWithTheKey(self) -> None:
+        """
+        An accepted call is answered later, once, with its key and the
+        result's JSON bytes; a refused one is answered before C{relay}
+        returns, which returns C{None}.
+        """
+        pool, reactor = self.startedPool()
+        answers: list[tuple[Any, Any]] = []
+        call = pool.relay("add", b'{"args":[1,2]}', lambda k, o: answers.append((k, o)), "k1")
+        self.assertIsNotNone(call)
+        self.assertEqual(answers, [])
+        reactor.processes[0].send(b"R3")
+        self.assertEqual(answers, [("k1", b"3")])
+        refused = pool.relay("nope", b'{"args":[]}', lambda k, o: answers.append((k, o)), "k2")
+        self.assertIsNone(refused)
+        key, outcome = answers[1]
+        self.assertEqual(key, "k2")
+        self.assertIsInstance(outcome.value, errors.UnknownTask)
+
+    def test_cancel(self) -> None:
+        """
+        C{cancel()} on the call a relay returned answers it with
+        L{CallCancelled}, saying whether it had started.
+        """
+        pool, reactor = self.startedPool(workers=1)
+        answers: list[tuple[Any, Any]] = []
+        running = pool.relay("sleep", b'{"args":[5]}', lambda k, o: answers.append((k, o)), 1)
+        queued = pool.relay("sleep", b'{"args":[5]}', lambda k, o: answers.append((k, o)), 2)
+        assert running is not None and queued is not None
+        queued.cancel()
+        running.cancel()
+        self.assertEqual([(k, type(o.value), o.value.started) for k, o in answers], [
+            (2, CallCancelled, False), (1, CallCancelled, True),
+        ])

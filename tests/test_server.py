@@ -25,7 +25,7 @@ from taskd.pool import ProcessPool
 from taskd.connection import TaskServerProtocol
 from taskd.server import TaskServerFactory
 
-from tests.fakes import FakeProcessReactor, PoolTestsMixin, makeRegistry
+from tests.fakes import FakeProcessReactor, PoolTestsMixin, frame, makeRegistry
 
 
 class ServerTestsMixin(PoolTestsMixin):
@@ -77,6 +77,29 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual(worker.written[0][4:], b"add\n" + line)
         worker.send(b"R3")
         self.assertEqual(self.replies(transport), [{"type": "result", "result": 3}])
+
+    def test_oneWritePerWorkerForARead(self) -> None:
+        """
+        The calls of one read go to each worker in one write (with
+        C{prefetch}, several calls may go to one worker).
+        """
+        proto, transport, reactor = self.connect(workers=1, poolOptions={"prefetch": 3})
+        worker = reactor.processes[0]
+        writes: list[int] = []
+        realWrite = os.write
+
+        def write(fd: int, data: Any) -> int:
+            writes.append(fd)
+            return realWrite(fd, data)
+
+        self.patch(os, "write", write)
+        proto.dataReceived(b"".join(b'{"function":"add","args":[%d,1],"id":%d}\n' % (i, i) for i in range(3)))
+        self.assertEqual(writes, [worker.proto.requests.fileno()])
+        self.assertEqual(len(worker.written), 3)
+        worker.sendRaw(b"".join(frame(b"R%d" % (i + 1)) for i in range(3)))
+        self.assertEqual(
+            [r["result"] for r in self.replies(transport)], [1, 2, 3]
+        )
 
     def test_idsAnsweredAsTheyFinish(self) -> None:
         """

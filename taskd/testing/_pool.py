@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from taskd import _json, errors
 from taskd._frames import DEFAULT_MAX_RESULT
 from taskd._lifecycle import Lifecycle
+from taskd._pipes import WriteBatch
 from taskd.pool import POOL_TRANSITIONS, Answer, PoolState
 from taskd.registry import Registry, TaskOptions, loadTaskModules, registry as defaultRegistry
 from taskd.testing._calls import USE_DEFAULT, FakeCalls, decodedProgress, encodeArguments
@@ -77,6 +78,9 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         self.grace = grace
         self.state = PoolState.NEW
         self._stopping: list[Deferred[None]] = []
+        #: As L{taskd.pool.ProcessPool.writes} (this pool writes to no
+        #: pipe: holding it changes nothing).
+        self.writes = WriteBatch()
         self._graceTimer: IDelayedCall | None = None
 
     def start(self) -> Deferred[None]:
