@@ -138,6 +138,8 @@ class Dispatching(PoolRooms):
         worker.run(call, call.mode)
         if worker.concurrent:
             # It starts now, beside the worker's other calls.
+            call.startedAt = self.reactor.seconds()
+            call.pid = worker.pid
             if call.timeout is not None:
                 call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
         elif len(worker.inFlight) == 1:
@@ -153,7 +155,9 @@ class Dispatching(PoolRooms):
         call = worker.inFlight[0]
         if call.done:
             self._discard(worker)
-        elif call.timeout is not None:
+            return
+        if call.timeout is not None:
             call.timer = self.reactor.callLater(call.timeout, self._timedOut, call)
-        if self.observer is not None and not call.done:
-            self._observeStart(worker, call)
+        # For the list of running calls (taskd._observing.running).
+        call.startedAt = self.reactor.seconds()
+        call.pid = worker.pid

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from taskd import errors
 from taskd._poolstate import CallCancelled, PoolCall, PoolRooms
-from taskd.observer import CANCELLED, outcomeOf
+from taskd.observer import CANCELLED, RESULT, outcomeOf
 
 
 class CallEndings(PoolRooms):
@@ -29,7 +29,7 @@ class CallEndings(PoolRooms):
             return
         call.done = True
         if self.observer is not None:
-            self._observeEnd(call, outcomeOf(result))
+            self._observeEnd(call, RESULT if type(result) is bytes else outcomeOf(result))
         freed = call.worker is not None and bool(self._queue.limiters) and self._queue.ended(call)
         call.worker = None
         if self._retrying:

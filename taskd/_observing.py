@@ -3,6 +3,11 @@
 Telling the pool's observer (L{taskd.observer.PoolObserver}) about calls
 and workers, and what an operator may ask of running calls: the list,
 and cancelling one by its number.
+
+Every call is numbered when accepted and notes where and when it last
+started (a few attribute stores, observer or not); what costs more per call
+(counting, histograms) is the observer's, and only a call's end is told
+to it.
 """
 
 from __future__ import annotations
@@ -20,8 +25,7 @@ class Observing(PoolRooms):
     def running(self) -> list[ObservedCall]:
         """
         @return: the calls running in a worker now, in the order they were
-            accepted (their C{number}, C{startedAt} and C{pid} are set only
-            while the pool has an L{observer}).
+            accepted.
         """
         calls = []
         for worker in self._processes:
@@ -43,24 +47,6 @@ class Observing(PoolRooms):
                 self._cancel(call)
                 return True
         return False
-
-    def _observe(self, call: PoolCall, origin: str | None) -> None:
-        """
-        Number a call accepted, note when and from whom, and tell the
-        observer.  (Its start and end are told by L{taskd._dispatching.Dispatching._started}, L{taskd._endings.CallEndings._finish}
-        and L{taskd._endings.CallEndings._cancel}.)
-        """
-        assert self.observer is not None
-        call.origin = origin
-        call.number = next(self._numbers)
-        call.submittedAt = self.reactor.seconds()
-        self.observer.callQueued(call)
-
-    def _observeStart(self, worker: PoolWorker, call: PoolCall) -> None:
-        assert self.observer is not None
-        call.startedAt = now = self.reactor.seconds()
-        call.pid = worker.pid
-        self.observer.callStarted(call, worker.pid, now - call.submittedAt)
 
     def _observeEnd(self, call: PoolCall, outcome: str) -> None:
         assert self.observer is not None

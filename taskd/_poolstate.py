@@ -119,10 +119,13 @@ class PoolCall:
     attempts: int = 1
     # How it runs in a worker that runs several calls at once.
     mode: str = THREAD
-    # Set only while the pool has an observer (see ProcessPool._observe).
+    # Who sent it, and its daemon-wide number (for the list of running
+    # calls and cancelling by number: see taskd._observing).
     origin: str | None = None
     number: int = 0
+    # When it was accepted: kept only while the pool has an observer.
     submittedAt: float = 0.0
+    # When and where it last started.
     startedAt: float | None = None
     pid: int | None = None
     outcome: str | None = None
@@ -230,8 +233,6 @@ class PoolRooms:
         def _stopIn(self, worker: PoolWorker, call: PoolCall) -> None: ...
 
         # taskd._observing
-        def _observe(self, call: PoolCall, origin: str | None) -> None: ...
-        def _observeStart(self, worker: PoolWorker, call: PoolCall) -> None: ...
         def _observeEnd(self, call: PoolCall, outcome: str) -> None: ...
         def _observeWorkerEnd(self, worker: PoolWorker, previous: WorkerState) -> None: ...
 

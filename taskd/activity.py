@@ -150,18 +150,6 @@ class Activity:
 
     # -- PoolObserver -------------------------------------------------------
 
-    def callQueued(self, call: ObservedCall) -> None:
-        """
-        See L{taskd.observer.PoolObserver.callQueued}.  (Nothing to keep:
-        the call carries its number and when it came.)
-        """
-
-    def callStarted(self, call: ObservedCall, pid: int | None, waited: float) -> None:
-        """
-        See L{taskd.observer.PoolObserver.callStarted}.  (Its wait is
-        counted when it ends, once, however often it started.)
-        """
-
     def callEnded(self, call: ObservedCall, outcome: str, ran: float | None) -> None:
         """
         See L{taskd.observer.PoolObserver.callEnded}.

@@ -20,7 +20,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from taskd import errors
-from taskd.activity import Activity
 from taskd.listeners import isLoopback
 from taskd.pool import ProcessPool
 from taskd.wire import Admin, AdminReply, encodeAdminReply
@@ -64,18 +63,14 @@ class AdminCommands:
     def __init__(
         self,
         pool: ProcessPool,
-        activity: Activity | None,
         drain: Callable[[], object],
         token: str | None = None,
     ) -> None:
         """
-        @param activity: the calls in flight (for C{running} and
-            C{cancel}), if the daemon keeps them.
         @param drain: drains the daemon.
         @param token: the admin token, or C{None}.
         """
         self._pool = pool
-        self._activity = activity
         self._drain = drain
         self._digest = None if token is None else hashlib.sha256(token.encode("utf-8")).digest()
 
@@ -138,16 +133,7 @@ class AdminCommands:
     def _reply(self, command: str, **fields: Any) -> bytes:
         return encodeAdminReply(AdminReply(command, fields))
 
-    def _book(self) -> Activity:
-        if self._activity is None:
-            raise errors.BadRequest(
-                "this daemon keeps no book of its calls: start it with --http "
-                "or --admin-token-file"
-            )
-        return self._activity
-
     def _running(self) -> list[dict[str, Any]]:
-        activity = self._book()
         now = self._pool.reactor.seconds()
         return [
             {
@@ -157,11 +143,10 @@ class AdminCommands:
                 "peer": call.origin,
                 "pid": call.pid,
             }
-            for call in activity.running()
+            for call in self._pool.running()
         ]
 
     def _cancel(self, number: int) -> bool:
-        self._book()
         if not self._pool.cancelCall(number):
             raise errors.BadRequest(f"no call in flight has number {number}")
         return True

@@ -110,22 +110,11 @@ class PoolObserver(Protocol):
     What a L{taskd.pool.ProcessPool} tells its observer.
     """
 
-    def callQueued(self, call: ObservedCall) -> None:
-        """
-        C{call} was accepted: it waits in the queue, or goes to a worker
-        at once (then L{callStarted} follows).
-        """
-
-    def callStarted(self, call: ObservedCall, pid: int | None, waited: float) -> None:
-        """
-        C{call} started running in the worker with process id C{pid}.
-
-        @param waited: seconds since it was accepted.
-        """
-
     def callEnded(self, call: ObservedCall, outcome: str, ran: float | None) -> None:
         """
-        C{call} is over: its caller has its result or error.
+        C{call} is over: its caller has its result or error.  (Only a
+        call's end is told, once per call: when it was accepted and when
+        and where it started are on the call.)
 
         @param outcome: L{RESULT}, L{CANCELLED}, or the C{type} of the
             error it failed with (C{"timeout"}, C{"task_failed"}, ...).

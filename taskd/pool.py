@@ -401,11 +401,13 @@ class ProcessPool(
                 progress,
                 priority,
                 deadline,
+                origin=origin,
+                number=next(self._numbers),
             )
             if self._slots is not None:
                 call.mode = self._modes.get(name, THREAD)
             if self.observer is not None:
-                self._observe(call, origin)
+                call.submittedAt = self.reactor.seconds()
             if free and not queue.size:
                 # Nothing waits: the call goes straight to a worker if one may
                 # take it (with no policies, this is the only path).

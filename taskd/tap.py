@@ -539,16 +539,12 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     service = TaskdService(reactor, pool, factory, options["listen"], jobs=jobs)
     for description in options["listen"]:
         service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
-    activity = None
-    if options.get("http") is not None or options.get("admin-token") is not None:
+    factory.admin = AdminCommands(pool, service.drain, options.get("admin-token"))
+    if options.get("http") is not None:
         from taskd.activity import Activity
 
-        # The book of calls and workers: for the HTTP side, and for the
-        # admin requests that list and cancel calls.
+        # Counts, histograms and rates, for the HTTP side.
         activity = pool.observer = Activity(reactor, running=pool.running)
-    factory.admin = AdminCommands(pool, activity, service.drain, options.get("admin-token"))
-    if options.get("http") is not None:
-        assert activity is not None
         web = makeWeb(reactor, activity, factory, service, options["http-token"])
         service.addHTTP(strports.service(options["http"], web.site, reactor=reactor), options["http"], web)
     return service

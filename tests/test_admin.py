@@ -106,7 +106,7 @@ class ConnectionTests(PoolTestsMixin, SynchronousTestCase):
         pool, reactor = self.startedPool(1)
         self.pool, self.reactor = pool, reactor
         factory = TaskServerFactory(pool)
-        factory.admin = AdminCommands(pool, None, lambda: None, token)
+        factory.admin = AdminCommands(pool, lambda: None, token)
         protocol = factory.buildProtocol(None)
         transport = StringTransport(hostAddress=host)
         protocol.makeConnection(transport)
@@ -154,22 +154,26 @@ class ConnectionTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual(done, {"type": "admin", "command": "workers", "workers": 2})
         self.assertEqual(len(self.reactor.processes), 2)
 
-    def test_noBook(self) -> None:
+    def test_runningWithoutObserver(self) -> None:
         """
-        C{running} on a daemon that keeps no book of calls says how to get
-        one.
+        A daemon without C{--http} (its pool has no observer) still lists
+        its running calls, and cancels one by its number.
         """
         protocol, transport = self.connect(None, IPv4Address("TCP", "127.0.0.1", 1))
+        self.assertIsNone(self.pool.observer)
+        protocol.dataReceived(b'{"function":"sleep","args":[5],"id":"s"}\n')
+        self.reactor.advance(1.5)
         protocol.dataReceived(b'{"type":"admin","command":"running"}\n')
-        [reply] = self.replies(transport)
+        [listed] = self.replies(transport)
+        [call] = listed["calls"]
         self.assertEqual(
-            reply["error"],
-            {
-                "type": "bad_request",
-                "message": "this daemon keeps no book of its calls: start it with --http or --admin-token-file",
-                "started": False,
-            },
+            call,
+            {"number": 1, "task": "sleep", "age": 1.5, "peer": "192.168.1.1:54321", "pid": self.reactor.processes[0].pid},
         )
+        protocol.dataReceived(b'{"type":"admin","command":"cancel","number":1}\n')
+        cancelled, done = self.replies(transport)
+        self.assertEqual((cancelled["id"], cancelled["error"]["type"]), ("s", "cancelled"))
+        self.assertEqual(done, {"type": "admin", "command": "cancel", "cancelled": True})
 
     def test_noAdmin(self) -> None:
         """

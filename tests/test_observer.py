@@ -27,14 +27,13 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
 
-    def callQueued(self, call: ObservedCall) -> None:
-        self.events.append(("queued", call.name, call.priority, call.origin))
-
-    def callStarted(self, call: ObservedCall, pid: int | None, waited: float) -> None:
-        self.events.append(("started", call.name, pid, waited))
+        # Where, when and from whom the calls told of came.
+        self.calls: list[tuple[Any, ...]] = []
 
     def callEnded(self, call: ObservedCall, outcome: str, ran: float | None) -> None:
         self.events.append(("ended", call.name, outcome, ran))
+        waited = None if call.startedAt is None else call.startedAt - call.submittedAt
+        self.calls.append((call.name, call.number, call.priority, call.origin, call.pid, waited))
 
     def workerStarted(self, pid: int | None) -> None:
         self.events.append(("worker", pid))
@@ -63,8 +62,9 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
 
     def test_resultAndError(self) -> None:
         """
-        A call is queued, started with the time it waited and ended with
-        its outcome and run time: C{"result"}, or its error's type.
+        A call's end is told with its outcome and run time: C{"result"}, or
+        its error's type; the call carries its number, priority, origin,
+        the worker it ran in and when it was accepted and started.
         """
         pool, reactor, recorder = self.observed()
         p = reactor.processes[0]
@@ -80,13 +80,13 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
             recorder.events,
             [
                 ("worker", p.pid),
-                ("queued", "add", 0, "127.0.0.1:4000"),
-                ("started", "add", p.pid, 0.0),
-                ("queued", "sleep", 3, None),
                 ("ended", "add", "result", 2.0),
-                ("started", "sleep", p.pid, 2.0),
                 ("ended", "sleep", "task_failed", 0.5),
             ],
+        )
+        self.assertEqual(
+            recorder.calls,
+            [("add", 1, 0, "127.0.0.1:4000", p.pid, 0.0), ("sleep", 2, 3, None, p.pid, 2.0)],
         )
 
     def test_timeout(self) -> None:
@@ -102,7 +102,7 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         old.exit(None, signal.SIGKILL)
         reactor.processes[1].ready()
         self.assertEqual(
-            recorder.events[3:],
+            recorder.events[1:],
             [
                 ("ended", "sleep", "timeout", 1.5),
                 ("workerEnded", old.pid, "timeout"),
@@ -127,7 +127,7 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         for d in (queued, running):
             self.failureResultOf(d, CancelledError)
         self.assertEqual(
-            recorder.events[4:],
+            recorder.events[1:],
             [
                 ("ended", "add", "cancelled", None),
                 ("ended", "sleep", "cancelled", 1.0),
@@ -146,7 +146,7 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         p.exit(None, signal.SIGSEGV)
         self.failureResultOf(d, errors.WorkerCrashed)
         self.assertEqual(
-            recorder.events[3:],
+            recorder.events[1:],
             [("workerEnded", p.pid, "crash"), ("ended", "sleep", "worker_crashed", 0.0)],
         )
 
@@ -214,19 +214,20 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual(
             recorder.events[1:],
             [
-                ("queued", "flaky", 0, None),
-                ("started", "flaky", first.pid, 0.0),
                 ("workerEnded", first.pid, "crash"),
                 ("worker", second.pid),
-                ("started", "flaky", second.pid, 1.0),
                 ("ended", "flaky", "result", 0.5),
             ],
         )
+        # Its wait: until its last start.
+        self.assertEqual(recorder.calls, [("flaky", 1, 0, None, second.pid, 1.0)])
 
     def test_noObserver(self) -> None:
         """
-        Without an observer the pool leaves its calls' observation fields
-        as they were made.
+        Without an observer the pool still numbers its calls and notes
+        where they came from and where and when they started (for the
+        admin list of running calls), but not when they were accepted or
+        how they ended.
         """
         pool, reactor = self.startedPool()
         d = pool.submitEncoded("add", b'{"args":[1,2]}', origin="x")
@@ -235,7 +236,7 @@ class PoolObserverTests(PoolTestsMixin, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(
             (call.origin, call.number, call.submittedAt, call.startedAt, call.pid, call.outcome),
-            (None, 0, 0.0, None, None, None),
+            ("x", 1, 0.0, 0.0, reactor.processes[0].pid, None),
         )
 
 
