@@ -24,7 +24,8 @@ Two implementations give the same values, bytes and errors:
     C{tuple}, C{str}, C{int}, C{float}, C{bool} and C{None}, and checks
     what it makes of floats and long runs of digits.
 
-L{loads}, L{loadsFrame}, L{checkFrame}, L{encode} and L{encodeASCII} are
+L{loads}, L{loadsUTF8}, L{loadsFrame}, L{checkFrame}, L{encode} and
+L{encodeASCII} are
 the fast ones when orjson is there (L{FAST}), the standard library's
 otherwise.  The tests run both.
 
@@ -100,6 +101,17 @@ def stdlibLoads(data: str | bytes | bytearray) -> Any:
         encoding = "utf-8-sig" if data[:3] == b"\xef\xbb\xbf" else "utf-8"
         data = data.decode(encoding, "surrogatepass")
     return _decode(_scan, data)
+
+
+def stdlibLoadsUTF8(data: bytes) -> Any:
+    """
+    Decode strict UTF-8 bytes (no encoded surrogates) holding JSON text:
+    C{stdlibLoads(data.decode("utf-8"))}, in one step.
+
+    @raise UnicodeDecodeError: if C{data} is not UTF-8 (a C{ValueError}).
+    @raise ValueError: if it is not one JSON value.
+    """
+    return stdlibLoads(data.decode("utf-8"))
 
 
 def stdlibLoadsFrame(data: bytes) -> Any:
@@ -271,6 +283,20 @@ def fastLoads(data: str | bytes | bytearray) -> Any:
     return value
 
 
+def fastLoadsUTF8(data: bytes) -> Any:
+    """
+    L{stdlibLoadsUTF8}, through orjson where that gives the same (orjson
+    takes strict UTF-8 only).
+    """
+    try:
+        value = orjson.loads(data)
+    except ValueError:
+        return stdlibLoadsUTF8(data)
+    if _mayHoldBigInteger(data, value):
+        return stdlibLoadsUTF8(data)
+    return value
+
+
 def fastLoadsFrame(data: bytes) -> Any:
     """
     L{stdlibLoadsFrame}, through orjson where that gives the same.
@@ -323,17 +349,20 @@ def fastEncodeASCII(value: Any) -> bytes:
 FAST = orjson is not None
 
 # loads(data): decode JSON text, or UTF-8 bytes, as json.loads does;
+# loadsUTF8(data): decode strict UTF-8 bytes (a request line, a reply line);
 # loadsFrame(data): decode a worker's frame strictly; checkFrame(data): only
 # check it; encode(value): compact UTF-8 JSON; encodeASCII(value): compact
 # ASCII JSON.  (See the stdlib* functions for each one's errors.)
 if FAST:
     loads = fastLoads
+    loadsUTF8 = fastLoadsUTF8
     loadsFrame = fastLoadsFrame
     checkFrame = fastCheckFrame
     encode = fastEncode
     encodeASCII = fastEncodeASCII
 else:  # pragma: no cover - the fast extra is not installed
     loads = stdlibLoads
+    loadsUTF8 = stdlibLoadsUTF8
     loadsFrame = stdlibLoadsFrame
     checkFrame = stdlibCheckFrame
     encode = stdlibEncode

@@ -117,6 +117,18 @@ class LoadsTests(SynchronousTestCase):
             for loads in LOADS:
                 self.assertEqual(outcome(loads, data), outcome(json.loads, data), data)
 
+    def test_strictUTF8(self) -> None:
+        """
+        L{_json.loadsUTF8} decodes strict UTF-8 (no encoded surrogates, no
+        byte order mark skipped), as C{loads} of the decoded text.
+        """
+        for loadsUTF8 in [_json.stdlibLoadsUTF8] + ([_json.fastLoadsUTF8] if _json.FAST else []):
+            self.assertEqual(loadsUTF8('["\u00e9",1]'.encode()), ["\u00e9", 1])
+            self.assertRaises(UnicodeDecodeError, loadsUTF8, b'"\xed\xa0\x80"')
+            self.assertRaises(UnicodeDecodeError, loadsUTF8, b'"\xff"')
+            self.assertRaises(ValueError, loadsUTF8, b"\xef\xbb\xbf1")
+            self.assertEqual(loadsUTF8(b'"\\ud800"'), "\ud800")
+
     def test_deepNesting(self) -> None:
         """
         Nesting too deep for the decoder raises C{RecursionError}, as
@@ -233,6 +245,7 @@ class FastPathTests(SynchronousTestCase):
         answer to a line does not depend on which is installed.
         """
         self.assertEqual(repr(outcome(_json.fastLoads, line)), repr(outcome(_json.stdlibLoads, line)))
+        self.assertEqual(repr(outcome(_json.fastLoadsUTF8, line)), repr(outcome(_json.stdlibLoadsUTF8, line)))
         self.assertEqual(
             repr(outcome(_json.fastLoadsFrame, line)), repr(outcome(_json.stdlibLoadsFrame, line))
         )
@@ -260,6 +273,7 @@ class FastPathTests(SynchronousTestCase):
         line = _json.stdlibEncode(request)
         line = line[: len(line) - cut]
         self.assertEqual(repr(outcome(_json.fastLoads, line)), repr(outcome(_json.stdlibLoads, line)))
+        self.assertEqual(repr(outcome(_json.fastLoadsUTF8, line)), repr(outcome(_json.stdlibLoadsUTF8, line)))
 
     def test_longLines(self) -> None:
         """
@@ -278,6 +292,10 @@ class FastPathTests(SynchronousTestCase):
             for data in (text, text.encode("ascii")):
                 self.assertEqual(repr(outcome(_json.fastLoads, data)), repr(outcome(_json.stdlibLoads, data)))
             self.assertEqual(
+                repr(outcome(_json.fastLoadsUTF8, text.encode())),
+                repr(outcome(_json.stdlibLoadsUTF8, text.encode())),
+            )
+            self.assertEqual(
                 repr(outcome(_json.fastLoadsFrame, text.encode())),
                 repr(outcome(_json.stdlibLoadsFrame, text.encode())),
             )
@@ -288,6 +306,7 @@ class FastPathTests(SynchronousTestCase):
         With orjson installed, the codec's functions are orjson's.
         """
         self.assertIs(_json.loads, _json.fastLoads)
+        self.assertIs(_json.loadsUTF8, _json.fastLoadsUTF8)
         self.assertIs(_json.encode, _json.fastEncode)
         self.assertIs(_json.encodeASCII, _json.fastEncodeASCII)
         self.assertIs(_json.loadsFrame, _json.fastLoadsFrame)
