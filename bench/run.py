@@ -167,47 +167,41 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pipelinedCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+def withCPU(run: Callable[[], float], calls: int, server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
     """
-    W1 with the raw client, and the CPU time per call of the client (this
-    process), the server and its workers: on 2 shared cores, their sum
-    bounds the throughput.
+    Run C{calls} calls (C{run} returns the seconds they took), and measure
+    the CPU time per call of the client (this process), the server and
+    its workers: on 2 shared cores, their sum bounds the throughput.
     """
     before = [cpuSeconds(p) for p in [server, *workers]]
     mine = os.times()
-    seconds = rawclient.pipelined(port, lines, 100, check)
+    seconds = run()
     t = os.times()
     after = [cpuSeconds(p) for p in [server, *workers]]
-    perCall = 1e6 / len(lines)
+    perCall = 1e6 / calls
     result = {
-        "calls_per_s": len(lines) / seconds,
+        "calls_per_s": calls / seconds,
         "cpu_us_client": (t.user + t.system - mine.user - mine.system) * perCall,
         "cpu_us_server": (after[0] - before[0]) * perCall,
     }
     if workers:
         result["cpu_us_workers"] = (sum(after[1:]) - sum(before[1:])) * perCall
     return result
+
+
+def pipelinedCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+    """
+    W1 with the raw client, with the CPU time per call (L{withCPU}).
+    """
+    return withCPU(lambda: rawclient.pipelined(port, lines, 100, check), len(lines), server, workers)
 
 
 def connectionsCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
     """
-    W1a (a connection per call) with the raw client, and the CPU time per
-    call of the client, the server and its workers, as L{pipelinedCPU}.
+    W1a (a connection per call) with the raw client, with the CPU time per
+    call (L{withCPU}).
     """
-    before = [cpuSeconds(p) for p in [server, *workers]]
-    mine = os.times()
-    seconds = rawclient.connectionPerCall(port, lines, 100, check)
-    t = os.times()
-    after = [cpuSeconds(p) for p in [server, *workers]]
-    perCall = 1e6 / len(lines)
-    result = {
-        "calls_per_s": len(lines) / seconds,
-        "cpu_us_client": (t.user + t.system - mine.user - mine.system) * perCall,
-        "cpu_us_server": (after[0] - before[0]) * perCall,
-    }
-    if workers:
-        result["cpu_us_workers"] = (sum(after[1:]) - sum(before[1:])) * perCall
-    return result
+    return withCPU(lambda: rawclient.connectionPerCall(port, lines, 100, check), len(lines), server, workers)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
