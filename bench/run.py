@@ -167,26 +167,41 @@ def cpuSeconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def pipelinedCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+def withCPU(run: Callable[[], float], calls: int, server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
     """
-    W1 with the raw client, and the CPU time per call of the client (this
-    process), the server and its workers: on 2 shared cores, their sum
-    bounds the throughput.
+    Run C{calls} calls (C{run} returns the seconds they took), and measure
+    the CPU time per call of the client (this process), the server and
+    its workers: on 2 shared cores, their sum bounds the throughput.
     """
     before = [cpuSeconds(p) for p in [server, *workers]]
     mine = os.times()
-    seconds = rawclient.pipelined(port, lines, 100, check)
+    seconds = run()
     t = os.times()
     after = [cpuSeconds(p) for p in [server, *workers]]
-    perCall = 1e6 / len(lines)
+    perCall = 1e6 / calls
     result = {
-        "calls_per_s": len(lines) / seconds,
+        "calls_per_s": calls / seconds,
         "cpu_us_client": (t.user + t.system - mine.user - mine.system) * perCall,
         "cpu_us_server": (after[0] - before[0]) * perCall,
     }
     if workers:
         result["cpu_us_workers"] = (sum(after[1:]) - sum(before[1:])) * perCall
     return result
+
+
+def pipelinedCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+    """
+    W1 with the raw client, with the CPU time per call (L{withCPU}).
+    """
+    return withCPU(lambda: rawclient.pipelined(port, lines, 100, check), len(lines), server, workers)
+
+
+def connectionsCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bool], server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+    """
+    W1a (a connection per call) with the raw client, with the CPU time per
+    call (L{withCPU}).
+    """
+    return withCPU(lambda: rawclient.connectionPerCall(port, lines, 100, check), len(lines), server, workers)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     parser.add_argument("--skip-ampoule", action="store_true", help="leave out ampoule (if the bench extra is not installed)")
     parser.add_argument("--http-only", action="store_true", help="only W1 with --http off and on (needs prometheus_client)")
+    parser.add_argument("--only", metavar="W1,W1A,...", help="only these workloads (w1, w1a, w2, w3, w4, w5, w6, memory), comma-separated")
     options = parser.parse_args(argv)
     quick = options.quick
     runs = 1 if quick else options.runs
@@ -243,7 +259,12 @@ def main(argv: list[str] | None = None) -> None:
             with open(options.json, "w") as f:
                 json.dump(results, f, indent=1)
         return
-    burnN = calibrateBurn()
+    only = None if options.only is None else set(options.only.lower().split(","))
+
+    def want(workload: str) -> bool:
+        return only is None or workload in only or (workload == "w1http" and "w1" in only and "nohttp" not in only)
+
+    burnN = calibrateBurn() if want("w3") else 0
     results = {"machine": machine(), "quick": quick, "runs": runs, "burn_n": burnN}
     ampoule = not options.skip_ampoule
 
@@ -274,92 +295,105 @@ def main(argv: list[str] | None = None) -> None:
         echoLines = [request("echo", [value], i) for i in range(n4)]
         echoCheck = lambda i, r: r == value  # noqa: E731
 
-        w1 = results["w1"] = {}
-        w1["taskd_raw"] = repeat("W1 taskd raw", lambda: pipelinedCPU(daemon.port, addLines, addCheck, daemon.pid, daemon.workerPids()))
-        plain = Daemon(2, prefetch=1)
-        try:
-            w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
-        finally:
-            plain.stop()
-        w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
-        w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: pipelinedCPU(linePort, addLines, addCheck, line.popen.pid))
-        w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
-        w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
-        w1.update(httpCost(runs, addLines, addCheck))
-        if ampoule:
-            w1["ampoule"] = repeat("W1 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w1", "n": n1}))
-
-        w1a = results["w1a"] = {}
-        w1a["taskd_raw"] = repeat("W1a taskd", lambda: {"calls_per_s": n1 / rawclient.connectionPerCall(daemon.port, [request("add", [i, 1]) for i in range(n1)], 100, addCheck)})
-
-        w2 = results["w2"] = {}
-
-        def seq(port: int) -> dict[str, Any]:
-            times = sorted(rawclient.sequential(port, [request("add", [i, 1], i) for i in range(n2)], addCheck))
-            return {"p50_us": 1e6 * times[len(times) // 2], "p99_us": 1e6 * times[int(len(times) * 0.99)]}
-
-        w2["taskd_raw"] = repeat("W2 taskd raw", lambda: seq(daemon.port))
-        w2["taskd_client"] = repeat("W2 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w2", "n": n2}))
-        w2["ceiling_tcp"] = repeat("W2 line ceiling", lambda: seq(linePort))
-        w2["ceiling_pipe"] = repeat("W2 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w2", "n": n2}))
-        w2["multiprocessing"] = repeat("W2 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w2", "n": n2}))
-        if ampoule:
-            w2["ampoule"] = repeat("W2 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w2", "n": n2}))
-
-        w3 = results["w3"] = {}
-        burnLines = [request("burn", [burnN], i) for i in range(n3)]
-        anyCheck = lambda i, r: isinstance(r, int)  # noqa: E731
-        for workers in (1, 2):
-            # 20 ms tasks: --prefetch 1, as pool.md advises for tasks that
-            # long (with 4, a worker that runs dry near the end idles while
-            # the other still holds up to 3 calls).
-            w3Daemon = Daemon(workers, prefetch=1)
+        w1: dict[str, Any] = {}
+        if want("w1"):
+            results["w1"] = w1
+            w1["taskd_raw"] = repeat("W1 taskd raw", lambda: pipelinedCPU(daemon.port, addLines, addCheck, daemon.pid, daemon.workerPids()))
+            plain = Daemon(2, prefetch=1)
             try:
-                w3[f"taskd_{workers}"] = repeat(f"W3 taskd {workers} worker(s)", lambda: {"seconds": rawclient.pipelined(w3Daemon.port, burnLines, 100, anyCheck)})
+                w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
             finally:
-                w3Daemon.stop()
-        for workers in (1, 2):
-            w3[f"multiprocessing_{workers}"] = repeat(f"W3 multiprocessing {workers}", lambda: measure({"kind": "multiprocessing", "workers": workers, "workload": "w3", "n": n3, "burn": burnN}))
+                plain.stop()
+            w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
+            w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: pipelinedCPU(linePort, addLines, addCheck, line.popen.pid))
+            w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
+            w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
+            if want("w1http"):
+                w1.update(httpCost(runs, addLines, addCheck))
             if ampoule:
-                w3[f"ampoule_{workers}"] = repeat(f"W3 ampoule {workers}", lambda: measure({"kind": "ampoule", "workers": workers, "workload": "w3", "n": n3, "burn": burnN}))
+                w1["ampoule"] = repeat("W1 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w1", "n": n1}))
 
-        w4 = results["w4"] = {}
-        w4["taskd_raw"] = repeat("W4 taskd raw", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(daemon.port, echoLines, 50, echoCheck) / 1e6})
-        w4["ceiling_tcp"] = repeat("W4 line ceiling", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(linePort, echoLines, 50, echoCheck) / 1e6})
-        w4["multiprocessing"] = repeat("W4 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w4", "n": n4, "size": 65536}))
-        if ampoule:
-            # AMP caps a value near 64 KiB: ampoule echoes 60 KiB.
-            w4["ampoule_60k"] = repeat("W4 ampoule (60 KiB)", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w4", "n": n4, "size": 61440}))
+        if want("w1a"):
+            w1a = results["w1a"] = {}
+            perCallLines = [request("add", [i, 1]) for i in range(n1)]
+            w1a["taskd_raw"] = repeat("W1a taskd", lambda: connectionsCPU(daemon.port, perCallLines, addCheck, daemon.pid, daemon.workerPids()))
+            w1a["ceiling_tcp"] = repeat("W1a line ceiling", lambda: connectionsCPU(linePort, perCallLines, addCheck, line.popen.pid))
 
-        w5 = results["w5"] = {}
-        w5["taskd"] = repeat("W5 taskd", lambda: measure({"kind": "w5", "port": daemon.port, "n": n5, "inline": False}))
-        w5["inline"] = repeat("W5 inline", lambda: measure({"kind": "w5", "n": nInline, "inline": True}))
+        if want("w2"):
+            w2 = results["w2"] = {}
 
-        w6 = results["w6"] = {}
-        n6 = 10 if quick else 100
-        for name, daemonOptions, priority in mixed.SETTINGS:
-            w6Daemon = Daemon(2, 1, *daemonOptions)
-            try:
-                w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
-            finally:
-                w6Daemon.stop()
+            def seq(port: int) -> dict[str, Any]:
+                times = sorted(rawclient.sequential(port, [request("add", [i, 1], i) for i in range(n2)], addCheck))
+                return {"p50_us": 1e6 * times[len(times) // 2], "p99_us": 1e6 * times[int(len(times) * 0.99)]}
 
-        memory = results["memory"] = {}
-        memory["daemon_idle_mb"] = idleRss  # measured before any workload
-        memory["daemon_after_workloads_mb"] = rssMB(daemon.pid)
-        memory["worker_mb"] = [round(rssMB(p), 1) for p in daemon.workerPids()]
-        baseFds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
-        socks = []
-        for _ in range(idleConnections):
-            socks.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=10))
-        deadline = time.monotonic() + 30
-        while len(os.listdir(f"/proc/{daemon.pid}/fd")) < baseFds + idleConnections and time.monotonic() < deadline:
-            time.sleep(0.1)
-        memory["accepted_connections"] = len(os.listdir(f"/proc/{daemon.pid}/fd")) - baseFds
-        memory["idle_connections"] = idleConnections
-        memory["daemon_with_connections_mb"] = rssMB(daemon.pid)
-        for s in socks:
-            s.close()
+            w2["taskd_raw"] = repeat("W2 taskd raw", lambda: seq(daemon.port))
+            w2["taskd_client"] = repeat("W2 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w2", "n": n2}))
+            w2["ceiling_tcp"] = repeat("W2 line ceiling", lambda: seq(linePort))
+            w2["ceiling_pipe"] = repeat("W2 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w2", "n": n2}))
+            w2["multiprocessing"] = repeat("W2 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w2", "n": n2}))
+            if ampoule:
+                w2["ampoule"] = repeat("W2 ampoule", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w2", "n": n2}))
+
+        if want("w3"):
+            w3 = results["w3"] = {}
+            burnLines = [request("burn", [burnN], i) for i in range(n3)]
+            anyCheck = lambda i, r: isinstance(r, int)  # noqa: E731
+            for workers in (1, 2):
+                # 20 ms tasks: --prefetch 1, as pool.md advises for tasks that
+                # long (with 4, a worker that runs dry near the end idles while
+                # the other still holds up to 3 calls).
+                w3Daemon = Daemon(workers, prefetch=1)
+                try:
+                    w3[f"taskd_{workers}"] = repeat(f"W3 taskd {workers} worker(s)", lambda: {"seconds": rawclient.pipelined(w3Daemon.port, burnLines, 100, anyCheck)})
+                finally:
+                    w3Daemon.stop()
+            for workers in (1, 2):
+                w3[f"multiprocessing_{workers}"] = repeat(f"W3 multiprocessing {workers}", lambda: measure({"kind": "multiprocessing", "workers": workers, "workload": "w3", "n": n3, "burn": burnN}))
+                if ampoule:
+                    w3[f"ampoule_{workers}"] = repeat(f"W3 ampoule {workers}", lambda: measure({"kind": "ampoule", "workers": workers, "workload": "w3", "n": n3, "burn": burnN}))
+
+        if want("w4"):
+            w4 = results["w4"] = {}
+            w4["taskd_raw"] = repeat("W4 taskd raw", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(daemon.port, echoLines, 50, echoCheck) / 1e6})
+            w4["ceiling_tcp"] = repeat("W4 line ceiling", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(linePort, echoLines, 50, echoCheck) / 1e6})
+            w4["multiprocessing"] = repeat("W4 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w4", "n": n4, "size": 65536}))
+            if ampoule:
+                # AMP caps a value near 64 KiB: ampoule echoes 60 KiB.
+                w4["ampoule_60k"] = repeat("W4 ampoule (60 KiB)", lambda: measure({"kind": "ampoule", "workers": 2, "workload": "w4", "n": n4, "size": 61440}))
+
+        if want("w5"):
+            w5 = results["w5"] = {}
+            w5["taskd"] = repeat("W5 taskd", lambda: measure({"kind": "w5", "port": daemon.port, "n": n5, "inline": False}))
+            w5["inline"] = repeat("W5 inline", lambda: measure({"kind": "w5", "n": nInline, "inline": True}))
+
+        if want("w6"):
+            w6 = results["w6"] = {}
+            n6 = 10 if quick else 100
+            for name, daemonOptions, priority in mixed.SETTINGS:
+                w6Daemon = Daemon(2, 1, *daemonOptions)
+                try:
+                    w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
+                finally:
+                    w6Daemon.stop()
+
+        if want("memory"):
+            memory = results["memory"] = {}
+            memory["daemon_idle_mb"] = idleRss  # measured before any workload
+            memory["daemon_after_workloads_mb"] = rssMB(daemon.pid)
+            memory["worker_mb"] = [round(rssMB(p), 1) for p in daemon.workerPids()]
+            baseFds = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+            socks = []
+            for _ in range(idleConnections):
+                socks.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=10))
+            deadline = time.monotonic() + 30
+            while len(os.listdir(f"/proc/{daemon.pid}/fd")) < baseFds + idleConnections and time.monotonic() < deadline:
+                time.sleep(0.1)
+            memory["accepted_connections"] = len(os.listdir(f"/proc/{daemon.pid}/fd")) - baseFds
+            memory["idle_connections"] = idleConnections
+            memory["daemon_with_connections_mb"] = rssMB(daemon.pid)
+            for s in socks:
+                s.close()
+
     finally:
         daemon.stop()
         if line is not None:
@@ -399,7 +433,11 @@ def report(r: dict[str, Any]) -> None:
     for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "ceiling_tcp"):
         for part in ("client", "server", "workers"):
             row(f"W1 CPU per call, {part}", name, m("w1", name, f"cpu_us_{part}"), "us")
-    row("W1a connection per call", "taskd_raw", m("w1a", "taskd_raw", "calls_per_s"), "calls/s")
+    for name in ("taskd_raw", "ceiling_tcp"):
+        row("W1a connection per call", name, m("w1a", name, "calls_per_s"), "calls/s")
+    for name in ("taskd_raw", "ceiling_tcp"):
+        for part in ("client", "server", "workers"):
+            row(f"W1a CPU per call, {part}", name, m("w1a", name, f"cpu_us_{part}"), "us")
     for name in ("taskd_raw", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W2 latency p50", name, m("w2", name, "p50_us"), "us")
         row("W2 latency p99", name, m("w2", name, "p99_us"), "us")
@@ -438,6 +476,8 @@ def report(r: dict[str, Any]) -> None:
 
     target("W1 raw / ampoule", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 10)
     target("W1 raw / TCP line ceiling", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ceiling_tcp", "calls_per_s")), 0.5)
+    target("W1 taskd client / raw client", ratio(m("w1", "taskd_client", "calls_per_s"), m("w1", "taskd_raw", "calls_per_s")), 0.8)
+    target("W1a / bare line server, a connection per call", ratio(m("w1a", "taskd_raw", "calls_per_s"), m("w1a", "ceiling_tcp", "calls_per_s")), 0.8)
     target("W1 taskd client / ampoule", ratio(m("w1", "taskd_client", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 6)
     target("W2 p50 ampoule / taskd raw", ratio(m("w2", "ampoule", "p50_us"), m("w2", "taskd_raw", "p50_us")), 1 / 0.3)
     target("W3 speedup 1 -> 2 workers", ratio(m("w3", "taskd_1", "seconds"), m("w3", "taskd_2", "seconds")), 1.85)

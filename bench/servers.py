@@ -42,7 +42,9 @@ def lineServer(portFile: str) -> None:
         with open(portFile, "w") as f:
             f.write(str(port.getHost().port))
 
-    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+    # The daemons' accept queue (Twisted's default of 50 overflows in W1a:
+    # each dropped connection then waits a second for its SYN again).
+    TCP4ServerEndpoint(reactor, 0, backlog=1024, interface="127.0.0.1").listen(
         Factory.forProtocol(Echo)
     ).addCallback(listening)
     reactor.run()

@@ -13,6 +13,15 @@ it likes.  End of file on fd 3 means the parent is done with it (or gone):
 the worker exits.  On Linux a worker is also killed when its parent dies,
 even in the middle of a task.
 
+Each reply is written as soon as its call ends, before the next call
+starts, even when more calls wait in the pipe (C{--prefetch}): the parent
+learns that a call started from the reply of the call before it, so a
+reply held back while the next call runs would hide that start.  A worker
+killed then would lose the held reply (its call reported as crashed,
+though it ran) and the parent would put the next call back in the queue
+as never started, though it ran: it could run twice.  Requests are read
+in batches (one read takes every frame waiting in the pipe).
+
 This module imports nothing from Twisted: workers start fast and small.
 """
 
