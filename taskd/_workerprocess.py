@@ -364,7 +364,12 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
     def _frameReceived(self, frame: bytes) -> None:
         kind, body = frame[:1], frame[1:]
         try:
-            value = _json.loadsFrame(body)
+            if kind == RESULT or kind == PROGRESS:
+                # Relayed as they are: only checked.
+                _json.checkFrame(body)
+                value = None
+            else:
+                value = _json.loadsFrame(body)
         except (ValueError, RecursionError):
             self._misbehaved(f"a {kind!r} frame that is not one JSON value")
             return

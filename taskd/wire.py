@@ -185,11 +185,9 @@ def decodeRequest(line: bytes) -> Request:
         precisely what is wrong.
     """
     try:
-        text = line.decode("utf-8")
+        message = _json.loadsUTF8(line)
     except UnicodeDecodeError as e:
         raise _bad(f"the line is not valid UTF-8 (byte {e.start})")
-    try:
-        message = _json.loads(text)
     except ValueError as e:
         raise _bad(f"the line is not valid JSON: {e}")
     except RecursionError:
