@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.python.failure import Failure
@@ -61,6 +61,17 @@ def makePipe() -> tuple[int, int]:
     return readEnd, writeEnd
 
 
+class Flushable(Protocol):
+    """
+    What holds writes in a L{WriteBatch}.
+    """
+
+    def flush(self) -> None:
+        """
+        Write what was held.
+        """
+
+
 class WriteBatch:
     """
     Holds what L{RequestPipe}s are given while its owner handles one event,
@@ -72,7 +83,7 @@ class WriteBatch:
 
     def __init__(self) -> None:
         self.depth = 0
-        self._pipes: list[RequestPipe] = []
+        self._pipes: list[Flushable] = []
 
     def hold(self) -> None:
         """
@@ -90,9 +101,11 @@ class WriteBatch:
             for pipe in pipes:
                 pipe.flush()
 
-    def held(self, pipe: RequestPipe) -> None:
+    def held(self, pipe: Flushable) -> None:
         """
-        C{pipe} holds a write, to be flushed at the outermost L{release}.
+        C{pipe} (a L{RequestPipe}, or anything else that holds writes while
+        the batch is held: a client connection's replies) holds a write, to
+        be flushed at the outermost L{release}.
         """
         self._pipes.append(pipe)
 

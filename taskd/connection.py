@@ -36,7 +36,7 @@ from taskd.jobs import JobService
 from taskd.journal import JobRecord, describeJob, jobError
 from taskd.admin import AdminCommands, isLocalListener
 from taskd.pool import ProcessPool
-from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
+from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure, immediateWriter
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     VERSION,
@@ -189,6 +189,11 @@ class TaskServerProtocol(LineReceiver):
         self._calls: dict[Any, InFlight] = {}
         self._ordered = OrderedReplies()
         self._unanswered = 0
+        # Replies go out at once, or with the others of the same event
+        # (see _write).
+        self._writeNow = immediateWriter(self.transport)
+        self._batch = factory.pool.writes
+        self._out: list[bytes] = []
         if len(factory.connections) >= factory.maxConnections:
             self._closed = True
             error = errors.PoolBusy(
@@ -243,6 +248,7 @@ class TaskServerProtocol(LineReceiver):
         producer is let go first: a transport with a producer never closes
         after draining its buffer, it resumes the producer.
         """
+        self.flush()
         self._closed = True
         if self._producing:
             self._producing = False
@@ -385,6 +391,7 @@ class TaskServerProtocol(LineReceiver):
         """
         if self._closed:
             return
+        self.flush()
         self._closed = True
         self.clearLineBuffer()
         self.transport.write(encodeError(None, error))
@@ -422,6 +429,7 @@ class TaskServerProtocol(LineReceiver):
     def _refuse(self, message: str) -> None:
         if self._closed:
             return
+        self.flush()
         self.transport.write(encodeError(None, errors.Unauthenticated(message)))
         self.close()
 
@@ -570,7 +578,7 @@ class TaskServerProtocol(LineReceiver):
         # Reports are for people watching: one that would join a full write
         # buffer (a client not reading) is dropped rather than held.
         if not self._closed and not self._writeBlocked and id in self._calls:
-            self.transport.write(encodeProgress(id, report))
+            self._write(encodeProgress(id, report))
 
     def _callEnded(self, key: Any, outcome: bytes | Failure) -> None:
         """
@@ -609,14 +617,38 @@ class TaskServerProtocol(LineReceiver):
         if self._closed:
             return
         if isinstance(key, ReplySlot):
-            self._unanswered -= self._ordered.fill(key, line, self.transport.write)
+            self._unanswered -= self._ordered.fill(key, line, self._write)
         else:
-            self.transport.write(line)
+            self._write(line)
             self._unanswered -= 1
         if self._unanswered == 0 and self._timeouts is not None:
             self._timeouts.allAnswered()
         self._updateReading()
         self._maybeFinish()
+
+    def _write(self, line: bytes) -> None:
+        """
+        Write C{line} now, or, while the pool's write batch is held (a
+        chunk of a worker's replies, a read of this connection's requests
+        is being handled), with the other lines of that event, in one
+        write when it is handled (L{flush}).
+        """
+        batch = self._batch
+        if batch.depth:
+            if not self._out:
+                batch.held(self)
+            self._out.append(line)
+        else:
+            self._writeNow(line)
+
+    def flush(self) -> None:
+        """
+        Write the lines held by L{_write}.
+        """
+        out = self._out
+        if out:
+            self._out = []
+            self._writeNow(out[0] if len(out) == 1 else b"".join(out))
 
     def _writeBufferFull(self, full: bool) -> None:
         """

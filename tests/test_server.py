@@ -101,6 +101,27 @@ class CallTests(ServerTestsMixin, SynchronousTestCase):
             [r["result"] for r in self.replies(transport)], [1, 2, 3]
         )
 
+    def test_repliesOfAChunkInOneWrite(self) -> None:
+        """
+        The replies a chunk of a worker's replies answers for one
+        connection are written together, after the chunk is handled.
+        """
+        pool, fakeReactor = self.startedPool(1, prefetch=3)
+        proto = TaskServerFactory(pool).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        writes: list[bytes] = []
+
+        class Recording(StringTransport):
+            def write(self, data: bytes) -> None:
+                writes.append(data)
+
+        proto.makeConnection(Recording())
+        proto.dataReceived(b"".join(b'{"function":"add","args":[%d,1],"id":%d}\n' % (i, i) for i in range(3)))
+        fakeReactor.processes[0].sendRaw(b"".join(frame(b"R%d" % (i + 1)) for i in range(3)))
+        self.assertEqual(
+            writes,
+            [b'{"type":"result","id":0,"result":1}\n{"type":"result","id":1,"result":2}\n{"type":"result","id":2,"result":3}\n'],
+        )
+
     def test_idsAnsweredAsTheyFinish(self) -> None:
         """
         Calls with ids are answered as they finish, each reply carrying
@@ -1081,3 +1102,67 @@ class ClosingTests(ServerTestsMixin, SynchronousTestCase):
         proto.close()
         proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+
+class ImmediateWriteTests(TestCase):
+    """
+    L{taskd.replies.immediateWriter}: a reply goes out without waiting for
+    the reactor when the transport holds nothing else.
+    """
+
+    @inlineCallbacks
+    def test_sentAtOnceElseBehindTheBuffer(self) -> Any:
+        """
+        On a real TCP connection with an empty buffer, a write reaches the
+        socket at once (the transport is not made to wait for
+        writability); behind data the transport still holds, it goes
+        through the transport, in order.
+        """
+        import socket
+
+        from twisted.internet.task import deferLater
+
+        from taskd.replies import immediateWriter
+
+        accepted: list[Protocol] = []
+
+        class Recording(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                accepted.append(Protocol())
+                return accepted[-1]
+
+        port = reactor.listenTCP(0, Recording(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.settimeout(10)
+        while not accepted or accepted[0].transport is None:
+            yield deferLater(reactor, 0.01, lambda: None)
+        transport = accepted[0].transport
+        write = immediateWriter(transport)
+        write(b"now\n")
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual(client.recv(100), b"now\n")
+        transport.write(b"held,")
+        write(b"behind\n")
+        self.assertIn(transport, reactor.getWriters())
+        received = b""
+        while not received.endswith(b"\n"):
+            yield deferLater(reactor, 0.01, lambda: None)
+            client.setblocking(False)
+            try:
+                received += client.recv(100)
+            except BlockingIOError:
+                pass
+        self.assertEqual(received, b"held,behind\n")
+        transport.loseConnection()
+
+    def test_otherTransportsWrite(self) -> None:
+        """
+        For a transport that is not a plain TCP or UNIX connection (TLS, a
+        test's), the writer is the transport's C{write}.
+        """
+        from taskd.replies import immediateWriter
+
+        transport = StringTransport()
+        self.assertEqual(immediateWriter(transport), transport.write)
