@@ -25,7 +25,7 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.tcp import Connection
+from twisted.internet.abstract import FileDescriptor
 from zope.interface import implementer
 
 
@@ -99,7 +99,10 @@ def immediateWriter(transport: Any) -> Callable[[bytes], None]:
     C{tests.test_server.ImmediateWriteTests} on the Twisted installed.)
     """
     write = transport.write
-    if not isinstance(transport, Connection):
+    # (Not an isinstance test of twisted.internet.tcp.Connection: importing
+    # that module loads the TLS machinery, which a daemon without TLS does
+    # not otherwise load.)
+    if not isinstance(transport, FileDescriptor) or getattr(transport, "socket", None) is None:
         return write  # type: ignore[no-any-return]
 
     def writeNow(data: bytes) -> None:
