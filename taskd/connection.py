@@ -36,7 +36,7 @@ from taskd.jobs import JobService
 from taskd.journal import JobRecord, describeJob, jobError
 from taskd.admin import AdminCommands, isLocalListener
 from taskd.pool import ProcessPool
-from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure, immediateWriter
+from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, immediateWriter
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     VERSION,
@@ -117,6 +117,8 @@ class ConnectionOwner(Protocol):
     connections: set[TaskServerProtocol]
     #: Runs admin requests, or C{None} if the daemon takes none.
     admin: AdminCommands | None
+    #: Bytes in and out of all connections (each adds its own).
+    traffic: Traffic
 
     def connectionEnded(self, protocol: TaskServerProtocol) -> None:
         """
@@ -194,13 +196,14 @@ class TaskServerProtocol(LineReceiver):
         self._writeNow = immediateWriter(self.transport)
         self._batch = factory.pool.writes
         self._out: list[bytes] = []
+        self._traffic = factory.traffic
         if len(factory.connections) >= factory.maxConnections:
             self._closed = True
             error = errors.PoolBusy(
                 f"the daemon has {factory.maxConnections} connections, its "
                 "limit; try again later"
             )
-            self.transport.write(encodeError(None, error))
+            self._writeLast(encodeError(None, error))
             self.transport.loseConnection()
             return
         factory.connections.add(self)
@@ -309,9 +312,10 @@ class TaskServerProtocol(LineReceiver):
         self.MAX_LENGTH = length + 1
 
     def dataReceived(self, data: bytes) -> None:
+        self._traffic.received += len(data)
         # The calls of one read go to the workers together: one write per
         # worker (see taskd._pipes.WriteBatch).
-        writes = self.factory.pool.writes
+        writes = self._batch
         writes.hold()
         try:
             timeouts = self._timeouts
@@ -394,7 +398,7 @@ class TaskServerProtocol(LineReceiver):
         self.flush()
         self._closed = True
         self.clearLineBuffer()
-        self.transport.write(encodeError(None, error))
+        self._writeLast(encodeError(None, error))
         if self._writeBlocked:
             # The client does not read: the line cannot be delivered, and
             # waiting for it to be would hold the connection.
@@ -430,7 +434,7 @@ class TaskServerProtocol(LineReceiver):
         if self._closed:
             return
         self.flush()
-        self.transport.write(encodeError(None, errors.Unauthenticated(message)))
+        self._writeLast(encodeError(None, errors.Unauthenticated(message)))
         self.close()
 
     def _hello(self) -> HelloReply:
@@ -577,8 +581,11 @@ class TaskServerProtocol(LineReceiver):
     def _progress(self, id: CallId, report: bytes) -> None:
         # Reports are for people watching: one that would join a full write
         # buffer (a client not reading) is dropped rather than held.
-        if not self._closed and not self._writeBlocked and id in self._calls:
-            self._write(encodeProgress(id, report))
+        if not self._closed and id in self._calls:
+            if self._writeBlocked:
+                self._traffic.progressDropped += 1
+            else:
+                self._write(encodeProgress(id, report))
 
     def _callEnded(self, key: Any, outcome: bytes | Failure) -> None:
         """
@@ -633,6 +640,7 @@ class TaskServerProtocol(LineReceiver):
         is being handled), with the other lines of that event, in one
         write when it is handled (L{flush}).
         """
+        self._traffic.sent += len(line)
         batch = self._batch
         if batch.depth:
             if not self._out:
@@ -640,6 +648,14 @@ class TaskServerProtocol(LineReceiver):
             self._out.append(line)
         else:
             self._writeNow(line)
+
+    def _writeLast(self, line: bytes) -> None:
+        """
+        Write the last line before closing, through the transport's buffer
+        (what L{_write} held is flushed first by the caller).
+        """
+        self._traffic.sent += len(line)
+        self.transport.write(line)
 
     def flush(self) -> None:
         """

@@ -29,6 +29,9 @@ The metrics (see C{docs/operations.md} for their reference)::
     taskd_worker_processes                        gauge
     taskd_worker_resident_memory_bytes{slot}      gauge
     taskd_connections                             gauge
+    taskd_received_bytes_total                    counter
+    taskd_sent_bytes_total                        counter
+    taskd_progress_dropped_total                  counter
     taskd_draining                                gauge
 """
 
@@ -167,6 +170,19 @@ class DaemonCollector:
         yield jobs
         yield GaugeMetricFamily(
             "taskd_connections", "Client connections open.", value=stats.get("connections", 0)
+        )
+        yield CounterMetricFamily(
+            "taskd_received_bytes", "Bytes read from client connections.",
+            value=stats.get("bytesReceived", 0),
+        )
+        yield CounterMetricFamily(
+            "taskd_sent_bytes", "Bytes of lines written to client connections.",
+            value=stats.get("bytesSent", 0),
+        )
+        yield CounterMetricFamily(
+            "taskd_progress_dropped",
+            "Progress reports not sent because the client's connection had a full write buffer.",
+            value=stats.get("progressDropped", 0),
         )
         yield GaugeMetricFamily(
             "taskd_draining", "1 while the daemon drains (it fails its health check), else 0.",

@@ -82,6 +82,24 @@ class OrderedReplies:
         return written
 
 
+class Traffic:
+    """
+    What the daemon's connections have carried, all together.
+
+    @ivar received: bytes read from clients.
+    @ivar sent: bytes of lines written to clients.
+    @ivar progressDropped: progress reports not sent, because a client's
+        connection had a full write buffer (it was not reading).
+    """
+
+    __slots__ = ("received", "sent", "progressDropped")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.sent = 0
+        self.progressDropped = 0
+
+
 def immediateWriter(transport: Any) -> Callable[[bytes], None]:
     """
     A write to C{transport} that goes out now, when it can.

@@ -28,6 +28,7 @@ from taskd.admin import AdminCommands
 from taskd.connection import ConnectionOwner, TaskServerProtocol
 from taskd.jobs import JobService
 from taskd.pool import ProcessPool
+from taskd.replies import Traffic
 from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT
 from taskd.tracebacks import TRACEBACK_MODES, presentError
 from taskd.wire import StatsReply, TasksReply, encodeTasksReply
@@ -134,6 +135,8 @@ class TaskServerFactory(Factory):
         self._tasksLine: bytes | None = None
         #: Runs admin requests (set by the daemon), or C{None}: none taken.
         self.admin: AdminCommands | None = None
+        #: Bytes in and out of all connections, progress reports dropped.
+        self.traffic = Traffic()
 
     def tasksLine(self) -> bytes:
         """
@@ -153,7 +156,17 @@ class TaskServerFactory(Factory):
             jobs not yet ended by state.
         """
         jobs = {} if self.jobs is None else self.jobs.stats()
-        return StatsReply({**self.pool.stats(), "connections": len(self.connections), **jobs})
+        traffic = self.traffic
+        return StatsReply(
+            {
+                **self.pool.stats(),
+                "connections": len(self.connections),
+                **jobs,
+                "bytesReceived": traffic.received,
+                "bytesSent": traffic.sent,
+                "progressDropped": traffic.progressDropped,
+            }
+        )
 
     def checkToken(self, token: str) -> bool:
         """

@@ -298,7 +298,8 @@ class ProgressTests(ServerTestsMixin, SynchronousTestCase):
     def test_droppedForASlowReader(self) -> None:
         """
         While the client is not reading (the write buffer is full), reports
-        are dropped rather than buffered; the result still comes.
+        are dropped rather than buffered, and counted; the result still
+        comes.
         """
         proto, transport, reactor = self.connect()
         proto.dataReceived(b'{"function":"sleep","args":[1],"id":1,"progress":true}\n')
@@ -312,6 +313,7 @@ class ProgressTests(ServerTestsMixin, SynchronousTestCase):
             self.replies(transport),
             [{"type": "progress", "id": 1, "progress": {"done": 2}}, {"type": "result", "id": 1, "result": 1}],
         )
+        self.assertEqual(self.factory.traffic.progressDropped, 1)
 
     def test_progressNeedsAnId(self) -> None:
         """
@@ -329,14 +331,18 @@ class ProgressTests(ServerTestsMixin, SynchronousTestCase):
 class StatsTests(ServerTestsMixin, SynchronousTestCase):
     def test_stats(self) -> None:
         """
-        A stats request is answered with the pool's counters and the
-        number of connections.
+        A stats request is answered with the pool's counters, the number
+        of connections and the bytes they carried each way.
         """
         proto, transport, reactor = self.connect(workers=2)
-        proto.dataReceived(b'{"function":"sleep","args":[1],"id":1}\n{"type":"stats"}\n')
+        calls = b'{"function":"sleep","args":[1],"id":1}\n{"function":"add","args":[1,2],"id":2}\n'
+        proto.dataReceived(calls)
+        reactor.processes[1].send(b"R3")
+        answer = transport.value()
+        proto.dataReceived(b'{"type":"stats"}\n')
         self.assertEqual(
-            self.replies(transport),
-            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0, "connections": 1}],
+            self.replies(transport)[1:],
+            [{"type": "stats", "workers": 2, "idle": 1, "busy": 1, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0, "connections": 1, "bytesReceived": len(calls) + 17, "bytesSent": len(answer), "progressDropped": 0}],
         )
 
 

@@ -378,6 +378,7 @@ class TwistdHTTPTests(TwistdMixin, TestCase):
         proto.transport.write(b"".join(lines))
         replies = yield collector.done.addTimeout(60, reactor)
         proto.transport.loseConnection()
+        self.received = collector.data
         return replies
 
     @inlineCallbacks
@@ -387,7 +388,8 @@ class TwistdHTTPTests(TwistdMixin, TestCase):
         timeouts, one unknown task), each counter of C{/metrics}, parsed
         with C{prometheus_client}'s parser, is what was sent; the
         histograms count every call that ran; worker starts and ends say
-        why.  The HTTP token guards C{/metrics} but not C{/healthz}.
+        why; the bytes each way are counted.  The HTTP token guards
+        C{/metrics} but not C{/healthz}.
         """
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
@@ -436,6 +438,15 @@ class TwistdHTTPTests(TwistdMixin, TestCase):
         self.assertEqual(sorted(dict(k[1])["slot"] for k in rss), ["0", "1"])
         self.assertTrue(all(v > 1e6 for v in rss.values()))
         self.assertEqual(got["taskd_connections"], {("taskd_connections", ()): 0})
+        # Every byte each way, and no progress report dropped.
+        self.assertEqual(
+            (
+                got["taskd_received_bytes"][("taskd_received_bytes_total", ())],
+                got["taskd_sent_bytes"][("taskd_sent_bytes_total", ())],
+                got["taskd_progress_dropped"][("taskd_progress_dropped_total", ())],
+            ),
+            (len(b"".join(mix)), len(self.received), 0),
+        )
         self.assertEqual((yield self.get("/metrics"))[0], 401)
         self.assertEqual((yield self.get("/healthz")), (200, b"ok\n"))
         self.process.signalProcess("TERM")
