@@ -122,6 +122,7 @@ class JobService:
         self._inPool = 0
         self._submitting = 0
         self._timer: IDelayedCall | None = None
+        self._timerAt = 0.0
         self._retryTimer: IDelayedCall | None = None
         self._pruneTimer: IDelayedCall | None = None
         self._running = False
@@ -361,7 +362,8 @@ class JobService:
         self._seq += 1
         job.seq = self._seq
         if job.record.runAt > self.clock.seconds():
-            job.record = evolve(job.record, state=SCHEDULED)
+            if job.record.state != SCHEDULED:
+                job.record = evolve(job.record, state=SCHEDULED)
             heapq.heappush(self._scheduled, (job.record.runAt, job.seq, job))
             self._arm()
         else:
@@ -387,11 +389,15 @@ class JobService:
         when = self._scheduled[0][0] if self._scheduled else None
         timer = self._timer
         if timer is not None and timer.active():
-            if when is not None and timer.getTime() == when:
+            # Compared with the time it was set for: its getTime() is that
+            # time give or take a rounding, and a timer set again for
+            # every submit is work the reactor does for nothing.
+            if when is not None and self._timerAt == when:
                 return
             timer.cancel()
         self._timer = None
         if when is not None:
+            self._timerAt = when
             self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._due)
 
     def _due(self) -> None:

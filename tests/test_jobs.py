@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
@@ -31,6 +32,17 @@ from taskd.registry import Registry, TaskOptions
 from tests.fakes import PoolTestsMixin
 
 START = 1000.0
+
+
+class TickingClock(Clock):
+    """
+    A clock that moves a microsecond each time it is read, as a real one
+    does between two readings.
+    """
+
+    def seconds(self) -> float:
+        self.rightNow += 1e-6
+        return self.rightNow
 
 
 def registry() -> Registry:
@@ -193,6 +205,33 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(5)
         self.reactor.advance(0)
         self.assertEqual(self.state(jobs, later).state, RUNNING)
+
+    def test_delayTimerSetOnce(self) -> None:
+        """
+        Submits of jobs that start after the earliest scheduled one leave
+        its timer as it is, on a clock that moves between two readings (a
+        real one): the timer is not cancelled and set again for each.
+        """
+        ticking = TickingClock()
+        ticking.advance(START)
+        jobs = self.service(clock=ticking)
+
+        def timers(at: float) -> list[Any]:
+            return [c for c in ticking.getDelayedCalls() if abs(c.getTime() - at) < 1]
+
+        self.submit(jobs, runAt=START + 3600.3)
+        (timer,) = timers(START + 3600.3)
+        for n in range(20):
+            self.submit(jobs, runAt=START + 3601 + n)
+        self.assertEqual(timers(START + 3600.3), [timer])
+        self.assertTrue(timer.active())
+        sooner = self.submit(jobs, runAt=START + 30)
+        self.assertFalse(timer.active())
+        (moved,) = timers(START + 30)
+        ticking.advance(30)
+        self.reactor.advance(0)
+        self.assertEqual(self.state(jobs, sooner).state, RUNNING)
+        self.assertFalse(moved.active())
 
     def test_deadline(self) -> None:
         """
