@@ -66,13 +66,57 @@ BUSY_RETRY = 0.5
 
 @define(eq=False)
 class _Job:
-    record: JobRecord
+    _record: JobRecord
     # The pool's Deferred, once the job is handed to it.
     call: Deferred[bytes] | None = None
     waiters: list[tuple[Deferred[bytes], Callable[[bytes], object] | None]] = field(factory=list)
     progress: bytes | None = None
     cancelling: bool = False
     seq: int = 0
+    # The book that counts it (see _Book), while it is in one.
+    book: _Book | None = None
+
+    @property
+    def record(self) -> JobRecord:
+        return self._record
+
+    @record.setter
+    def record(self, record: JobRecord) -> None:
+        if self.book is not None and record.state != self._record.state:
+            self.book.moved(self._record.state, record.state)
+        self._record = record
+
+
+class _Book(dict[str, _Job]):
+    """
+    The jobs a service answers for, by id, with how many are in each state
+    (kept as they change: L{JobService.stats} is asked often, by
+    C{stats} requests and metrics scrapes, and counting thousands of jobs
+    each time took milliseconds of the reactor's).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = dict.fromkeys((QUEUED, SCHEDULED, RUNNING), 0)
+
+    def moved(self, was: str, now: str) -> None:
+        counts = self.counts
+        counts[was] = counts.get(was, 0) - 1
+        counts[now] = counts.get(now, 0) + 1
+
+    def __setitem__(self, jobId: str, job: _Job) -> None:
+        if jobId in self:
+            del self[jobId]
+        super().__setitem__(jobId, job)
+        job.book = self
+        state = job.record.state
+        self.counts[state] = self.counts.get(state, 0) + 1
+
+    def __delitem__(self, jobId: str) -> None:
+        job = self[jobId]
+        super().__delitem__(jobId)
+        job.book = None
+        self.counts[job.record.state] -= 1
 
 
 class JobService:
@@ -115,7 +159,7 @@ class JobService:
         self._newId = newId
         # The jobs that have not ended (and those whose end is being
         # written), by id.
-        self._jobs: dict[str, _Job] = {}
+        self._jobs = _Book()
         self._ready: deque[_Job] = deque()
         self._scheduled: list[tuple[float, int, _Job]] = []
         self._seq = 0
@@ -326,12 +370,12 @@ class JobService:
         """
         @return: the jobs not yet ended, by state.
         """
-        counts = {"jobsQueued": 0, "jobsScheduled": 0, "jobsRunning": 0}
-        for job in self._jobs.values():
-            name = "jobs" + job.record.state.capitalize()
-            if name in counts:
-                counts[name] += 1
-        return counts
+        counts = self._jobs.counts
+        return {
+            "jobsQueued": counts[QUEUED],
+            "jobsScheduled": counts[SCHEDULED],
+            "jobsRunning": counts[RUNNING],
+        }
 
     def _stored(self, jobId: str) -> Deferred[JobRecord]:
         def found(record: JobRecord | None) -> JobRecord:

@@ -374,6 +374,45 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(30)
         self.assertEqual(self.state(after, scheduled).state, RUNNING)
 
+    def test_statsByState(self) -> None:
+        """
+        L{JobService.stats} counts the jobs that have not ended by state,
+        through every change: submitted, started, cancelled, ended, picked
+        up again after a crash.
+        """
+        jobs = self.service(workers=1, window=1)
+
+        def stats(service: JobService) -> tuple[int, int, int]:
+            s = service.stats()
+            return s["jobsQueued"], s["jobsScheduled"], s["jobsRunning"]
+
+        self.assertEqual(stats(jobs), (0, 0, 0))
+        running = self.submit(jobs, "sleep", (1,))
+        queued = [self.submit(jobs) for _ in range(3)]
+        later = self.submit(jobs, runAt=START + 30)
+        self.reactor.advance(0)
+        self.assertEqual(stats(jobs), (3, 1, 1))
+        cancelled = jobs.cancel(queued[0])
+        self.reactor.advance(0)
+        self.assertEqual(self.successResultOf(cancelled).state, CANCELLED)
+        self.assertEqual(stats(jobs), (2, 1, 1))
+        self.reactor.processes[0].send(b"R0")
+        self.reactor.advance(0)
+        self.reactor.advance(0)
+        self.assertEqual(self.state(jobs, running).state, DONE)
+        self.assertEqual(stats(jobs), (1, 1, 1))
+        jobs.journal._closeDatabase()  # type: ignore[attr-defined]
+        after = self.service(workers=1, path=self.path, window=1)
+        self.reactor.advance(0)
+        # The one running at the crash ended interrupted; the last queued
+        # one runs.
+        self.assertEqual(self.state(after, queued[1]).state, INTERRUPTED)
+        self.assertEqual(stats(after), (0, 1, 1))
+        self.reactor.advance(30)
+        self.reactor.advance(0)
+        self.assertEqual(self.state(after, later).state, QUEUED)
+        self.assertEqual(stats(after), (1, 0, 1))
+
     def test_retriesFromTaskLimit(self) -> None:
         """
         C{--task-limit NAME:retries=N} opts a task into being run again
