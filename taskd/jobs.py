@@ -62,6 +62,9 @@ PRUNE_INTERVAL = 60.0
 PRUNE_BATCH = 500
 #: Seconds before a job refused by a full pool queue is offered again.
 BUSY_RETRY = 0.5
+#: Seconds before a job taken back from a pool whose workers were all busy
+#: (see L{JobService}) is offered again.
+TAKE_BACK_RETRY = 0.1
 
 
 @define(eq=False)
@@ -73,6 +76,8 @@ class _Job:
     progress: bytes | None = None
     cancelling: bool = False
     seq: int = 0
+    # Whether the pool has sent it to a worker (it may have started).
+    sent: bool = False
     # The book that counts it (see _Book), while it is in one.
     book: _Book | None = None
 
@@ -130,6 +135,14 @@ class JobService:
         refused with L{errors.PoolBusy}.
     @ivar window: jobs handed to the pool at once, at most (by default its
         workers times its prefetch: enough to keep it busy, no more).
+
+    A job is written L{RUNNING} (and synced) before it is handed to the
+    pool, and handed only to be sent to a worker at once: if the pool
+    queues it instead (its workers are busy, with calls), it is taken back
+    and waits in the journal as L{QUEUED}, offered again when one of its
+    jobs ends or after L{TAKE_BACK_RETRY}.  So the journal shows a job
+    L{RUNNING} only if a worker may have it, and a crash re-runs only jobs
+    that no worker had (see docs/jobs.md).
     """
 
     log = Logger()
@@ -171,6 +184,9 @@ class JobService:
         self._pruneTimer: IDelayedCall | None = None
         self._running = False
         self._stopping: Deferred[None] | None = None
+        # Whether the last job offered was taken back (the pool's workers
+        # were busy): offer one at a time until one is sent.
+        self._poolFull = False
 
     # -- life -----------------------------------------------------------------
 
@@ -460,6 +476,12 @@ class JobService:
         """
         config = self.pool.config
         window = config.workers * config.prefetch if self.window is None else self.window
+        if self._poolFull and self._ready:
+            if self._inPool or self.pool.stats()["queued"]:
+                # The pool is still busy: nothing is written for nothing.
+                self._retryLater(TAKE_BACK_RETRY)
+                return
+            window = 1
         now = self.clock.seconds()
         while self._running and self._ready and self._inPool < window:
             job = self._ready.popleft()
@@ -473,7 +495,8 @@ class JobService:
             self._inPool += 1
             job.record = evolve(record, state=RUNNING, started=now)
             # Written before the task may start: after a crash, a job the
-            # journal does not show as running has not run.
+            # journal does not show as running has not run.  It is handed
+            # once this is durable, and sent at once or taken back (_hand).
             self.journal.update(job.record).addCallbacks(
                 lambda _, job=job: self._hand(job),
                 lambda f, job=job: self._notWritten(job, f),
@@ -496,29 +519,62 @@ class JobService:
             progress=lambda report: self._progress(job, report),
             priority=record.priority,
             deadline=deadline,
+            onStart=lambda: self._sent(job),
         )
         refused: list[Failure] = []
         if call.called:  # the pool answered at once: refused (or a fake pool ran it)
             call.addErrback(refused.append)
         if refused and refused[0].check(errors.PoolBusy, errors.PoolStopping):
             # Not started: back to the front of the line, for later.
-            self._inPool -= 1
-            job.record = evolve(record, state=QUEUED, started=None)
-            self.journal.update(job.record)
-            self._ready.appendleft(job)
-            if self._running and self._retryTimer is None:
-                self._retryTimer = self.clock.callLater(BUSY_RETRY, self._retry)
-            self._maybeStopped()
+            self._takeBack(job, BUSY_RETRY)
             return
         if refused:
             self._ended(refused[0], job)
             return
+        if not job.sent:
+            # Queued in the pool, behind calls: a job that waited there
+            # marked running would end interrupted after a crash although
+            # it never started.  Taken back (a queued call is cancelled
+            # before any worker has it), it waits as queued.
+            call.addErrback(lambda _: None)
+            call.cancel()
+            if not self._poolFull:
+                self.log.info("jobs: the pool's workers are busy with calls; jobs wait "
+                              "in the journal, queued, until one is free")
+            self._poolFull = True
+            self._takeBack(job, TAKE_BACK_RETRY)
+            return
+        self._poolFull = False
         job.call = call
         call.addCallbacks(self._ran, self._ended, callbackArgs=(job,), errbackArgs=(job,))
+
+    def _sent(self, job: _Job) -> None:
+        """
+        The pool sent C{job}'s call to a worker (again, for a retry).
+        """
+        job.sent = True
+
+    def _takeBack(self, job: _Job, retry: float) -> None:
+        """
+        C{job} was handed to the pool and did not start: it is queued
+        again, at the head of the line, and offered again after C{retry}
+        seconds (or when a job ends).
+        """
+        self._inPool -= 1
+        job.record = evolve(job.record, state=QUEUED, started=None)
+        self.journal.update(job.record)
+        self._ready.appendleft(job)
+        self._retryLater(retry)
+        self._maybeStopped()
+
+    def _retryLater(self, delay: float) -> None:
+        if self._running and self._retryTimer is None:
+            self._retryTimer = self.clock.callLater(delay, self._retry)
 
     def _retry(self) -> None:
         self._retryTimer = None
         self._feed()
+
     def _notWritten(self, job: _Job, failure: Failure) -> None:
         self._inPool -= 1
         self.log.failure("job {id} could not be marked running", failure, id=job.record.id)
@@ -652,4 +708,4 @@ def _outcome(record: JobRecord) -> Deferred[bytes]:
     return fail(jobError(record))
 
 
-__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "JobService"]
+__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService"]

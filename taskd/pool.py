@@ -301,6 +301,7 @@ class ProcessPool(
         priority: int | None = None,
         deadline: float | None = None,
         origin: str | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -311,6 +312,8 @@ class ProcessPool(
             whose optional C{"kwargs"} is an object; other keys are ignored,
             so a whole request line from the wire will do.
         @param origin: who sent the call, for the pool's observer.
+        @param onStart: called each time the call is sent to a worker
+            (within this method if one takes it at once).
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if not self._serving():
@@ -348,6 +351,7 @@ class ProcessPool(
             progress,
             priority,
             deadline,
+            onStart=onStart,
         )
         call.deferred = Deferred(lambda d: self._cancel(call))
         if self._slots is not None:

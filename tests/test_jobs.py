@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
 from taskd.config import PoolConfig
-from taskd.jobs import BUSY_RETRY, PRUNE_BATCH, PRUNE_INTERVAL, JobService
+from taskd.jobs import BUSY_RETRY, PRUNE_BATCH, PRUNE_INTERVAL, TAKE_BACK_RETRY, JobService
 from taskd.journal import (
     CANCELLED,
     DONE,
@@ -185,6 +185,45 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(self.state(jobs, jobId).state, RUNNING)
 
+    def test_takenBackFromABusyPool(self) -> None:
+        """
+        A job the pool would queue (its worker busy with a call) is not
+        left there marked running: it is taken back (its call cancelled
+        before any worker had it), written L{QUEUED} again, and offered one
+        at a time every L{TAKE_BACK_RETRY} (with nothing written while the
+        pool still has calls queued), until a worker takes it: only then is
+        it L{RUNNING}.
+        """
+        jobs = self.service(window=3)
+        (worker,) = self.reactor.processes
+        self.pool.submit("sleep", [1])
+        self.pool.submit("sleep", [2])
+        ids = [self.submit(jobs) for _ in range(3)]
+        self.reactor.advance(0)
+        self.assertEqual([self.state(jobs, i).state for i in ids], [QUEUED] * 3)
+        self.assertEqual([self.stored(jobs, i).state for i in ids], [QUEUED] * 3)  # type: ignore[union-attr]
+        self.assertEqual(self.pool.stats()["queued"], 1)
+        writes = jobs.journal.writes  # type: ignore[attr-defined]
+        self.reactor.advance(TAKE_BACK_RETRY)
+        self.reactor.advance(0)
+        self.assertEqual(jobs.journal.writes, writes)  # type: ignore[attr-defined]
+        worker.send(b"R1")  # the first call ends; the second runs
+        self.reactor.advance(TAKE_BACK_RETRY)
+        self.reactor.advance(0)
+        # One job offered (a probe), taken back again.
+        self.assertEqual(jobs.journal.writes - writes, 2)  # type: ignore[attr-defined]
+        self.assertEqual([self.stored(jobs, i).state for i in ids], [QUEUED] * 3)  # type: ignore[union-attr]
+        worker.send(b"R2")  # the worker is free
+        self.reactor.advance(TAKE_BACK_RETRY)
+        self.reactor.advance(0)
+        self.assertEqual([self.state(jobs, i).state for i in ids], [RUNNING, QUEUED, QUEUED])
+        self.assertEqual(worker.requests()[-1], ("add", {"args": [1, 2]}))
+        self.assertEqual(self.pool.stats()["queued"], 0)
+        worker.send(b"R3")
+        self.reactor.advance(0)
+        self.reactor.advance(0)
+        self.assertEqual([self.state(jobs, i).state for i in ids], [DONE, RUNNING, QUEUED])
+
     def test_delay(self) -> None:
         """
         A job with a time to run is L{SCHEDULED} until then, on one timer
@@ -351,7 +390,7 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         scheduled jobs run; a job that was running runs again only if its
         task opts into retries, and ends L{INTERRUPTED} otherwise.
         """
-        jobs = self.service(workers=1, window=2)
+        jobs = self.service(workers=2, window=2)
         plain = self.submit(jobs, "sleep", (1,))
         safe = self.submit(jobs, "safe", (2,))
         queued = self.submit(jobs, "add", (3, 4))
@@ -436,7 +475,9 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         L{PRUNE_BATCH}, the next batch at once while they come back full,
         then every L{PRUNE_INTERVAL}.
         """
-        jobs = self.service(ttl=100.0, window=PRUNE_BATCH + 10)
+        # The worker takes them all in its pipe (a job is handed to a pool
+        # only to be sent to a worker at once).
+        jobs = self.service(ttl=100.0, window=PRUNE_BATCH + 10, pool={"prefetch": PRUNE_BATCH + 10})
         journal = jobs.journal
         for n in range(PRUNE_BATCH + 5):
             jobs.submit("add", b'{"args":[1,1]}')

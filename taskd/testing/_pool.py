@@ -148,6 +148,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         priority: int | None = None,
         deadline: float | None = None,
         origin: str | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -158,6 +159,8 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             an object and whose optional C{"kwargs"} is an object.
         @param origin: who sent the call (the real pool tells its observer;
             this one ignores it).
+        @param onStart: called when the call starts (within this method
+            if it starts at once).
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if self.state is not PoolState.RUNNING:
@@ -171,6 +174,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             progress,
             priority,
             deadline,
+            onStart,
         )
 
     def stop(self) -> Deferred[None]:
