@@ -29,18 +29,17 @@ import uuid
 from collections import deque
 from typing import Any, Callable
 
-from attrs import define, evolve, field
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from attrs import evolve
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
+from taskd._jobbook import JobBook, TrackedJob, outcome, recordOnEnd
+from taskd._jobfeeding import BUSY_RETRY, TAKE_BACK_RETRY, PoolFeeding
 from taskd.journal import (
     CANCELLED,
-    DONE,
-    EXPIRED,
-    FAILED,
     FINAL_STATES,
     INTERRUPTED,
     QUEUED,
@@ -48,7 +47,6 @@ from taskd.journal import (
     SCHEDULED,
     Journal,
     JobRecord,
-    jobError,
 )
 from taskd.pool import ProcessPool
 
@@ -60,81 +58,11 @@ DEFAULT_MAX_JOBS = 100_000
 PRUNE_INTERVAL = 60.0
 #: Jobs removed per transaction: small, so that other writes wait little.
 PRUNE_BATCH = 500
-#: Seconds before a job refused by a full pool queue is offered again.
-BUSY_RETRY = 0.5
-#: Seconds before a job taken back from a pool whose workers were all busy
-#: (see L{JobService}) is offered again.
-TAKE_BACK_RETRY = 0.1
 
 
-@define(eq=False)
-class _Job:
-    _record: JobRecord
-    # The pool's Deferred, once the job is handed to it.
-    call: Deferred[bytes] | None = None
-    waiters: list[tuple[Deferred[bytes], Callable[[bytes], object] | None]] = field(factory=list)
-    progress: bytes | None = None
-    cancelling: bool = False
-    seq: int = 0
-    # Whether the pool has sent it to a worker (it may have started).
-    sent: bool = False
-    # The book that counts it (see _Book), while it is in one.
-    book: _Book | None = None
-
-    @property
-    def record(self) -> JobRecord:
-        return self._record
-
-    @record.setter
-    def record(self, record: JobRecord) -> None:
-        if self.book is not None and record.state != self._record.state:
-            self.book.moved(self._record.state, record.state)
-        self._record = record
-
-
-class _Book(dict[str, _Job]):
-    """
-    The jobs a service answers for, by id, with how many are in each state
-    (kept as they change: L{JobService.stats} is asked often, by
-    C{stats} requests and metrics scrapes, and counting thousands of jobs
-    each time took milliseconds of the reactor's).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = dict.fromkeys((QUEUED, SCHEDULED, RUNNING), 0)
-
-    def moved(self, was: str, now: str) -> None:
-        counts = self.counts
-        counts[was] = counts.get(was, 0) - 1
-        counts[now] = counts.get(now, 0) + 1
-
-    def __setitem__(self, jobId: str, job: _Job) -> None:
-        if jobId in self:
-            del self[jobId]
-        super().__setitem__(jobId, job)
-        job.book = self
-        state = job.record.state
-        self.counts[state] = self.counts.get(state, 0) + 1
-
-    def __delitem__(self, jobId: str) -> None:
-        job = self[jobId]
-        super().__delitem__(jobId)
-        job.book = None
-        self.counts[job.record.state] -= 1
-
-
-class JobService:
+class JobService(PoolFeeding):
     """
     Takes jobs, journals them, runs them in a pool, and answers for them.
-
-    @ivar pool: the pool the jobs run in.
-    @ivar journal: where they are written.
-    @ivar ttl: seconds a job that ended is kept.
-    @ivar maxJobs: jobs not yet ended at most; past it a submit is
-        refused with L{errors.PoolBusy}.
-    @ivar window: jobs handed to the pool at once, at most (by default its
-        workers times its prefetch: enough to keep it busy, no more).
 
     A job is written L{RUNNING} (and synced) before it is handed to the
     pool, and handed only to be sent to a worker at once: if the pool
@@ -143,6 +71,14 @@ class JobService:
     jobs ends or after L{TAKE_BACK_RETRY}.  So the journal shows a job
     L{RUNNING} only if a worker may have it, and a crash re-runs only jobs
     that no worker had (see docs/jobs.md).
+
+    @ivar pool: the pool the jobs run in.
+    @ivar journal: where they are written.
+    @ivar ttl: seconds a job that ended is kept.
+    @ivar maxJobs: jobs not yet ended at most; past it a submit is
+        refused with L{errors.PoolBusy}.
+    @ivar window: jobs handed to the pool at once, at most (by default its
+        workers times its prefetch: enough to keep it busy, no more).
     """
 
     log = Logger()
@@ -172,9 +108,9 @@ class JobService:
         self._newId = newId
         # The jobs that have not ended (and those whose end is being
         # written), by id.
-        self._jobs = _Book()
-        self._ready: deque[_Job] = deque()
-        self._scheduled: list[tuple[float, int, _Job]] = []
+        self._jobs = JobBook()
+        self._ready: deque[TrackedJob] = deque()
+        self._scheduled: list[tuple[float, int, TrackedJob]] = []
         self._seq = 0
         self._inPool = 0
         self._submitting = 0
@@ -205,7 +141,7 @@ class JobService:
         self._running = True
         rerun = interrupted = 0
         for record in records:
-            job = _Job(record)
+            job = TrackedJob(record)
             self._jobs[record.id] = job
             if record.state == RUNNING:
                 if self._retries(record.function) > 0:
@@ -220,13 +156,13 @@ class JobService:
                         "not run again"
                     ))
                     continue
-            self._enqueue(job)
+            self.enqueueJob(job)
         if records:
             self.log.info("jobs: {total} picked up from the journal ({rerun} run again, "
                           "{interrupted} interrupted)", total=len(records), rerun=rerun,
                           interrupted=interrupted)
         self._pruneTimer = self.clock.callLater(0, self._prune)
-        self._feed()
+        self.feedPool()
 
     def stop(self) -> Deferred[None]:
         """
@@ -243,10 +179,23 @@ class JobService:
             for timer in (self._timer, self._retryTimer, self._pruneTimer):
                 if timer is not None and timer.active():
                     timer.cancel()
-            self._maybeStopped()
+            self.stopIfIdle()
         return self._stopping
 
-    def _maybeStopped(self) -> None:
+    # -- hooks ----------------------------------------------------------------
+    #
+    # Where a service whose queue is elsewhere (taskd.sharedjobs: the
+    # database is the queue) differs from this one, which keeps its queue in
+    # memory.  Called by the service itself, never by its callers; a
+    # subclass overrides them (and may call them) and nothing else of its
+    # queueing.
+
+    def stopIfIdle(self) -> None:
+        """
+        Hook: called whenever a job leaves the pool, or a stop is asked;
+        once a stop is asked and no job is in the pool, close the journal
+        (and fire what L{stop} returned).
+        """
         if self._stopping is None or self._inPool or self._stopping.called:
             return
         stopping = self._stopping
@@ -307,11 +256,11 @@ class JobService:
             self._submitting -= 1
             if result.existing:
                 return result.id, True
-            job = _Job(record)
+            job = TrackedJob(record)
             self._jobs[record.id] = job
             if self._running:
-                self._enqueue(job)
-                self._feed()
+                self.enqueueJob(job)
+                self.feedPool()
             return record.id, False
 
         def failed(failure: Failure) -> Failure:
@@ -348,8 +297,8 @@ class JobService:
         job = self._jobs.get(jobId)
         if job is None or job.record.state in FINAL_STATES:
             if job is not None:
-                return _outcome(job.record)
-            return self._stored(jobId).addCallback(_outcome)
+                return outcome(job.record)
+            return self._stored(jobId).addCallback(outcome)
 
         def stopWaiting(d: Deferred[bytes]) -> None:
             job.waiters[:] = [w for w in job.waiters if w[0] is not d]
@@ -371,7 +320,7 @@ class JobService:
         if job is None:
             return self._stored(jobId)
         done: Deferred[JobRecord] = Deferred()
-        job.waiters.append((_recordOnEnd(job, done), None))
+        job.waiters.append((recordOnEnd(job, done), None))
         state = job.record.state
         if state in (QUEUED, SCHEDULED):
             self._unqueue(job)
@@ -406,9 +355,9 @@ class JobService:
 
     # -- queueing and feeding ---------------------------------------------------
 
-    def _track(self, record: JobRecord) -> _Job:
+    def _track(self, record: JobRecord) -> TrackedJob:
         # A job this daemon answers for from now on (a shared journal's claims).
-        job = self._jobs[record.id] = _Job(record)
+        job = self._jobs[record.id] = TrackedJob(record)
         return job
 
     def _retries(self, function: str) -> int:
@@ -418,7 +367,12 @@ class JobService:
             options = options.merged(override)
         return options.retries or 0
 
-    def _enqueue(self, job: _Job) -> None:
+    def enqueueJob(self, job: TrackedJob) -> None:
+        """
+        Hook: C{job} (journaled, not ended) may run: put it in line, on the
+        delays' timer if its time has not come.  Then
+        L{taskd._jobfeeding.PoolFeeding.feedPool} is called.
+        """
         self._seq += 1
         job.seq = self._seq
         if job.record.runAt > self.clock.seconds():
@@ -431,7 +385,7 @@ class JobService:
                 job.record = evolve(job.record, state=QUEUED)
             self._ready.append(job)
 
-    def _unqueue(self, job: _Job) -> None:
+    def _unqueue(self, job: TrackedJob) -> None:
         if job.record.state == SCHEDULED:
             self._scheduled = [e for e in self._scheduled if e[2] is not job]
             heapq.heapify(self._scheduled)
@@ -468,173 +422,13 @@ class JobService:
             job.record = evolve(job.record, state=QUEUED)
             self._ready.append(job)
         self._arm()
-        self._feed()
-
-    def _feed(self) -> None:
-        """
-        Hand ready jobs to the pool while fewer than the window are in it.
-        """
-        config = self.pool.config
-        window = config.workers * config.prefetch if self.window is None else self.window
-        if self._poolFull and self._ready:
-            if self._inPool or self.pool.stats()["queued"]:
-                # The pool is still busy: nothing is written for nothing.
-                self._retryLater(TAKE_BACK_RETRY)
-                return
-            window = 1
-        now = self.clock.seconds()
-        while self._running and self._ready and self._inPool < window:
-            job = self._ready.popleft()
-            record = job.record
-            if record.deadline is not None and now > record.runAt + record.deadline:
-                self._end(job, EXPIRED, error=errors.Expired(
-                    f"the job waited more than its deadline ({record.deadline:g} s) "
-                    "to start; it was not run"
-                ))
-                continue
-            self._inPool += 1
-            job.record = evolve(record, state=RUNNING, started=now)
-            # Written before the task may start: after a crash, a job the
-            # journal does not show as running has not run.  It is handed
-            # once this is durable, and sent at once or taken back (_hand).
-            self.journal.update(job.record).addCallbacks(
-                lambda _, job=job: self._hand(job),
-                lambda f, job=job: self._notWritten(job, f),
-            )
-
-    def _hand(self, job: _Job) -> None:
-        if job.cancelling or job.record.state != RUNNING:
-            self._inPool -= 1
-            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
-            return
-        record = job.record
-        pool = self.pool
-        deadline = None
-        if record.deadline is not None:
-            deadline = max(record.runAt + record.deadline - self.clock.seconds(), 0.001)
-        call = pool.submitEncoded(
-            record.function,
-            record.payload,
-            timeout=pool.timeoutFor(record.timeout),
-            progress=lambda report: self._progress(job, report),
-            priority=record.priority,
-            deadline=deadline,
-            onStart=lambda: self._sent(job),
-        )
-        refused: list[Failure] = []
-        if call.called:  # the pool answered at once: refused (or a fake pool ran it)
-            call.addErrback(refused.append)
-        if refused and refused[0].check(errors.PoolBusy, errors.PoolStopping):
-            # Not started: back to the front of the line, for later.
-            self._takeBack(job, BUSY_RETRY)
-            return
-        if refused:
-            self._ended(refused[0], job)
-            return
-        if not job.sent:
-            # Queued in the pool, behind calls: a job that waited there
-            # marked running would end interrupted after a crash although
-            # it never started.  Taken back (a queued call is cancelled
-            # before any worker has it), it waits as queued.
-            call.addErrback(lambda _: None)
-            call.cancel()
-            if not self._poolFull:
-                self.log.info("jobs: the pool's workers are busy with calls; jobs wait "
-                              "in the journal, queued, until one is free")
-            self._poolFull = True
-            self._takeBack(job, TAKE_BACK_RETRY)
-            return
-        self._poolFull = False
-        job.call = call
-        call.addCallbacks(self._ran, self._ended, callbackArgs=(job,), errbackArgs=(job,))
-
-    def _sent(self, job: _Job) -> None:
-        """
-        The pool sent C{job}'s call to a worker (again, for a retry).
-        """
-        job.sent = True
-
-    def _takeBack(self, job: _Job, retry: float) -> None:
-        """
-        C{job} was handed to the pool and did not start: it is queued
-        again, at the head of the line, and offered again after C{retry}
-        seconds (or when a job ends).
-        """
-        self._inPool -= 1
-        job.record = evolve(job.record, state=QUEUED, started=None)
-        self.journal.update(job.record)
-        self._ready.appendleft(job)
-        self._retryLater(retry)
-        self._maybeStopped()
-
-    def _retryLater(self, delay: float) -> None:
-        if self._running and self._retryTimer is None:
-            self._retryTimer = self.clock.callLater(delay, self._retry)
-
-    def _retry(self) -> None:
-        self._retryTimer = None
-        self._feed()
-
-    def _notWritten(self, job: _Job, failure: Failure) -> None:
-        self._inPool -= 1
-        self.log.failure("job {id} could not be marked running", failure, id=job.record.id)
-        self._fire(job)
-        self._maybeStopped()
-
-    def _progress(self, job: _Job, report: bytes) -> None:
-        job.progress = report
-        for _, progress in list(job.waiters):
-            if progress is not None:
-                try:
-                    progress(report)
-                except Exception:
-                    self.log.failure("a job's progress watcher failed")
-
-    def _ran(self, result: bytes, job: _Job) -> None:
-        self._inPool -= 1
-        job.call = None
-        self._end(job, DONE, result=result)
-        self._feed()
-        self._maybeStopped()
-
-    def _ended(self, failure: Failure, job: _Job) -> None:
-        self._inPool -= 1
-        job.call = None
-        error = failure.value
-        if isinstance(error, CancelledError) or job.cancelling:
-            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
-        elif isinstance(error, errors.PoolStopping):
-            self._stoppedWhileRunning(job, error)
-        elif isinstance(error, errors.Expired):
-            self._end(job, EXPIRED, error=error)
-        elif isinstance(error, errors.TaskdError):
-            self._end(job, FAILED, error=error)
-        else:
-            self.log.failure("unexpected error in job {id}", failure, id=job.record.id)
-            self._end(job, FAILED, error=errors.TaskdError(f"internal error: {error!r}"))
-        self._feed()
-        self._maybeStopped()
-
-    def _stoppedWhileRunning(self, job: _Job, error: errors.PoolStopping) -> None:
-        """
-        The pool stopped with the job in it: if the pool says it never
-        started, or its task opts into retries, it is queued for the next
-        start; otherwise it is interrupted.
-        """
-        if getattr(error, "started", None) is False or self._retries(job.record.function) > 0:
-            job.record = evolve(job.record, state=QUEUED, started=None)
-            self.journal.update(job.record)
-            return
-        self._end(job, INTERRUPTED, error=errors.JobInterrupted(
-            "the daemon stopped while the job was running, so it may have run in "
-            "part; its task does not opt into retries, so it will not run again"
-        ))
+        self.feedPool()
 
     # -- ending -------------------------------------------------------------------
 
     def _end(
         self,
-        job: _Job,
+        job: TrackedJob,
         state: str,
         result: bytes | None = None,
         error: errors.TaskdError | None = None,
@@ -659,11 +453,11 @@ class JobService:
 
         self.journal.update(job.record).addBoth(written)
 
-    def _fire(self, job: _Job) -> None:
+    def _fire(self, job: TrackedJob) -> None:
         waiters, job.waiters = job.waiters, []
         for waiter, _ in waiters:
             if not waiter.called:
-                _outcome(job.record).chainDeferred(waiter)
+                outcome(job.record).chainDeferred(waiter)
 
     # -- retention ---------------------------------------------------------------
 
@@ -689,23 +483,4 @@ class JobService:
         self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
 
 
-def _recordOnEnd(job: _Job, done: Deferred[JobRecord]) -> Deferred[bytes]:
-    """
-    @return: a waiter that fires C{done} with the job's record when the
-        job ends, whatever its end.
-    """
-    waiter: Deferred[bytes] = Deferred()
-    waiter.addBoth(lambda _: done.callback(job.record))
-    return waiter
-
-
-def _outcome(record: JobRecord) -> Deferred[bytes]:
-    """
-    @return: a job's end as a call's: its result, or its error.
-    """
-    if record.state == DONE:
-        return succeed(record.result if record.result is not None else b"null")
-    return fail(jobError(record))
-
-
-__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService"]
+__all__ = ["BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService"]
