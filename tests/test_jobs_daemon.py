@@ -43,7 +43,11 @@ class CrashTests(DaemonTestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         runs, hold, journal = (os.path.join(work, name) for name in ("runs", "release", "journal.sqlite"))
-        queued, scheduled, maxJobs = 3000, 200, 5000
+        # The full scenario: 10,000 jobs (~30 s on 2 loaded cores);
+        # TASKD_CRASH_JOBS=N runs another size.
+        total = int(os.environ.get("TASKD_CRASH_JOBS", "10000"))
+        scheduled = 200
+        queued, maxJobs = total - 2 - scheduled, max(5000, total + 1000)
         options = ("--journal", journal, "--max-jobs", str(maxJobs))
         yield self.startDaemon(*options)
         lines = [
