@@ -14,10 +14,9 @@ reactor never waits for a disk sync.  Writes are committed in groups: the
 writes asked for while a commit runs go together into the next
 transaction, so a burst of submits costs one sync per batch, not one per
 job.  A commit's answers are handed back a slice at a time
-(L{HAND_BACK} a reactor turn), so that a big batch does not hold the
-reactor for the others waiting on it.  The schema's version is the file's
-C{PRAGMA user_version}; opening an older file runs the L{MIGRATIONS} from
-its version up.
+(L{taskd._handback}).  The schema's version is the file's C{PRAGMA
+user_version}; opening an older file runs the L{MIGRATIONS} from its
+version up.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections import deque
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from attrs import frozen
@@ -37,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from taskd import _json, errors
+from taskd._handback import HandBack
 
 #: A job that may start now.
 QUEUED = "queued"
@@ -67,12 +66,6 @@ DEFAULT_JOURNAL = "taskd-journal.sqlite"
 #: The journal path that keeps jobs in memory only (lost when the daemon
 #: stops).
 IN_MEMORY = ":memory:"
-#: Writes whose commit is told to their callers in one reactor turn, at
-#: most: the rest wait for the next turns, so that the reactor reads and
-#: answers other connections between two slices of a big batch (each
-#: answer to a submit costs the reactor some tens of microseconds: writing
-#: the C{accepted}, reading the connection's next request).
-HAND_BACK = 16
 
 
 class JournalError(Exception):
@@ -309,9 +302,8 @@ class SQLiteJournal:
         self._committing = False
         self._closing: Deferred[None] | None = None
         self._isOpen = False
-        # Committed writes whose callers are not yet told, oldest first.
-        self._answers: deque[tuple[Deferred[Any], Any]] = deque()
-        self._handBackCall: Any = None
+        # Committed writes whose callers are not yet told.
+        self._answers = HandBack(clock)
 
     # -- running statements ------------------------------------------------
 
@@ -336,32 +328,15 @@ class SQLiteJournal:
         d = self._run(self._commit, [op for op, _ in batch])
 
         def committed(results: list[Any]) -> None:
-            self._answers.extend(zip([waiting for _, waiting in batch], results))
-            if self._handBackCall is None:
-                self._handBack()
+            self._answers.tell(zip([waiting for _, waiting in batch], results))
 
         def failed(failure: Failure) -> None:
             self.log.failure("the journal could not commit {n} writes", failure, n=len(batch))
             error = JournalError(f"the journal could not be written: {failure.value}")
-            self._answers.extend((waiting, Failure(error)) for _, waiting in batch)
-            if self._handBackCall is None:
-                self._handBack()
+            self._answers.tell((waiting, Failure(error)) for _, waiting in batch)
 
         d.addCallbacks(committed, failed)
         d.addBoth(self._committed)
-
-    def _handBack(self, limit: int = HAND_BACK) -> None:
-        """
-        Tell the callers of up to C{limit} committed writes, oldest first;
-        the next slice goes in the next reactor turn.
-        """
-        self._handBackCall = None
-        answers = self._answers
-        for _ in range(min(limit, len(answers))):
-            waiting, result = answers.popleft()
-            waiting.callback(result)
-        if answers and self._handBackCall is None:
-            self._handBackCall = self._clock.callLater(0, self._handBack)
 
     def _committed(self, _: object) -> None:
         self._committing = False
@@ -568,23 +543,14 @@ class SQLiteJournal:
         closing = self._closing
         if self._db is None:
             self._stopThread()
-            self._handBackAll()
+            self._answers.tellAll()
             closing.callback(None)
             return
         d = self._run(self._closeDatabase)
         d.addErrback(lambda f: self.log.failure("closing the journal failed", f))
         d.addBoth(lambda _: self._stopThread())
-        d.addBoth(lambda _: self._handBackAll())
+        d.addBoth(lambda _: self._answers.tellAll())
         d.addBoth(lambda _: closing.callback(None))
-
-    def _handBackAll(self) -> None:
-        """
-        Tell every caller still waiting, before the journal says it is
-        closed.
-        """
-        if self._handBackCall is not None:
-            self._handBackCall.cancel()
-        self._handBack(len(self._answers))
 
     def _closeDatabase(self) -> None:
         db, self._db = self._db, None
@@ -611,7 +577,6 @@ __all__ = [
     "EXPIRED",
     "FAILED",
     "FINAL_STATES",
-    "HAND_BACK",
     "IN_MEMORY",
     "INTERRUPTED",
     "Journal",

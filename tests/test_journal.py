@@ -14,9 +14,9 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from taskd._handback import HAND_BACK
 from taskd.journal import (
     DONE,
-    HAND_BACK,
     IN_MEMORY,
     MIGRATIONS,
     QUEUED,

@@ -456,6 +456,27 @@ class BrowserTests(MailerCase):
     """
 
     @inlineCallbacks
+    def openPage(self, chromium: str, url: str) -> Any:
+        """
+        Start Chromium on the mailer's page (C{url} is its WebSocket's).
+
+        @return: a function that evaluates a JavaScript expression in the
+            page and gives a C{Deferred} of its value.
+        """
+        page = url.replace("ws://", "http://").replace("/ws", "/")
+        tools = yield launchBrowser(self, chromium)
+        target = yield tools.call("Target.createTarget", {"url": page})
+        attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        session = attached["sessionId"]
+
+        @inlineCallbacks
+        def evaluate(expression: str) -> Any:
+            result = yield tools.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            return result.get("result", {}).get("value")
+
+        return evaluate
+
+    @inlineCallbacks
     def test_browserPressesTheButton(self) -> Any:
         """
         Chromium, driven over the DevTools protocol, loads the page, asks
@@ -467,16 +488,7 @@ class BrowserTests(MailerCase):
             self.skipTest("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
         sink, smtpPort = yield self.sink()
         url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
-        page = url.replace("ws://", "http://").replace("/ws", "/")
-        tools = yield launchBrowser(self, chromium)
-        target = yield tools.call("Target.createTarget", {"url": page})
-        attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
-        session = attached["sessionId"]
-
-        @inlineCallbacks
-        def evaluate(expression: str) -> Any:
-            result = yield tools.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
-            return result.get("result", {}).get("value")
+        evaluate = yield self.openPage(chromium, url)
 
         for _ in range(300):
             ready = yield evaluate("document.readyState === 'complete' && !!document.getElementById('go')")
@@ -512,16 +524,7 @@ class BrowserTests(MailerCase):
             self.skipTest("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
         sink, smtpPort = yield self.sink()
         url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
-        page = url.replace("ws://", "http://").replace("/ws", "/")
-        tools = yield launchBrowser(self, chromium)
-        target = yield tools.call("Target.createTarget", {"url": page})
-        attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
-        session = attached["sessionId"]
-
-        @inlineCallbacks
-        def evaluate(expression: str) -> Any:
-            result = yield tools.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
-            return result.get("result", {}).get("value")
+        evaluate = yield self.openPage(chromium, url)
 
         @inlineCallbacks
         def until(expression: str, what: str, tries: int = 600) -> Any:
