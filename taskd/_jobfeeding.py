@@ -79,11 +79,13 @@ class PoolFeeding:
         config = self.pool.config
         window = config.workers * config.prefetch if self.window is None else self.window
         if self._poolFull and self._ready:
-            if self._inPool or self.pool.stats()["queued"]:
-                # The pool is still busy: nothing is written for nothing.
+            if self.pool.stats()["queued"]:
+                # Calls still wait in the pool: nothing is written for
+                # nothing.
                 self._retryLater(TAKE_BACK_RETRY)
                 return
-            window = 1
+            # One more job at a time, until one is sent.
+            window = min(window, self._inPool + 1)
         now = self.clock.seconds()
         while self._running and self._ready and self._inPool < window:
             job = self._ready.popleft()
