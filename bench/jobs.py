@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import selectors
 import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Callable
 
@@ -89,41 +89,50 @@ def pipelined(port: int, lines: list[bytes], inFlight: int, check: Callable[[int
     return elapsed
 
 
-def lateness(port: int, stop: threading.Event, out: list[float]) -> None:
+def lateness(port: int, stop: Any, out: Any) -> None:
     """
-    Send C{stats} every 10 ms until C{stop}; record each round trip.
+    Send C{stats} every 10 ms until C{stop}; send C{out} the list of
+    (when it was sent, its round trip).  Run in a process of its own: in
+    the process that sends the burst, a round trip would include waiting
+    for the GIL (up to its 5 ms switch interval), which is not the
+    daemon's lateness.
     """
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reader = sock.makefile("rb")
+    rtts: list[tuple[float, float]] = []
     while not stop.is_set():
-        t = time.perf_counter()
+        sent, t = time.time(), time.perf_counter()
         sock.sendall(b'{"type":"stats"}\n')
         reader.readline()
-        out.append(time.perf_counter() - t)
+        rtts.append((sent, time.perf_counter() - t))
         time.sleep(0.01)
     sock.close()
+    out.send(rtts)
 
 
 def watched(port: int, burst: Callable[[], float]) -> tuple[list[float], float]:
     """
-    Run C{burst} while L{lateness} watches the daemon.
+    Run C{burst} while L{lateness} watches the daemon from another process.
 
-    @return: the sorted round trips of C{stats} during the burst, and what
-        C{burst} returned.
+    @return: the sorted round trips of C{stats} sent during the burst, and
+        what C{burst} returned.
     """
-    rtts: list[float] = []
-    stop = threading.Event()
-    watcher = threading.Thread(target=lateness, args=(port, stop, rtts))
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    receiving, sending = context.Pipe(duplex=False)
+    watcher = context.Process(target=lateness, args=(port, stop, sending))
     watcher.start()
-    time.sleep(0.2)
-    baseline = len(rtts)
     try:
+        time.sleep(1.0)  # the watcher's start-up
+        start = time.time()
         result = burst()
+        end = time.time()
     finally:
         stop.set()
+        rtts = receiving.recv()
         watcher.join()
-    return sorted(rtts[baseline:]), result
+    return sorted(rtt for sent, rtt in rtts if start <= sent <= end), result
 
 
 def once(n: int) -> dict[str, float]:

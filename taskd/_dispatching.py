@@ -136,6 +136,8 @@ class Dispatching(PoolRooms):
             call.timer = None
         call.worker = worker
         worker.run(call, call.mode)
+        if call.onStart is not None:
+            call.onStart()
         if worker.concurrent:
             # It starts now, beside the worker's other calls.
             call.startedAt = self.reactor.seconds()

@@ -129,6 +129,8 @@ class PoolCall:
     startedAt: float | None = None
     pid: int | None = None
     outcome: str | None = None
+    # Told when the call is sent to a worker (see ProcessPool.submitEncoded).
+    onStart: Callable[[], object] | None = None
 
     def cancel(self) -> None:
         """

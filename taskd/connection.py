@@ -17,13 +17,17 @@ transport's write backpressure (L{taskd.replies}).  Its settings, its
 counters and the daemon-wide answers come from its factory
 (L{taskd.server.TaskServerFactory}), through L{ConnectionOwner}, so this
 module does not import the factory's.
+
+Requests about background jobs and admin requests are answered in a room
+of their own, L{taskd._connectionjobs.JobRequests}, a mixin of the
+protocol class.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -32,9 +36,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskd import errors
+from taskd._connectionjobs import InFlight, JobRequests
 from taskd.jobs import JobService
-from taskd.journal import JobRecord, describeJob, jobError
-from taskd.admin import AdminCommands, isLocalListener
+from taskd.admin import AdminCommands
 from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, immediateWriter
 from taskd.timeouts import ConnectionTimeouts
@@ -52,31 +56,13 @@ from taskd.wire import (
     StatsReply,
     Tasks,
     JOB_REQUESTS,
-    CancelJob,
-    JobRequest,
-    JobStatus,
-    Submit,
     decodeRequest,
-    encodeAccepted,
     encodeError,
-    encodeJobReply,
     encodeHelloReply,
     encodeProgress,
     encodeResult,
     encodeStatsReply,
 )
-
-class InFlight(Protocol):
-    """
-    A request of a connection in flight: a relayed call
-    (L{taskd.pool.PoolCall}) or a C{Deferred} of another answer.
-    """
-
-    def cancel(self) -> None:
-        """
-        Give up on it: it is answered as cancelled.
-        """
-
 
 #: Longest line accepted before a connection has authenticated.
 MAX_HELLO_LINE = 4096
@@ -152,7 +138,7 @@ CLOSE_TIMEOUT = 30.0
 
 
 @implementer(IHalfCloseableProtocol)
-class TaskServerProtocol(LineReceiver):
+class TaskServerProtocol(LineReceiver, JobRequests):
     """
     One client connection.
 
@@ -485,87 +471,6 @@ class TaskServerProtocol(LineReceiver):
         if handle is not None:
             self._calls[key] = handle
             self._updateReading()
-
-    # -- jobs (taskd.jobs) --------------------------------------------------
-
-    def _job(self, request: JobRequest) -> None:
-        """
-        Answer a request about jobs: like a call, its answer comes later
-        (once the journal has it) and is on the connection's books until
-        then.
-        """
-        id = request.call.id if isinstance(request, Submit) else request.id
-        jobs = self.factory.jobs
-        if jobs is None:
-            error = errors.BadRequest("this daemon runs no background jobs")
-            self._answer(id, encodeError(id, error))
-            return
-        if id is not None and id in self._calls:
-            error = errors.DuplicateId(
-                f"id {id!r} belongs to a request still in flight; this one was not run"
-            )
-            self._answer(id, encodeError(id, error))
-            return
-        d: Deferred[bytes]
-        if isinstance(request, Submit):
-            call = request.call
-            runAt = request.at
-            if request.delay is not None:
-                runAt = jobs.clock.seconds() + request.delay
-            d = jobs.submit(
-                call.function, call.raw, runAt=runAt, key=request.key,
-                timeout=call.timeout, priority=call.priority, deadline=call.deadline,
-            ).addCallback(lambda added: encodeAccepted(id, *added))
-        elif isinstance(request, JobStatus):
-            d = jobs.status(request.job).addCallback(lambda s: self._jobLine(id, *s))
-        elif isinstance(request, CancelJob):
-            d = jobs.cancel(request.job).addCallback(lambda r: self._jobLine(id, r, None))
-        else:
-            progress = None
-            if request.progress:
-                progress = lambda report: self._progress(id, report)  # noqa: E731
-            d = jobs.wait(request.job, progress).addCallback(
-                lambda result: encodeResult(id, result)
-            )
-        key: Any = id if id is not None else self._ordered.reserve()
-        self._unanswered += 1
-        self._calls[key] = d
-        d.addCallbacks(self._jobAnswered, self._failed, callbackArgs=(key,), errbackArgs=(key,))
-        self._updateReading()
-
-    def _jobLine(self, id: CallId, record: JobRecord, progress: bytes | None) -> bytes:
-        fields = describeJob(record)
-        if record.error is not None:
-            fields["error"] = self.factory.presentError(jobError(record)).toDict()
-        return encodeJobReply(id, fields, record.result, progress)
-
-    def _jobAnswered(self, line: bytes, key: Any) -> None:
-        self._calls.pop(key, None)
-        self._done(key, line)
-    # -- admin requests (taskd.admin) ---------------------------------------
-
-    def _admin(self, request: Admin) -> None:
-        """
-        Run an admin request; its answer takes its turn among the replies
-        without an id (a rolling restart answers when it is done).
-        """
-        key = self._ordered.reserve()
-        self._unanswered += 1
-        admin = self.factory.admin
-        if admin is None:
-            d: Deferred[bytes] = Deferred()
-            d.errback(errors.Forbidden("this daemon takes no admin requests"))
-        else:
-            d = admin.handle(request, isLocalListener(self.transport))
-
-        def failed(failure: Failure) -> bytes:
-            error = failure.value
-            if not isinstance(error, errors.TaskdError):
-                self.log.failure("admin {command} failed", failure, command=request.command)
-                error = errors.TaskdError(f"internal error: {error!r}")
-            return encodeError(None, error)
-
-        d.addErrback(failed).addCallback(lambda line: self._done(key, line))
 
     # -- writing ----------------------------------------------------------
 

@@ -29,18 +29,17 @@ import uuid
 from collections import deque
 from typing import Any, Callable
 
-from attrs import define, evolve, field
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from attrs import evolve
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
+from taskd._jobbook import JobBook, TrackedJob, outcome, recordOnEnd
+from taskd._jobfeeding import BUSY_RETRY, TAKE_BACK_RETRY, PoolFeeding
 from taskd.journal import (
     CANCELLED,
-    DONE,
-    EXPIRED,
-    FAILED,
     FINAL_STATES,
     INTERRUPTED,
     QUEUED,
@@ -48,7 +47,6 @@ from taskd.journal import (
     SCHEDULED,
     Journal,
     JobRecord,
-    jobError,
 )
 from taskd.pool import ProcessPool
 
@@ -60,24 +58,19 @@ DEFAULT_MAX_JOBS = 100_000
 PRUNE_INTERVAL = 60.0
 #: Jobs removed per transaction: small, so that other writes wait little.
 PRUNE_BATCH = 500
-#: Seconds before a job refused by a full pool queue is offered again.
-BUSY_RETRY = 0.5
 
 
-@define(eq=False)
-class _Job:
-    record: JobRecord
-    # The pool's Deferred, once the job is handed to it.
-    call: Deferred[bytes] | None = None
-    waiters: list[tuple[Deferred[bytes], Callable[[bytes], object] | None]] = field(factory=list)
-    progress: bytes | None = None
-    cancelling: bool = False
-    seq: int = 0
-
-
-class JobService:
+class JobService(PoolFeeding):
     """
     Takes jobs, journals them, runs them in a pool, and answers for them.
+
+    A job is written L{RUNNING} (and synced) before it is handed to the
+    pool, and handed only to be sent to a worker at once: if the pool
+    queues it instead (its workers are busy, with calls), it is taken back
+    and waits in the journal as L{QUEUED}, offered again when one of its
+    jobs ends or after L{TAKE_BACK_RETRY}.  So the journal shows a job
+    L{RUNNING} only if a worker may have it, and a crash re-runs only jobs
+    that no worker had (see docs/jobs.md).
 
     @ivar pool: the pool the jobs run in.
     @ivar journal: where they are written.
@@ -115,17 +108,21 @@ class JobService:
         self._newId = newId
         # The jobs that have not ended (and those whose end is being
         # written), by id.
-        self._jobs: dict[str, _Job] = {}
-        self._ready: deque[_Job] = deque()
-        self._scheduled: list[tuple[float, int, _Job]] = []
+        self._jobs = JobBook()
+        self._ready: deque[TrackedJob] = deque()
+        self._scheduled: list[tuple[float, int, TrackedJob]] = []
         self._seq = 0
         self._inPool = 0
         self._submitting = 0
         self._timer: IDelayedCall | None = None
+        self._timerAt = 0.0
         self._retryTimer: IDelayedCall | None = None
         self._pruneTimer: IDelayedCall | None = None
         self._running = False
         self._stopping: Deferred[None] | None = None
+        # Whether the last job offered was taken back (the pool's workers
+        # were busy): offer one at a time until one is sent.
+        self._poolFull = False
 
     # -- life -----------------------------------------------------------------
 
@@ -144,7 +141,7 @@ class JobService:
         self._running = True
         rerun = interrupted = 0
         for record in records:
-            job = _Job(record)
+            job = TrackedJob(record)
             self._jobs[record.id] = job
             if record.state == RUNNING:
                 if self._retries(record.function) > 0:
@@ -159,13 +156,13 @@ class JobService:
                         "not run again"
                     ))
                     continue
-            self._enqueue(job)
+            self.enqueueJob(job)
         if records:
             self.log.info("jobs: {total} picked up from the journal ({rerun} run again, "
                           "{interrupted} interrupted)", total=len(records), rerun=rerun,
                           interrupted=interrupted)
         self._pruneTimer = self.clock.callLater(0, self._prune)
-        self._feed()
+        self.feedPool()
 
     def stop(self) -> Deferred[None]:
         """
@@ -182,10 +179,23 @@ class JobService:
             for timer in (self._timer, self._retryTimer, self._pruneTimer):
                 if timer is not None and timer.active():
                     timer.cancel()
-            self._maybeStopped()
+            self.stopIfIdle()
         return self._stopping
 
-    def _maybeStopped(self) -> None:
+    # -- hooks ----------------------------------------------------------------
+    #
+    # Where a service whose queue is elsewhere (taskd.sharedjobs: the
+    # database is the queue) differs from this one, which keeps its queue in
+    # memory.  Called by the service itself, never by its callers; a
+    # subclass overrides them (and may call them) and nothing else of its
+    # queueing.
+
+    def stopIfIdle(self) -> None:
+        """
+        Hook: called whenever a job leaves the pool, or a stop is asked;
+        once a stop is asked and no job is in the pool, close the journal
+        (and fire what L{stop} returned).
+        """
         if self._stopping is None or self._inPool or self._stopping.called:
             return
         stopping = self._stopping
@@ -246,11 +256,11 @@ class JobService:
             self._submitting -= 1
             if result.existing:
                 return result.id, True
-            job = _Job(record)
+            job = TrackedJob(record)
             self._jobs[record.id] = job
             if self._running:
-                self._enqueue(job)
-                self._feed()
+                self.enqueueJob(job)
+                self.feedPool()
             return record.id, False
 
         def failed(failure: Failure) -> Failure:
@@ -287,8 +297,8 @@ class JobService:
         job = self._jobs.get(jobId)
         if job is None or job.record.state in FINAL_STATES:
             if job is not None:
-                return _outcome(job.record)
-            return self._stored(jobId).addCallback(_outcome)
+                return outcome(job.record)
+            return self._stored(jobId).addCallback(outcome)
 
         def stopWaiting(d: Deferred[bytes]) -> None:
             job.waiters[:] = [w for w in job.waiters if w[0] is not d]
@@ -310,7 +320,7 @@ class JobService:
         if job is None:
             return self._stored(jobId)
         done: Deferred[JobRecord] = Deferred()
-        job.waiters.append((_recordOnEnd(job, done), None))
+        job.waiters.append((recordOnEnd(job, done), None))
         state = job.record.state
         if state in (QUEUED, SCHEDULED):
             self._unqueue(job)
@@ -325,12 +335,12 @@ class JobService:
         """
         @return: the jobs not yet ended, by state.
         """
-        counts = {"jobsQueued": 0, "jobsScheduled": 0, "jobsRunning": 0}
-        for job in self._jobs.values():
-            name = "jobs" + job.record.state.capitalize()
-            if name in counts:
-                counts[name] += 1
-        return counts
+        counts = self._jobs.counts
+        return {
+            "jobsQueued": counts[QUEUED],
+            "jobsScheduled": counts[SCHEDULED],
+            "jobsRunning": counts[RUNNING],
+        }
 
     def _stored(self, jobId: str) -> Deferred[JobRecord]:
         def found(record: JobRecord | None) -> JobRecord:
@@ -345,9 +355,9 @@ class JobService:
 
     # -- queueing and feeding ---------------------------------------------------
 
-    def _track(self, record: JobRecord) -> _Job:
+    def _track(self, record: JobRecord) -> TrackedJob:
         # A job this daemon answers for from now on (a shared journal's claims).
-        job = self._jobs[record.id] = _Job(record)
+        job = self._jobs[record.id] = TrackedJob(record)
         return job
 
     def _retries(self, function: str) -> int:
@@ -357,11 +367,17 @@ class JobService:
             options = options.merged(override)
         return options.retries or 0
 
-    def _enqueue(self, job: _Job) -> None:
+    def enqueueJob(self, job: TrackedJob) -> None:
+        """
+        Hook: C{job} (journaled, not ended) may run: put it in line, on the
+        delays' timer if its time has not come.  Then
+        L{taskd._jobfeeding.PoolFeeding.feedPool} is called.
+        """
         self._seq += 1
         job.seq = self._seq
         if job.record.runAt > self.clock.seconds():
-            job.record = evolve(job.record, state=SCHEDULED)
+            if job.record.state != SCHEDULED:
+                job.record = evolve(job.record, state=SCHEDULED)
             heapq.heappush(self._scheduled, (job.record.runAt, job.seq, job))
             self._arm()
         else:
@@ -369,7 +385,7 @@ class JobService:
                 job.record = evolve(job.record, state=QUEUED)
             self._ready.append(job)
 
-    def _unqueue(self, job: _Job) -> None:
+    def _unqueue(self, job: TrackedJob) -> None:
         if job.record.state == SCHEDULED:
             self._scheduled = [e for e in self._scheduled if e[2] is not job]
             heapq.heapify(self._scheduled)
@@ -387,11 +403,15 @@ class JobService:
         when = self._scheduled[0][0] if self._scheduled else None
         timer = self._timer
         if timer is not None and timer.active():
-            if when is not None and timer.getTime() == when:
+            # Compared with the time it was set for: its getTime() is that
+            # time give or take a rounding, and a timer set again for
+            # every submit is work the reactor does for nothing.
+            if when is not None and self._timerAt == when:
                 return
             timer.cancel()
         self._timer = None
         if when is not None:
+            self._timerAt = when
             self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._due)
 
     def _due(self) -> None:
@@ -402,133 +422,13 @@ class JobService:
             job.record = evolve(job.record, state=QUEUED)
             self._ready.append(job)
         self._arm()
-        self._feed()
-
-    def _feed(self) -> None:
-        """
-        Hand ready jobs to the pool while fewer than the window are in it.
-        """
-        config = self.pool.config
-        window = config.workers * config.prefetch if self.window is None else self.window
-        now = self.clock.seconds()
-        while self._running and self._ready and self._inPool < window:
-            job = self._ready.popleft()
-            record = job.record
-            if record.deadline is not None and now > record.runAt + record.deadline:
-                self._end(job, EXPIRED, error=errors.Expired(
-                    f"the job waited more than its deadline ({record.deadline:g} s) "
-                    "to start; it was not run"
-                ))
-                continue
-            self._inPool += 1
-            job.record = evolve(record, state=RUNNING, started=now)
-            # Written before the task may start: after a crash, a job the
-            # journal does not show as running has not run.
-            self.journal.update(job.record).addCallbacks(
-                lambda _, job=job: self._hand(job),
-                lambda f, job=job: self._notWritten(job, f),
-            )
-
-    def _hand(self, job: _Job) -> None:
-        if job.cancelling or job.record.state != RUNNING:
-            self._inPool -= 1
-            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
-            return
-        record = job.record
-        pool = self.pool
-        deadline = None
-        if record.deadline is not None:
-            deadline = max(record.runAt + record.deadline - self.clock.seconds(), 0.001)
-        call = pool.submitEncoded(
-            record.function,
-            record.payload,
-            timeout=pool.timeoutFor(record.timeout),
-            progress=lambda report: self._progress(job, report),
-            priority=record.priority,
-            deadline=deadline,
-        )
-        refused: list[Failure] = []
-        if call.called:  # the pool answered at once: refused (or a fake pool ran it)
-            call.addErrback(refused.append)
-        if refused and refused[0].check(errors.PoolBusy, errors.PoolStopping):
-            # Not started: back to the front of the line, for later.
-            self._inPool -= 1
-            job.record = evolve(record, state=QUEUED, started=None)
-            self.journal.update(job.record)
-            self._ready.appendleft(job)
-            if self._running and self._retryTimer is None:
-                self._retryTimer = self.clock.callLater(BUSY_RETRY, self._retry)
-            self._maybeStopped()
-            return
-        if refused:
-            self._ended(refused[0], job)
-            return
-        job.call = call
-        call.addCallbacks(self._ran, self._ended, callbackArgs=(job,), errbackArgs=(job,))
-
-    def _retry(self) -> None:
-        self._retryTimer = None
-        self._feed()
-    def _notWritten(self, job: _Job, failure: Failure) -> None:
-        self._inPool -= 1
-        self.log.failure("job {id} could not be marked running", failure, id=job.record.id)
-        self._fire(job)
-        self._maybeStopped()
-
-    def _progress(self, job: _Job, report: bytes) -> None:
-        job.progress = report
-        for _, progress in list(job.waiters):
-            if progress is not None:
-                try:
-                    progress(report)
-                except Exception:
-                    self.log.failure("a job's progress watcher failed")
-
-    def _ran(self, result: bytes, job: _Job) -> None:
-        self._inPool -= 1
-        job.call = None
-        self._end(job, DONE, result=result)
-        self._feed()
-        self._maybeStopped()
-
-    def _ended(self, failure: Failure, job: _Job) -> None:
-        self._inPool -= 1
-        job.call = None
-        error = failure.value
-        if isinstance(error, CancelledError) or job.cancelling:
-            self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
-        elif isinstance(error, errors.PoolStopping):
-            self._stoppedWhileRunning(job, error)
-        elif isinstance(error, errors.Expired):
-            self._end(job, EXPIRED, error=error)
-        elif isinstance(error, errors.TaskdError):
-            self._end(job, FAILED, error=error)
-        else:
-            self.log.failure("unexpected error in job {id}", failure, id=job.record.id)
-            self._end(job, FAILED, error=errors.TaskdError(f"internal error: {error!r}"))
-        self._feed()
-        self._maybeStopped()
-
-    def _stoppedWhileRunning(self, job: _Job, error: errors.PoolStopping) -> None:
-        """
-        The pool stopped with the job in it: if the pool says it never
-        started, or its task opts into retries, it is queued for the next
-        start; otherwise it is interrupted.
-        """
-        if getattr(error, "started", None) is False or self._retries(job.record.function) > 0:
-            job.record = evolve(job.record, state=QUEUED, started=None)
-            self.journal.update(job.record)
-            return
-        self._end(job, INTERRUPTED, error=errors.JobInterrupted(
-            "the daemon stopped while the job was running, so it may have run in "
-            "part; its task does not opt into retries, so it will not run again"
-        ))
+        self.feedPool()
 
     # -- ending -------------------------------------------------------------------
 
     def _end(
         self,
-        job: _Job,
+        job: TrackedJob,
         state: str,
         result: bytes | None = None,
         error: errors.TaskdError | None = None,
@@ -553,11 +453,11 @@ class JobService:
 
         self.journal.update(job.record).addBoth(written)
 
-    def _fire(self, job: _Job) -> None:
+    def _fire(self, job: TrackedJob) -> None:
         waiters, job.waiters = job.waiters, []
         for waiter, _ in waiters:
             if not waiter.called:
-                _outcome(job.record).chainDeferred(waiter)
+                outcome(job.record).chainDeferred(waiter)
 
     # -- retention ---------------------------------------------------------------
 
@@ -583,23 +483,4 @@ class JobService:
         self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
 
 
-def _recordOnEnd(job: _Job, done: Deferred[JobRecord]) -> Deferred[bytes]:
-    """
-    @return: a waiter that fires C{done} with the job's record when the
-        job ends, whatever its end.
-    """
-    waiter: Deferred[bytes] = Deferred()
-    waiter.addBoth(lambda _: done.callback(job.record))
-    return waiter
-
-
-def _outcome(record: JobRecord) -> Deferred[bytes]:
-    """
-    @return: a job's end as a call's: its result, or its error.
-    """
-    if record.state == DONE:
-        return succeed(record.result if record.result is not None else b"null")
-    return fail(jobError(record))
-
-
-__all__ = ["DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "JobService"]
+__all__ = ["BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService"]

@@ -13,8 +13,10 @@ when it returns).  Every statement runs on one thread of its own, so the
 reactor never waits for a disk sync.  Writes are committed in groups: the
 writes asked for while a commit runs go together into the next
 transaction, so a burst of submits costs one sync per batch, not one per
-job.  The schema's version is the file's C{PRAGMA user_version}; opening
-an older file runs the L{MIGRATIONS} from its version up.
+job.  A commit's answers are handed back a slice at a time
+(L{taskd._handback}).  The schema's version is the file's C{PRAGMA
+user_version}; opening an older file runs the L{MIGRATIONS} from its
+version up.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from taskd import _json, errors
+from taskd._handback import HandBack
 
 #: A job that may start now.
 QUEUED = "queued"
@@ -299,6 +302,8 @@ class SQLiteJournal:
         self._committing = False
         self._closing: Deferred[None] | None = None
         self._isOpen = False
+        # Committed writes whose callers are not yet told.
+        self._answers = HandBack(clock)
 
     # -- running statements ------------------------------------------------
 
@@ -323,13 +328,12 @@ class SQLiteJournal:
         d = self._run(self._commit, [op for op, _ in batch])
 
         def committed(results: list[Any]) -> None:
-            for (_, waiting), result in zip(batch, results):
-                waiting.callback(result)
+            self._answers.tell(zip([waiting for _, waiting in batch], results))
 
         def failed(failure: Failure) -> None:
             self.log.failure("the journal could not commit {n} writes", failure, n=len(batch))
-            for _, waiting in batch:
-                waiting.errback(JournalError(f"the journal could not be written: {failure.value}"))
+            error = JournalError(f"the journal could not be written: {failure.value}")
+            self._answers.tell((waiting, Failure(error)) for _, waiting in batch)
 
         d.addCallbacks(committed, failed)
         d.addBoth(self._committed)
@@ -539,11 +543,13 @@ class SQLiteJournal:
         closing = self._closing
         if self._db is None:
             self._stopThread()
+            self._answers.tellAll()
             closing.callback(None)
             return
         d = self._run(self._closeDatabase)
         d.addErrback(lambda f: self.log.failure("closing the journal failed", f))
         d.addBoth(lambda _: self._stopThread())
+        d.addBoth(lambda _: self._answers.tellAll())
         d.addBoth(lambda _: closing.callback(None))
 
     def _closeDatabase(self) -> None:

@@ -311,6 +311,7 @@ class ProcessPool(
         priority: int | None = None,
         deadline: float | None = None,
         origin: str | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -321,6 +322,8 @@ class ProcessPool(
             whose optional C{"kwargs"} is an object; other keys are ignored,
             so a whole request line from the wire will do.
         @param origin: who sent the call, for the pool's observer.
+        @param onStart: called each time the call is sent to a worker
+            (within this method if one takes it at once).
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         call: PoolCall | None = None
@@ -333,6 +336,7 @@ class ProcessPool(
         call = self.relay(
             name, payload, _fire, d,
             timeout=timeout, progress=progress, priority=priority, deadline=deadline, origin=origin,
+            onStart=onStart,
         )
         return d
 
@@ -348,6 +352,7 @@ class ProcessPool(
         priority: int | None = None,
         deadline: float | None = None,
         origin: str | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> PoolCall | None:
         """
         Like L{submitEncoded}, for a caller that relays many calls and wants
@@ -403,6 +408,7 @@ class ProcessPool(
                 deadline,
                 origin=origin,
                 number=next(self._numbers),
+                onStart=onStart,
             )
             if self._slots is not None:
                 call.mode = self._modes.get(name, THREAD)

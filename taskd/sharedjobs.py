@@ -20,22 +20,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from taskd import errors
+from taskd._jobbook import outcome
 from taskd.jobs import JobService
-from taskd.journal import DONE, EXPIRED, FINAL_STATES, JobRecord, jobError
+from taskd.journal import EXPIRED, FINAL_STATES, JobRecord
 from taskd.pgjournal import DEFAULT_POLL, PostgreSQLJournal, redact
 from taskd.pool import ProcessPool
-
-
-def _outcome(record: JobRecord) -> Deferred[bytes]:
-    if record.state == DONE:
-        return succeed(record.result if record.result is not None else b"null")
-    return fail(jobError(record))
 
 
 class SharedJobService(JobService):
@@ -119,23 +114,34 @@ class SharedJobService(JobService):
 
         return stopping.addBoth(stopped)
 
-    def _maybeStopped(self) -> None:
+    def stopIfIdle(self) -> None:
+        """
+        See L{JobService.stopIfIdle}: not while a claim is under way (its
+        jobs are coming); leases stop being renewed first.
+        """
         if not self._claiming:
             if self._stopping is not None and self._renewal is not None and not self._inPool:
                 if self._renewal.running:
                     self._renewal.stop()
-            super()._maybeStopped()
+            super().stopIfIdle()
 
     # -- queueing: the database is the queue -----------------------------------
 
-    def _enqueue(self, job: Any) -> None:
-        # A new job is claimed from the database like any other: by
-        # whichever daemon has room first.
+    def enqueueJob(self, job: Any) -> None:
+        """
+        See L{JobService.enqueueJob}: a new job is claimed from the
+        database like any other, by whichever daemon has room first, so it
+        is forgotten here.
+        """
         jobId = job.record.id
         if self._jobs.get(jobId) is job:
             del self._jobs[jobId]
 
-    def _feed(self) -> None:
+    def feedPool(self) -> None:
+        """
+        See L{JobService.feedPool}: claim as many jobs from the database
+        as the window has room for (one claim at a time).
+        """
         while self._ready:
             # Refused by a full pool: its update released it to the
             # database; its waiters wait there.
@@ -166,7 +172,7 @@ class SharedJobService(JobService):
 
     def _chained(self, waiter: Deferred[bytes]) -> Deferred[JobRecord]:
         d: Deferred[JobRecord] = Deferred()
-        d.addCallback(_outcome).chainDeferred(waiter)
+        d.addCallback(outcome).chainDeferred(waiter)
         return d
 
     def _claimed(self, records: list[JobRecord], asked: int) -> None:
@@ -187,13 +193,13 @@ class SharedJobService(JobService):
                 continue
             self._hand(job)
         if self._running and (self._more or len(records) == asked):
-            self._feed()
-        self._maybeStopped()
+            self.feedPool()
+        self.stopIfIdle()
 
     def _claimFailed(self, failure: Failure) -> None:
         self._claiming = False
         self.log.warn("jobs: claiming failed: {error}", error=failure.getErrorMessage())
-        self._maybeStopped()
+        self.stopIfIdle()
 
     # -- wake-ups -----------------------------------------------------------------
 
@@ -201,7 +207,7 @@ class SharedJobService(JobService):
         kind, _, jobId = payload.partition(":")
         if kind == "new":
             if self._running:
-                self._feed()
+                self.feedPool()
         elif kind == "end":
             if jobId in self._remote:
                 self._settle([jobId])
@@ -226,7 +232,7 @@ class SharedJobService(JobService):
         self.journal.reap(self._retries, self.clock.seconds()).addCallbacks(
             reaped, lambda f: self.log.warn("jobs: reaping failed: {e}", e=f.getErrorMessage())
         )
-        self._feed()
+        self.feedPool()
         if self._remote:
             self._settle(list(self._remote))
 
@@ -278,7 +284,7 @@ class SharedJobService(JobService):
         if jobId in self._jobs:
             return super().wait(jobId, progress)
         ended: Deferred[JobRecord] = self._stored(jobId).addCallback(self._waitRemote)
-        return ended.addCallback(_outcome)
+        return ended.addCallback(outcome)
 
     def _waitRemote(self, record: JobRecord) -> Deferred[JobRecord] | JobRecord:
         if record.state in FINAL_STATES:

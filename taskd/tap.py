@@ -17,6 +17,7 @@ L{taskd.coercers}.
 from __future__ import annotations
 
 import atexit
+import gc
 import importlib.util
 import os
 import sys
@@ -270,6 +271,10 @@ class TaskdService(MultiService):
 
     log = Logger()
     exitStatus = 0
+    #: Whether to freeze the heap once started (see L{_jobsStarted}): a
+    #: daemon in a process of its own does (L{makeService} without a
+    #: reactor, as twistd calls it), one in a test's process does not.
+    freezeHeap = False
 
     def __init__(
         self,
@@ -374,7 +379,20 @@ class TaskdService(MultiService):
         )
         super().startService()
         if self.jobs is not None:
-            self.jobs.start().addErrback(self._jobsFailed)
+            self.jobs.start().addCallbacks(self._jobsStarted, self._jobsFailed)
+
+    def _jobsStarted(self, _: object) -> None:
+        """
+        The jobs' journal is open and its jobs picked up: the daemon has
+        started.  If it is a process of its own (L{freezeHeap}), what it
+        allocated to start (modules, classes, the jobs it picked up) is
+        moved out of the garbage collector's sight (C{gc.freeze}), so that
+        a full collection scans only what was made since: without it, one
+        took ~90 ms during a burst of submits (the jobs in memory make
+        full collections come), the worst of the daemon's lateness.
+        """
+        if self.freezeHeap:
+            gc.freeze()
 
     def _jobsFailed(self, failure: Failure) -> None:
         self.log.error("taskd: {error}", error=failure.getErrorMessage())
@@ -500,6 +518,8 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     skipTLSImports(options["listen"])
     from twisted.application import strports
 
+    # Only a daemon of its own (twistd's global reactor) freezes its heap.
+    ownProcess = reactor is None
     if reactor is None:
         from twisted.internet import reactor
     pool = ProcessPool(reactor, config=poolConfig(options))
@@ -537,6 +557,7 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         jobs=jobs,
     )
     service = TaskdService(reactor, pool, factory, options["listen"], jobs=jobs)
+    service.freezeHeap = ownProcess
     for description in options["listen"]:
         service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
     factory.admin = AdminCommands(pool, service.drain, options.get("admin-token"))

@@ -10,11 +10,12 @@ import json
 from typing import Any
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from taskd import errors
 from taskd.config import PoolConfig
-from taskd.jobs import BUSY_RETRY, PRUNE_BATCH, PRUNE_INTERVAL, JobService
+from taskd.jobs import BUSY_RETRY, PRUNE_BATCH, PRUNE_INTERVAL, TAKE_BACK_RETRY, JobService
 from taskd.journal import (
     CANCELLED,
     DONE,
@@ -31,6 +32,17 @@ from taskd.registry import Registry, TaskOptions
 from tests.fakes import PoolTestsMixin
 
 START = 1000.0
+
+
+class TickingClock(Clock):
+    """
+    A clock that moves a microsecond each time it is read, as a real one
+    does between two readings.
+    """
+
+    def seconds(self) -> float:
+        self.rightNow += 1e-6
+        return self.rightNow
 
 
 def registry() -> Registry:
@@ -173,6 +185,45 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(self.state(jobs, jobId).state, RUNNING)
 
+    def test_takenBackFromABusyPool(self) -> None:
+        """
+        A job the pool would queue (its worker busy with a call) is not
+        left there marked running: it is taken back (its call cancelled
+        before any worker had it), written L{QUEUED} again, and offered one
+        at a time every L{TAKE_BACK_RETRY} (with nothing written while the
+        pool still has calls queued), until a worker takes it: only then is
+        it L{RUNNING}.
+        """
+        jobs = self.service(window=3)
+        (worker,) = self.reactor.processes
+        self.pool.submit("sleep", [1])
+        self.pool.submit("sleep", [2])
+        ids = [self.submit(jobs) for _ in range(3)]
+        self.reactor.advance(0)
+        self.assertEqual([self.state(jobs, i).state for i in ids], [QUEUED] * 3)
+        self.assertEqual([self.stored(jobs, i).state for i in ids], [QUEUED] * 3)  # type: ignore[union-attr]
+        self.assertEqual(self.pool.stats()["queued"], 1)
+        writes = jobs.journal.writes  # type: ignore[attr-defined]
+        self.reactor.advance(TAKE_BACK_RETRY)
+        self.reactor.advance(0)
+        self.assertEqual(jobs.journal.writes, writes)  # type: ignore[attr-defined]
+        worker.send(b"R1")  # the first call ends; the second runs
+        self.reactor.advance(TAKE_BACK_RETRY)
+        self.reactor.advance(0)
+        # One job offered (a probe), taken back again.
+        self.assertEqual(jobs.journal.writes - writes, 2)  # type: ignore[attr-defined]
+        self.assertEqual([self.stored(jobs, i).state for i in ids], [QUEUED] * 3)  # type: ignore[union-attr]
+        worker.send(b"R2")  # the worker is free
+        self.reactor.advance(TAKE_BACK_RETRY)
+        self.reactor.advance(0)
+        self.assertEqual([self.state(jobs, i).state for i in ids], [RUNNING, QUEUED, QUEUED])
+        self.assertEqual(worker.requests()[-1], ("add", {"args": [1, 2]}))
+        self.assertEqual(self.pool.stats()["queued"], 0)
+        worker.send(b"R3")
+        self.reactor.advance(0)
+        self.reactor.advance(0)
+        self.assertEqual([self.state(jobs, i).state for i in ids], [DONE, RUNNING, QUEUED])
+
     def test_delay(self) -> None:
         """
         A job with a time to run is L{SCHEDULED} until then, on one timer
@@ -193,6 +244,33 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(5)
         self.reactor.advance(0)
         self.assertEqual(self.state(jobs, later).state, RUNNING)
+
+    def test_delayTimerSetOnce(self) -> None:
+        """
+        Submits of jobs that start after the earliest scheduled one leave
+        its timer as it is, on a clock that moves between two readings (a
+        real one): the timer is not cancelled and set again for each.
+        """
+        ticking = TickingClock()
+        ticking.advance(START)
+        jobs = self.service(clock=ticking)
+
+        def timers(at: float) -> list[Any]:
+            return [c for c in ticking.getDelayedCalls() if abs(c.getTime() - at) < 1]
+
+        self.submit(jobs, runAt=START + 3600.3)
+        (timer,) = timers(START + 3600.3)
+        for n in range(20):
+            self.submit(jobs, runAt=START + 3601 + n)
+        self.assertEqual(timers(START + 3600.3), [timer])
+        self.assertTrue(timer.active())
+        sooner = self.submit(jobs, runAt=START + 30)
+        self.assertFalse(timer.active())
+        (moved,) = timers(START + 30)
+        ticking.advance(30)
+        self.reactor.advance(0)
+        self.assertEqual(self.state(jobs, sooner).state, RUNNING)
+        self.assertFalse(moved.active())
 
     def test_deadline(self) -> None:
         """
@@ -312,7 +390,7 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         scheduled jobs run; a job that was running runs again only if its
         task opts into retries, and ends L{INTERRUPTED} otherwise.
         """
-        jobs = self.service(workers=1, window=2)
+        jobs = self.service(workers=2, window=2)
         plain = self.submit(jobs, "sleep", (1,))
         safe = self.submit(jobs, "safe", (2,))
         queued = self.submit(jobs, "add", (3, 4))
@@ -334,6 +412,45 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
             p.send(b"R0")
         self.reactor.advance(30)
         self.assertEqual(self.state(after, scheduled).state, RUNNING)
+
+    def test_statsByState(self) -> None:
+        """
+        L{JobService.stats} counts the jobs that have not ended by state,
+        through every change: submitted, started, cancelled, ended, picked
+        up again after a crash.
+        """
+        jobs = self.service(workers=1, window=1)
+
+        def stats(service: JobService) -> tuple[int, int, int]:
+            s = service.stats()
+            return s["jobsQueued"], s["jobsScheduled"], s["jobsRunning"]
+
+        self.assertEqual(stats(jobs), (0, 0, 0))
+        running = self.submit(jobs, "sleep", (1,))
+        queued = [self.submit(jobs) for _ in range(3)]
+        later = self.submit(jobs, runAt=START + 30)
+        self.reactor.advance(0)
+        self.assertEqual(stats(jobs), (3, 1, 1))
+        cancelled = jobs.cancel(queued[0])
+        self.reactor.advance(0)
+        self.assertEqual(self.successResultOf(cancelled).state, CANCELLED)
+        self.assertEqual(stats(jobs), (2, 1, 1))
+        self.reactor.processes[0].send(b"R0")
+        self.reactor.advance(0)
+        self.reactor.advance(0)
+        self.assertEqual(self.state(jobs, running).state, DONE)
+        self.assertEqual(stats(jobs), (1, 1, 1))
+        jobs.journal._closeDatabase()  # type: ignore[attr-defined]
+        after = self.service(workers=1, path=self.path, window=1)
+        self.reactor.advance(0)
+        # The one running at the crash ended interrupted; the last queued
+        # one runs.
+        self.assertEqual(self.state(after, queued[1]).state, INTERRUPTED)
+        self.assertEqual(stats(after), (0, 1, 1))
+        self.reactor.advance(30)
+        self.reactor.advance(0)
+        self.assertEqual(self.state(after, later).state, QUEUED)
+        self.assertEqual(stats(after), (1, 0, 1))
 
     def test_retriesFromTaskLimit(self) -> None:
         """
@@ -358,7 +475,9 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         L{PRUNE_BATCH}, the next batch at once while they come back full,
         then every L{PRUNE_INTERVAL}.
         """
-        jobs = self.service(ttl=100.0, window=PRUNE_BATCH + 10)
+        # The worker takes them all in its pipe (a job is handed to a pool
+        # only to be sent to a worker at once).
+        jobs = self.service(ttl=100.0, window=PRUNE_BATCH + 10, pool={"prefetch": PRUNE_BATCH + 10})
         journal = jobs.journal
         for n in range(PRUNE_BATCH + 5):
             jobs.submit("add", b'{"args":[1,1]}')

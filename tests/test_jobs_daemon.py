@@ -43,7 +43,11 @@ class CrashTests(DaemonTestCase):
         work = os.path.abspath(self.mktemp())
         os.makedirs(work)
         runs, hold, journal = (os.path.join(work, name) for name in ("runs", "release", "journal.sqlite"))
-        queued, scheduled, maxJobs = 3000, 200, 5000
+        # The issue's full scenario: 10,000 jobs (~30 s on 2 loaded cores);
+        # TASKD_CRASH_JOBS=N runs another size.
+        total = int(os.environ.get("TASKD_CRASH_JOBS", "10000"))
+        scheduled = 200
+        queued, maxJobs = total - 2 - scheduled, max(5000, total + 1000)
         options = ("--journal", journal, "--max-jobs", str(maxJobs))
         yield self.startDaemon(*options)
         lines = [
@@ -112,6 +116,58 @@ class CrashTests(DaemonTestCase):
             restart_to_all_ended_seconds=round(allDone, 2),
             journal_bytes=os.path.getsize(journal),
         )
+
+
+class NotStartedTests(DaemonTestCase):
+    timeout = 120
+
+    @inlineCallbacks
+    def test_jobBehindCallsRunsAfterACrash(self) -> Any:
+        """
+        A job the pool could not send to a worker (both busy: one with a
+        job, one with a call, and a call queued) waits in the journal as
+        C{queued}, not in the pool's queue as C{running}: after C{kill -9}
+        and a restart it runs, once; the job a worker had ends
+        C{interrupted}, having run once.
+        """
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        runs, hold, journal = (os.path.join(work, name) for name in ("runs", "release", "journal.sqlite"))
+        yield self.startDaemon("--journal", journal)
+
+        def ran() -> list[str]:
+            try:
+                with open(runs) as f:
+                    return f.read().split()
+            except FileNotFoundError:
+                return []
+
+        sent = yield self.pipeline([submit(1, "recordRun", runs, "sent", hold)])
+        sentJob = sent.replies[1][0]["job"]
+        yield waitFor(lambda: "sent" in ran(), "the first job to run")
+        call = lambda n, tag: json.dumps(  # noqa: E731
+            {"function": "recordRun", "args": [runs, tag, hold], "id": n}
+        ).encode()
+        calls = self.pipeline([call(2, "call1"), call(3, "call2")])
+        calls.addErrback(lambda _: None)  # cut by the kill
+        yield waitFor(lambda: "call1" in ran(), "a call to hold the other worker")
+        waiting = yield self.pipeline([submit(4, "recordRun", runs, "waiting")])
+        waitingJob = waiting.replies[4][0]["job"]
+        yield waitFor(lambda: b"jobs wait in the journal" in self.daemon.output, "the job to be taken back")
+        status = yield self.pipeline([json.dumps({"type": "job", "job": waitingJob, "id": 5}).encode()])
+        self.assertEqual(status.replies[5][0]["state"], "queued")
+        os.kill(self.daemonProcess.pid, signal.SIGKILL)
+        yield self.daemon.ended
+        with open(hold, "w"):
+            pass
+        yield self.startDaemon("--journal", journal)
+        waits = [json.dumps({"type": "wait", "job": job, "id": n}).encode() for n, job in ((1, sentJob), (4, waitingJob))]
+        waited = yield self.pipeline(waits)
+        self.assertEqual(waited.replies[1][0]["error"]["type"], "interrupted")
+        self.assertEqual(waited.replies[4][0], {"type": "result", "id": 4, "result": "waiting"})
+        counts = Counter(ran())
+        self.assertEqual((counts["sent"], counts["waiting"], counts["call1"], counts["call2"]), (1, 1, 1, 0))
+        self.assertNothingUnhandled()
 
 
 class JournalOptionTests(DaemonTestCase):

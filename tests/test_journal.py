@@ -14,6 +14,7 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from taskd._handback import HAND_BACK
 from taskd.journal import (
     DONE,
     IN_MEMORY,
@@ -32,14 +33,30 @@ def record(n: int, state: str = QUEUED, key: str | None = None) -> JobRecord:
     return JobRecord(f"job{n}", "add", b'{"args":[%d,1]}' % (n,), state, 100.0 + n, 100.0 + n, key)
 
 
+class TurnClock(Clock):
+    """
+    A L{Clock} that also runs one turn as a reactor does: the calls due
+    when the turn starts, not those they add (which L{Clock.advance}
+    runs too).
+    """
+
+    def turn(self) -> None:
+        now = self.seconds()
+        for call in [c for c in self.calls if c.getTime() <= now]:
+            if call in self.calls:
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+
+
 class SQLiteJournalTests(SynchronousTestCase):
     """
     The journal with its statements run at once (C{threaded=False}) on a
     L{Clock}: exact about what is committed when.
     """
 
-    def journal(self, path: str | None = None, **kw: Any) -> tuple[SQLiteJournal, Clock]:
-        clock = Clock()
+    def journal(self, path: str | None = None, **kw: Any) -> tuple[SQLiteJournal, TurnClock]:
+        clock = TurnClock()
         journal = SQLiteJournal(path or self.mktemp(), clock, threaded=False, **kw)
         self.addCleanup(journal.close)
         return journal, clock
@@ -73,6 +90,44 @@ class SQLiteJournalTests(SynchronousTestCase):
         self.assertEqual(journal.commits, 1)
         self.assertEqual(journal.writes, 100)
         self.assertEqual(self.successResultOf(ds[7]), Added("job7", False))
+
+    def test_handedBackInSlices(self) -> None:
+        """
+        A commit's answers are told L{HAND_BACK} a reactor turn, oldest
+        first, so that a big batch does not hold the reactor; the next
+        commit does not wait for them, and its answers come after theirs.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        told: list[str] = []
+        for n in range(2 * HAND_BACK + 3):
+            journal.add(record(n)).addCallback(lambda added: told.append(added.id))
+        clock.turn()
+        self.assertEqual(journal.commits, 1)
+        self.assertEqual(told, [f"job{n}" for n in range(HAND_BACK)])
+        later = journal.add(record(100)).addCallback(lambda added: told.append(added.id))
+        clock.turn()
+        self.assertEqual(journal.commits, 2)
+        self.assertEqual(len(told), 2 * HAND_BACK)
+        clock.turn()
+        self.assertEqual(told, [f"job{n}" for n in range(2 * HAND_BACK + 3)] + ["job100"])
+        self.successResultOf(later)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_closeTellsEveryone(self) -> None:
+        """
+        Closing tells every caller whose write was committed before the
+        journal says it is closed.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        ds = [journal.add(record(n)) for n in range(3 * HAND_BACK)]
+        clock.turn()
+        self.assertNoResult(ds[-1])
+        closed = journal.close()
+        self.successResultOf(closed)
+        self.assertEqual(self.successResultOf(ds[-1]), Added(f"job{3 * HAND_BACK - 1}", False))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_reopen(self) -> None:
         """

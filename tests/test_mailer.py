@@ -21,6 +21,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.trial.unittest import TestCase
 
+from taskd.jobs import JobService
+from taskd.journal import SQLiteJournal
 from taskd.reconnecting import ReconnectingClient
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
@@ -111,11 +113,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 class MailerCase(TestCase):
     """
-    A pool running the mailer task, a daemon, a reconnecting client, and
-    helpers to start the sink, the site and WebSocket clients.
+    A pool running the mailer task, a daemon with its jobs' journal, a
+    reconnecting client, and helpers to start the sink, the site and
+    WebSocket clients.
     """
 
     timeout = 300
+    listening: Any = None
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -128,14 +132,41 @@ class MailerCase(TestCase):
         import wsmailer
 
         self.smtpsink, self.wsmailer = smtpsink, wsmailer
-        self.pool = ProcessPool(reactor, tasks=["mailer_tasks"], workers=2, killGrace=1.0)
-        yield self.pool.start()
-        self.addCleanup(self.pool.stop)
-        daemon = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(TaskServerFactory(self.pool))
-        self.addCleanup(daemon.stopListening)
-        self.client = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{daemon.getHost().port}"])
+        self.journal = os.path.abspath(self.mktemp())
+        port = yield self.startDaemon()
+        self.client = ReconnectingClient(reactor, [f"tcp:127.0.0.1:{port}"])
         self.client.startService()
         self.addCleanup(self.client.stopService)
+
+    @inlineCallbacks
+    def startDaemon(self, port: int = 0) -> Any:
+        """
+        Start the daemon: a pool running the mailer task, its jobs on the
+        test's journal file, listening on C{port}.
+        """
+        self.pool = ProcessPool(reactor, tasks=["mailer_tasks"], workers=2, killGrace=1.0)
+        yield self.pool.start()
+        self.jobs = JobService(self.pool, SQLiteJournal(self.journal, reactor))
+        yield self.jobs.start()
+        self.factory = TaskServerFactory(self.pool, jobs=self.jobs)
+        self.listening = yield TCP4ServerEndpoint(reactor, port, interface="127.0.0.1").listen(self.factory)
+        self.addCleanup(self.stopDaemon)
+        return self.listening.getHost().port
+
+    @inlineCallbacks
+    def stopDaemon(self) -> Any:
+        """
+        Stop the daemon as twistd does on SIGTERM: stop listening, stop the
+        jobs and the pool (running calls finish), close the connections.
+        """
+        if self.listening is None:
+            return
+        listening, self.listening = self.listening, None
+        yield listening.stopListening()
+        jobsStopped = self.jobs.stop()
+        yield self.pool.stop()
+        yield jobsStopped
+        self.factory.closeConnections()
 
     @inlineCallbacks
     def serve(self, mailer: Any) -> Any:
@@ -153,7 +184,13 @@ class MailerCase(TestCase):
     @inlineCallbacks
     def connect(self, url: str) -> Any:
         peer = yield Deferred.fromCoroutine(WebSocketClientEndpoint.new(reactor, url).connect(ClientFactory(Peer)))
-        self.addCleanup(lambda: peer.transport.loseConnection())
+        def close() -> None:
+            try:
+                peer.transport.loseConnection()
+            except Exception:
+                pass  # the test closed it already
+
+        self.addCleanup(close)
         return peer
 
     @inlineCallbacks
@@ -235,6 +272,80 @@ class MailerTests(MailerCase):
         self.assertTrue(all("SMTPRecipientsRefused" in f["error"] for f in done["failures"]))
         self.assertEqual(len(sink.messages), 990)
         report("refusals", refused=len(refused), reported=done["failed"])
+
+
+class BatchTests(MailerCase):
+    @inlineCallbacks
+    def test_reconnectShowsTheBatchWhereItIs(self) -> Any:
+        """
+        A second WebSocket (a reloaded page) that asks for a batch by its id
+        while it goes gets where it is at once, then its progress, to the
+        end; no mail is sent twice, none is lost.
+        """
+        sink, smtpPort = yield self.sink()
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        first = yield self.connect(url)
+        first.send({"action": "mail", "users": 400})
+        for _ in range(400):
+            if any(m["type"] == "progress" and m["sent"] >= 40 for m in first.messages):
+                break
+            yield deferLater(reactor, 0.025, lambda: None)
+        batch = first.messages[0]
+        self.assertEqual(batch["type"], "batch")
+        first.transport.loseConnection()
+        again = yield self.connect(url)
+        again.send({"action": "mail", "users": 400, "batch": batch["batch"]})
+        done = yield again.done
+        self.assertEqual(again.messages[0], {"type": "batch", "batch": batch["batch"], "total": 400})
+        self.assertGreaterEqual(again.messages[1]["sent"], 40)
+        self.assertEqual((done["sent"], done["failed"]), (400, 0))
+        recipients = sorted(r for r, _ in sink.messages)
+        self.assertEqual(recipients, [f"user{i:04d}@example.com" for i in range(400)])
+
+    @inlineCallbacks
+    def test_restartedMailer(self) -> Any:
+        """
+        A mailer that forgot the batch (restarted) asked to watch it finds
+        its jobs by their keys: the batch ends with each mail sent once.
+        """
+        sink, smtpPort = yield self.sink()
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        first = yield self.connect(url)
+        first.send({"action": "mail", "users": 300})
+        done = yield first.done
+        batch = first.messages[0]["batch"]
+        other = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        watcher = yield self.connect(other)
+        watcher.send({"action": "mail", "users": 300, "batch": batch})
+        again = yield watcher.done
+        self.assertEqual((done["sent"], again["sent"], again["failed"]), (300, 300, 0))
+        self.assertEqual(len(sink.messages), 300)
+
+    @inlineCallbacks
+    def test_daemonRestartMidBatch(self) -> Any:
+        """
+        The daemon restarts (SIGTERM's stop, then a start on the same
+        journal and port) in the middle of a batch: the batch ends with
+        every mail sent exactly once (the sink counts).
+        """
+        sink, smtpPort = yield self.sink()
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort, retryDelay=0.2))
+        mailer = yield self.connect(url)
+        mailer.send({"action": "mail", "users": 500})
+        for _ in range(400):
+            if any(m["type"] == "progress" and m["sent"] >= 50 for m in mailer.messages):
+                break
+            yield deferLater(reactor, 0.025, lambda: None)
+        port = self.listening.getHost().port
+        yield self.stopDaemon()
+        sentAtRestart = len(sink.messages)
+        yield self.startDaemon(port)
+        done = yield mailer.done
+        self.assertEqual((done["sent"], done["failed"], done["failures"]), (500, 0, []))
+        recipients = sorted(r for r, _ in sink.messages)
+        self.assertEqual(recipients, [f"user{i:04d}@example.com" for i in range(500)])
+        self.assertLess(sentAtRestart, 500)
+        report("daemon restart mid-batch", mails=500, sent_before_restart=sentAtRestart, sent_twice=0)
 
 
 class DevTools(TextClient):
@@ -345,6 +456,27 @@ class BrowserTests(MailerCase):
     """
 
     @inlineCallbacks
+    def openPage(self, chromium: str, url: str) -> Any:
+        """
+        Start Chromium on the mailer's page (C{url} is its WebSocket's).
+
+        @return: a function that evaluates a JavaScript expression in the
+            page and gives a C{Deferred} of its value.
+        """
+        page = url.replace("ws://", "http://").replace("/ws", "/")
+        tools = yield launchBrowser(self, chromium)
+        target = yield tools.call("Target.createTarget", {"url": page})
+        attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        session = attached["sessionId"]
+
+        @inlineCallbacks
+        def evaluate(expression: str) -> Any:
+            result = yield tools.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            return result.get("result", {}).get("value")
+
+        return evaluate
+
+    @inlineCallbacks
     def test_browserPressesTheButton(self) -> Any:
         """
         Chromium, driven over the DevTools protocol, loads the page, asks
@@ -356,16 +488,7 @@ class BrowserTests(MailerCase):
             self.skipTest("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
         sink, smtpPort = yield self.sink()
         url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
-        page = url.replace("ws://", "http://").replace("/ws", "/")
-        tools = yield launchBrowser(self, chromium)
-        target = yield tools.call("Target.createTarget", {"url": page})
-        attached = yield tools.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
-        session = attached["sessionId"]
-
-        @inlineCallbacks
-        def evaluate(expression: str) -> Any:
-            result = yield tools.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
-            return result.get("result", {}).get("value")
+        evaluate = yield self.openPage(chromium, url)
 
         for _ in range(300):
             ready = yield evaluate("document.readyState === 'complete' && !!document.getElementById('go')")
@@ -387,3 +510,44 @@ class BrowserTests(MailerCase):
         self.assertEqual(state, [200, 200, "done: 200 sent, 0 failed"])
         self.assertEqual(len(sink.messages), 200)
         report("browser", final=state[2].replace(" ", "_"), progress_samples=len(seen))
+
+    @inlineCallbacks
+    def test_reloadInTheMiddle(self) -> Any:
+        """
+        Chromium asks for 400 mails and reloads the page in the middle:
+        the reloaded page shows the batch where it is (its bar does not go
+        back) and follows it to "done"; the sink holds each of the 400
+        mails once.
+        """
+        chromium = findChromium()
+        if chromium is None:
+            self.skipTest("Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+        sink, smtpPort = yield self.sink()
+        url = yield self.serve(self.wsmailer.Mailer(self.client, smtpPort))
+        evaluate = yield self.openPage(chromium, url)
+
+        @inlineCallbacks
+        def until(expression: str, what: str, tries: int = 600) -> Any:
+            for _ in range(tries):
+                value = yield evaluate(expression)
+                if value:
+                    return value
+                yield deferLater(reactor, 0.05, lambda: None)
+            raise AssertionError(f"gave up waiting for {what}")
+
+        bar = "document.getElementById('bar')"
+        yield until("document.readyState === 'complete' && !!document.getElementById('go')", "the page")
+        yield evaluate("document.getElementById('users').value = '400'; document.getElementById('go').click(); true")
+        before = yield until(f"{bar}.value >= 40 && {bar}.value < 400 && {bar}.value", "some progress")
+        yield evaluate("location.reload(); true")
+        yield deferLater(reactor, 0.2, lambda: None)
+        after = yield until(f"document.readyState === 'complete' && {bar} && {bar}.value > 0 && {bar}.value", "the batch again")
+        self.assertGreaterEqual(after, before)
+        status = yield until(
+            "document.getElementById('status').textContent.startsWith('done') && document.getElementById('status').textContent",
+            "the end",
+        )
+        self.assertEqual(status, "done: 400 sent, 0 failed")
+        recipients = sorted(r for r, _ in sink.messages)
+        self.assertEqual(recipients, [f"user{i:04d}@example.com" for i in range(400)])
+        report("browser reload", bar_before_reload=before, bar_after_reload=after)

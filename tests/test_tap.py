@@ -224,6 +224,26 @@ class OptionsTests(SynchronousTestCase):
 
 
 class MakeServiceTests(SynchronousTestCase):
+    def test_freezesItsHeapOnceStarted(self) -> None:
+        """
+        A daemon in a process of its own (no reactor given, as twistd
+        makes it) freezes its heap (C{gc.freeze}) once its jobs are picked
+        up, so that full collections scan only what it made since; a
+        daemon made in a test's process does not.
+        """
+        import gc
+
+        options = tap.Options()
+        options.parseOptions(["-l", "tcp:0:interface=127.0.0.1", "-w", "1", "--journal", ":memory:"])
+        self.assertTrue(tap.makeService(options).freezeHeap)
+        service = tap.makeService(options, reactor=FakeProcessReactor())
+        self.assertFalse(service.freezeHeap)
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        service.freezeHeap = True
+        service.startService()
+        self.assertGreater(gc.get_freeze_count(), 0)
+
     def test_serviceTree(self) -> None:
         """
         L{tap.makeService} gives the pool service and one listener per

@@ -149,6 +149,7 @@ class FakeCall:
         self._progress = progress
         self._timer: IDelayedCall | None = None
         self._deferred: Deferred[bytes] = Deferred(lambda d: owner._cancel(self))
+        self._onStart: Callable[[], object] | None = None
 
     def __repr__(self) -> str:
         return f"<FakeCall {self.name}{self.args!r} {self.kwargs!r} {self.state.value}>"
@@ -292,6 +293,7 @@ class FakeCalls:
         progress: Callable[[bytes], object] | None,
         priority: int | None = None,
         deadline: float | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> Deferred[bytes]:
         if self.registry is not None and name not in self.registry:
             return fail(errors.UnknownTask(f"no task named {name!r}"))
@@ -319,6 +321,7 @@ class FakeCalls:
             return fail(e)
         call = FakeCall(self, name, payload, args, kwargs, timeout, progress, priority, deadline)
         self.calls.append(call)
+        call._onStart = onStart
         if free:
             self._start(call, self.hold)
         else:
@@ -328,6 +331,8 @@ class FakeCalls:
     def _start(self, call: FakeCall, hold: bool) -> None:
         call.state = CallState.RUNNING
         self._running.append(call)
+        if call._onStart is not None:
+            call._onStart()
         if call.timeout is not None:
             call._timer = self.clock.callLater(call.timeout, self._timedOut, call)
         if not hold and self.registry is not None:

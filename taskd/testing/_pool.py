@@ -152,6 +152,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         priority: int | None = None,
         deadline: float | None = None,
         origin: str | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> Deferred[bytes]:
         """
         Like L{submit}, with the arguments already encoded and the result
@@ -162,6 +163,8 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             an object and whose optional C{"kwargs"} is an object.
         @param origin: who sent the call (the real pool tells its observer;
             this one ignores it).
+        @param onStart: called when the call starts (within this method
+            if it starts at once).
         @return: a C{Deferred} firing with the result as JSON bytes.
         """
         if self.state is not PoolState.RUNNING:
@@ -175,6 +178,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
             progress,
             priority,
             deadline,
+            onStart,
         )
 
     def relay(
@@ -189,6 +193,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         priority: int | None = None,
         deadline: float | None = None,
         origin: str | None = None,
+        onStart: Callable[[], object] | None = None,
     ) -> Deferred[None] | None:
         """
         Like L{submitEncoded}, answering as L{taskd.pool.ProcessPool.relay}
@@ -199,7 +204,7 @@ class FakePool(FakeCalls, Lifecycle[PoolState]):
         """
         d = self.submitEncoded(
             name, payload, timeout=timeout, progress=progress, priority=priority,
-            deadline=deadline, origin=origin,
+            deadline=deadline, origin=origin, onStart=onStart,
         )
         ended = d.called
         told = d.addBoth(lambda outcome: answer(key, outcome)).addCallback(lambda _: None)

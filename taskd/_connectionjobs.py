@@ -1,0 +1,177 @@
+# -*- test-case-name: tests.test_jobs,tests.test_admin -*-
+"""
+A connection's requests about background jobs (C{submit}, C{job}, C{wait},
+a job's C{cancel}) and its admin requests: a room of
+L{taskd.connection.TaskServerProtocol}.
+
+It is a mixin the protocol class inherits, not an object the connection
+holds, because these requests live on the connection's own books: an
+answer that comes later takes its place in the connection's calls in
+flight (C{_calls}), among its replies without an id (C{_ordered}) and in
+its count of unanswered requests (C{_unanswered}), and is written by the
+connection's C{_done}.  An object of its own would reach back into all of
+these for every request; as a mixin the code moved here unchanged and
+C{lineReceived} dispatches to it as before.  What it uses of the
+connection is declared in L{ConnectionRequests} for the type checker and
+the reader (as L{taskd._poolstate.PoolRooms} does for the pool's rooms).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from taskd import errors
+from taskd.admin import isLocalListener
+from taskd.journal import JobRecord, describeJob, jobError
+from taskd.wire import (
+    Admin,
+    CallId,
+    CancelJob,
+    JobRequest,
+    JobStatus,
+    Submit,
+    encodeAccepted,
+    encodeError,
+    encodeJobReply,
+    encodeResult,
+)
+
+if TYPE_CHECKING:
+    from taskd.connection import ConnectionOwner
+    from taskd.replies import OrderedReplies
+
+
+class InFlight(Protocol):
+    """
+    A request of a connection in flight: a relayed call
+    (L{taskd.pool.PoolCall}) or a C{Deferred} of another answer.
+    """
+
+    def cancel(self) -> None:
+        """
+        Give up on it: it is answered as cancelled.
+        """
+
+
+class ConnectionRequests:
+    """
+    What the rooms of a connection read and call of
+    L{taskd.connection.TaskServerProtocol}: declarations only, for the
+    type checker; nothing of it exists at run time.
+    """
+
+    if TYPE_CHECKING:
+        factory: ConnectionOwner
+        transport: Any
+        log: Logger
+        _calls: dict[Any, InFlight]
+        _ordered: OrderedReplies
+        _unanswered: int
+
+        def _answer(self, id: CallId, line: bytes) -> None:
+            ...
+
+        def _progress(self, id: CallId, report: bytes) -> None:
+            ...
+
+        def _failed(self, failure: Failure, key: Any) -> None:
+            ...
+
+        def _done(self, key: Any, line: bytes) -> None:
+            ...
+
+        def _updateReading(self) -> None:
+            ...
+
+
+class JobRequests(ConnectionRequests):
+    """
+    A room of L{taskd.connection.TaskServerProtocol}: see this module's
+    docstring.
+    """
+
+    # -- jobs (taskd.jobs) --------------------------------------------------
+
+    def _job(self, request: JobRequest) -> None:
+        """
+        Answer a request about jobs: like a call, its answer comes later
+        (once the journal has it) and is on the connection's books until
+        then.
+        """
+        id = request.call.id if isinstance(request, Submit) else request.id
+        jobs = self.factory.jobs
+        if jobs is None:
+            error = errors.BadRequest("this daemon runs no background jobs")
+            self._answer(id, encodeError(id, error))
+            return
+        if id is not None and id in self._calls:
+            error = errors.DuplicateId(
+                f"id {id!r} belongs to a request still in flight; this one was not run"
+            )
+            self._answer(id, encodeError(id, error))
+            return
+        d: Deferred[bytes]
+        if isinstance(request, Submit):
+            call = request.call
+            runAt = request.at
+            if request.delay is not None:
+                runAt = jobs.clock.seconds() + request.delay
+            d = jobs.submit(
+                call.function, call.raw, runAt=runAt, key=request.key,
+                timeout=call.timeout, priority=call.priority, deadline=call.deadline,
+            ).addCallback(lambda added: encodeAccepted(id, *added))
+        elif isinstance(request, JobStatus):
+            d = jobs.status(request.job).addCallback(lambda s: self._jobLine(id, *s))
+        elif isinstance(request, CancelJob):
+            d = jobs.cancel(request.job).addCallback(lambda r: self._jobLine(id, r, None))
+        else:
+            progress = None
+            if request.progress:
+                progress = lambda report: self._progress(id, report)  # noqa: E731
+            d = jobs.wait(request.job, progress).addCallback(
+                lambda result: encodeResult(id, result)
+            )
+        key: Any = id if id is not None else self._ordered.reserve()
+        self._unanswered += 1
+        self._calls[key] = d
+        d.addCallbacks(self._jobAnswered, self._failed, callbackArgs=(key,), errbackArgs=(key,))
+        self._updateReading()
+
+    def _jobLine(self, id: CallId, record: JobRecord, progress: bytes | None) -> bytes:
+        fields = describeJob(record)
+        if record.error is not None:
+            fields["error"] = self.factory.presentError(jobError(record)).toDict()
+        return encodeJobReply(id, fields, record.result, progress)
+
+    def _jobAnswered(self, line: bytes, key: Any) -> None:
+        self._calls.pop(key, None)
+        self._done(key, line)
+
+    # -- admin requests (taskd.admin) ---------------------------------------
+
+    def _admin(self, request: Admin) -> None:
+        """
+        Run an admin request; its answer takes its turn among the replies
+        without an id (a rolling restart answers when it is done).
+        """
+        key = self._ordered.reserve()
+        self._unanswered += 1
+        admin = self.factory.admin
+        if admin is None:
+            d: Deferred[bytes] = Deferred()
+            d.errback(errors.Forbidden("this daemon takes no admin requests"))
+        else:
+            d = admin.handle(request, isLocalListener(self.transport))
+
+        def failed(failure: Failure) -> bytes:
+            error = failure.value
+            if not isinstance(error, errors.TaskdError):
+                self.log.failure("admin {command} failed", failure, command=request.command)
+                error = errors.TaskdError(f"internal error: {error!r}")
+            return encodeError(None, error)
+
+        d.addErrback(failed).addCallback(lambda line: self._done(key, line))
