@@ -580,13 +580,22 @@ class TaskServerProtocol(LineReceiver, JobRequests):
         self._updateReading()
 
     def _updateReading(self) -> None:
+        """
+        Stop reading at C{maxInFlight} requests unanswered, or while the
+        write buffer is full; read again once a quarter of C{maxInFlight}
+        (at least one) is answered and the buffer has drained.  (Not at
+        every reply: a client that keeps the window full would otherwise
+        cost a pause and a resume, two C{epoll_ctl} calls, per request, and
+        be read one line at a time.)
+        """
         if self._closed:
             return
-        stop = self._writeBlocked or self._unanswered >= self.factory.maxInFlight
-        if stop and not self.paused:
+        limit = self.factory.maxInFlight
+        if self.paused:
+            if not self._writeBlocked and self._unanswered <= limit - max(1, limit // 4):
+                self.resumeProducing()
+        elif self._writeBlocked or self._unanswered >= limit:
             self.pauseProducing()
-        elif not stop and self.paused:
-            self.resumeProducing()
 
 
 def describePeer(transport: Any) -> str:

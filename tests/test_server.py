@@ -443,6 +443,28 @@ class LimitTests(ServerTestsMixin, SynchronousTestCase):
         self.assertEqual([r["result"] for r in self.replies(transport)], [0, 1, 2, 3, 4])
         self.assertEqual(transport.producerState, "producing")
 
+    def test_readingResumesAQuarterLower(self) -> None:
+        """
+        Reading resumes once a quarter of C{maxInFlight} is answered, not at
+        the first reply: a client keeping its window full is then read in
+        bursts, not a line per reply.
+        """
+        proto, transport, reactor = self.connect(maxInFlight=8, poolOptions={"maxQueue": 100})
+        proto.dataReceived(b"".join(b'{"function":"add","args":[%d,0],"id":%d}\n' % (i, i) for i in range(12)))
+        self.assertEqual(transport.producerState, "paused")
+        worker = reactor.processes[0]
+        worker.send(b"R0")
+        self.assertEqual(transport.producerState, "paused")
+        self.assertEqual(self.factory.pool.stats()["queued"], 6)
+        worker.send(b"R1")
+        # 6 unanswered: the next two lines are read, and it pauses again.
+        self.assertEqual(self.factory.pool.stats()["queued"], 7)
+        self.assertEqual(transport.producerState, "paused")
+        for i in range(2, 12):
+            worker.send(b"R%d" % i)
+        self.assertEqual([r["result"] for r in self.replies(transport)], list(range(12)))
+        self.assertEqual(transport.producerState, "producing")
+
     def test_slowReaderPausesReading(self) -> None:
         """
         When the transport's write buffer is full (the client does not
