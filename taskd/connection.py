@@ -306,13 +306,51 @@ class TaskServerProtocol(LineReceiver, JobRequests):
         try:
             timeouts = self._timeouts
             if timeouts is None:
-                LineReceiver.dataReceived(self, data)
+                self._readLines(data)
                 return
             timeouts.receiving(data)
-            LineReceiver.dataReceived(self, data)
+            self._readLines(data)
             timeouts.received(data, bool(self._buffer))
         finally:
             writes.release()
+
+    def _readLines(self, data: bytes) -> None:
+        """
+        What C{LineReceiver.dataReceived} does, with a read split into its
+        lines once (C{LineReceiver} splits the rest of its buffer again for
+        every line): each whole line to L{lineReceived} until the
+        connection pauses or closes, the rest kept in C{_buffer}.
+        """
+        if self._busyReceiving:
+            self._buffer += data
+            return
+        self._busyReceiving = True
+        try:
+            buffer = self._buffer + data if self._buffer else data
+            self._buffer = b""
+            maxLength = self.MAX_LENGTH
+            if b"\n" in buffer:
+                lines = buffer.split(b"\n")
+                rest = lines.pop()
+                for index, line in enumerate(lines):
+                    if self.paused:
+                        lines.append(rest)
+                        self._buffer = b"\n".join(lines[index:]) + self._buffer
+                        return
+                    if len(line) > maxLength:
+                        self.lineLengthExceeded(line)
+                        return
+                    self.lineReceived(line)
+                    if self._closed:
+                        return
+                buffer = rest
+            buffer += self._buffer
+            if len(buffer) > maxLength:
+                self.lineLengthExceeded(buffer)
+                return
+            self._buffer = buffer
+        finally:
+            self._busyReceiving = False
 
     def resumeProducing(self) -> None:
         # The time the daemon did not read is not the client's.
