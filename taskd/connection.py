@@ -39,6 +39,7 @@ from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
+    GOODBYE_LINE,
     VERSION,
     Admin,
     Call,
@@ -105,6 +106,9 @@ class ConnectionOwner(Protocol):
     connections: set[TaskServerProtocol]
     #: Runs admin requests, or C{None} if the daemon takes none.
     admin: AdminCommands | None
+    #: Whether the daemon drains or stops: a new connection's hello that
+    #: asks for a goodbye gets it at once.
+    goingAway: bool
 
     def connectionEnded(self, protocol: TaskServerProtocol) -> None:
         """
@@ -207,6 +211,8 @@ class TaskServerProtocol(LineReceiver):
             self._closeTimer.cancel()
         if self._authTimer is not None and self._authTimer.active():
             self._authTimer.cancel()
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
         if self._timeouts is not None:
             self._timeouts.stop()
             self._timeouts = None
@@ -217,6 +223,8 @@ class TaskServerProtocol(LineReceiver):
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
+        if self._lingering:
+            self.transport.loseConnection()
         self._maybeFinish()
 
     def writeConnectionLost(self) -> None:
@@ -349,7 +357,7 @@ class TaskServerProtocol(LineReceiver):
         elif isinstance(request, Admin):
             self._admin(request)
         else:
-            self._answer(None, encodeHelloReply(self._hello()))
+            self._greet(request)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._closeWith(
@@ -393,7 +401,7 @@ class TaskServerProtocol(LineReceiver):
         self._setMaxLength(self.factory.maxLineLength)
         if self._authTimer is not None and self._authTimer.active():
             self._authTimer.cancel()
-        self._answer(None, encodeHelloReply(self._hello()))
+        self._greet(request)
 
     def _authTimedOut(self) -> None:
         self._refuse(
@@ -535,6 +543,77 @@ class TaskServerProtocol(LineReceiver):
             return encodeError(None, error)
 
         d.addErrback(failed).addCallback(lambda line: self._done(key, line))
+
+    # -- goodbye: the daemon drains or stops (taskd.server) -----------------
+
+    # Whether the client's hello asked for a goodbye ("goodbye": true).
+    _wantsGoodbye = False
+    _saidGoodbye = False
+    # Closed for writing after the goodbye's grace: reading until the
+    # client closes its side (see closeAfterGoodbye).
+    _lingering = False
+    _graceTimer: IDelayedCall | None = None
+
+    def _greet(self, hello: Request) -> None:
+        """
+        Answer a hello, and note whether it asked for a goodbye
+        (C{"goodbye": true}); if the daemon is going away already, the
+        goodbye follows the reply.
+        """
+        if isinstance(hello, Hello) and hello.fields.get("goodbye") is True:
+            self._wantsGoodbye = True
+        self._answer(None, encodeHelloReply(self._hello()))
+        if self._wantsGoodbye and (self._saidGoodbye or self.factory.goingAway):
+            self._saidGoodbye = False
+            self.goodbye()
+
+    def goodbye(self) -> None:
+        """
+        The daemon drains or stops: tell the client, if its hello asked
+        (a L{GOODBYE_LINE}), that it should send nothing more here.  Its
+        requests are still read and answered (by C{stopping}, with
+        C{"started": false}, once the daemon stops: the pool and the jobs
+        refuse them), until L{closeAfterGoodbye} closes the connection.
+        """
+        if self._saidGoodbye or self._closed:
+            return
+        self._saidGoodbye = True
+        if self._wantsGoodbye:
+            self.transport.write(GOODBYE_LINE)
+
+    def closeAfterGoodbye(self, grace: float) -> None:
+        """
+        The daemon has stopped: close once the client has stopped sending
+        (it closed its side, as a client does after a goodbye once its
+        replies have come) or, at the latest, after C{grace} seconds
+        (meanwhile its requests are answered with C{stopping}).  The close
+        is lingering: the daemon's side is closed for writing once the
+        replies are out, and whatever the client still sends is read and
+        dropped until it closes its side (closing a socket with unread
+        data would reset it, and the client could lose its last replies).
+        """
+        self.goodbye()
+        if self._closed:
+            return
+        if self._readClosed:
+            # Closing once its last reply is written (see _maybeFinish).
+            self._maybeFinish()
+            return
+        self._graceTimer = self.factory.clock.callLater(grace, self._lingerClose)
+
+    def _lingerClose(self) -> None:
+        self._graceTimer = None
+        if self._closed:
+            return
+        self._closed = self._lingering = True
+        if self._producing:
+            self._producing = False
+            self.transport.unregisterProducer()
+        self.clearLineBuffer()
+        if self.paused:
+            # Read (and drop) what comes, to see the client's end.
+            self.resumeProducing()
+        self.transport.loseWriteConnection()
 
     # -- writing ----------------------------------------------------------
 
