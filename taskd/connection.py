@@ -610,10 +610,15 @@ class TaskServerProtocol(LineReceiver):
             self._producing = False
             self.transport.unregisterProducer()
         self.clearLineBuffer()
+        loseWriteConnection = getattr(self.transport, "loseWriteConnection", None)
+        if loseWriteConnection is None:
+            # TLS has no half-close: its close alerts the client first.
+            self.transport.loseConnection()
+            return
         if self.paused:
             # Read (and drop) what comes, to see the client's end.
             self.resumeProducing()
-        self.transport.loseWriteConnection()
+        loseWriteConnection()
 
     # -- writing ----------------------------------------------------------
 

@@ -150,6 +150,18 @@ class ConnectionGoodbyeTests(ServerTestsMixin, SynchronousTestCase):
             worker.exit(0)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
+    def test_noHalfClose(self) -> None:
+        """
+        Over a transport that cannot close only its writing side (TLS), the
+        close after the grace closes the connection.
+        """
+        proto, transport, reactor = self.connect()
+        plain, plainTransport = ServerTestsMixin.newConnection(self, self.factory)
+        self.factory.finishConnections(grace=2, timeout=5)
+        reactor.advance(2)
+        self.assertTrue(plainTransport.disconnecting)
+        self.assertTrue(transport.writeClosed)
+
     def test_finishAborts(self) -> None:
         """
         A connection still open C{timeout} seconds after the grace (its
