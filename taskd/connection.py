@@ -546,8 +546,10 @@ class TaskServerProtocol(LineReceiver):
 
     # -- goodbye: the daemon drains or stops (taskd.server) -----------------
 
-    # Whether the client's hello asked for a goodbye ("goodbye": true).
+    # Whether the client's hello asked for a goodbye ("goodbye": true),
+    # whether the daemon is going away, whether the goodbye was written.
     _wantsGoodbye = False
+    _goingAway = False
     _saidGoodbye = False
     # Closed for writing after the goodbye's grace: reading until the
     # client closes its side (see closeAfterGoodbye).
@@ -563,8 +565,7 @@ class TaskServerProtocol(LineReceiver):
         if isinstance(hello, Hello) and hello.fields.get("goodbye") is True:
             self._wantsGoodbye = True
         self._answer(None, encodeHelloReply(self._hello()))
-        if self._wantsGoodbye and (self._saidGoodbye or self.factory.goingAway):
-            self._saidGoodbye = False
+        if self._wantsGoodbye and (self._goingAway or self.factory.goingAway):
             self.goodbye()
 
     def goodbye(self) -> None:
@@ -575,10 +576,9 @@ class TaskServerProtocol(LineReceiver):
         C{"started": false}, once the daemon stops: the pool and the jobs
         refuse them), until L{closeAfterGoodbye} closes the connection.
         """
-        if self._saidGoodbye or self._closed:
-            return
-        self._saidGoodbye = True
-        if self._wantsGoodbye:
+        self._goingAway = True
+        if self._wantsGoodbye and not self._saidGoodbye and not self._closed:
+            self._saidGoodbye = True
             self.transport.write(GOODBYE_LINE)
 
     def closeAfterGoodbye(self, grace: float) -> None:

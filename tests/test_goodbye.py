@@ -93,7 +93,7 @@ class ConnectionGoodbyeTests(ServerTestsMixin, SynchronousTestCase):
     def test_helloWhileGoingAway(self) -> None:
         """
         A connection whose hello asks once the daemon drains gets its hello
-        reply, then the goodbye.
+        reply, then the goodbye (once: not again after another hello).
         """
         self.connect()
         self.factory.sayGoodbye()
@@ -101,6 +101,8 @@ class ConnectionGoodbyeTests(ServerTestsMixin, SynchronousTestCase):
         proto.dataReceived(HELLO)
         replies = self.replies(transport)
         self.assertEqual([r["type"] for r in replies], ["hello", "goodbye"])
+        proto.dataReceived(HELLO)
+        self.assertEqual([r["type"] for r in self.replies(transport)], ["hello"])
 
     def test_finishConnections(self) -> None:
         """
@@ -355,8 +357,10 @@ class RawSocketGoodbyeTests(DaemonTestCase):
         aware.transport.write(HELLO)
         yield aware.waitLines(1)
         self.assertEqual(json.loads(aware.lines()[0])["type"], "hello")
-        plain.transport.write(b'{"function":"sleep","args":[1]}\n')
-        aware.transport.write(b'{"function":"sleep","args":[1],"id":1}\n')
+        # Long enough that the pool is still stopping (not stopped) when
+        # the later calls come, however loaded the machine.
+        plain.transport.write(b'{"function":"sleep","args":[3]}\n')
+        aware.transport.write(b'{"function":"sleep","args":[3],"id":1}\n')
         yield deferLater(reactor, 0.3, lambda: None)
         self.daemonProcess.signalProcess("TERM")
         yield aware.waitLines(2)
@@ -370,12 +374,12 @@ class RawSocketGoodbyeTests(DaemonTestCase):
         yield aware.waitLines(4)
         self.assertEqual(
             aware.lines()[2:],
-            [stopping % b'"id":2,', b'{"type":"result","id":1,"result":1}'],
+            [stopping % b'"id":2,', b'{"type":"result","id":1,"result":3}'],
         )
         aware.transport.loseWriteConnection()
         yield aware.closed
         yield plain.waitLines(2)
-        self.assertEqual(plain.lines(), [b'{"type":"result","result":1}', stopping % b""])
+        self.assertEqual(plain.lines(), [b'{"type":"result","result":3}', stopping % b""])
         # As docs/protocol.md shows them.
         with open(os.path.join(ROOT, "docs", "protocol.md")) as f:
             block = f.read().split("thus reads, for instance", 1)[1].split("```\n", 2)[1]
