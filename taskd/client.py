@@ -602,6 +602,7 @@ def authenticate(
     token: str | None,
     clock: IReactorTime | None = None,
     timeout: float = HELLO_TIMEOUT,
+    goodbye: bool = False,
 ) -> Deferred[TaskClientProtocol]:
     """
     Open a new connection's conversation with a hello (carrying C{token}):
@@ -611,18 +612,26 @@ def authenticate(
 
     @param clock: to time the answer with (no limit without one).
     @param timeout: seconds the daemon has to answer the hello.
+    @param goodbye: ask the daemon to say goodbye when it drains or stops
+        (see docs/protocol.md): the connection then takes no more calls,
+        and is closed once its calls are answered.  For a client that can
+        go to another daemon (L{taskd.reconnecting.ReconnectingClient});
+        without it, a draining daemon goes on serving the connection.
     @return: a C{Deferred} firing with C{protocol}, its
         L{TaskClientProtocol.serverHello} set, or failing with the
         daemon's error, or L{errors.NotConnected} if it did not answer.
     """
-    return Deferred.fromCoroutine(_authenticate(protocol, token, clock, timeout))
+    return Deferred.fromCoroutine(_authenticate(protocol, token, clock, timeout, goodbye))
 
 
 async def _authenticate(
-    protocol: TaskClientProtocol, token: str | None, clock: IReactorTime | None, timeout: float
+    protocol: TaskClientProtocol, token: str | None, clock: IReactorTime | None, timeout: float,
+    goodbye: bool = False,
 ) -> TaskClientProtocol:
-    # "goodbye": the daemon tells when it drains or stops (docs/protocol.md).
-    hello = protocol.hello({"goodbye": True} if token is None else {"token": token, "goodbye": True})
+    fields: dict[str, Any] = {} if token is None else {"token": token}
+    if goodbye:
+        fields["goodbye"] = True
+    hello = protocol.hello(fields)
     if clock is not None:
         hello.addTimeout(timeout, clock)
     try:

@@ -549,7 +549,7 @@ class _Connection(ClientService):
 
     def _connected(self, protocol: Any) -> None:
         # Not waited for: see the class docstring.
-        authenticate(protocol, self._client.token, self._client.reactor).addCallbacks(
+        authenticate(protocol, self._client.token, self._client.reactor, goodbye=True).addCallbacks(
             self._ready, self._refused
         )
 

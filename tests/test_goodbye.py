@@ -27,7 +27,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from taskd import errors
-from taskd.client import TaskClientProtocol
+from taskd.client import TaskClientProtocol, authenticate
 from taskd.connection import TaskServerProtocol
 from taskd.reconnecting import ReconnectingClient
 from taskd.server import TaskServerFactory
@@ -213,6 +213,22 @@ class ClientGoodbyeTests(SynchronousTestCase):
         protocol.dataReceived(b'{"type":"result","id":1,"result":3}\n')
         self.assertEqual(self.successResultOf(sent), 3)
         self.assertTrue(transport.disconnecting)
+
+    def test_asking(self) -> None:
+        """
+        L{authenticate} asks for the goodbye only if told to (as
+        L{ReconnectingClient} does): a lone connection has nowhere else to
+        go, and a draining daemon goes on serving it.
+        """
+        for goodbye, hello in [
+            (False, {"type": "hello", "version": 1}),
+            (True, {"type": "hello", "version": 1, "goodbye": True}),
+        ]:
+            protocol = TaskClientProtocol()
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            authenticate(protocol, None, goodbye=goodbye)
+            self.assertEqual(json.loads(transport.value()), hello)
 
     def test_idleClosesAtOnce(self) -> None:
         """
