@@ -199,15 +199,22 @@ class TaskServerFactory(Factory):
 
         @return: a C{Deferred} that fires when all are closed.
         """
+        return self._closeAll(lambda protocol: protocol.close(timeout), timeout)
+
+    def _closeAll(self, close: Callable[[TaskServerProtocol], object], abortAfter: float) -> Deferred[Any]:
+        """
+        C{close} every connection; abort the ones still open after
+        C{abortAfter} seconds.
+        """
         waiting = []
         for protocol in list(self.connections):
             d: Deferred[None] = Deferred()
             self._closing[protocol] = d
             waiting.append(d)
-            protocol.close(timeout)
+            close(protocol)
         if not waiting:
             return succeed(None)
-        timer = self.clock.callLater(timeout, self._abortClosing)
+        timer = self.clock.callLater(abortAfter, self._abortClosing)
 
         def closed(result: object) -> object:
             if timer.active():
@@ -240,22 +247,7 @@ class TaskServerFactory(Factory):
         @return: a C{Deferred} that fires when all are closed.
         """
         self.sayGoodbye()
-        waiting = []
-        for protocol in list(self.connections):
-            d: Deferred[None] = Deferred()
-            self._closing[protocol] = d
-            waiting.append(d)
-            protocol.closeAfterGoodbye(grace)
-        if not waiting:
-            return succeed(None)
-        timer = self.clock.callLater(grace + timeout, self._abortClosing)
-
-        def closed(result: object) -> object:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return DeferredList(waiting).addBoth(closed)
+        return self._closeAll(lambda protocol: protocol.closeAfterGoodbye(grace), grace + timeout)
 
     def _abortClosing(self) -> None:
         for protocol in list(self._closing):
