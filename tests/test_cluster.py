@@ -130,7 +130,7 @@ class ClusterTestCase(DaemonTestCase):
     @inlineCallbacks
     def startMember(self, n: int) -> Any:
         daemon = yield self.startDaemon(
-            "--journal", self.dsn, "--job-lease", "5", "--job-poll", "0.5", *self.daemonOptions,
+            "--journal", self.dsn, "--job-lease", "10", "--job-poll", "0.5", *self.daemonOptions,
             port=self.ports[n], workers=self.workers,
         )
         self.daemons[n] = daemon
