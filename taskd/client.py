@@ -47,6 +47,7 @@ from taskd.wire import (
     TasksReply,
     Admin,
     AdminReply,
+    Goodbye,
     decodeReply,
     encodeRequest,
 )
@@ -275,6 +276,8 @@ class TaskClientProtocol(JobAsking, Protocol):
                 return
             self.lineReceived(line)
         buffer += rest
+        if self._saidGoodbye:
+            self._closeOnceAnswered()
 
     def lineReceived(self, line: bytes) -> None:
         """
@@ -333,6 +336,9 @@ class TaskClientProtocol(JobAsking, Protocol):
                 d.callback(reply.result)
             else:
                 d.errback(reply.error)
+            return
+        if isinstance(reply, Goodbye):
+            self._goodbye()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
@@ -428,6 +434,34 @@ class TaskClientProtocol(JobAsking, Protocol):
         waiters, self._closingWaiters = self._closingWaiters, []
         for d in waiters:
             d.callback(None)
+
+    # -- the daemon's goodbye (it drains or stops) ------------------------------
+
+    _saidGoodbye = False
+
+    def _goodbye(self) -> None:
+        """
+        The daemon said goodbye: send nothing more on this connection (so
+        no request can be on its way when the daemon closes it); the calls
+        held back unsent fail with L{errors.ConnectionLost} and C{started}
+        false (a L{ReconnectingClient <taskd.reconnecting.ReconnectingClient>}
+        sends them to another daemon); close the connection once every
+        request sent is answered.
+        """
+        self._saidGoodbye = True
+        self._closedBecause = errors.PoolStopping("the daemon said goodbye: it drains or stops")
+        self._nowClosing()
+        held, self._held = self._held, deque()
+        for id, _ in held:
+            self._progress.pop(id, None)
+            d = self._pending.pop(id, None)
+            if d is not None:
+                d.errback(self._notSent())
+        self._closeOnceAnswered()
+
+    def _closeOnceAnswered(self) -> None:
+        if not self._pending and not self._unnumbered and not self._closed:
+            self.transport.loseConnection()
 
     def whenLost(self) -> Deferred[None]:
         """
@@ -568,6 +602,7 @@ def authenticate(
     token: str | None,
     clock: IReactorTime | None = None,
     timeout: float = HELLO_TIMEOUT,
+    goodbye: bool = False,
 ) -> Deferred[TaskClientProtocol]:
     """
     Open a new connection's conversation with a hello (carrying C{token}):
@@ -577,17 +612,26 @@ def authenticate(
 
     @param clock: to time the answer with (no limit without one).
     @param timeout: seconds the daemon has to answer the hello.
+    @param goodbye: ask the daemon to say goodbye when it drains or stops
+        (see docs/protocol.md): the connection then takes no more calls,
+        and is closed once its calls are answered.  For a client that can
+        go to another daemon (L{taskd.reconnecting.ReconnectingClient});
+        without it, a draining daemon goes on serving the connection.
     @return: a C{Deferred} firing with C{protocol}, its
         L{TaskClientProtocol.serverHello} set, or failing with the
         daemon's error, or L{errors.NotConnected} if it did not answer.
     """
-    return Deferred.fromCoroutine(_authenticate(protocol, token, clock, timeout))
+    return Deferred.fromCoroutine(_authenticate(protocol, token, clock, timeout, goodbye))
 
 
 async def _authenticate(
-    protocol: TaskClientProtocol, token: str | None, clock: IReactorTime | None, timeout: float
+    protocol: TaskClientProtocol, token: str | None, clock: IReactorTime | None, timeout: float,
+    goodbye: bool = False,
 ) -> TaskClientProtocol:
-    hello = protocol.hello({} if token is None else {"token": token})
+    fields: dict[str, Any] = {} if token is None else {"token": token}
+    if goodbye:
+        fields["goodbye"] = True
+    hello = protocol.hello(fields)
     if clock is not None:
         hello.addTimeout(timeout, clock)
     try:

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from taskd import errors
+from taskd._connectiongreeting import Greeting, describePeer
 from taskd._connectionjobs import InFlight, JobRequests
 from taskd.jobs import JobService
 from taskd.admin import AdminCommands
@@ -43,22 +44,17 @@ from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, immediateWriter
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
-    VERSION,
     Admin,
     Call,
     CallId,
     Cancel,
-    Hello,
-    HelloReply,
     ProtocolError,
-    Request,
     Stats,
     StatsReply,
     Tasks,
     JOB_REQUESTS,
     decodeRequest,
     encodeError,
-    encodeHelloReply,
     encodeProgress,
     encodeResult,
     encodeStatsReply,
@@ -105,6 +101,9 @@ class ConnectionOwner(Protocol):
     admin: AdminCommands | None
     #: Bytes in and out of all connections (each adds its own).
     traffic: Traffic
+    #: Whether the daemon drains or stops: a new connection's hello that
+    #: asks for a goodbye gets it at once.
+    goingAway: bool
 
     def connectionEnded(self, protocol: TaskServerProtocol) -> None:
         """
@@ -138,7 +137,7 @@ CLOSE_TIMEOUT = 30.0
 
 
 @implementer(IHalfCloseableProtocol)
-class TaskServerProtocol(LineReceiver, JobRequests):
+class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
     """
     One client connection.
 
@@ -213,6 +212,8 @@ class TaskServerProtocol(LineReceiver, JobRequests):
             self._closeTimer.cancel()
         if self._authTimer is not None and self._authTimer.active():
             self._authTimer.cancel()
+        if self._graceTimer is not None and self._graceTimer.active():
+            self._graceTimer.cancel()
         if self._timeouts is not None:
             self._timeouts.stop()
             self._timeouts = None
@@ -223,6 +224,8 @@ class TaskServerProtocol(LineReceiver, JobRequests):
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
+        if self._lingering:
+            self.transport.loseConnection()
         self._maybeFinish()
 
     def writeConnectionLost(self) -> None:
@@ -402,7 +405,7 @@ class TaskServerProtocol(LineReceiver, JobRequests):
         elif isinstance(request, Admin):
             self._admin(request)
         else:
-            self._answer(None, encodeHelloReply(self._hello()))
+            self._greet(request)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._closeWith(
@@ -429,54 +432,6 @@ class TaskServerProtocol(LineReceiver, JobRequests):
             self.transport.abortConnection()
         else:
             self.close()
-
-    # -- authentication ---------------------------------------------------
-
-    def _authenticate(self, request: Request) -> None:
-        if not isinstance(request, Hello):
-            self._refuse("authenticate first, with a hello that carries the token")
-            return
-        token = request.fields.get("token")
-        if token is None:
-            self._refuse("this daemon requires a token and the hello carried none")
-            return
-        if not isinstance(token, str) or not self.factory.checkToken(token):
-            self._refuse("the token is wrong")
-            return
-        self._authenticated = True
-        self._setMaxLength(self.factory.maxLineLength)
-        if self._authTimer is not None and self._authTimer.active():
-            self._authTimer.cancel()
-        self._answer(None, encodeHelloReply(self._hello()))
-
-    def _authTimedOut(self) -> None:
-        self._refuse(
-            f"no authentication within {self.factory.authTimeout} seconds"
-        )
-
-    def _refuse(self, message: str) -> None:
-        if self._closed:
-            return
-        self.flush()
-        self._writeLast(encodeError(None, errors.Unauthenticated(message)))
-        self.close()
-
-    def _hello(self) -> HelloReply:
-        pool = self.factory.pool
-        return HelloReply(
-            VERSION,
-            {
-                "server": "taskd",
-                "serverVersion": self.factory.version,
-                "tasks": list(pool.registry),
-                "maxLineLength": self._maxLength,
-                "maxInFlight": self.factory.maxInFlight,
-                "taskLimits": {
-                    name: {k: v for k, v in options._asdict().items() if v is not None}
-                    for name, options in sorted(pool.taskPolicies().items())
-                },
-            },
-        )
 
     # -- calls --------------------------------------------------------------
 
@@ -634,19 +589,3 @@ class TaskServerProtocol(LineReceiver, JobRequests):
                 self.resumeProducing()
         elif self._writeBlocked or self._unanswered >= limit:
             self.pauseProducing()
-
-
-def describePeer(transport: Any) -> str:
-    """
-    @return: who is at the other end of C{transport}, as people read it:
-        C{"127.0.0.1:50312"}, C{"[::1]:50312"}, C{"unix"}.
-    """
-    try:
-        peer = transport.getPeer()
-    except Exception:
-        return "unknown"
-    host = getattr(peer, "host", None)
-    port = getattr(peer, "port", None)
-    if host is None or port is None:
-        return "unix" if hasattr(peer, "name") else str(type(peer).__name__).lower()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -76,7 +76,12 @@ class ReconnectingClient(Caller, Submitter, MultiService):
     C{stopping} with C{started} false), or that was never sent on a
     connection that was lost, goes to another connected daemon, each at
     most once; when none is left it fails with the last error (a call
-    never sent waits for a connection instead).  A call whose connection
+    never sent, or refused with C{stopping}, waits for a connection
+    instead).  A daemon that drains or stops says goodbye (see
+    docs/protocol.md): its connection takes no more calls, is closed once
+    its calls are answered, and is opened again (to another daemon,
+    through a balancer); so no call is on its way when the daemon closes
+    it, and a rolling restart fails none.  A call whose connection
     was lost after it was sent is not sent again: it fails with
     L{errors.ConnectionLost}, since it may have run.  C{expired} is final.
 
@@ -237,7 +242,9 @@ class ReconnectingClient(Caller, Submitter, MultiService):
                 )
                 self._sendTo(self._leastBusy(others), call)
                 return
-            if isinstance(error, errors.ConnectionLost) and not self.failFast:
+            if isinstance(error, (errors.ConnectionLost, errors.PoolStopping)) and not self.failFast:
+                # Unsent, or refused by a stopping daemon: the next daemon
+                # to connect (a restarted one, say) takes it.
                 self._wait(call)
                 return
         call.deferred.errback(failure)
@@ -542,7 +549,7 @@ class _Connection(ClientService):
 
     def _connected(self, protocol: Any) -> None:
         # Not waited for: see the class docstring.
-        authenticate(protocol, self._client.token, self._client.reactor).addCallbacks(
+        authenticate(protocol, self._client.token, self._client.reactor, goodbye=True).addCallbacks(
             self._ready, self._refused
         )
 

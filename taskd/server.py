@@ -36,6 +36,10 @@ from taskd.wire import StatsReply, TasksReply, encodeTasksReply
 #: Default longest request line, in bytes.
 DEFAULT_MAX_LINE = 1024 * 1024
 
+#: Seconds a stopped daemon keeps a connection open (answering its
+#: requests with C{stopping}) for its client to stop sending.
+GOODBYE_GRACE = 2.0
+
 
 def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
@@ -137,6 +141,8 @@ class TaskServerFactory(Factory):
         self.admin: AdminCommands | None = None
         #: Bytes in and out of all connections, progress reports dropped.
         self.traffic = Traffic()
+        #: Whether the daemon drains or stops (see L{sayGoodbye}).
+        self.goingAway = False
 
     def tasksLine(self) -> bytes:
         """
@@ -206,15 +212,22 @@ class TaskServerFactory(Factory):
 
         @return: a C{Deferred} that fires when all are closed.
         """
+        return self._closeAll(lambda protocol: protocol.close(timeout), timeout)
+
+    def _closeAll(self, close: Callable[[TaskServerProtocol], object], abortAfter: float) -> Deferred[Any]:
+        """
+        C{close} every connection; abort the ones still open after
+        C{abortAfter} seconds.
+        """
         waiting = []
         for protocol in list(self.connections):
             d: Deferred[None] = Deferred()
             self._closing[protocol] = d
             waiting.append(d)
-            protocol.close(timeout)
+            close(protocol)
         if not waiting:
             return succeed(None)
-        timer = self.clock.callLater(timeout, self._abortClosing)
+        timer = self.clock.callLater(abortAfter, self._abortClosing)
 
         def closed(result: object) -> object:
             if timer.active():
@@ -222,6 +235,32 @@ class TaskServerFactory(Factory):
             return result
 
         return DeferredList(waiting).addBoth(closed)
+
+    # -- goodbye: draining and stopping -------------------------------------
+
+    def sayGoodbye(self) -> None:
+        """
+        The daemon drains or stops: tell every connection (a client that
+        asked gets a goodbye line and stops sending; see
+        L{TaskServerProtocol.goodbye}), and every connection opened from
+        now on.
+        """
+        self.goingAway = True
+        for protocol in list(self.connections):
+            protocol.goodbye()
+
+    def finishConnections(self, grace: float = GOODBYE_GRACE, timeout: float = 5.0) -> Deferred[Any]:
+        """
+        The daemon has stopped (its pool answers every call): close each
+        connection once its client has stopped sending, or after C{grace}
+        seconds, during which its requests are answered with C{stopping}
+        (see L{TaskServerProtocol.closeAfterGoodbye}); abort the ones still
+        open C{timeout} seconds later.
+
+        @return: a C{Deferred} that fires when all are closed.
+        """
+        self.sayGoodbye()
+        return self._closeAll(lambda protocol: protocol.closeAfterGoodbye(grace), grace + timeout)
 
     def _abortClosing(self) -> None:
         for protocol in list(self._closing):

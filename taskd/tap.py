@@ -53,6 +53,7 @@ from taskd.listeners import (
     skipTLSImports,
 )
 from taskd.admin import AdminCommands
+from taskd.gate import ListeningGate
 from taskd.jsonlog import logFormat, useJSONLog
 from taskd.pool import PoolService, ProcessPool
 from taskd.registry import loadTaskModules
@@ -303,6 +304,8 @@ class TaskdService(MultiService):
         self.poolService = PoolService(pool, onStartFailure=self._poolFailed)
         self.poolService.setServiceParent(self)
         self.listeners: list[IService] = []
+        #: Holds the listeners' ports unread until the journal is open.
+        self.gate = ListeningGate()
         #: Whether the daemon drains: see L{drain}.
         self.draining = False
         #: The HTTP side (C{--http}), if any: see L{addHTTP}.
@@ -380,6 +383,8 @@ class TaskdService(MultiService):
         super().startService()
         if self.jobs is not None:
             self.jobs.start().addCallbacks(self._jobsStarted, self._jobsFailed)
+        else:
+            self._ready()
 
     def _jobsStarted(self, _: object) -> None:
         """
@@ -393,6 +398,14 @@ class TaskdService(MultiService):
         """
         if self.freezeHeap:
             gc.freeze()
+        self._ready()
+
+    def _ready(self) -> None:
+        """
+        The jobs' journal is open: accept connections (see L{taskd.gate}).
+        """
+        self.log.info("taskd ready: accepting connections")
+        self.gate.open()
 
     def _jobsFailed(self, failure: Failure) -> None:
         self.log.error("taskd: {error}", error=failure.getErrorMessage())
@@ -407,7 +420,7 @@ class TaskdService(MultiService):
         )
         d.addCallback(lambda _: self._stopPoolAndJobs())
         # Even if stopping the pool failed, the connections are closed.
-        d.addBoth(lambda _: self.factory.closeConnections())
+        d.addBoth(lambda _: self.factory.finishConnections())
         d.addBoth(lambda _: self._stopHTTP())
         d.addCallback(lambda _: self.log.info("taskd stopped"))
         return d
@@ -439,6 +452,8 @@ class TaskdService(MultiService):
         """
         if self.draining:
             return "draining"
+        if not self.gate.isOpen:
+            return "starting: the jobs' journal is not open yet"
         if self.web is not None and not self.web.activity.workers:
             return "no ready worker"
         return None
@@ -455,6 +470,7 @@ class TaskdService(MultiService):
         if self.draining:
             return DeferredList([])
         self.draining = True
+        self.factory.sayGoodbye()
         self.log.info("draining: no new connections; /healthz answers 503")
         return DeferredList([maybeDeferred(s.stopService) for s in self.listeners])
 
@@ -465,10 +481,14 @@ class TaskdService(MultiService):
         jobs the pool held have ended.
         """
         if self.jobs is None:
-            return self.poolService.stopService()
-        jobsStopped = self.jobs.stop()
-        d = self.poolService.stopService()
-        return d.addBoth(lambda _: jobsStopped)
+            d = self.poolService.stopService()
+        else:
+            jobsStopped = self.jobs.stop()
+            d = self.poolService.stopService().addBoth(lambda _: jobsStopped)
+        # Now that the pool answers new calls with "stopping": see
+        # TaskServerFactory.sayGoodbye.
+        self.factory.sayGoodbye()
+        return d
 
 
 def plural(n: int, noun: str) -> str:
@@ -559,7 +579,10 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
     service = TaskdService(reactor, pool, factory, options["listen"], jobs=jobs)
     service.freezeHeap = ownProcess
     for description in options["listen"]:
-        service.addListener(strports.service(listenDescription(description), factory, reactor=reactor))
+        listener = strports.service(listenDescription(description), factory, reactor=reactor)
+        # Bound now, accepting once the daemon is ready (see taskd.gate).
+        listener.endpoint = service.gate.hold(listener.endpoint)
+        service.addListener(listener)
     factory.admin = AdminCommands(pool, service.drain, options.get("admin-token"))
     if options.get("http") is not None:
         from taskd.activity import Activity

@@ -174,7 +174,22 @@ class TasksReply:
     tasks: list[dict[str, str]]
 
 
-Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply, TasksReply, Accepted, JobReply, AdminReply]
+@frozen
+class Goodbye:
+    """
+    The daemon drains or stops: it sends this (C{{"type": "goodbye"}}) on
+    each connection whose hello asked for it (C{"goodbye": true}), before
+    it closes the connection.  Send nothing more on it: what was sent is
+    answered, and the daemon closes the connection once the client has
+    closed it, or after a grace period (see docs/protocol.md).
+    """
+
+
+#: The goodbye line, as the daemon writes it.
+GOODBYE_LINE = b'{"type":"goodbye"}\n'
+
+
+Reply = Union[Result, Progress, ErrorReply, HelloReply, StatsReply, TasksReply, Accepted, JobReply, AdminReply, Goodbye]
 
 
 def decodeRequest(line: bytes) -> Request:
@@ -344,6 +359,8 @@ def _decodeReply(line: bytes) -> Reply:
         return TasksReply(tasks)
     if kind in ("accepted", "job"):
         return decodeJobReply(message)
+    if kind == "goodbye":
+        return Goodbye()
     raise ValueError(f"unknown reply type {kind!r}")
 
 
@@ -364,6 +381,8 @@ __all__ = [
     "StatsReply",
     "TasksReply",
     "Reply",
+    "Goodbye",
+    "GOODBYE_LINE",
     "ProtocolError",
     "decodeRequest",
     "encodeRequest",

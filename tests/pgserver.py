@@ -10,32 +10,51 @@ C{runuser}.
 
 from __future__ import annotations
 
+import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 
-#: Where Debian's PostgreSQL server programs are (the newest version found).
-BIN_DIRS = sorted(
-    (os.path.join("/usr/lib/postgresql", v, "bin") for v in (
-        os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else ()
-    )),
-    reverse=True,
-)
+#: Where PostgreSQL's server programs are installed, by packaging: Debian
+#: and Ubuntu (C{postgresql-NN}), the PGDG packages of Red Hat and its
+#: kin (C{postgresqlNN-server}), a source build's default prefix.  Each
+#: version has a directory of its own; the newest is taken.
+BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin")
+
+
+def versionKey(path: str) -> tuple[int, ...]:
+    """
+    @return: the version numbers in C{path}, to sort by: C{9.6} before
+        C{10}, as strings would not.
+    """
+    return tuple(int(n) for n in re.findall(r"\d+", path))
 
 
 def binDir() -> str | None:
     """
-    @return: the directory of C{initdb} and C{postgres}, or C{None}.
+    @return: the directory of C{initdb} and C{postgres}: the one named by
+        C{TASKD_PG_BINDIR}, else the newest version's of L{BIN_GLOBS},
+        else the one C{initdb} is found in on C{PATH} (Fedora, Arch,
+        Alpine, Homebrew put it there); or C{None}.
     """
-    for d in BIN_DIRS:
-        if os.path.exists(os.path.join(d, "initdb")):
-            return d
-    found = shutil.which("initdb")
-    return None if found is None else os.path.dirname(found)
+    def complete(d: str) -> bool:
+        return all(os.access(os.path.join(d, p), os.X_OK) for p in ("initdb", "postgres"))
+
+    chosen = os.environ.get("TASKD_PG_BINDIR")
+    if chosen:
+        return chosen if complete(chosen) else None
+    found = [d for pattern in BIN_GLOBS for d in glob.glob(pattern) if complete(d)]
+    if found:
+        return max(found, key=versionKey)
+    initdb = shutil.which("initdb")
+    if initdb is not None and complete(os.path.dirname(initdb)):
+        return os.path.dirname(initdb)
+    return None
 
 
 def skipReason() -> str | None:
@@ -49,7 +68,10 @@ def skipReason() -> str | None:
     except ImportError:
         return "psycopg is not installed (pip install '.[postgresql]')"
     if binDir() is None:
-        return "PostgreSQL's server programs are not installed (apt install postgresql)"
+        return (
+            "PostgreSQL's server programs (initdb, postgres) are not installed "
+            "(apt install postgresql), or not where tests/pgserver.py looks: set TASKD_PG_BINDIR"
+        )
     if os.getuid() == 0:
         try:
             pwd.getpwnam("postgres")

@@ -82,7 +82,7 @@ class ProtocolExamplesTests(SynchronousTestCase):
             kind = message.get("type", "call")
             reply = kind in ("result", "progress", "error") or (kind == "hello" and "server" in message) or (
                 kind in ("stats", "tasks") and len(message) > 1
-            ) or kind == "accepted" or (kind == "job" and "state" in message) or (
+            ) or kind in ("accepted", "goodbye") or (kind == "job" and "state" in message) or (
                 kind == "admin" and not set(message) <= {"type", "command", "token", "number", "count"}
             )
             if reply:
@@ -98,7 +98,7 @@ class ProtocolExamplesTests(SynchronousTestCase):
             {"request:call", "request:cancel", "request:hello", "request:stats", "request:tasks",
              "reply:result", "reply:progress", "reply:error", "reply:hello", "reply:stats", "reply:tasks",
              "request:submit", "request:job", "request:wait", "reply:accepted", "reply:job",
-             "request:admin", "reply:admin"},
+             "request:admin", "reply:admin", "reply:goodbye"},
         )
 
 
