@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import sys
 import time
@@ -248,13 +249,23 @@ class CLITests(TestCase):
         CLI's own connection is counted.
         """
         out, err, status = yield runCLI("stats", "-c", self.connect)
+        counters, traffic = out.split(b"bytesReceived: ")
         self.assertEqual(
-            (out, err, status),
+            (counters, err, status),
             (b"workers: 2\nidle: 2\nbusy: 0\nqueued: 0\nprocesses: 2\nmemoryRecycled: 0\nqueuedByPriority: none\nqueuedByTask: none\nretrying: 0\nconnections: 1\n", b"", 0),
         )
+        received, sent, dropped = re.fullmatch(
+            rb"(\d+)\nbytesSent: (\d+)\nprogressDropped: (\d+)\n", traffic
+        ).groups()  # type: ignore[union-attr]
         out, err, status = yield runCLI("stats", "--json", "-c", self.connect)
+        stats = json.loads(out)
+        # The bytes of this connection's hello and stats request are counted
+        # with the first run's.
+        self.assertGreater(stats.pop("bytesReceived"), int(received))
+        self.assertGreater(stats.pop("bytesSent"), int(sent))
+        self.assertEqual(stats.pop("progressDropped"), int(dropped))
         self.assertEqual(
-            json.loads(out),
+            stats,
             {"workers": 2, "idle": 2, "busy": 0, "queued": 0, "processes": 2, "memoryRecycled": 0, "queuedByPriority": {}, "queuedByTask": {}, "retrying": 0, "connections": 1},
         )
 
