@@ -28,12 +28,15 @@ def main(argv: list[str]) -> None:
     sequential = [request("add", [i, 1], i) for i in range(2000)]
     check = lambda i, r: r == i + 1  # noqa: E731
     results: dict[str, dict[str, list[dict[str, Any]]]] = {k: {"w1": [], "w1a": [], "w2": []} for k in roots}
-    saved = run.ENV
+    saved = run.ENV, run.ROOT
     try:
         for name, root in roots.items():
+            # The daemon runs in its checkout (its current directory comes
+            # first on its path) with that checkout first on PYTHONPATH.
             run.ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + base))
+            run.ROOT = root
             daemons[name] = run.Daemon(2)
-        run.ENV = saved
+        run.ENV, run.ROOT = saved
         for i in range(rounds):
             for name, d in daemons.items():
                 mine = results[name]
@@ -44,6 +47,7 @@ def main(argv: list[str]) -> None:
                 last = {w: {k: round(v, 1) for k, v in runs[-1].items()} for w, runs in mine.items()}
                 print(name, i + 1, json.dumps(last), "load", open("/proc/loadavg").read().split()[0], flush=True)
     finally:
+        run.ENV, run.ROOT = saved
         for d in daemons.values():
             d.stop()
     for name in roots:
