@@ -100,31 +100,35 @@ class Daemon(Process):
 
 class Scraper:
     """
-    Fetches a daemon's C{/metrics} and C{/events} snapshot once a second in
-    a thread, as Prometheus and a status page would, while a workload runs.
+    Fetches a daemon's C{/metrics} once a second, as Prometheus would, while
+    a workload runs: from a process of its own, so that the scraping does
+    not take the benchmark client's CPU (a thread in the client's process
+    slowed the client, and through it the daemon's batches).
     """
 
+    _SCRIPT = (
+        "import sys, time, urllib.request\n"
+        "while True:\n"
+        "    time.sleep(1.0)\n"
+        "    with urllib.request.urlopen(f'http://127.0.0.1:{sys.argv[1]}/metrics', timeout=10) as r:\n"
+        "        assert b'taskd_calls_total' in r.read()\n"
+        "    print('scraped', flush=True)\n"
+    )
+
     def __init__(self, port: int) -> None:
-        import threading
-
-        self.port = port
-        self.scrapes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import urllib.request
-
-        while not self._stop.wait(1.0):
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
-                assert b"taskd_calls_total" in r.read()
-            self.scrapes += 1
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", self._SCRIPT, str(port)], stdout=subprocess.PIPE
+        )
 
     def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.scrapes
+        """
+        Stop scraping.
+
+        @return: how many scrapes were made.
+        """
+        self._process.terminate()
+        out, _ = self._process.communicate()
+        return out.count(b"scraped")
 
 
 def httpCost(runs: int, lines: list[bytes], check: Callable[[int, Any], bool], workers: int = 2) -> dict[str, list[dict[str, Any]]]:
