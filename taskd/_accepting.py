@@ -69,7 +69,7 @@ class Accepting(PoolRooms):
             it fails with L{errors.Expired} without running.  C{None}: no
             limit.
         @return: a C{Deferred} firing with the task's result (decoded from
-            JSON), or failing with an L{errors.TaskdError} (or L{CallCancelled},
+            JSON), or failing with an L{errors.TaskdError} (or L{taskd.pool.CallCancelled},
             a C{twisted.internet.defer.CancelledError}, if cancelled).  Its
             C{started} says whether the task had started.  A task with
             retries (see L{taskd.registry.TaskOptions}) is run again after
@@ -150,7 +150,7 @@ class Accepting(PoolRooms):
         Like L{submitEncoded}, for a caller that relays many calls and wants
         no C{Deferred} for each (the daemon's connections): the call's end
         is told to C{answer(key, outcome)}, once, with the result as JSON
-        bytes or a L{Failure} (an L{errors.TaskdError}, or L{CallCancelled}).
+        bytes or a C{Failure} (an L{errors.TaskdError}, or L{taskd.pool.CallCancelled}).
 
         A call the pool refuses (unknown task, full queue, a bad priority,
         a pool not running) is answered before this returns, and C{None} is

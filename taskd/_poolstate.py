@@ -74,7 +74,7 @@ POOL_TRANSITIONS = {
 
 
 #: How a call relayed through L{taskd.pool.ProcessPool.relay} is answered:
-#: C{answer(key, outcome)}, with the result as JSON bytes or a L{Failure}.
+#: C{answer(key, outcome)}, with the result as JSON bytes or a C{Failure}.
 Answer = Callable[[Any, "bytes | Failure"], object]
 
 
