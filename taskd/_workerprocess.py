@@ -184,12 +184,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
 
     @classmethod
     def spawn(
-        cls,
-        reactor: Any,
-        events: WorkerEvents[C],
-        config: WorkerConfig,
-        slots: Slots | None = None,
-        batch: WriteBatch | None = None,
+        cls, reactor: Any, events: WorkerEvents[C], config: WorkerConfig,
+        slots: Slots | None = None, batch: WriteBatch | None = None,
     ) -> WorkerProcess[C]:
         """
         Start a worker process.  The reactor's C{processGroups}, if it has
@@ -352,8 +348,7 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
     # -- frames -----------------------------------------------------------
 
     def _repliesReceived(self, data: bytes) -> None:
-        # The calls its replies let start go out together, one write per
-        # worker, once the chunk is handled.
+        # The calls its replies let start go out together, once handled.
         batch = self._batch
         batch.hold()
         try:
