@@ -138,6 +138,9 @@ class PostgreSQLServer:
                 break
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
+                    # Not up in time: stop it now, by its process group (no
+                    # PID file to stop it by later).
+                    self._killGroup(process)
                     raise
                 time.sleep(0.05)
         with open(pidFile) as f:
@@ -146,6 +149,16 @@ class PostgreSQLServer:
     def log(self) -> str:
         with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
             return f.read()
+
+    def _killGroup(self, process: subprocess.Popen[bytes]) -> None:
+        """
+        Kill C{process} and the server it started (a session of their own).
+        """
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(30)
 
     def stop(self, sig: int = signal.SIGINT) -> None:
         """

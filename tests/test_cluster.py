@@ -686,6 +686,28 @@ class HAProxyTokenTests(DaemonTestCase):
         report("haproxy-token-check", plainCheck=line.split("reason: ", 1)[-1][:80], refused=type(failure).__name__)
 
 
+class PostgreSQLServerTests(SynchronousTestCase):
+    """
+    L{tests.pgserver.PostgreSQLServer} leaves nothing running behind it.
+    """
+
+    skip = skipReason()
+
+    def test_notUpInTimeIsKilled(self) -> None:
+        """
+        A server that does not take connections within C{start}'s timeout
+        is killed before C{start} raises: with no PID file read, nothing
+        could stop it later.
+        """
+        import psycopg
+
+        server = PostgreSQLServer()
+        self.addCleanup(server.destroy)
+        self.assertRaises(psycopg.OperationalError, server.start, 0.0)
+        self.assertIsNone(server.pid)
+        self.assertIsNotNone(server._process.poll())
+
+
 class PostgreSQLDiscoveryTests(SynchronousTestCase):
     """
     Where L{tests.pgserver.binDir} finds PostgreSQL's server programs.
