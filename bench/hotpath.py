@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as "python bench/hotpath.py"
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,20 +34,22 @@ from taskd.testing import FakeProcessReactor  # noqa: E402
 N = 20000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
-    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
-    parser.add_argument(
-        "--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)"
-    )
-    parser.add_argument("--runs", type=int, default=5, help="runs to take the best of")
-    options = parser.parse_args()
+def daemonPath(n: int, observed: bool) -> tuple[Registry, FakeProcessReactor, Any, StringTransport]:
+    """
+    The daemon's path without processes: a connection on a
+    C{StringTransport} and a pool of two fake workers (C{--prefetch 4})
+    with an C{add} task, room for C{n} calls queued.
 
+    @param observed: whether the pool has the daemon's observer (as
+        C{--http} gives it).
+    @return: the registry, the fake reactor (its C{processes} are the
+        workers), the connection's protocol and its transport.
+    """
     registry = Registry()
     registry.register(lambda a, b: a + b, "add")
     reactor = FakeProcessReactor()
-    pool = ProcessPool(reactor, tasks=[], workers=2, registry=registry, prefetch=4, maxQueue=N)
-    if options.observed:
+    pool = ProcessPool(reactor, tasks=[], workers=2, registry=registry, prefetch=4, maxQueue=n)
+    if observed:
         from taskd.activity import Activity
 
         pool.observer = Activity(reactor)
@@ -57,6 +59,19 @@ def main() -> None:
     protocol = TaskServerFactory(pool).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
+    return registry, reactor, protocol, transport
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument(
+        "--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs to take the best of")
+    options = parser.parse_args()
+
+    registry, reactor, protocol, transport = daemonPath(N, options.observed)
     lines = [b'{"function":"add","args":[%d,1],"id":%d}\n' % (i, i) for i in range(N)]
 
     def answer() -> None:

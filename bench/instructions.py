@@ -24,28 +24,10 @@ def relay(n: int, observed: bool) -> None:
     """
     Relay C{n} calls through the daemon's path.
     """
-    from twisted.internet.testing import StringTransport
-
+    from bench.hotpath import daemonPath
     from taskd._frames import frame
-    from taskd.pool import ProcessPool
-    from taskd.registry import Registry
-    from taskd.server import TaskServerFactory
-    from taskd.testing import FakeProcessReactor
 
-    registry = Registry()
-    registry.register(lambda a, b: a + b, "add")
-    reactor = FakeProcessReactor()
-    pool = ProcessPool(reactor, tasks=[], workers=2, registry=registry, prefetch=4, maxQueue=n)
-    if observed:
-        from taskd.activity import Activity
-
-        pool.observer = Activity(reactor)
-    pool.start()
-    for process in reactor.processes:
-        process.ready()
-    protocol = TaskServerFactory(pool).buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
+    _, reactor, protocol, transport = daemonPath(n, observed)
     lines = [b'{"function":"add","args":[%d,1],"id":%d}\n' % (i, i) for i in range(n)]
 
     def answer() -> None:
