@@ -9,6 +9,12 @@ pipes, their answers computed without C{taskd.worker}) under
 C{valgrind --tool=callgrind} for 1,000 and for 3,000 calls, and prints the
 difference divided by 2,000: what one call costs, start-up left out.
 Needs valgrind; C{PYTHONHASHSEED=0} makes runs repeat exactly.
+
+C{--connections} counts W1a's path instead, in a real daemon (C{twistd
+taskd}, one worker) and in the bare line server of L{bench.servers} under
+callgrind: connections made one at a time (connect, send a call, read the
+reply, close), 1,500 minus 500, divided by 1,000: what one connection
+costs each server, and their ratio, whatever the machine's load.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 
 def relay(n: int, observed: bool) -> None:
@@ -65,11 +74,78 @@ def count(n: int, observed: bool) -> int:
     return int(match.group(1))
 
 
+def served(n: int, server: str) -> int:
+    """
+    @param server: C{"taskd"} or C{"line"} (the bare line server).
+    @return: the instructions callgrind counts in C{server}'s process, from
+        its start to its end, when it serves C{n} connections one at a time.
+    """
+    from bench.rawclient import connectionPerCall, request
+    from bench.run import ENV, ROOT
+
+    valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    portFile = tempfile.mktemp()
+    if server == "taskd":
+        command = [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            "taskd", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "1", "--journal", ":memory:",
+        ]
+        ready = re.compile(rb"starting on (\d+)[\s\S]*pool ready")
+    else:
+        command = [sys.executable, "-m", "bench.servers", "line", portFile]
+        ready = None
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            valgrind + command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=dict(ENV, PYTHONHASHSEED="0"),
+        )
+        try:
+            port = None
+            deadline = time.monotonic() + 300
+            while port is None and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.2)
+                if ready is not None:
+                    log.seek(0)
+                    match = ready.search(log.read())
+                    port = int(match.group(1)) if match else None
+                elif os.path.exists(portFile) and os.path.getsize(portFile):
+                    with open(portFile) as f:
+                        port = int(f.read())
+            if port is None:
+                log.seek(0)
+                raise SystemExit(f"{server} did not start under valgrind:\n{log.read().decode(errors='replace')}")
+            lines = [request("add", [i, 1]) for i in range(n)]
+            connectionPerCall(port, lines, 1, lambda i, result: result == i + 1)
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+            process.wait()
+            if os.path.exists(portFile):
+                os.unlink(portFile)
+        log.seek(0)
+        out = log.read().decode(errors="replace")
+    match = re.search(r"Collected : (\d+)", out)
+    if match is None:
+        raise SystemExit(f"no count in callgrind's output:\n{out}")
+    return int(match.group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)")
+    parser.add_argument("--connections", action="store_true", help="W1a's path: a connection per call, taskd and the bare line server")
+    parser.add_argument("--server", choices=["taskd", "line", "both"], default="both", help="with --connections: which to count")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.connections:
+        costs = {}
+        for server in ("taskd", "line") if options.server == "both" else (options.server,):
+            few, many = served(500, server), served(1500, server)
+            costs[server] = (many - few) / 1000
+            print(f"{server}: {costs[server]:,.0f} instructions per connection (callgrind; 1,500 connections minus 500)", flush=True)
+        if len(costs) == 2:
+            print(f"taskd / bare line server: {costs['taskd'] / costs['line']:.2f}")
+        return
     if options.run is not None:
         relay(options.run, options.observed)
         return

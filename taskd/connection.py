@@ -41,7 +41,7 @@ from taskd._connectionjobs import InFlight, JobRequests
 from taskd.jobs import JobService
 from taskd.admin import AdminCommands
 from taskd.pool import ProcessPool
-from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, immediateWriter
+from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, closedNow, immediateWriter
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     Admin,
@@ -176,9 +176,6 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
         self._calls: dict[Any, InFlight] = {}
         self._ordered = OrderedReplies()
         self._unanswered = 0
-        # Replies go out at once, or with the others of the same event
-        # (see _write).
-        self._writeNow = immediateWriter(self.transport)
         self._batch = factory.pool.writes
         self._out: list[bytes] = []
         self._traffic = factory.traffic
@@ -193,8 +190,9 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
             return
         factory.connections.add(self)
         self._origin = describePeer(self.transport)
-        self.transport.registerProducer(WriteBackpressure(self._writeBufferFull), True)
-        self._producing = True
+        # Replies go out at once, or with the others of the same event
+        # (see _write).
+        self._writeNow = immediateWriter(self.transport, self._watchWriteBuffer)
         if factory.idleTimeout or factory.lineTimeout:
             self._timeouts = ConnectionTimeouts(factory.clock, self, factory)
             self._timeouts.start()
@@ -245,6 +243,8 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
         if self._producing:
             self._producing = False
             self.transport.unregisterProducer()
+        if closedNow(self.transport):
+            return
         self.transport.loseConnection()
         if self._closeTimer is None and self.transport.connected:
             self._closeTimer = self.factory.clock.callLater(
@@ -563,6 +563,17 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
         if out:
             self._out = []
             self._writeNow(out[0] if len(out) == 1 else b"".join(out))
+
+    def _watchWriteBuffer(self) -> None:
+        """
+        Something is about to wait in the transport's write buffer: have
+        the transport say when the buffer is full and when it has drained
+        (L{_writeBufferFull}), from now on, unless the connection is
+        closing.
+        """
+        if not self._producing and not self._closed:
+            self._producing = True
+            self.transport.registerProducer(WriteBackpressure(self._writeBufferFull), True)
 
     def _writeBufferFull(self, full: bool) -> None:
         """

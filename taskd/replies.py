@@ -10,9 +10,10 @@ than the client reads them.
    request takes a L{ReplySlot} in L{OrderedReplies} when it arrives, and
    a reply waits in its slot until those before it are written.
  - L{WriteBackpressure} is the producer a connection registers with its
-   transport: the transport tells it when its write buffer is full (the
-   client is not reading) and when it has drained, and the connection
-   stops reading new requests meanwhile.
+   transport once something waits in the transport's buffer: the
+   transport tells it when its write buffer is full (the client is not
+   reading) and when it has drained, and the connection stops reading new
+   requests meanwhile.
 
 This room keeps the rule of the order and the transport's signal apart
 from what a connection does with requests (L{taskd.connection}); it imports
@@ -26,6 +27,8 @@ from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.main import CONNECTION_DONE
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
@@ -100,7 +103,9 @@ class Traffic:
         self.progressDropped = 0
 
 
-def immediateWriter(transport: Any) -> Callable[[bytes], None]:
+def immediateWriter(
+    transport: Any, beforeBuffering: Callable[[], object]
+) -> Callable[[bytes], None]:
     """
     A write to C{transport} that goes out now, when it can.
 
@@ -115,32 +120,84 @@ def immediateWriter(transport: Any) -> Callable[[bytes], None]:
     (It reads the transport's buffer, C{dataBuffer} and C{_tempDataLen}: a
     private part of C{twisted.internet.abstract.FileDescriptor}, checked by
     C{tests.test_server.ImmediateWriteTests} on the Twisted installed.)
+
+    @param beforeBuffering: called once, before the first write that the
+        transport will buffer: at once for a transport that buffers every
+        write.  A connection registers its write-backpressure producer
+        then: until something is buffered, the buffer cannot be full, and
+        a connection that never needs it (a call and a close, the common
+        case) saves registering and unregistering it.
     """
     write = transport.write
     # (Not an isinstance test of twisted.internet.tcp.Connection: importing
     # that module loads the TLS machinery, which a daemon without TLS does
     # not otherwise load.)
     if not isinstance(transport, FileDescriptor) or getattr(transport, "socket", None) is None:
+        beforeBuffering()
         return write  # type: ignore[no-any-return]
+    unbuffered = True
 
     def writeNow(data: bytes) -> None:
-        if (
+        nonlocal unbuffered
+        if not (
             transport._tempDataLen
             or transport.dataBuffer
             or not transport.connected
             or transport.disconnecting
         ):
-            write(data)
-            return
-        sent = transport.writeSomeData(data)
-        if type(sent) is int:
-            if sent == len(data):
-                return
-            data = data[sent:]
-        # What the socket did not take (or an error it will find again).
+            sent = transport.writeSomeData(data)
+            if type(sent) is int:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        # What the socket did not take (or an error it will find again), or
+        # what must wait behind the buffer.
+        if unbuffered:
+            unbuffered = False
+            beforeBuffering()
         write(data)
 
     return writeNow
+
+
+def closedNow(transport: Any) -> bool:
+    """
+    Close a plain TCP or UNIX connection at once if it holds nothing to
+    send (what was written is with the kernel, which delivers it before
+    its FIN as after any close).
+
+    C{loseConnection} waits for the socket to be writable to find its
+    buffer empty: a reactor turn, an C{epoll_ctl} pair and an empty
+    C{send} for each connection, which a client that opens a connection
+    per call pays every time.  This does what C{loseConnection} does once
+    the buffer is empty (C{connectionLost} with C{CONNECTION_DONE}: an
+    orderly shutdown and close, the protocol told), now; so the protocol's
+    C{connectionLost} runs before this returns.
+
+    (It reads the transport's buffer as L{immediateWriter} does.)
+
+    @return: whether the connection was closed; if not (TLS, a test's
+        transport, a buffer not empty, a producer registered), close it
+        with C{loseConnection}.
+    """
+    if (
+        not isinstance(transport, FileDescriptor)
+        or getattr(transport, "socket", None) is None
+        or transport._tempDataLen
+        or transport.dataBuffer
+        or transport.producer is not None
+        or not transport.connected
+        or transport.disconnecting
+    ):
+        return False
+    transport.stopReading()
+    transport.stopWriting()
+    transport.connectionLost(_DONE)
+    return True
+
+
+#: The reason L{closedNow} gives (as C{loseConnection}'s, made once).
+_DONE = Failure(CONNECTION_DONE)
 
 
 @implementer(IPushProducer)

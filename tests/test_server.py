@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -1167,23 +1167,91 @@ class ImmediateWriteTests(TestCase):
         while not accepted or accepted[0].transport is None:
             yield deferLater(reactor, 0.01, lambda: None)
         transport = accepted[0].transport
-        write = immediateWriter(transport)
+        buffering: list[bool] = []
+        write = immediateWriter(transport, lambda: buffering.append(True))
         write(b"now\n")
         self.assertNotIn(transport, reactor.getWriters())
         self.assertEqual(client.recv(100), b"now\n")
+        self.assertEqual(buffering, [])
         transport.write(b"held,")
         write(b"behind\n")
         self.assertIn(transport, reactor.getWriters())
+        # Told once, before the first write it buffers.
+        write(b"more,")
+        self.assertEqual(buffering, [True])
         received = b""
-        while not received.endswith(b"\n"):
+        while not received.endswith(b","):
             yield deferLater(reactor, 0.01, lambda: None)
             client.setblocking(False)
             try:
                 received += client.recv(100)
             except BlockingIOError:
                 pass
-        self.assertEqual(received, b"held,behind\n")
+        self.assertEqual(received, b"held,behind\nmore,")
         transport.loseConnection()
+
+    @inlineCallbacks
+    def test_closedNowWhenNothingIsHeld(self) -> Any:
+        """
+        L{taskd.replies.closedNow} closes a plain TCP connection whose
+        buffer is empty at once: the protocol hears C{connectionLost}
+        before it returns, without the transport waiting for writability,
+        and the client reads what was sent, then the end of the stream.
+        With data still in the transport's buffer it does nothing and says
+        so (C{loseConnection} must deliver that data first).
+        """
+        import socket
+
+        from twisted.internet.task import deferLater
+
+        from taskd.replies import closedNow, immediateWriter
+
+        accepted: list[Protocol] = []
+        lost: list[Failure] = []
+
+        class Recording(Protocol):
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.append(reason)
+
+        class Recorder(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                accepted.append(Recording())
+                return accepted[-1]
+
+        port = reactor.listenTCP(0, Recorder(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        clients = []
+        for _ in range(2):
+            client = socket.create_connection(("127.0.0.1", port.getHost().port))
+            self.addCleanup(client.close)
+            client.settimeout(10)
+            clients.append(client)
+        while len(accepted) < 2 or None in (p.transport for p in accepted):
+            yield deferLater(reactor, 0.01, lambda: None)
+        first, second = (p.transport for p in accepted)
+
+        immediateWriter(first, lambda: None)(b"bye\n")
+        self.assertTrue(closedNow(first))
+        self.assertEqual(len(lost), 1)
+        lost[0].trap(ConnectionDone)
+        self.assertNotIn(first, reactor.getWriters())
+        self.assertEqual(clients[0].recv(100), b"bye\n")
+        self.assertEqual(clients[0].recv(100), b"")
+
+        second.write(b"held\n")
+        self.assertFalse(closedNow(second))
+        self.assertEqual(len(lost), 1)
+        second.loseConnection()
+        received = b""
+        clients[1].setblocking(False)
+        while not received.endswith(b"\n"):
+            yield deferLater(reactor, 0.01, lambda: None)
+            try:
+                received += clients[1].recv(100)
+            except BlockingIOError:
+                pass
+        self.assertEqual(received, b"held\n")
+        self.assertFalse(closedNow(StringTransport()))
 
     def test_otherTransportsWrite(self) -> None:
         """
@@ -1193,4 +1261,6 @@ class ImmediateWriteTests(TestCase):
         from taskd.replies import immediateWriter
 
         transport = StringTransport()
-        self.assertEqual(immediateWriter(transport), transport.write)
+        buffering: list[bool] = []
+        self.assertEqual(immediateWriter(transport, lambda: buffering.append(True)), transport.write)
+        self.assertEqual(buffering, [True])
