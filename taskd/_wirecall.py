@@ -103,10 +103,15 @@ def decodeCall(message: dict[str, Any], id: CallId, line: bytes) -> Call:
         raise badRequest("missing 'function': the name of the task to run", id)
     if not isinstance(function, str) or not function:
         raise badRequest("'function' must be a non-empty string", id)
-    try:
-        args, kwargs = splitArguments(message.get("args"), message.get("kwargs"))
-    except ValueError as e:
-        raise badRequest(str(e), id)
+    args = message.get("args")
+    kwargs = message.get("kwargs")
+    if type(args) is list and kwargs is None:
+        kwargs = {}  # the usual case
+    else:
+        try:
+            args, kwargs = splitArguments(args, kwargs)
+        except ValueError as e:
+            raise badRequest(str(e), id)
     timeout = message.get("timeout")
     if timeout is not None:
         if (

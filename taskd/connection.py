@@ -370,7 +370,7 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
         elif len(line) > self._maxLength:
             self.lineLengthExceeded(line)
             return
-        if not line.strip():
+        if not line or line.isspace():
             return
         try:
             request = decodeRequest(line)
@@ -529,7 +529,8 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
         if self._unanswered == 0 and self._timeouts is not None:
             self._timeouts.allAnswered()
         self._updateReading()
-        self._maybeFinish()
+        if self._readClosed:
+            self._maybeFinish()
 
     def _write(self, line: bytes) -> None:
         """

@@ -208,9 +208,11 @@ def decodeRequest(line: bytes) -> Request:
     except RecursionError:
         # 2,000 "[" fit in 4 KiB, before authentication.
         raise _bad("the line nests arrays or objects too deeply")
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         raise _bad(f"a request must be a JSON object, not {jsonType(message)}")
-    id = _checkId(message.get("id"))
+    id = message.get("id")
+    if type(id) is not int and type(id) is not str:
+        id = _checkId(id)
     kind = message.get("type", "call")
     if kind == "call":
         return _decodeCall(message, id, line)
@@ -269,6 +271,9 @@ def encodeResult(id: CallId, encodedResult: bytes) -> bytes:
     """
     Encode a result reply around a result that is already JSON.
     """
+    if type(id) is int:
+        # The usual case, in one step (the result, maybe large, is copied once).
+        return b'{"type":"result","id":%d,"result":%b}\n' % (id, encodedResult)
     # One join: the result may be large, and each + would copy it.
     return b"".join(
         (b'{"type":"result",', _idField(id), b'"result":', encodedResult, b"}\n")
