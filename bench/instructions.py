@@ -74,7 +74,7 @@ def count(n: int, observed: bool) -> int:
     return int(match.group(1))
 
 
-def served(n: int, server: str) -> int:
+def served(n: int, server: str, concurrent: int = 1) -> int:
     """
     @param server: C{"taskd"} or C{"line"} (the bare line server).
     @return: the instructions callgrind counts in C{server}'s process, from
@@ -115,7 +115,7 @@ def served(n: int, server: str) -> int:
                 log.seek(0)
                 raise SystemExit(f"{server} did not start under valgrind:\n{log.read().decode(errors='replace')}")
             lines = [request("add", [i, 1]) for i in range(n)]
-            connectionPerCall(port, lines, 1, lambda i, result: result == i + 1)
+            connectionPerCall(port, lines, concurrent, lambda i, result: result == i + 1)
         finally:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGTERM)
@@ -134,13 +134,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)")
     parser.add_argument("--connections", action="store_true", help="W1a's path: a connection per call, taskd and the bare line server")
+    parser.add_argument("--concurrent", type=int, default=1, help="with --connections: connections open at once (1: the count repeats exactly)")
     parser.add_argument("--server", choices=["taskd", "line", "both"], default="both", help="with --connections: which to count")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.connections:
         costs = {}
         for server in ("taskd", "line") if options.server == "both" else (options.server,):
-            few, many = served(500, server), served(1500, server)
+            few, many = served(500, server, options.concurrent), served(1500, server, options.concurrent)
             costs[server] = (many - few) / 1000
             print(f"{server}: {costs[server]:,.0f} instructions per connection (callgrind; 1,500 connections minus 500)", flush=True)
         if len(costs) == 2:
