@@ -42,7 +42,7 @@ from taskd.jobs import JobService
 from taskd.admin import AdminCommands
 from taskd.pool import ProcessPool
 from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, closedNow, immediateWriter
-from taskd.timeouts import ConnectionTimeouts, TimerStarts
+from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     Admin,
     Call,
@@ -93,8 +93,6 @@ class ConnectionOwner(Protocol):
     lineTimeout: float
     #: The clock of the timeouts.
     clock: IReactorTime
-    #: Where the connections' timeout timers are started, together.
-    timerStarts: TimerStarts
     #: taskd's version, sent in the hello reply.
     version: str
     #: The connections open now (a connection adds itself).
@@ -196,7 +194,7 @@ class TaskServerProtocol(LineReceiver, Greeting, JobRequests):
         # (see _write).
         self._writeNow = immediateWriter(self.transport, self._watchWriteBuffer)
         if factory.idleTimeout or factory.lineTimeout:
-            self._timeouts = ConnectionTimeouts(factory.clock, self, factory, factory.timerStarts)
+            self._timeouts = ConnectionTimeouts(factory.clock, self, factory)
             self._timeouts.start()
         if factory.authToken is not None:
             self._authenticated = False

@@ -29,7 +29,7 @@ from taskd.connection import ConnectionOwner, TaskServerProtocol
 from taskd.jobs import JobService
 from taskd.pool import ProcessPool
 from taskd.replies import Traffic
-from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, TimerStarts
+from taskd.timeouts import DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT
 from taskd.tracebacks import TRACEBACK_MODES, presentError
 from taskd.wire import StatsReply, TasksReply, encodeTasksReply
 
@@ -129,7 +129,6 @@ class TaskServerFactory(Factory):
         self.lineTimeout = lineTimeout
         self.tracebacks = tracebacks
         self.clock: IReactorTime = pool.reactor if clock is None else clock
-        self.timerStarts = TimerStarts(self.clock)
         self._tokenDigest = (
             None if authToken is None else _digest(authToken.encode("utf-8"))
         )

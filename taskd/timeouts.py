@@ -83,60 +83,6 @@ class WatchedConnection(Protocol):
         """
 
 
-class TimerStarts:
-    """
-    Starts the timers of connections made within a moment, together, a
-    moment later, for the ones still open.
-
-    A client that opens a connection per call closes it within
-    milliseconds; a timer started and cancelled for each would cost the
-    reactor a C{DelayedCall}, a push on its heap and a cancel per
-    connection.  Connections made while one start is pending wait here;
-    its timer checks the ones still open (L{ConnectionTimeouts.check}),
-    which starts their own timers.  A check finds the deadlines from when
-    each connection was made, and the start comes before half the
-    shortest timeout, so no timeout is late; a connection lost meanwhile
-    leaves (L{discard}), and the start's timer is cancelled once none is
-    left (no timer outlives its connections).
-    """
-
-    __slots__ = ("_clock", "_delay", "_waiting", "_timer")
-
-    def __init__(self, clock: IReactorTime, delay: float = 1.0) -> None:
-        """
-        @param delay: the longest a connection waits for its timer.
-        """
-        self._clock = clock
-        self._delay = delay
-        self._waiting: dict[ConnectionTimeouts, None] = {}
-        self._timer: IDelayedCall | None = None
-
-    def add(self, timeouts: ConnectionTimeouts, shortest: float) -> None:
-        """
-        Start C{timeouts}' timer with the next start.
-
-        @param shortest: its shortest timeout, in seconds.
-        """
-        self._waiting[timeouts] = None
-        if self._timer is None:
-            self._timer = self._clock.callLater(min(self._delay, shortest / 2), self._start)
-
-    def discard(self, timeouts: ConnectionTimeouts) -> None:
-        """
-        C{timeouts}' connection is lost: it needs no timer.
-        """
-        waiting = self._waiting
-        if waiting.pop(timeouts, True) is None and not waiting and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _start(self) -> None:
-        self._timer = None
-        waiting, self._waiting = self._waiting, {}
-        for timeouts in waiting:
-            timeouts.check()
-
-
 class ConnectionTimeouts:
     """
     The idle and line timeouts of one connection.
@@ -151,7 +97,6 @@ class ConnectionTimeouts:
         "_clock",
         "_connection",
         "_settings",
-        "_starts",
         "_timer",
         "_lastActive",
         "_lineSince",
@@ -163,19 +108,14 @@ class ConnectionTimeouts:
         clock: IReactorTime,
         connection: WatchedConnection,
         settings: TimeoutSettings,
-        starts: TimerStarts | None = None,
     ) -> None:
         """
         @param settings: the timeouts; they are read when the timer starts
             and each time it fires.
-        @param starts: where the timer is started, with those of other
-            connections made about the same time; if C{None}, it is
-            started at once.
         """
         self._clock = clock
         self._connection = connection
         self._settings = settings
-        self._starts = starts
         self._timer: IDelayedCall | None = None
         self._lastActive = 0.0
         self._lineSince: float | None = None
@@ -191,10 +131,7 @@ class ConnectionTimeouts:
         if not delays:
             return
         self._lastActive = self._clock.seconds()
-        if self._starts is not None:
-            self._starts.add(self, min(delays))
-        else:
-            self._timer = self._clock.callLater(min(delays), self._check)
+        self._timer = self._clock.callLater(min(delays), self._check)
 
     def stop(self) -> None:
         """
@@ -203,16 +140,6 @@ class ConnectionTimeouts:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._starts is not None:
-            self._starts.discard(self)
-
-    def check(self) -> None:
-        """
-        Close the connection if one of its timeouts has passed, else set
-        the timer for the nearest deadline (what L{TimerStarts} does to
-        start it).
-        """
-        self._check()
 
     def receiving(self, data: bytes) -> None:
         """

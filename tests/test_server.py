@@ -974,53 +974,14 @@ class TimeoutTests(ServerTestsMixin, SynchronousTestCase):
     def test_oneTimerPerConnection(self) -> None:
         """
         Lines and replies never set or move a timer: a connection holds one
-        timer, started within a second of its opening (with those of the
-        connections made about then: L{taskd.timeouts.TimerStarts}) and set
-        again each time it fires.
+        timer, set when it opens and again each time it fires.
         """
         proto, transport, reactor = self.connect()
-        (start,) = reactor.getDelayedCalls()
-        self.assertEqual(start.getTime(), 1.0)
-        self.newConnection(self.factory)
-        self.assertEqual(reactor.getDelayedCalls(), [start])
-        reactor.advance(1.0)
-        timers = reactor.getDelayedCalls()
-        self.assertEqual([timer.getTime() for timer in timers], [31.0, 31.0])
+        (timer,) = reactor.getDelayedCalls()
         for i in range(50):
             proto.dataReceived(b'{"type":"stats"}\n')
-        self.assertEqual(reactor.getDelayedCalls(), timers)
-
-    def test_timersStartedForOpenConnectionsOnly(self) -> None:
-        """
-        A connection lost before the timers start gets none; once every
-        connection waiting is lost, the start itself is cancelled: no timer
-        outlives the connections.
-        """
-        proto, transport, reactor = self.connect()
-        other, otherTransport = self.newConnection(self.factory)
-        proto.connectionLost(Failure(ConnectionDone()))
-        reactor.advance(1.0)
-        (timer,) = reactor.getDelayedCalls()
-        self.assertEqual(timer.getTime(), 31.0)
-        third, _ = self.newConnection(self.factory)
-        self.assertEqual(len(reactor.getDelayedCalls()), 2)
-        third.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(reactor.getDelayedCalls(), [timer])
-        other.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(reactor.getDelayedCalls(), [])
-
-    def test_shortTimeoutsNotLate(self) -> None:
-        """
-        With a timeout shorter than the start's second, the timers start
-        within half of it, and the timeout closes the connection on time.
-        """
-        proto, transport, reactor = self.connect(idleTimeout=0.5, lineTimeout=0)
-        (start,) = reactor.getDelayedCalls()
-        self.assertEqual(start.getTime(), 0.25)
-        reactor.advance(0.49)
-        self.assertFalse(transport.disconnecting)
-        reactor.advance(0.01)
-        self.assertEqual(self.replies(transport), [self.error("idle_timeout", "no call in flight and nothing received for 0.5 seconds; closing the connection")])
+        self.assertEqual(timer.getTime(), 30)
 
 
 class TracebackTests(ServerTestsMixin, SynchronousTestCase):
