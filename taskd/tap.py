@@ -329,7 +329,7 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         from taskd.activity import Activity
 
         # Counts, histograms and rates, for the HTTP side.
-        activity = pool.observer = Activity(reactor, running=pool.running)
+        activity = pool.observer = Activity(reactor, running=pool.running, served=pool.served)
         web = makeWeb(reactor, activity, factory, service, options["http-token"])
         service.addHTTP(strports.service(options["http"], web.site, reactor=reactor), options["http"], web)
     return service

@@ -54,7 +54,9 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.pool, self.reactor = self.makePool(2)
-        self.activity = Activity(self.reactor, buckets=(1.0, 5.0), running=self.pool.running)
+        self.activity = Activity(
+            self.reactor, buckets=(1.0, 5.0), running=self.pool.running, served=self.pool.served
+        )
         self.pool.observer = self.activity
         d = self.pool.start()
         for p in self.reactor.processes:
@@ -131,6 +133,55 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(2)
         self.assertEqual(self.activity.rates(4), [(9, 0, 0), (10, 3, 1), (11, 0, 0), (12, 0, 0)])
 
+    def test_ratesOfTheCurrentSecond(self) -> None:
+        """
+        The current second's figures are the calls that ended since the
+        counts were last read (on the whole second), before the timer
+        reads them again.
+        """
+        self.reactor.advance(5.5)
+        for reply in (b"R1", b'E{"type":"task_failed","message":"x"}'):
+            self.pool.submit("add", [1, 1]).addErrback(lambda f: None)
+            for q in self.reactor.processes:
+                if len(q.requests()) > q.proto.calls:
+                    q.send(reply)
+        self.assertEqual(self.activity.rates(2), [(4, 0, 0), (5, 2, 1)])
+        self.reactor.advance(0.5)
+        self.assertEqual(self.activity.rates(2), [(5, 2, 1), (6, 0, 0)])
+
+    def test_timesFoldedOnceASecond(self) -> None:
+        """
+        A call's end only counts it and keeps its run time and wait in a
+        list; the timer that reads the counts on each whole second takes
+        those into the histograms and empties the lists, so that they hold
+        at most a second's calls.  Reading the histograms takes them in
+        first: they are exact whenever read.
+        """
+        self.reactor.advance(0.25)
+        self.pool.submit("add", [1, 1])
+        [busy] = [q for q in self.reactor.processes if q.requests()]
+        self.reactor.advance(0.5)
+        busy.send(b"R2")
+        counts = self.activity.tasks["add"]
+        self.assertEqual((counts.results, counts.ran, counts.waited, counts.runTimes.count), (1, [0.5], [0.0], 0))
+        self.reactor.advance(0.25)
+        self.assertEqual((counts.ran, counts.waited, counts.runTimes.counts, counts.waits.counts), ([], [], [1, 0, 0], [1, 0, 0]))
+        self.pool.submit("add", [1, 1])
+        self.reactor.advance(2)
+        busy.send(b"R2")
+        self.assertEqual(self.activity.runTimes["add"].counts, [1, 1, 0])
+        self.assertEqual(counts.ran, [])
+
+    def test_stop(self) -> None:
+        """
+        L{Activity.stop} cancels its timer; the rates then know nothing
+        after it.
+        """
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.activity.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.activity.stop()
+
 
 class HistogramTests(SynchronousTestCase):
     """
@@ -147,6 +198,21 @@ class HistogramTests(SynchronousTestCase):
             h.observe(v)
         self.assertEqual(list(h.cumulative()), [(1.0, 2), (2.0, 3), (float("inf"), 4)])
         self.assertEqual((h.count, h.sum), (4, 6.0))
+
+    def test_observeAll(self) -> None:
+        """
+        L{Histogram.observeAll} counts as many L{Histogram.observe} calls
+        would: values on a bound in its bucket, above the last in C{+Inf},
+        the sum added in the values' order.
+        """
+        values = [3.0, 0.1, 1.0, 2.0, 0.2, 9.5, 1.0000001, 0.0, 2.0]
+        one, many = Histogram((1.0, 2.0, 5.0)), Histogram((1.0, 2.0, 5.0))
+        for v in values:
+            one.observe(v)
+        many.observeAll(list(values))
+        many.observeAll([])
+        self.assertEqual((many.counts, many.sum), (one.counts, one.sum))
+        self.assertEqual(many.counts, [4, 3, 1, 1])
 
 
 class MetricsTests(PoolTestsMixin, SynchronousTestCase):
@@ -270,7 +336,7 @@ class WebTests(PoolTestsMixin, TestCase):
         self.web = Web(reactor, self.activity, pool.stats, lambda: self.problem, token)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.web.site)
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.web.events.closeAll)
+        self.addCleanup(self.web.close)
         self.base = f"http://127.0.0.1:{port.getHost().port}"
 
     @inlineCallbacks
