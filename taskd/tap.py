@@ -342,18 +342,18 @@ def makeWeb(
     Build the HTTP side of the daemon (C{--http}) on the pool's observer
     C{activity}: its metrics, the status page and the health check.
     """
-    from taskd.metrics import DaemonCollector, MetricsResource, makeRegistry
+    from taskd.metrics import DaemonMetrics, MetricsResource
     from taskd.web import Web
 
     def stats() -> dict[str, Any]:
         return {**factory.stats().fields, "draining": service.draining}
 
-    collector = DaemonCollector(activity, stats, lambda: service.draining)
+    metrics = DaemonMetrics(activity, stats, lambda: service.draining)
     return Web(
         reactor,
         activity,
         stats,
         service.healthProblem,
         token,
-        MetricsResource(makeRegistry(collector)),
+        MetricsResource(metrics),
     )
