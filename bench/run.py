@@ -537,6 +537,10 @@ def report(r: dict[str, Any]) -> None:
     target("W3 speedup 1 -> 2 workers", ratio(m("w3", "taskd_1", "seconds"), m("w3", "taskd_2", "seconds")), 1.85)
     target("W4 raw / ampoule", ratio(m("w4", "taskd_raw", "mb_per_s"), m("w4", "ampoule_60k", "mb_per_s")), 2)
     target("W5 p99 lateness with taskd, ms", m("w5", "taskd", "p99_ms"), 5, higher=False)
+    # --http's cost: each on run against the off run just before it.
+    on, off = r.get("w1", {}).get("taskd_raw_http_on"), r.get("w1", {}).get("taskd_raw_http_off")
+    pairs = None if not on or not off else statistics.median(a["calls_per_s"] / b["calls_per_s"] for a, b in zip(on, off))
+    target("W1 --http on / off, median of the interleaved pairs", pairs, 0.95)
     target("daemon idle RSS, MB", mem.get("daemon_idle_mb"), 40, higher=False)
     grow = None if mem.get("daemon_with_connections_mb") is None else mem["daemon_with_connections_mb"] - mem["daemon_after_workloads_mb"]
     target(f"RSS growth with {mem.get('idle_connections')} connections, MB", grow, 100, higher=False)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_metrics,tests.test_web -*-
 """
 The daemon's Prometheus metrics: L{DaemonMetrics} reads
 L{taskd.activity.Activity}, the pool's C{stats} and the open connections
