@@ -34,6 +34,13 @@ class Observing(PoolRooms):
                 calls.append(call)
         return sorted(calls, key=lambda c: (c.number, c.submittedAt))
 
+    def served(self) -> dict[int | None, int]:
+        """
+        @return: how many calls each worker process not yet ended has
+            answered, by process id.
+        """
+        return {worker.pid: worker.calls for worker in self._processes}
+
     def cancelCall(self, number: int) -> bool:
         """
         Cancel the call in flight (queued or running) with daemon-wide

@@ -17,12 +17,12 @@ reasons (L{taskd.observer.WORKER_END_REASONS}).
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from typing import Any, Callable, Iterator
 
 from attrs import define, field
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from taskd.observer import RESULT, ObservedCall
@@ -67,6 +67,25 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observeAll(self, values: list[float]) -> None:
+        """
+        Count every value of C{values}, as L{observe} would one at a time
+        (the sum is added in the same order), for less: the values are
+        sorted, and each bound is looked for once.  C{values} is left
+        sorted.
+        """
+        if not values:
+            return
+        self.sum = sum(values, self.sum)
+        values.sort()
+        counts = self.counts
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            atOrBelow = bisect_right(values, bound)
+            counts[i] += atOrBelow - below
+            below = atOrBelow
+        counts[-1] += len(values) - below
+
     @property
     def count(self) -> int:
         """
@@ -85,36 +104,67 @@ class Histogram:
             yield bound, total
 
 
-@define
-class _Second:
-    at: int
-    calls: int = 0
-    errors: int = 0
+@define(eq=False)
+class TaskCounts:
+    """
+    What one task's calls have done, in plain numbers: a call's end adds
+    one to a count and, if it ran, puts its run time and wait in two
+    lists; the histograms take those in when they are read, or once a
+    second (L{Activity.fold}), sorted, each bound looked for once (a
+    bisection per value and call cost more than the rest of a call's end
+    together).
+
+    @ivar results: calls that returned their result.
+    @ivar failures: the other calls, by outcome (C{"cancelled"} or the
+        error's type).
+    @ivar runTimes: run times of the calls that ran, up to the last fold.
+    @ivar waits: how long the calls that ran waited to start, up to the
+        last fold.
+    @ivar ran: run times since the last fold.
+    @ivar waited: waits since the last fold.
+    """
+
+    name: str
+    runTimes: Histogram
+    waits: Histogram
+    results: int = 0
+    failures: dict[str, int] = field(factory=dict)
+    ran: list[float] = field(factory=list)
+    waited: list[float] = field(factory=list)
+
+    def fold(self) -> None:
+        """
+        Count the run times and waits since the last fold in the
+        histograms.
+        """
+        if self.ran:
+            self.runTimes.observeAll(self.ran)
+            self.waits.observeAll(self.waited)
+            self.ran = []
+            self.waited = []
 
 
 @define(eq=False)
 class WorkerRecord:
     """
     A worker process that is ready.
-
-    @ivar served: calls it ran to their end.
     """
 
     pid: int | None
     startedAt: float
-    served: int = 0
 
 
 class Activity:
     """
     A pool's activity (a L{taskd.observer.PoolObserver}).
 
-    It keeps per call only counts: the calls in flight are the pool's, read
-    through C{running} when someone asks.
+    It keeps per call only counts (L{TaskCounts}): the calls in flight are
+    the pool's, read through C{running} when someone asks, and the calls
+    each worker answered through C{served}.  Calls and errors per second
+    come from the counts, read once a second by a timer of its own (from
+    its creation until L{stop}), not from each call.
 
-    @ivar calls: calls ended, by C{(task, outcome)}.
-    @ivar runTimes: run times of the calls that ran, by task.
-    @ivar waits: how long the calls that ran waited to start, by task.
+    @ivar tasks: the counts of each task that had a call end, by name.
     @ivar workerStarts: how many workers became ready.
     @ivar workerEnds: workers ended, by reason.
     @ivar workers: the ready workers, by process id.
@@ -129,24 +179,29 @@ class Activity:
         clock: IReactorTime,
         buckets: tuple[float, ...] = DEFAULT_BUCKETS,
         running: Callable[[], list[ObservedCall]] = list,
+        served: Callable[[], dict[int | None, int]] = dict,
     ) -> None:
         """
         @param buckets: the histograms' upper bounds.
         @param running: returns the calls running now (the pool's
             L{taskd.pool.ProcessPool.running}).
+        @param served: returns how many calls each worker answered, by
+            process id (the pool's L{taskd.pool.ProcessPool.served}).
         """
         self._clock = clock
         self._buckets = buckets
         self._running = running
-        self.calls: dict[tuple[str, str], int] = {}
-        self.runTimes: dict[str, Histogram] = {}
-        self.waits: dict[str, Histogram] = {}
+        self._served = served
+        self.tasks: dict[str, TaskCounts] = {}
         self.workerStarts = 0
         self.workerEnds: dict[str, int] = {}
         self.workers: dict[int | None, WorkerRecord] = {}
         self.recentErrors: deque[tuple[float, int, str, str]] = deque(maxlen=RECENT_ERRORS)
-        self._seconds: deque[_Second] = deque(maxlen=HISTORY)
-        self._now = _Second(-1)
+        # (whole second, calls ended before it, errors before it), oldest first.
+        self._samples: deque[tuple[int, int, int]] = deque(maxlen=HISTORY + 1)
+        self._errors = 0
+        self._timer: IDelayedCall | None = None
+        self._sample()
 
     # -- PoolObserver -------------------------------------------------------
 
@@ -154,44 +209,36 @@ class Activity:
         """
         See L{taskd.observer.PoolObserver.callEnded}.
         """
-        name = call.name
-        key = (name, outcome)
-        calls = self.calls
-        calls[key] = calls.get(key, 0) + 1
+        # This runs for every call: a few additions, nothing more.
+        try:
+            counts = self.tasks[call.name]
+        except KeyError:
+            counts = self._newTask(call.name)
+        if outcome == RESULT:
+            counts.results += 1
+        else:
+            self._failed(counts, call, outcome, ran)
         if ran is not None:
-            # Histogram.observe, twice, inlined: this runs for every call.
-            runTimes = self.runTimes.get(name)
-            if runTimes is None:
-                runTimes = self.runTimes[name] = Histogram(self._buckets)
-                self.waits[name] = Histogram(self._buckets)
-            bounds = self._buckets
-            runTimes.counts[bisect_left(bounds, ran)] += 1
-            runTimes.sum += ran
-            waited = (call.startedAt or 0.0) - call.submittedAt
-            waits = self.waits[name]
-            waits.counts[bisect_left(bounds, waited)] += 1
-            waits.sum += waited
-            worker = self.workers.get(call.pid)
-            if worker is not None:
-                worker.served += 1
-        now = self._clock.seconds()
-        second = self._now
-        if second.at != int(now):
-            second = self._now = _Second(int(now))
-            self._seconds.append(second)
-        second.calls += 1
-        if outcome != RESULT:
-            second.errors += 1
-            self.recentErrors.append((now, call.number, name, outcome))
-            self.log.info(
-                "call {number} of task {task} failed: {error}",
-                number=call.number,
-                task=name,
-                error=outcome,
-                duration=ran,
-                pid=call.pid,
-                peer=call.origin,
-            )
+            counts.ran.append(ran)
+            counts.waited.append((call.startedAt or 0.0) - call.submittedAt)
+
+    def _newTask(self, name: str) -> TaskCounts:
+        counts = self.tasks[name] = TaskCounts(name, Histogram(self._buckets), Histogram(self._buckets))
+        return counts
+
+    def _failed(self, counts: TaskCounts, call: ObservedCall, outcome: str, ran: float | None) -> None:
+        counts.failures[outcome] = counts.failures.get(outcome, 0) + 1
+        self._errors += 1
+        self.recentErrors.append((self._clock.seconds(), call.number, counts.name, outcome))
+        self.log.info(
+            "call {number} of task {task} failed: {error}",
+            number=call.number,
+            task=counts.name,
+            error=outcome,
+            duration=ran,
+            pid=call.pid,
+            peer=call.origin,
+        )
 
     def workerStarted(self, pid: int | None) -> None:
         """
@@ -207,7 +254,77 @@ class Activity:
         self.workerEnds[reason] = self.workerEnds.get(reason, 0) + 1
         self.workers.pop(pid, None)
 
+    # -- the rates' timer -----------------------------------------------------
+
+    def fold(self) -> None:
+        """
+        Count the run times and waits of the calls that ended since the
+        last fold in their histograms (see L{TaskCounts}); done once a
+        second, and before the histograms are read.
+        """
+        for counts in self.tasks.values():
+            counts.fold()
+
+    def _sample(self, second: int | None = None) -> None:
+        # Once a second, on the whole second: the counts so far, as of the
+        # second the timer was set for (a late timer's calls count in it);
+        # and the run times and waits into their histograms, so that the
+        # lists of them hold at most a second's.
+        self.fold()
+        now = self._clock.seconds()
+        self._samples.append((int(now) if second is None else second, self.ended, self._errors))
+        following = int(now) + 1
+        self._timer = self._clock.callLater(following - now, self._sample, following)
+
+    def stop(self) -> None:
+        """
+        Stop the timer that reads the counts once a second (the daemon is
+        stopping); L{rates} then knows nothing after this moment.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
     # -- reading --------------------------------------------------------------
+
+    @property
+    def ended(self) -> int:
+        """
+        How many calls ended, of every task and outcome.
+        """
+        return sum(c.results + sum(c.failures.values()) for c in self.tasks.values())
+
+    @property
+    def calls(self) -> dict[tuple[str, str], int]:
+        """
+        Calls ended, by C{(task, outcome)} (outcomes that never happened
+        left out).
+        """
+        out = {}
+        for name, counts in self.tasks.items():
+            if counts.results:
+                out[(name, RESULT)] = counts.results
+            for outcome, n in counts.failures.items():
+                out[(name, outcome)] = n
+        return out
+
+    @property
+    def runTimes(self) -> dict[str, Histogram]:
+        """
+        Run times of the calls that ran, by task (tasks none of whose
+        calls ran left out).
+        """
+        self.fold()
+        return {name: c.runTimes for name, c in self.tasks.items() if c.runTimes.count}
+
+    @property
+    def waits(self) -> dict[str, Histogram]:
+        """
+        How long the calls that ran waited to start, by task (tasks none
+        of whose calls ran left out).
+        """
+        self.fold()
+        return {name: c.waits for name, c in self.tasks.items() if c.waits.count}
 
     def running(self) -> list[ObservedCall]:
         """
@@ -219,13 +336,25 @@ class Activity:
         """
         @return: for each of the last C{seconds} whole seconds (oldest
             first, the current one last), C{(second, calls ended, errors)}.
+            Two readings of the counts a second apart give a second's
+            figures; what ended since the last reading is the current
+            second's.  (When the reactor was held for longer than a
+            second, the calls of the seconds its timer missed count in the
+            second it was set for.)
         """
         now = int(self._clock.seconds())
-        byTime = {s.at: s for s in self._seconds}
+        bySecond: dict[int, tuple[int, int]] = {}
+        previous: tuple[int, int, int] | None = None
+        for sample in (*self._samples, (now + 1, self.ended, self._errors)):
+            if previous is not None:
+                at = min(sample[0] - 1, now)
+                calls, errors = bySecond.get(at, (0, 0))
+                bySecond[at] = (calls + sample[1] - previous[1], errors + sample[2] - previous[2])
+            previous = sample
         out = []
         for at in range(now - seconds + 1, now + 1):
-            s = byTime.get(at)
-            out.append((at, 0, 0) if s is None else (at, s.calls, s.errors))
+            calls, errors = bySecond.get(at, (0, 0))
+            out.append((at, calls, errors))
         return out
 
     def snapshot(self, stats: dict[str, Any], chartSeconds: int = 120) -> dict[str, Any]:
@@ -235,6 +364,7 @@ class Activity:
         """
         now = self._clock.seconds()
         running = self.running()
+        served = self._served()
         byPid = {call.pid: call for call in running}
         workers = []
         for w in sorted(self.workers.values(), key=lambda w: w.pid or 0):
@@ -244,7 +374,7 @@ class Activity:
                 {
                     "pid": w.pid,
                     "rss": residentMemory(w.pid),
-                    "served": w.served,
+                    "served": served.get(w.pid, 0),
                     "task": None if current is None else current.name,
                     "number": None if current is None else current.number,
                     "for": None if started is None else round(now - started, 3),

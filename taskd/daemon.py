@@ -225,7 +225,7 @@ class TaskdService(MultiService):
 
     def _stopHTTP(self) -> Deferred[Any] | None:
         if self.web is not None:
-            self.web.events.closeAll()
+            self.web.close()
         if self.httpService is None:
             return None
         return maybeDeferred(self.httpService.stopService)

@@ -329,7 +329,7 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         from taskd.activity import Activity
 
         # Counts, histograms and rates, for the HTTP side.
-        activity = pool.observer = Activity(reactor, running=pool.running)
+        activity = pool.observer = Activity(reactor, running=pool.running, served=pool.served)
         web = makeWeb(reactor, activity, factory, service, options["http-token"])
         service.addHTTP(strports.service(options["http"], web.site, reactor=reactor), options["http"], web)
     return service
@@ -342,18 +342,18 @@ def makeWeb(
     Build the HTTP side of the daemon (C{--http}) on the pool's observer
     C{activity}: its metrics, the status page and the health check.
     """
-    from taskd.metrics import DaemonCollector, MetricsResource, makeRegistry
+    from taskd.metrics import DaemonMetrics, MetricsResource
     from taskd.web import Web
 
     def stats() -> dict[str, Any]:
         return {**factory.stats().fields, "draining": service.draining}
 
-    collector = DaemonCollector(activity, stats, lambda: service.draining)
+    metrics = DaemonMetrics(activity, stats, lambda: service.draining)
     return Web(
         reactor,
         activity,
         stats,
         service.healthProblem,
         token,
-        MetricsResource(makeRegistry(collector)),
+        MetricsResource(metrics),
     )

@@ -270,6 +270,14 @@ class Web:
         self.site = StatusSite(root)
         self.site.displayTracebacks = False
 
+    def close(self) -> None:
+        """
+        End the status page's streams and the activity's timer (the daemon
+        is stopping).
+        """
+        self.events.closeAll()
+        self.activity.stop()
+
 
 class StatusSite(Site):
     """

@@ -1,8 +1,8 @@
 """
 Tests for the daemon's HTTP side: L{taskd.activity} (the book the pool's
-observer keeps), L{taskd.metrics} (parsed with C{prometheus_client}'s own
-parser), L{taskd.web} (health, token, events) and a real C{twistd taskd
---http}.
+observer keeps), L{taskd.web} (health, token, events) and a real
+C{twistd taskd --http} (its C{/metrics} parsed with C{prometheus_client}'s
+own parser; L{taskd.metrics} alone is tested in L{tests.test_metrics}).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from twisted.web.http_headers import Headers
 
 from taskd import errors, tap
 from taskd.activity import Activity, Histogram
-from taskd.metrics import DaemonCollector, makeRegistry
 from taskd.web import Web, httpDescription, httpExposureWarnings
 
 from tests.fakes import PoolTestsMixin
@@ -54,7 +53,9 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.pool, self.reactor = self.makePool(2)
-        self.activity = Activity(self.reactor, buckets=(1.0, 5.0), running=self.pool.running)
+        self.activity = Activity(
+            self.reactor, buckets=(1.0, 5.0), running=self.pool.running, served=self.pool.served
+        )
         self.pool.observer = self.activity
         d = self.pool.start()
         for p in self.reactor.processes:
@@ -131,6 +132,55 @@ class ActivityTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(2)
         self.assertEqual(self.activity.rates(4), [(9, 0, 0), (10, 3, 1), (11, 0, 0), (12, 0, 0)])
 
+    def test_ratesOfTheCurrentSecond(self) -> None:
+        """
+        The current second's figures are the calls that ended since the
+        counts were last read (on the whole second), before the timer
+        reads them again.
+        """
+        self.reactor.advance(5.5)
+        for reply in (b"R1", b'E{"type":"task_failed","message":"x"}'):
+            self.pool.submit("add", [1, 1]).addErrback(lambda f: None)
+            for q in self.reactor.processes:
+                if len(q.requests()) > q.proto.calls:
+                    q.send(reply)
+        self.assertEqual(self.activity.rates(2), [(4, 0, 0), (5, 2, 1)])
+        self.reactor.advance(0.5)
+        self.assertEqual(self.activity.rates(2), [(5, 2, 1), (6, 0, 0)])
+
+    def test_timesFoldedOnceASecond(self) -> None:
+        """
+        A call's end only counts it and keeps its run time and wait in a
+        list; the timer that reads the counts on each whole second takes
+        those into the histograms and empties the lists, so that they hold
+        at most a second's calls.  Reading the histograms takes them in
+        first: they are exact whenever read.
+        """
+        self.reactor.advance(0.25)
+        self.pool.submit("add", [1, 1])
+        [busy] = [q for q in self.reactor.processes if q.requests()]
+        self.reactor.advance(0.5)
+        busy.send(b"R2")
+        counts = self.activity.tasks["add"]
+        self.assertEqual((counts.results, counts.ran, counts.waited, counts.runTimes.count), (1, [0.5], [0.0], 0))
+        self.reactor.advance(0.25)
+        self.assertEqual((counts.ran, counts.waited, counts.runTimes.counts, counts.waits.counts), ([], [], [1, 0, 0], [1, 0, 0]))
+        self.pool.submit("add", [1, 1])
+        self.reactor.advance(2)
+        busy.send(b"R2")
+        self.assertEqual(self.activity.runTimes["add"].counts, [1, 1, 0])
+        self.assertEqual(counts.ran, [])
+
+    def test_stop(self) -> None:
+        """
+        L{Activity.stop} cancels its timer; the rates then know nothing
+        after it.
+        """
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.activity.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.activity.stop()
+
 
 class HistogramTests(SynchronousTestCase):
     """
@@ -148,50 +198,20 @@ class HistogramTests(SynchronousTestCase):
         self.assertEqual(list(h.cumulative()), [(1.0, 2), (2.0, 3), (float("inf"), 4)])
         self.assertEqual((h.count, h.sum), (4, 6.0))
 
-
-class MetricsTests(PoolTestsMixin, SynchronousTestCase):
-    """
-    L{DaemonCollector}, read back with C{prometheus_client}'s parser.
-    """
-
-    def test_collect(self) -> None:
+    def test_observeAll(self) -> None:
         """
-        Every counter and histogram is what the activity holds; worker ends
-        are listed for every reason, zero or not; jobs by state and calls
-        waiting for a retry are what the daemon's stats say.
+        L{Histogram.observeAll} counts as many L{Histogram.observe} calls
+        would: values on a bound in its bucket, above the last in C{+Inf},
+        the sum added in the values' order.
         """
-        from prometheus_client import generate_latest
-
-        pool, reactor = self.makePool(1)
-        activity = Activity(reactor, buckets=(1.0,))
-        pool.observer = activity
-        pool.start()
-        reactor.processes[0].ready()
-        d = pool.submit("sleep", [1], timeout=3)
-        reactor.advance(3)
-        self.failureResultOf(d, errors.TaskTimeout)
-        reactor.processes[0].exit(None, signal.SIGKILL)
-        draining = [False]
-        stats = lambda: {**pool.stats(), "jobsQueued": 2, "jobsScheduled": 1, "jobsRunning": 0}  # noqa: E731
-        registry = makeRegistry(DaemonCollector(activity, stats, lambda: draining[0]), processMetrics=False)
-        got = families(generate_latest(registry).decode())
-        self.assertEqual(
-            got["taskd_jobs"],
-            {("taskd_jobs", (("state", s),)): n for s, n in (("queued", 2.0), ("scheduled", 1.0), ("running", 0.0))},
-        )
-        self.assertEqual(got["taskd_calls_retrying"], {("taskd_calls_retrying", ()): 0.0})
-        self.assertEqual(got["taskd_calls"], {("taskd_calls_total", (("outcome", "timeout"), ("task", "sleep"))): 1.0})
-        run = got["taskd_call_run_seconds"]
-        self.assertEqual(run[("taskd_call_run_seconds_bucket", (("le", "1.0"), ("task", "sleep")))], 0.0)
-        self.assertEqual(run[("taskd_call_run_seconds_bucket", (("le", "+Inf"), ("task", "sleep")))], 1.0)
-        self.assertEqual(run[("taskd_call_run_seconds_sum", (("task", "sleep"),))], 3.0)
-        ends = got["taskd_worker_ends"]
-        self.assertEqual(len(ends), 8)
-        self.assertEqual(ends[("taskd_worker_ends_total", (("reason", "timeout"),))], 1.0)
-        self.assertEqual(got["taskd_draining"], {("taskd_draining", ()): 0.0})
-        draining[0] = True
-        got = families(generate_latest(registry).decode())
-        self.assertEqual(got["taskd_draining"], {("taskd_draining", ()): 1.0})
+        values = [3.0, 0.1, 1.0, 2.0, 0.2, 9.5, 1.0000001, 0.0, 2.0]
+        one, many = Histogram((1.0, 2.0, 5.0)), Histogram((1.0, 2.0, 5.0))
+        for v in values:
+            one.observe(v)
+        many.observeAll(list(values))
+        many.observeAll([])
+        self.assertEqual((many.counts, many.sum), (one.counts, one.sum))
+        self.assertEqual(many.counts, [4, 3, 1, 1])
 
 
 class OptionsTests(SynchronousTestCase):
@@ -270,7 +290,7 @@ class WebTests(PoolTestsMixin, TestCase):
         self.web = Web(reactor, self.activity, pool.stats, lambda: self.problem, token)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.web.site)
         self.addCleanup(port.stopListening)
-        self.addCleanup(self.web.events.closeAll)
+        self.addCleanup(self.web.close)
         self.base = f"http://127.0.0.1:{port.getHost().port}"
 
     @inlineCallbacks
