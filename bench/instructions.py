@@ -50,11 +50,12 @@ def relay(n: int, observed: bool) -> None:
     assert transport.value().count(b"\n") == n
 
 
-def count(n: int, observed: bool) -> int:
+def count(n: int, observed: bool, extra: tuple[str, ...] = ()) -> int:
     """
+    @param extra: more options for the measured run (C{--client}, ...).
     @return: the instructions callgrind counts for a run of C{n} calls.
     """
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "--run", str(n)]
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "--run", str(n), *extra]
     if observed:
         command.append("--observed")
     env = dict(os.environ, PYTHONHASHSEED="0")
@@ -69,7 +70,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    # -- the Python client's path (bench.clientpath), issue 19 ----------------
+    parser.add_argument("--client", action="store_true", help="the Python client's path instead (bench.clientpath: W1's harness on a fake connection)")
+    parser.add_argument("--window", action="store_true", help="with --client: the harness calls through TaskClient.map")
     options = parser.parse_args()
+    if options.client:
+        from bench.clientpath import clientPath
+
+        if options.run is not None:
+            clientPath(options.run, options.window)
+            return
+        extra = ("--client", "--window") if options.window else ("--client",)
+        few, many = count(1000, False, extra), count(3000, False, extra)
+        print(f"client path: {(many - few) / 2000:,.0f} instructions per call (callgrind; 3,000 calls minus 1,000)")
+        return
+    # -- end of the client's block ---------------------------------------------
     if options.run is not None:
         relay(options.run, options.observed)
         return

@@ -208,6 +208,20 @@ def connectionsCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bo
     return withCPU(lambda: rawclient.connectionPerCall(port, lines, 100, check), len(lines), server, workers)
 
 
+def clientCPU(spec: dict[str, Any], server: int, workers: Sequence[int]) -> dict[str, Any]:
+    """
+    W1 with the taskd client (in a process of its own, which measures its
+    own CPU time per call), with the daemon's and workers' CPU per call.
+    """
+    before = [cpuSeconds(p) for p in [server, *workers]]
+    result = measure(spec)
+    after = [cpuSeconds(p) for p in [server, *workers]]
+    perCall = 1e6 / spec["n"]
+    result["cpu_us_server"] = (after[0] - before[0]) * perCall
+    result["cpu_us_workers"] = (sum(after[1:]) - sum(before[1:])) * perCall
+    return result
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.measure", json.dumps(spec)],
@@ -308,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
                 w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
             finally:
                 plain.stop()
-            w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
+            w1["taskd_client"] = repeat("W1 taskd client", lambda: clientCPU({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}, daemon.pid, daemon.workerPids()))
             w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: pipelinedCPU(linePort, addLines, addCheck, line.popen.pid))
             w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
             w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
@@ -434,7 +448,7 @@ def report(r: dict[str, Any]) -> None:
 
     for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
-    for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "ceiling_tcp"):
+    for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "ceiling_tcp"):
         for part in ("client", "server", "workers"):
             row(f"W1 CPU per call, {part}", name, m("w1", name, f"cpu_us_{part}"), "us")
     for name in ("taskd_raw", "ceiling_tcp"):
