@@ -73,7 +73,21 @@ def main() -> None:
     # -- the Python client's path (bench.clientpath), issue 19 ----------------
     parser.add_argument("--client", action="store_true", help="the Python client's path instead (bench.clientpath: W1's harness on a fake connection)")
     parser.add_argument("--window", action="store_true", help="with --client: the harness calls through TaskClient.map")
+    parser.add_argument("--worker", action="store_true", help="the worker's loop instead (bench.workerpath: add frames from memory)")
     options = parser.parse_args()
+    if options.worker:
+        if options.run is not None:
+            from bench.workerpath import add, once
+            from taskd._frames import requestFrame
+            from taskd.registry import Registry
+
+            registry = Registry()
+            registry.register(add, name="add")
+            once(b"".join(requestFrame("add", b'{"function":"add","args":[%d,1],"id":%d}' % (i, i)) for i in range(options.run)), options.run, registry)
+            return
+        few, many = count(1000, False, ("--worker",)), count(3000, False, ("--worker",))
+        print(f"worker path: {(many - few) / 2000:,.0f} instructions per call (callgrind; 3,000 calls minus 1,000)")
+        return
     if options.client:
         from bench.clientpath import clientPath
 

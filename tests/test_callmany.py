@@ -131,7 +131,7 @@ class FastPathTests(SynchronousTestCase):
         """
         try:
             expected: Any = encodeRequest(Call(name, list(args), {}, id))
-        except (TypeError, ValueError, RecursionError) as e:
+        except (TypeError, ValueError, RecursionError):
             expected = errors.BadRequest
         try:
             got: Any = encodePlainCall(name, args, id)
