@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from taskd import _json, errors
 from taskd.jobclient import JobAsking
+from taskd.replies import immediateWriter
 from taskd.wire import (
     VERSION,
     Accepted,
@@ -241,7 +242,7 @@ class TaskClientProtocol(JobAsking, Protocol):
             return
         if id in self._written:
             if not self._closed:
-                self.transport.write(encodeRequest(Cancel(id)))
+                self._write(encodeRequest(Cancel(id)))
         else:
             for entry in self._held:
                 if entry[0] == id:
@@ -277,7 +278,7 @@ class TaskClientProtocol(JobAsking, Protocol):
             self._held.append((id, line))
         else:
             self._written.add(id)
-            self.transport.write(line)
+            self._write(line)
 
     # -- end of the block without Deferreds -------------------------------------
 
@@ -302,7 +303,7 @@ class TaskClientProtocol(JobAsking, Protocol):
         while held and (limit is None or len(written) < limit) and not self.closing:
             id, line = held.popleft()
             written.add(id)
-            self.transport.write(line)
+            self._write(line)
 
     def hello(self, fields: dict[str, Any]) -> Deferred[HelloReply]:
         """
@@ -349,10 +350,50 @@ class TaskClientProtocol(JobAsking, Protocol):
             d.errback(self._notSent())
             return d
         self._unnumbered.append(d)
-        self.transport.write(encodeRequest(request))
+        self._write(encodeRequest(request))
         return d
 
+    # -- writing: what answering one read makes goes out in one send ----------
+
+    # While a read is handled, the lines written (the next calls of a
+    # callMany, say), or None.
+    _outgoing: list[bytes] | None = None
+    _sendNow: Callable[[bytes], None] | None = None
+
+    def _write(self, line: bytes) -> None:
+        outgoing = self._outgoing
+        if outgoing is None:
+            # Twisted's transport sends what one reactor turn writes at once.
+            self.transport.write(line)
+        else:
+            outgoing.append(line)
+
+    def makeConnection(self, transport: Any) -> None:
+        self._sendNow = immediateWriter(transport)
+        super().makeConnection(transport)
+
     def dataReceived(self, data: bytes) -> None:
+        """
+        Handle every reply line of C{data}; what that makes the client send
+        goes out at the end, in one send and at once when the socket takes
+        it (L{taskd.replies.immediateWriter}: no wait for the next reactor
+        turn, no C{epoll_ctl}).
+        """
+        outgoing: list[bytes] = []
+        self._outgoing = outgoing
+        try:
+            self._linesReceived(data)
+        finally:
+            self._outgoing = None
+            if outgoing:
+                send = self._sendNow or self.transport.write
+                send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        if self._saidGoodbye:
+            self._closeOnceAnswered()
+
+    # -- end of writing --------------------------------------------------------
+
+    def _linesReceived(self, data: bytes) -> None:
         buffer = self._buffer
         if b"\n" not in data:
             buffer += data
@@ -371,8 +412,6 @@ class TaskClientProtocol(JobAsking, Protocol):
                 return
             self.lineReceived(line)
         buffer += rest
-        if self._saidGoodbye:
-            self._closeOnceAnswered()
 
     def lineReceived(self, line: bytes) -> None:
         """
@@ -513,7 +552,7 @@ class TaskClientProtocol(JobAsking, Protocol):
             return
         for id in list(self._pending):
             if id in self._written:
-                self.transport.write(encodeRequest(Cancel(id)))
+                self._write(encodeRequest(Cancel(id)))
 
     def setMaxLine(self, length: int) -> None:
         """

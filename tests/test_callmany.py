@@ -202,6 +202,31 @@ class CallManyTests(SynchronousTestCase):
         self.answer(7)
         self.assertEqual(self.successResultOf(d), [10, 20, 30, 40, 50, 60, 70])
 
+    def test_oneWritePerRead(self) -> None:
+        """
+        The calls that the replies of one read make room for are written
+        together, in one write at the end of the read.
+        """
+        writes: list[bytes] = []
+        self.transport = StringTransport()
+        original = self.transport.write
+
+        def write(data: bytes) -> None:
+            writes.append(data)
+            original(data)
+
+        self.transport.write = write  # type: ignore[method-assign]
+        self.proto = TaskClientProtocol()
+        self.proto.makeConnection(self.transport)
+        d = TaskClient(self.proto).callMany("add", ([i] for i in range(6)), window=3)
+        self.assertEqual(len(writes), 3)
+        self.answer(1, 2, 3)
+        self.assertEqual(len(writes), 4)
+        writes[:3] = []
+        self.assertEqual([json.loads(line)["id"] for line in writes[0].splitlines()], [4, 5, 6])
+        self.answer(4, 5, 6)
+        self.assertEqual(self.successResultOf(d), [10, 20, 30, 40, 50, 60])
+
     def test_empty(self) -> None:
         """
         No argument lists: no calls, an empty list of results.
