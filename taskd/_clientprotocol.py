@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from typing import Any, Callable, Protocol as Protocol_, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol, connectionDone
@@ -21,13 +21,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
+from taskd._clientcodec import RESULT_HEAD, Answer, encodeCall, encodePlainCall
 from taskd.jobclient import JobAsking
 from taskd.replies import immediateWriter
 from taskd.wire import (
     VERSION,
     Accepted,
     JobReply,
-    Call,
     Cancel,
     ErrorReply,
     Hello,
@@ -45,78 +45,6 @@ from taskd.wire import (
     decodeReply,
     encodeRequest,
 )
-
-#: How the daemon's result replies start (see L{taskd.wire.encodeResult}).
-_RESULT_HEAD = b'{"type":"result","id":'
-
-
-class Answer(Protocol_):
-    """
-    Where a call's outcome goes: a C{Deferred}, or anything with its
-    C{callback} and C{errback}.
-    """
-
-    def callback(self, result: Any) -> None:
-        """
-        The call's result.
-        """
-
-    def errback(self, error: Any) -> None:
-        """
-        The call's error (an L{errors.TaskdError}, or C{Failure}).
-        """
-
-
-def encodePlainCall(name: str, args: Sequence[Any], id: int) -> bytes:
-    """
-    Encode a call with positional arguments only and no options: the
-    line L{encodeRequest} makes of the same L{Call}, without making it.
-
-    @raise errors.BadRequest: if the arguments are not JSON.
-    """
-    try:
-        if args:
-            return _json.encodeASCII({"function": name, "args": list(args), "id": id}) + b"\n"
-        return _json.encodeASCII({"function": name, "id": id}) + b"\n"
-    except (TypeError, ValueError) as e:
-        raise errors.BadRequest(f"arguments cannot be sent as JSON: {e}") from None
-    except RecursionError:
-        raise errors.BadRequest("arguments nested too deeply to be sent as JSON") from None
-
-
-def encodeCall(
-    name: str,
-    args: Sequence[Any],
-    kwargs: dict[str, Any] | None,
-    id: int,
-    timeout: float | None,
-    progress: Callable[[Any], object] | None,
-    priority: int | None,
-    deadline: float | None,
-) -> bytes:
-    """
-    Encode a call with any options.
-
-    @raise errors.BadRequest: if the arguments are not JSON.
-    """
-    try:
-        return encodeRequest(
-            Call(
-                name,
-                list(args),
-                dict(kwargs or {}),
-                id,
-                timeout,
-                progress=progress is not None,
-                priority=priority,
-                deadline=deadline,
-            )
-        )
-    except (TypeError, ValueError) as e:
-        raise errors.BadRequest(f"arguments cannot be sent as JSON: {e}") from None
-    except RecursionError:
-        raise errors.BadRequest("arguments nested too deeply to be sent as JSON") from None
-
 
 #: The longest reply line the client accepts: a 16 MiB result, escaped.
 MAX_REPLY = 128 * 1024 * 1024
@@ -423,7 +351,7 @@ class TaskClientProtocol(JobAsking, Protocol):
         Anything else, or anything this fast path does not take, goes the
         general way (L{replyReceived}).
         """
-        if line[:22] == _RESULT_HEAD and line[-1:] == b"}":
+        if line[:22] == RESULT_HEAD and line[-1:] == b"}":
             end = line.find(b',"result":', 22)
             digits = line[22:end]
             # A JSON integer: digits, no leading zero.

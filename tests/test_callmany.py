@@ -24,7 +24,7 @@ from taskd.client import Caller, TaskClient, TaskClientProtocol, connect
 from taskd.pool import ProcessPool
 from taskd.server import TaskServerFactory
 from taskd.wire import Call, encodeRequest, encodeResult
-from taskd._clientprotocol import encodePlainCall
+from taskd._clientcodec import encodePlainCall
 
 from tests.test_json import anyText, edgeValues, values
 
