@@ -15,6 +15,10 @@ taskd}, one worker) and in the bare line server of L{bench.servers} under
 callgrind: connections made one at a time (connect, send a call, read the
 reply, close), 1,500 minus 500, divided by 1,000: what one connection
 costs each server, and their ratio, whatever the machine's load.
+
+C{--client [--window]} and C{--worker} count the Python client's path
+(L{bench.clientpath}) and the worker's loop (L{bench.workerpath}) the same
+way, per call.
 """
 
 from __future__ import annotations
@@ -63,11 +67,12 @@ def relay(n: int, observed: bool) -> None:
         protocol.factory.pool.observer.fold()
 
 
-def count(n: int, observed: bool) -> int:
+def count(n: int, observed: bool, extra: tuple[str, ...] = ()) -> int:
     """
+    @param extra: more options for the measured run (C{--client}, ...).
     @return: the instructions callgrind counts for a run of C{n} calls.
     """
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "--run", str(n)]
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "--run", str(n), *extra]
     if observed:
         command.append("--observed")
     env = dict(os.environ, PYTHONHASHSEED="0")
@@ -141,6 +146,10 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=1, help="with --connections: connections open at once (1: the count repeats exactly)")
     parser.add_argument("--server", choices=["taskd", "line", "both"], default="both", help="with --connections: which to count")
     parser.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    # -- the Python client's path (bench.clientpath), issue 19 ----------------
+    parser.add_argument("--client", action="store_true", help="the Python client's path instead (bench.clientpath: W1's harness on a fake connection)")
+    parser.add_argument("--window", action="store_true", help="with --client: the harness calls through TaskClient.callMany")
+    parser.add_argument("--worker", action="store_true", help="the worker's loop instead (bench.workerpath: add frames from memory)")
     options = parser.parse_args()
     if options.connections:
         costs = {}
@@ -151,6 +160,30 @@ def main() -> None:
         if len(costs) == 2:
             print(f"taskd / bare line server: {costs['taskd'] / costs['line']:.2f}")
         return
+    if options.worker:
+        if options.run is not None:
+            from bench.workerpath import add, once
+            from taskd._frames import requestFrame
+            from taskd.registry import Registry
+
+            registry = Registry()
+            registry.register(add, name="add")
+            once(b"".join(requestFrame("add", b'{"function":"add","args":[%d,1],"id":%d}' % (i, i)) for i in range(options.run)), options.run, registry)
+            return
+        few, many = count(1000, False, ("--worker",)), count(3000, False, ("--worker",))
+        print(f"worker path: {(many - few) / 2000:,.0f} instructions per call (callgrind; 3,000 calls minus 1,000)")
+        return
+    if options.client:
+        from bench.clientpath import clientPath
+
+        if options.run is not None:
+            clientPath(options.run, options.window)
+            return
+        extra = ("--client", "--window") if options.window else ("--client",)
+        few, many = count(1000, False, extra), count(3000, False, extra)
+        print(f"client path: {(many - few) / 2000:,.0f} instructions per call (callgrind; 3,000 calls minus 1,000)")
+        return
+    # -- end of the client's block ---------------------------------------------
     if options.run is not None:
         relay(options.run, options.observed)
         return

@@ -258,6 +258,20 @@ def connectionsCPU(port: int, lines: list[bytes], check: Callable[[int, Any], bo
     return withCPU(lambda: rawclient.connectionPerCall(port, lines, 100, check), len(lines), server, workers)
 
 
+def clientCPU(spec: dict[str, Any], server: int, workers: Sequence[int]) -> dict[str, Any]:
+    """
+    W1 with the taskd client (in a process of its own, which measures its
+    own CPU time per call), with the daemon's and workers' CPU per call.
+    """
+    before = [cpuSeconds(p) for p in [server, *workers]]
+    result = measure(spec)
+    after = [cpuSeconds(p) for p in [server, *workers]]
+    perCall = 1e6 / spec["n"]
+    result["cpu_us_server"] = (after[0] - before[0]) * perCall
+    result["cpu_us_workers"] = (sum(after[1:]) - sum(before[1:])) * perCall
+    return result
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.measure", json.dumps(spec)],
@@ -358,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
                 w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
             finally:
                 plain.stop()
-            w1["taskd_client"] = repeat("W1 taskd client", lambda: measure({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}))
+            w1["taskd_client"] = repeat("W1 taskd client", lambda: clientCPU({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}, daemon.pid, daemon.workerPids()))
+            # The same through TaskClient.callMany, docs/client.md's way to run many calls.
+            w1["taskd_client_window"] = repeat("W1 taskd client, callMany", lambda: clientCPU({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1, "window": True}, daemon.pid, daemon.workerPids()))
             w1["ceiling_tcp"] = repeat("W1 line ceiling", lambda: pipelinedCPU(linePort, addLines, addCheck, line.popen.pid))
             w1["ceiling_pipe"] = repeat("W1 pipe ceiling", lambda: measure({"kind": "pipe", "workload": "w1", "n": n1}))
             w1["multiprocessing"] = repeat("W1 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w1", "n": n1}))
@@ -482,9 +498,9 @@ def report(r: dict[str, Any]) -> None:
         if value is not None:
             rows.append((workload, system, f"{value:,.1f}", unit))
 
-    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
+    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "taskd_client_window", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
-    for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "ceiling_tcp"):
+    for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "taskd_client_window", "ceiling_tcp"):
         for part in ("client", "server", "workers"):
             row(f"W1 CPU per call, {part}", name, m("w1", name, f"cpu_us_{part}"), "us")
     for name in ("taskd_raw", "ceiling_tcp"):
@@ -531,6 +547,7 @@ def report(r: dict[str, Any]) -> None:
     target("W1 raw / ampoule", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 10)
     target("W1 raw / TCP line ceiling", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ceiling_tcp", "calls_per_s")), 0.5)
     target("W1 taskd client / raw client", ratio(m("w1", "taskd_client", "calls_per_s"), m("w1", "taskd_raw", "calls_per_s")), 0.8)
+    target("W1 taskd client with callMany / raw client", ratio(m("w1", "taskd_client_window", "calls_per_s"), m("w1", "taskd_raw", "calls_per_s")), 0.8)
     target("W1a / bare line server, a connection per call", ratio(m("w1a", "taskd_raw", "calls_per_s"), m("w1a", "ceiling_tcp", "calls_per_s")), 0.8)
     target("W1 taskd client / ampoule", ratio(m("w1", "taskd_client", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 6)
     target("W2 p50 ampoule / taskd raw", ratio(m("w2", "ampoule", "p50_us"), m("w2", "taskd_raw", "p50_us")), 1 / 0.3)

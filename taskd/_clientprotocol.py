@@ -20,13 +20,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskd import errors
+from taskd import _json, errors
+from taskd._clientcodec import RESULT_HEAD, Answer, encodeCall, encodePlainCall
 from taskd.jobclient import JobAsking
+from taskd.replies import immediateWriter
 from taskd.wire import (
     VERSION,
     Accepted,
     JobReply,
-    Call,
     Cancel,
     ErrorReply,
     Hello,
@@ -84,7 +85,7 @@ class TaskClientProtocol(JobAsking, Protocol):
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._ids = itertools.count(1)
-        self._pending: dict[int, Deferred[Any]] = {}
+        self._pending: dict[int, Answer] = {}
         # The ids of calls written and not yet answered, and the calls
         # waiting to be written (id and line), for maxInFlight.
         self._written: set[int] = set()
@@ -120,61 +121,94 @@ class TaskClientProtocol(JobAsking, Protocol):
             return fail(self._notSent())
         id = next(self._ids)
         try:
-            line = encodeRequest(
-                Call(
-                    name,
-                    list(args),
-                    dict(kwargs or {}),
-                    id,
-                    timeout,
-                    progress=progress is not None,
-                    priority=priority,
-                    deadline=deadline,
-                )
-            )
-        except (TypeError, ValueError) as e:
-            return fail(errors.BadRequest(f"arguments cannot be sent as JSON: {e}"))
-        except RecursionError:
-            return fail(errors.BadRequest("arguments nested too deeply to be sent as JSON"))
+            if kwargs or timeout is not None or progress is not None or priority is not None or deadline is not None:
+                line = encodeCall(name, args, kwargs, id, timeout, progress, priority, deadline)
+            else:
+                line = encodePlainCall(name, args, id)
+            self._check(line)
+        except errors.TaskdError as e:
+            return fail(e)
+
+        def cancel(d: Deferred[Any]) -> None:
+            self.cancelCall(id)
+
+        d: Deferred[Any] = Deferred(cancel)
+        if progress is not None:
+            self._progress[id] = progress
+        self._enter(id, line, d)
+        return d
+
+    # -- calls without a Deferred (taskd._callmany), issue 19 -------------------
+
+    def callInto(self, name: str, args: Sequence[Any], answer: Answer) -> int:
+        """
+        Send a call of task C{name} with positional arguments C{args}, its
+        outcome told to C{answer} (C{answer.callback(result)} or
+        C{answer.errback(error)}, exactly once, unless L{cancelCall} is
+        called first): L{call} without a C{Deferred}, for
+        L{taskd.client.TaskClient.callMany}.
+
+        @return: the call's id (for L{cancelCall}).
+        @raise errors.TaskdError: if the call cannot be sent (it was not).
+        """
+        if self.closing:
+            raise self._notSent()
+        id = next(self._ids)
+        line = encodePlainCall(name, args, id)
+        self._check(line)
+        self._enter(id, line, answer)
+        return id
+
+    def cancelCall(self, id: int) -> None:
+        """
+        Stop waiting for call C{id}: its answer is not told, and the daemon
+        is told to cancel it (if it was sent; if it was held back, it is
+        not sent).
+        """
+        self._progress.pop(id, None)
+        if self._pending.pop(id, None) is None:
+            return
+        if id in self._written:
+            if not self._closed:
+                self._write(encodeRequest(Cancel(id)))
+        else:
+            for entry in self._held:
+                if entry[0] == id:
+                    self._held.remove(entry)
+                    break
+
+    def _check(self, line: bytes) -> None:
+        """
+        @raise errors.TaskdError: if the call on C{line} cannot be sent now.
+        """
         if len(line) > self._maxLine:
             # The daemon would refuse it and close the connection, with
             # every other call on it: refuse it here, sending nothing.
-            return fail(
-                errors.LineTooLong(
-                    f"the call is a {len(line)}-byte line; the daemon takes at most "
-                    f"{self._maxLine - 1} bytes; it was not sent"
-                )
+            raise errors.LineTooLong(
+                f"the call is a {len(line)}-byte line; the daemon takes at most "
+                f"{self._maxLine - 1} bytes; it was not sent"
             )
-
         limit = self.maxInFlight
         if limit is not None and len(self._held) >= self.maxHeld and len(self._written) >= limit:
-            return fail(
-                errors.PoolBusy(
-                    f"{self.maxHeld} calls already wait to be sent on this connection "
-                    f"(the daemon takes {limit} at once); the call was not sent"
-                )
+            raise errors.PoolBusy(
+                f"{self.maxHeld} calls already wait to be sent on this connection "
+                f"(the daemon takes {limit} at once); the call was not sent"
             )
 
-        def cancel(d: Deferred[Any]) -> None:
-            self._progress.pop(id, None)
-            if self._pending.pop(id, None) is None:
-                return
-            if id in self._written:
-                if not self._closed:
-                    self.transport.write(encodeRequest(Cancel(id)))
-            else:
-                self._held.remove((id, line))
-
-        d: Deferred[Any] = Deferred(cancel)
-        self._pending[id] = d
-        if progress is not None:
-            self._progress[id] = progress
+    def _enter(self, id: int, line: bytes, answer: Answer) -> None:
+        """
+        Wait for call C{id}'s answer, and send its C{line} (or hold it back
+        under L{maxInFlight}).
+        """
+        self._pending[id] = answer
+        limit = self.maxInFlight
         if limit is not None and (self._held or len(self._written) >= limit):
             self._held.append((id, line))
         else:
             self._written.add(id)
-            self.transport.write(line)
-        return d
+            self._write(line)
+
+    # -- end of the block without Deferreds -------------------------------------
 
     @property
     def outstanding(self) -> int:
@@ -197,7 +231,7 @@ class TaskClientProtocol(JobAsking, Protocol):
         while held and (limit is None or len(written) < limit) and not self.closing:
             id, line = held.popleft()
             written.add(id)
-            self.transport.write(line)
+            self._write(line)
 
     def hello(self, fields: dict[str, Any]) -> Deferred[HelloReply]:
         """
@@ -244,10 +278,50 @@ class TaskClientProtocol(JobAsking, Protocol):
             d.errback(self._notSent())
             return d
         self._unnumbered.append(d)
-        self.transport.write(encodeRequest(request))
+        self._write(encodeRequest(request))
         return d
 
+    # -- writing: what answering one read makes goes out in one send ----------
+
+    # While a read is handled, the lines written (the next calls of a
+    # callMany, say), or None.
+    _outgoing: list[bytes] | None = None
+    _sendNow: Callable[[bytes], None] | None = None
+
+    def _write(self, line: bytes) -> None:
+        outgoing = self._outgoing
+        if outgoing is None:
+            # Twisted's transport sends what one reactor turn writes at once.
+            self.transport.write(line)
+        else:
+            outgoing.append(line)
+
+    def makeConnection(self, transport: Any) -> None:
+        self._sendNow = immediateWriter(transport)
+        super().makeConnection(transport)
+
     def dataReceived(self, data: bytes) -> None:
+        """
+        Handle every reply line of C{data}; what that makes the client send
+        goes out at the end, in one send and at once when the socket takes
+        it (L{taskd.replies.immediateWriter}: no wait for the next reactor
+        turn, no C{epoll_ctl}).
+        """
+        outgoing: list[bytes] = []
+        self._outgoing = outgoing
+        try:
+            self._linesReceived(data)
+        finally:
+            self._outgoing = None
+            if outgoing:
+                send = self._sendNow or self.transport.write
+                send(outgoing[0] if len(outgoing) == 1 else b"".join(outgoing))
+        if self._saidGoodbye:
+            self._closeOnceAnswered()
+
+    # -- end of writing --------------------------------------------------------
+
+    def _linesReceived(self, data: bytes) -> None:
         buffer = self._buffer
         if b"\n" not in data:
             buffer += data
@@ -266,12 +340,43 @@ class TaskClientProtocol(JobAsking, Protocol):
                 return
             self.lineReceived(line)
         buffer += rest
-        if self._saidGoodbye:
-            self._closeOnceAnswered()
 
     def lineReceived(self, line: bytes) -> None:
         """
         Handle one reply line.
+
+        The usual reply, a call's result as the daemon writes it
+        (C{{"type":"result","id":N,"result":...}}), is read here without
+        the reply objects of L{decodeReply}: the same outcome, cheaper.
+        Anything else, or anything this fast path does not take, goes the
+        general way (L{replyReceived}).
+        """
+        if line[:22] == RESULT_HEAD and line[-1:] == b"}":
+            end = line.find(b',"result":', 22)
+            digits = line[22:end]
+            # A JSON integer: digits, no leading zero.
+            if end > 22 and digits.isdigit() and (digits[:1] != b"0" or end == 23):
+                try:
+                    value = _json.loadsUTF8(line[end + 10 : -1])
+                except (ValueError, RecursionError):
+                    pass  # the general way says what is wrong with it
+                else:
+                    id = int(digits)
+                    self._progress.pop(id, None)
+                    d = self._pending.pop(id, None)
+                    written = self._written
+                    if id in written:
+                        written.discard(id)
+                        if self._held:
+                            self._sendHeld()
+                    if d is not None:
+                        d.callback(value)
+                    return
+        self.replyReceived(line)
+
+    def replyReceived(self, line: bytes) -> None:
+        """
+        Handle one reply line the general way: decoded by L{decodeReply}.
         """
         try:
             reply = decodeReply(line)
@@ -375,7 +480,7 @@ class TaskClientProtocol(JobAsking, Protocol):
             return
         for id in list(self._pending):
             if id in self._written:
-                self.transport.write(encodeRequest(Cancel(id)))
+                self._write(encodeRequest(Cancel(id)))
 
     def setMaxLine(self, length: int) -> None:
         """

@@ -15,7 +15,7 @@ the worker.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, TimeoutError as HelloTimeout
 from twisted.internet.endpoints import clientFromString
@@ -25,6 +25,7 @@ from twisted.internet.protocol import Factory
 from taskd import errors
 from taskd.jobclient import JobHandle, Submitter
 from taskd.wire import Submit
+from taskd._callmany import DEFAULT_WINDOW, CallBatch, DeferredBatch
 from taskd._clientprotocol import TaskClientProtocol
 
 #: How long a new connection's hello may take to be answered, by default.
@@ -88,6 +89,28 @@ class Caller:
         """
         return self._send(name, args, kwargs, timeout, progress, priority, deadline)
 
+    def callMany(
+        self, name: str, argLists: Iterable[Sequence[Any]], *, window: int = DEFAULT_WINDOW
+    ) -> Deferred[list[Any]]:
+        """
+        Run task C{name} once for each argument list of C{argLists}, at
+        most C{window} calls at once: the way to run many calls (a
+        C{DeferredSemaphore} around L{call} does the same at several times
+        the client's cost).  C{argLists} is read as calls are sent, so it
+        may be a generator.
+
+        @param argLists: each call's positional arguments.
+        @param window: at most this many calls are unanswered at once.
+        @return: a C{Deferred} firing with the results, in the order of
+            C{argLists}; or failing with the first call's error, once
+            which the calls not yet sent are not sent and those still
+            unanswered are cancelled.  Cancelling it cancels them too.
+        @raise ValueError: if C{window} is not a positive integer.
+        """
+        batch = DeferredBatch(lambda name, args: self._send(name, args, None, None, None), name, argLists, window)
+        batch.fill()
+        return batch.done
+
 
 class TaskClient(Caller, Submitter):
     """
@@ -108,6 +131,30 @@ class TaskClient(Caller, Submitter):
         deadline: float | None = None,
     ) -> Deferred[Any]:
         return self._protocol.call(name, args, kwargs, timeout, progress, priority, deadline)
+
+    def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run task C{name} with these arguments: every positional and keyword
+        argument goes to the task.
+
+        @return: a C{Deferred} firing with the result, or failing with an
+            L{errors.TaskdError} (L{errors.TaskFailed} carries the remote
+            type and traceback) or L{errors.ConnectionLost}; cancelling it
+            cancels the call.
+        """
+        return self._protocol.call(name, args, kwargs)
+
+    def callMany(
+        self, name: str, argLists: Iterable[Sequence[Any]], *, window: int = DEFAULT_WINDOW
+    ) -> Deferred[list[Any]]:
+        """
+        Run task C{name} once for each argument list of C{argLists}, at
+        most C{window} calls at once, without a C{Deferred} per call; see
+        L{Caller.callMany}.
+        """
+        batch = CallBatch(self._protocol, name, argLists, window)
+        batch.fill()
+        return batch.done
 
     def close(self) -> Deferred[None]:
         """

@@ -68,7 +68,7 @@ class JobAsking:
     transport: Any
     closing: bool
     _ids: itertools.count[int]
-    _pending: dict[int, Deferred[Any]]
+    _pending: dict[int, Any]  # Deferreds, or any taskd._clientprotocol.Answer
     _progress: dict[int, Callable[[Any], object]]
     _maxLine: int
 

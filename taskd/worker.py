@@ -37,6 +37,11 @@ from contextvars import ContextVar
 from typing import IO, Any, Callable
 
 from taskd import _json, errors
+
+try:
+    from orjson import loads as _orjsonLoads
+except ImportError:  # pragma: no cover - the fast extra is not installed
+    _orjsonLoads = None  # type: ignore[assignment]
 from taskd._frames import (
     DEFAULT_MAX_RESULT,
     ERROR,
@@ -236,7 +241,9 @@ def encodeResult(name: str, result: Any, maxResult: int) -> bytes:
         returned, or of the C{E} frame saying why it cannot be sent.
     """
     try:
-        encoded = _json.encode(result)
+        # An exact int encodes as its digits, whatever its size (json's
+        # encoder writes int.__repr__): no need to ask the codec.
+        encoded = b"%d" % (result,) if type(result) is int else _json.encode(result)
     except (TypeError, ValueError) as e:
         return _error(
             errors.ResultNotSerializable(
@@ -374,29 +381,121 @@ def serve(
     @return: why the worker leaves of its own accord (C{"signal"},
         C{"memory"}), or C{None} at end of file.
     """
+    global _progressOut, _call
     read = inp.read
+    # Whatever is waiting in the pipe, up to this much, in one read.
+    readSome = getattr(inp, "read1", read)
+    write = _writer(out)
+    unpack = HEADER.unpack_from
+    pack = HEADER.pack
+    getTask = reg.get
+    # The call's JSON: orjson's values are the standard library's for what
+    # it takes (taskd._json says which), with the check of long integers
+    # made below; it refuses the rest.
+    decode = _orjsonLoads if _json.FAST else _json.stdlibLoadsUTF8
     if stop is None:
         stop = StopSignal()
+    data, at = b"", 0
     while True:
-        try:
-            stop._waiting = True
-            if stop.asked:
-                raise StopRequested()
-            head = read(4)
-            stop._waiting = False
-        except StopRequested:
-            return "signal"
-        if len(head) < 4:
-            return None
-        (length,) = HEADER.unpack(head)
-        body = read(length)
-        if len(body) < length:
-            return None
-        _send(out, runCall(reg, body, maxResult, out))
+        # The next frame: from what the last read brought, or read more.
+        while len(data) - at < 4:
+            try:
+                stop._waiting = True
+                if stop.asked:
+                    raise StopRequested()
+                chunk = readSome(_READ_SIZE)
+                stop._waiting = False
+            except StopRequested:
+                return "signal"
+            if not chunk:
+                return None
+            data, at = data[at:] + chunk, 0
+        (length,) = unpack(data, at)
+        end = at + 4 + length
+        if end > len(data):
+            # The rest of a long frame, in one read.
+            rest = read(end - len(data))
+            if len(rest) < end - len(data):
+                return None
+            data, at, end = data[at:] + rest, 0, 4 + length
+        start, at = at + 4, end
+
+        # The usual call (a known task, positional arguments only) is run
+        # here; anything else by runCall, which says what is wrong with it.
+        newline = data.find(b"\n", start, end)
+        name = data[start:newline].decode("utf-8", "replace") if newline >= 0 else ""
+        function = getTask(name) if newline >= 0 else None
+        request = None
+        if function is not None and end > newline + 1 and data[newline + 1] == 123:  # "{"
+            payload = data[newline + 1 : end]
+            try:
+                request = decode(payload)
+            except (ValueError, RecursionError):
+                pass
+            # 19 digits or more may be an integer orjson made a float of:
+            # such a call goes runCall's way (see taskd._json).
+            if len(payload) - len(payload.translate(None, _DIGITS)) >= 19:
+                request = None
+        args = request.get("args") if type(request) is dict and "kwargs" not in request else None
+        if type(args) is list:
+            with _progressLock:
+                _progressOut = out
+                _call += 1
+            try:
+                result = function(*args)  # type: ignore[misc]
+            except BaseException as e:
+                reply = failed(e)
+            else:
+                reply = b""
+            finally:
+                # No report may follow the reply: it would count for the next call.
+                with _progressLock:
+                    _progressOut = None
+            if reply:
+                pass
+            elif type(result) is int and len(reply := b"R%d" % (result,)) <= maxResult + 1:
+                pass
+            else:
+                reply = encodeResult(name, result, maxResult)
+        else:
+            reply = runCall(reg, data[start:end], maxResult, out)
+        write(pack(len(reply)) + reply)
         if stop.asked:
             return "signal"
         if memory is not None and memory.exceeded():
             return "memory"
+
+
+# How much the worker reads from its request pipe at once.
+_READ_SIZE = 65536
+_DIGITS = b"0123456789"
+
+
+def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
+    """
+    @return: a function writing a whole frame to C{out} at once: straight
+        to its file descriptor, if it has one (one system call, no copy
+        into a buffer), or by C{write} and C{flush}.
+    """
+    try:
+        fd = out.fileno()
+        out.flush()
+    except (AttributeError, OSError, ValueError):
+
+        def writeAndFlush(data: bytes) -> None:
+            out.write(data)
+            out.flush()
+
+        return writeAndFlush
+
+    def writeAll(data: bytes) -> None:
+        written = os.write(fd, data)
+        if written < len(data):
+            view = memoryview(data)
+            while written < len(data):
+                written += os.write(fd, view[written:])
+
+    return writeAll
 
 
 def _dieWithParent(parent: int) -> bool:

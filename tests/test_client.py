@@ -218,6 +218,14 @@ class ClientTests(TestCase):
             write(data)
 
         protocol.transport.write = counting
+        # What a read's answers make is sent at once, not through write.
+        writeSome = protocol.transport.writeSomeData
+
+        def countingSome(data: bytes) -> Any:
+            most.append(len(protocol._written))
+            return writeSome(data)
+
+        protocol.transport.writeSomeData = countingSome
         results = yield gatherResults([client.call("add", i, i) for i in range(50)])
         self.assertEqual(results, [2 * i for i in range(50)])
         self.assertEqual(max(most), 3)
