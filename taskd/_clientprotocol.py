@@ -297,7 +297,8 @@ class TaskClientProtocol(JobAsking, Protocol):
             outgoing.append(line)
 
     def makeConnection(self, transport: Any) -> None:
-        self._sendNow = immediateWriter(transport)
+        # (The client has no write-backpressure producer to register.)
+        self._sendNow = immediateWriter(transport, lambda: None)
         super().makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
