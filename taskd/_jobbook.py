@@ -31,6 +31,8 @@ class TrackedJob:
     seq: int = 0
     # Whether the pool has sent it to a worker (it may have started).
     sent: bool = False
+    # Whether it was written running ahead, while the window was full.
+    ahead: bool = False
     # The book that counts it (see JobBook), while it is in one.
     book: JobBook | None = None
 

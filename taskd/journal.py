@@ -184,6 +184,19 @@ class Journal(Protocol):
         Write a job's new state, timestamps, result or error.
         """
 
+    def addMany(self, records: Sequence[JobRecord]) -> Deferred[list[Added]]:
+        """
+        L{add} each of C{records}, in order, in one write: what a burst of
+        submits costs the caller once for the group.
+
+        @return: what adding each did, in the order of C{records}.
+        """
+
+    def updateMany(self, records: Sequence[JobRecord]) -> Deferred[None]:
+        """
+        L{update} each of C{records}, in one write.
+        """
+
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
         """
         @return: the job, or C{None} if the journal does not hold it.
@@ -237,7 +250,23 @@ _COLUMNS = (
     "deadline, started, finished, result, error"
 )
 
+_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE = "UPDATE jobs SET state = ?, started = ?, finished = ?, result = ?, error = ? WHERE id = ?"
+
 T = TypeVar("T")
+
+
+def _row(record: JobRecord) -> tuple[Any, ...]:
+    return (
+        record.id, record.function, record.payload, record.state,
+        record.submitted, record.runAt, record.key, record.timeout,
+        record.priority, record.deadline, record.started, record.finished,
+        record.result, record.error,
+    )
+
+
+def _changes(record: JobRecord) -> tuple[Any, ...]:
+    return (record.state, record.started, record.finished, record.result, record.error, record.id)
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
@@ -256,6 +285,9 @@ class SQLiteJournal:
     The file is locked (C{flock}) while open: a second daemon given the
     same journal refuses to start rather than run its jobs again.
 
+    @ivar answers: the committed writes whose callers are not yet told,
+        told a slice a reactor turn (its C{writes} may be set: see
+        L{HandBack}).
     @ivar commits: the transactions committed so far.
     @ivar writes: the writes committed so far (C{writes / commits} is the
         mean batch).
@@ -302,8 +334,7 @@ class SQLiteJournal:
         self._committing = False
         self._closing: Deferred[None] | None = None
         self._isOpen = False
-        # Committed writes whose callers are not yet told.
-        self._answers = HandBack(clock)
+        self.answers = HandBack(clock)
 
     # -- running statements ------------------------------------------------
 
@@ -328,12 +359,12 @@ class SQLiteJournal:
         d = self._run(self._commit, [op for op, _ in batch])
 
         def committed(results: list[Any]) -> None:
-            self._answers.tell(zip([waiting for _, waiting in batch], results))
+            self.answers.tell(zip([waiting.callback for _, waiting in batch], results))
 
         def failed(failure: Failure) -> None:
             self.log.failure("the journal could not commit {n} writes", failure, n=len(batch))
             error = JournalError(f"the journal could not be written: {failure.value}")
-            self._answers.tell((waiting, Failure(error)) for _, waiting in batch)
+            self.answers.tell((waiting.callback, Failure(error)) for _, waiting in batch)
 
         d.addCallbacks(committed, failed)
         d.addBoth(self._committed)
@@ -458,37 +489,62 @@ class SQLiteJournal:
         """
         See L{Journal.add}.
         """
+        return self.addMany((record,)).addCallback(lambda added: added[0])
 
-        def insert(db: sqlite3.Connection) -> Added:
-            if record.key is not None:
+    def addMany(self, records: Sequence[JobRecord]) -> Deferred[list[Added]]:
+        """
+        See L{Journal.addMany}: one write of the next group commit, in
+        which the jobs without a key are inserted with one C{executemany}
+        (each run of them between two jobs with a key).
+        """
+        records = list(records)
+
+        def insert(db: sqlite3.Connection) -> list[Added]:
+            added: list[Added] = []
+            plain: list[JobRecord] = []
+            for record in records:
+                if record.key is None:
+                    plain.append(record)
+                    continue
+                if plain:
+                    added.extend(self._insert(db, plain))
+                    plain = []
                 row = db.execute("SELECT id FROM jobs WHERE key = ?", (record.key,)).fetchone()
                 if row is not None:
-                    return Added(row[0], True)
-            db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id, record.function, record.payload, record.state,
-                    record.submitted, record.runAt, record.key, record.timeout,
-                    record.priority, record.deadline, record.started, record.finished,
-                    record.result, record.error,
-                ),
-            )
-            self._rows += 1
-            return Added(record.id, False)
+                    added.append(Added(row[0], True))
+                else:
+                    added.extend(self._insert(db, [record]))
+            if plain:
+                added.extend(self._insert(db, plain))
+            return added
 
         return self._write(insert)
+
+    def _insert(self, db: sqlite3.Connection, records: list[JobRecord]) -> list[Added]:
+        db.executemany(_INSERT, [_row(record) for record in records])
+        self._rows += len(records)
+        return [Added(record.id, False) for record in records]
 
     def update(self, record: JobRecord) -> Deferred[None]:
         """
         See L{Journal.update}.
         """
+        row = _changes(record)
 
         def change(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE jobs SET state = ?, started = ?, finished = ?, result = ?, "
-                "error = ? WHERE id = ?",
-                (record.state, record.started, record.finished, record.result, record.error, record.id),
-            )
+            db.execute(_UPDATE, row)
+
+        return self._write(change)
+
+    def updateMany(self, records: Sequence[JobRecord]) -> Deferred[None]:
+        """
+        See L{Journal.updateMany}: one C{executemany}, one write of the
+        next group commit.
+        """
+        rows = [_changes(record) for record in records]
+
+        def change(db: sqlite3.Connection) -> None:
+            db.executemany(_UPDATE, rows)
 
         return self._write(change)
 
@@ -543,13 +599,13 @@ class SQLiteJournal:
         closing = self._closing
         if self._db is None:
             self._stopThread()
-            self._answers.tellAll()
+            self.answers.tellAll()
             closing.callback(None)
             return
         d = self._run(self._closeDatabase)
         d.addErrback(lambda f: self.log.failure("closing the journal failed", f))
         d.addBoth(lambda _: self._stopThread())
-        d.addBoth(lambda _: self._answers.tellAll())
+        d.addBoth(lambda _: self.answers.tellAll())
         d.addBoth(lambda _: closing.callback(None))
 
     def _closeDatabase(self) -> None:

@@ -112,6 +112,8 @@ class SQLiteJournalTests(SynchronousTestCase):
         clock.turn()
         self.assertEqual(told, [f"job{n}" for n in range(2 * HAND_BACK + 3)] + ["job100"])
         self.successResultOf(later)
+        # The turn after the last slice tells nothing, and leaves no timer.
+        clock.turn()
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_closeTellsEveryone(self) -> None:
