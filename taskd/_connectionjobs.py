@@ -43,7 +43,7 @@ from taskd.wire import (
 
 if TYPE_CHECKING:
     from taskd.connection import ConnectionOwner
-    from taskd.jobs import Accepted, JobService
+    from taskd.jobs import JobService, Taken
     from taskd.replies import OrderedReplies
 
 
@@ -216,7 +216,7 @@ class JobRequests(ConnectionRequests):
         ):
             self.resumeProducing()
 
-    def _submitted(self, key: Any, outcome: Accepted | Failure) -> None:
+    def _submitted(self, key: Any, outcome: Taken | Failure) -> None:
         if type(outcome) is tuple:
             self._calls.pop(key, None)
             self._done(key, encodeAccepted(None if type(key) is ReplySlot else key, *outcome))

@@ -105,8 +105,9 @@ class HandBack:
         finally:
             if writes is not None:
                 writes.release()
-        if self._call is None and (answers or limit is None):
-            self._call = self._clock.callLater(0, self._next)
+            # (Even if an answer raised: those after it are not stuck.)
+            if self._call is None and (answers or limit is None):
+                self._call = self._clock.callLater(0, self._next)
 
 
 __all__ = ["HAND_BACK", "HandBack", "HeldWrites"]

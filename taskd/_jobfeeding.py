@@ -146,7 +146,9 @@ class PoolFeeding:
         if ended and self._ready and not self._poolFull:
             config = self.pool.config
             window = config.workers * config.prefetch if self.window is None else self.window
-            self._aheadBy = min(window, self._aheadBy + 1)
+            if self._aheadBy < window:
+                self._aheadBy += 1
+                self.feedPool()
 
     def _hand(self, job: TrackedJob) -> None:
         if job.cancelling or job.record.state != RUNNING:

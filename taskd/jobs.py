@@ -25,7 +25,6 @@ may.
 from __future__ import annotations
 
 import heapq
-import os
 from collections import deque
 from typing import Any, Callable
 
@@ -37,7 +36,7 @@ from twisted.python.failure import Failure
 
 from taskd import _json, errors
 from taskd._handback import HandBack
-from taskd._jobbook import JobBook, TrackedJob, outcome, recordOnEnd
+from taskd._jobbook import JobBook, RandomIds, TrackedJob, outcome, recordOnEnd
 from taskd._jobfeeding import BUSY_RETRY, TAKE_BACK_RETRY, PoolFeeding
 from taskd.journal import (
     CANCELLED,
@@ -68,29 +67,7 @@ ANSWERS_PER_TURN = 8
 
 #: What L{JobService.take} tells its caller: the job's id and whether it is
 #: an earlier job's (found by its key), or a C{Failure}.
-Accepted = tuple[str, bool]
-
-
-class RandomIds:
-    """
-    New jobs' ids: 32 hexadecimal digits (128 random bits, as a
-    C{uuid4().hex} has 122), read from C{os.urandom} 256 ids at a time
-    (one system call per id was a tenth of what a submit cost the
-    reactor).
-    """
-
-    def __init__(self, perRead: int = 256) -> None:
-        self._perRead = perRead
-        self._hex = ""
-        self._at = 0
-
-    def __call__(self) -> str:
-        at = self._at
-        if at >= len(self._hex):
-            self._hex = os.urandom(16 * self._perRead).hex()
-            at = 0
-        self._at = at + 32
-        return self._hex[at:at + 32]
+Taken = tuple[str, bool]
 
 
 class JobService(PoolFeeding):
@@ -284,7 +261,7 @@ class JobService(PoolFeeding):
             L{errors.UnknownTask}, L{errors.PoolBusy} (C{maxJobs} jobs have
             not ended) or L{errors.PoolStopping}.
         """
-        answer: Deferred[Accepted] = Deferred()
+        answer: Deferred[Taken] = Deferred()
         # The caller may cancel its answer (its connection is lost): the
         # job is journaled and runs all the same.
         self.take(
@@ -297,7 +274,7 @@ class JobService(PoolFeeding):
         self,
         function: str,
         payload: bytes,
-        tell: Callable[[Accepted | Failure], object],
+        tell: Callable[[Taken | Failure], object],
         *,
         runAt: float | None = None,
         key: str | None = None,
@@ -596,4 +573,4 @@ class JobService(PoolFeeding):
         self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
 
 
-__all__ = ["BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService"]
+__all__ = ["ANSWERS_PER_TURN", "BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService", "RandomIds", "Taken"]

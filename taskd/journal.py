@@ -36,6 +36,7 @@ from twisted.python.threadpool import ThreadPool
 
 from taskd import _json, errors
 from taskd._handback import HandBack
+from taskd._sqliteschema import COLUMNS, INSERT, MIGRATIONS, UPDATE, changesOf, rowOf
 
 #: A job that may start now.
 QUEUED = "queued"
@@ -215,58 +216,7 @@ class Journal(Protocol):
         """
 
 
-def _createV1(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE jobs (
-            seq INTEGER PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            key TEXT UNIQUE,
-            function TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            state TEXT NOT NULL,
-            submitted REAL NOT NULL,
-            runAt REAL NOT NULL,
-            timeout REAL,
-            priority INTEGER,
-            deadline REAL,
-            started REAL,
-            finished REAL,
-            result BLOB,
-            error BLOB
-        )
-        """
-    )
-    db.execute("CREATE INDEX jobs_ended ON jobs (finished) WHERE finished IS NOT NULL")
-    db.execute("CREATE INDEX jobs_open ON jobs (seq) WHERE finished IS NULL")
-
-
-#: The schema's migrations: the function at index I takes a journal from
-#: schema version I to I + 1 (version 0 is a new, empty file).
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_createV1,)
-
-_COLUMNS = (
-    "id, function, payload, state, submitted, runAt, key, timeout, priority, "
-    "deadline, started, finished, result, error"
-)
-
-_INSERT = f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_UPDATE = "UPDATE jobs SET state = ?, started = ?, finished = ?, result = ?, error = ? WHERE id = ?"
-
 T = TypeVar("T")
-
-
-def _row(record: JobRecord) -> tuple[Any, ...]:
-    return (
-        record.id, record.function, record.payload, record.state,
-        record.submitted, record.runAt, record.key, record.timeout,
-        record.priority, record.deadline, record.started, record.finished,
-        record.result, record.error,
-    )
-
-
-def _changes(record: JobRecord) -> tuple[Any, ...]:
-    return (record.state, record.started, record.finished, record.result, record.error, record.id)
 
 
 def _record(row: Sequence[Any]) -> JobRecord:
@@ -445,7 +395,7 @@ class SQLiteJournal:
             self._migrate(db)
             self._rows = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY seq"
+                f"SELECT {COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY seq"
             ).fetchall()
         except BaseException:
             db.close()
@@ -521,7 +471,7 @@ class SQLiteJournal:
         return self._write(insert)
 
     def _insert(self, db: sqlite3.Connection, records: list[JobRecord]) -> list[Added]:
-        db.executemany(_INSERT, [_row(record) for record in records])
+        db.executemany(INSERT, [rowOf(record) for record in records])
         self._rows += len(records)
         return [Added(record.id, False) for record in records]
 
@@ -529,10 +479,10 @@ class SQLiteJournal:
         """
         See L{Journal.update}.
         """
-        row = _changes(record)
+        row = changesOf(record)
 
         def change(db: sqlite3.Connection) -> None:
-            db.execute(_UPDATE, row)
+            db.execute(UPDATE, row)
 
         return self._write(change)
 
@@ -541,10 +491,10 @@ class SQLiteJournal:
         See L{Journal.updateMany}: one C{executemany}, one write of the
         next group commit.
         """
-        rows = [_changes(record) for record in records]
+        rows = [changesOf(record) for record in records]
 
         def change(db: sqlite3.Connection) -> None:
-            db.executemany(_UPDATE, rows)
+            db.executemany(UPDATE, rows)
 
         return self._write(change)
 
@@ -552,7 +502,7 @@ class SQLiteJournal:
         """
         See L{Journal.get}.
         """
-        d = self._run(self._read, f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (jobId,))
+        d = self._run(self._read, f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (jobId,))
         return d.addCallback(lambda rows: _record(rows[0]) if rows else None)
 
     def prune(self, endedBefore: float, limit: int) -> Deferred[int]:
