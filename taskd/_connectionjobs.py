@@ -195,9 +195,12 @@ class JobRequests(ConnectionRequests):
         self._updateReading()
         self._submitsRead += 1
         if self._submitsRead >= SUBMITS_PER_TURN and not self.paused:
-            # Counted again from the next turn on: until then, a line read
-            # because an answer resumed reading pauses it again.
-            self.pauseProducing()
+            # The lines after it wait in the buffer for the next turn (the
+            # socket is still read: a pause and a resume of the transport
+            # would cost two epoll_ctl calls a slice).  Counted again from
+            # the next turn on: until then, a line read because an answer
+            # resumed reading pauses it again.
+            self.paused = True
             if not self._slicePaused:
                 self._slicePaused = True
                 jobs.pool.reactor.callLater(0, self._readOn)
@@ -210,10 +213,13 @@ class JobRequests(ConnectionRequests):
         """
         mine, self._slicePaused = self._slicePaused, False
         self._submitsRead = 0
-        if (
-            mine and self.paused and not self._closed and not self._writeBlocked
-            and self._unanswered < self.factory.maxInFlight
-        ):
+        if not (mine and self.paused) or self._closed:
+            return
+        if self._writeBlocked or self._unanswered >= self.factory.maxInFlight:
+            # Paused for that now (the transport too), until answers or
+            # the drained buffer resume it.
+            self.pauseProducing()
+        else:
             self.resumeProducing()
 
     def _submitted(self, key: Any, outcome: Taken | Failure) -> None:

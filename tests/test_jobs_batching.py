@@ -256,15 +256,16 @@ class ConnectionSubmitTests(JobsMixin, SynchronousTestCase):
     def test_readInSlices(self) -> None:
         """
         A connection handles L{SUBMITS_PER_TURN} submits of a read, then
-        pauses reading until the next reactor turn (an answer that resumes
-        it meanwhile lets one more line in); their answers come a slice a
-        turn, each slice in one write.
+        leaves the lines after them in its buffer until the next reactor
+        turn (an answer that resumes reading meanwhile lets one more line
+        in); their answers come a slice a turn, each slice in one write.
         """
         proto, transport = self.connect()
         noted = self.noteWrites()
         proto.dataReceived(self.lines(2 * SUBMITS_PER_TURN + 3))
         self.assertTrue(proto.paused)
-        self.assertEqual(transport.producerState, "paused")
+        # The socket is still read: the lines wait in the buffer.
+        self.assertEqual(transport.producerState, "producing")
         turn(self.reactor)  # the first slice journaled; reading resumed: the next slice
         self.assertEqual(noted, [("addMany", [f"j{i} queued" for i in range(1, SUBMITS_PER_TURN + 1)])])
         self.assertTrue(proto.paused)
@@ -291,7 +292,10 @@ class ConnectionSubmitTests(JobsMixin, SynchronousTestCase):
         proto, transport = self.connect(maxInFlight=SUBMITS_PER_TURN)
         proto.dataReceived(self.lines(SUBMITS_PER_TURN + 2))
         turn(self.reactor)
-        self.assertTrue(proto.paused)  # at maxInFlight: not resumed by the slice's turn
+        # At maxInFlight: not resumed by the slice's turn, and the socket
+        # is not read either.
+        self.assertTrue(proto.paused)
+        self.assertEqual(transport.producerState, "paused")
         turn(self.reactor)  # the slice is answered: reading resumes
         self.assertEqual(len(self.accepted(transport)), SUBMITS_PER_TURN)
         self.reactor.advance(0)
