@@ -32,6 +32,7 @@ import json
 import multiprocessing
 import os
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -213,6 +214,7 @@ def once(n: int, root: str = run.ROOT, profile: str | None = None, phase: str = 
     size = os.path.getsize(journal)
     with open(turnsFile) as f:
         turnsRead = json.load(f)
+    shutil.rmtree(work)
     burstTurns = [t for t in turnsRead["turns"] if window[0] <= t[0] <= window[1]]
     inBurst = sorted(t[1] for t in burstTurns)
     if turnsRead.get("counted"):
