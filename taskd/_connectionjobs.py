@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from taskd import errors
 from taskd.admin import isLocalListener
 from taskd.journal import JobRecord, describeJob, jobError
+from taskd.replies import ReplySlot
 from taskd.wire import (
     Admin,
     CallId,
@@ -42,6 +43,7 @@ from taskd.wire import (
 
 if TYPE_CHECKING:
     from taskd.connection import ConnectionOwner
+    from taskd.jobs import JobService, Taken
     from taskd.replies import OrderedReplies
 
 
@@ -57,6 +59,30 @@ class InFlight(Protocol):
         """
 
 
+class _Accepting:
+    """
+    A submit on a connection's books until it is answered: cancelling it
+    (a C{cancel} with its id, the connection lost) changes nothing, since
+    the job may be journaled already; its C{accepted} comes all the same
+    (if the connection is still there), and the job is cancelled by its id.
+    """
+
+    def cancel(self) -> None:
+        """
+        Nothing to do: see the class docstring.
+        """
+
+
+#: What a submit not yet answered is on a connection's books as.
+ACCEPTING: InFlight = _Accepting()
+
+#: Submits a connection reads in one go, at most: then it pauses reading
+#: until the reactor's next turn, so that a read of hundreds of submit
+#: lines is handled a slice a turn (each costs the reactor some tens of
+#: microseconds), and other connections are served between two slices.
+SUBMITS_PER_TURN = 8
+
+
 class ConnectionRequests:
     """
     What the rooms of a connection read and call of
@@ -68,6 +94,9 @@ class ConnectionRequests:
         factory: ConnectionOwner
         transport: Any
         log: Logger
+        paused: bool
+        _closed: bool
+        _writeBlocked: bool
         _calls: dict[Any, InFlight]
         _ordered: OrderedReplies
         _unanswered: int
@@ -87,12 +116,23 @@ class ConnectionRequests:
         def _updateReading(self) -> None:
             ...
 
+        def pauseProducing(self) -> None:
+            ...
+
+        def resumeProducing(self) -> None:
+            ...
+
 
 class JobRequests(ConnectionRequests):
     """
     A room of L{taskd.connection.TaskServerProtocol}: see this module's
     docstring.
     """
+
+    # Submits read since reading last paused for a turn (SUBMITS_PER_TURN),
+    # and whether it is paused for that.
+    _submitsRead = 0
+    _slicePaused = False
 
     # -- jobs (taskd.jobs) --------------------------------------------------
 
@@ -114,17 +154,11 @@ class JobRequests(ConnectionRequests):
             )
             self._answer(id, encodeError(id, error))
             return
-        d: Deferred[bytes]
         if isinstance(request, Submit):
-            call = request.call
-            runAt = request.at
-            if request.delay is not None:
-                runAt = jobs.clock.seconds() + request.delay
-            d = jobs.submit(
-                call.function, call.raw, runAt=runAt, key=request.key,
-                timeout=call.timeout, priority=call.priority, deadline=call.deadline,
-            ).addCallback(lambda added: encodeAccepted(id, *added))
-        elif isinstance(request, JobStatus):
+            self._submit(jobs, request, id)
+            return
+        d: Deferred[bytes]
+        if isinstance(request, JobStatus):
             d = jobs.status(request.job).addCallback(lambda s: self._jobLine(id, *s))
         elif isinstance(request, CancelJob):
             d = jobs.cancel(request.job).addCallback(lambda r: self._jobLine(id, r, None))
@@ -140,6 +174,60 @@ class JobRequests(ConnectionRequests):
         self._calls[key] = d
         d.addCallbacks(self._jobAnswered, self._failed, callbackArgs=(key,), errbackArgs=(key,))
         self._updateReading()
+
+    def _submit(self, jobs: JobService, request: Submit, id: CallId) -> None:
+        """
+        A submit: no C{Deferred} of its own (see L{JobService.take}); until
+        its answer comes it is on the books as L{ACCEPTING}.
+        """
+        call = request.call
+        runAt = request.at
+        if request.delay is not None:
+            runAt = jobs.clock.seconds() + request.delay
+        key: Any = id if id is not None else self._ordered.reserve()
+        self._unanswered += 1
+        self._calls[key] = ACCEPTING
+        jobs.take(
+            call.function, call.raw, lambda outcome: self._submitted(key, outcome),
+            runAt=runAt, key=request.key, timeout=call.timeout, priority=call.priority,
+            deadline=call.deadline,
+        )
+        self._updateReading()
+        self._submitsRead += 1
+        if self._submitsRead >= SUBMITS_PER_TURN and not self.paused:
+            # The lines after it wait in the buffer for the next turn (the
+            # socket is still read: a pause and a resume of the transport
+            # would cost two epoll_ctl calls a slice).  Counted again from
+            # the next turn on: until then, a line read because an answer
+            # resumed reading pauses it again.
+            self.paused = True
+            if not self._slicePaused:
+                self._slicePaused = True
+                jobs.pool.reactor.callLater(0, self._readOn)
+
+    def _readOn(self) -> None:
+        """
+        The turn after a slice of submits: read again, unless reading
+        should stay paused for what paused it otherwise (see
+        C{TaskServerProtocol._updateReading}: it resumes then).
+        """
+        mine, self._slicePaused = self._slicePaused, False
+        self._submitsRead = 0
+        if not (mine and self.paused) or self._closed:
+            return
+        if self._writeBlocked or self._unanswered >= self.factory.maxInFlight:
+            # Paused for that now (the transport too), until answers or
+            # the drained buffer resume it.
+            self.pauseProducing()
+        else:
+            self.resumeProducing()
+
+    def _submitted(self, key: Any, outcome: Taken | Failure) -> None:
+        if type(outcome) is tuple:
+            self._calls.pop(key, None)
+            self._done(key, encodeAccepted(None if type(key) is ReplySlot else key, *outcome))
+        else:
+            self._failed(outcome, key)  # type: ignore[arg-type]
 
     def _jobLine(self, id: CallId, record: JobRecord, progress: bytes | None) -> bytes:
         fields = describeJob(record)

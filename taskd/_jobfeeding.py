@@ -50,6 +50,9 @@ class PoolFeeding:
         _inPool: int
         _running: bool
         _poolFull: bool
+        _aheadBy: int
+        _endedWhileWriting: int
+        _writing: int
         _retryTimer: IDelayedCall | None
 
         def _end(
@@ -78,6 +81,9 @@ class PoolFeeding:
         """
         config = self.pool.config
         window = config.workers * config.prefetch if self.window is None else self.window
+        # Jobs written running ahead, while the window is full: see
+        # _handAll.
+        limit = window + self._aheadBy
         if self._poolFull and self._ready:
             if self.pool.stats()["queued"]:
                 # Calls still wait in the pool: nothing is written for
@@ -85,9 +91,10 @@ class PoolFeeding:
                 self._retryLater(TAKE_BACK_RETRY)
                 return
             # One more job at a time, until one is sent.
-            window = min(window, self._inPool + 1)
+            window = limit = min(window, self._inPool + 1)
         now = self.clock.seconds()
-        while self._running and self._ready and self._inPool < window:
+        starting: list[TrackedJob] = []
+        while self._running and self._ready and self._inPool < limit:
             job = self._ready.popleft()
             record = job.record
             if record.deadline is not None and now > record.runAt + record.deadline:
@@ -96,15 +103,52 @@ class PoolFeeding:
                     "to start; it was not run"
                 ))
                 continue
+            job.ahead = self._inPool >= window
             self._inPool += 1
             job.record = evolve(record, state=RUNNING, started=now)
-            # Written before the task may start: after a crash, a job the
-            # journal does not show as running has not run.  It is handed
-            # once this is durable, and sent at once or taken back (_hand).
-            self.journal.update(job.record).addCallbacks(
-                lambda _, job=job: self._hand(job),
-                lambda f, job=job: self._notWritten(job, f),
+            starting.append(job)
+        if starting:
+            self._writing += len(starting)
+            # Written before the tasks may start: after a crash, a job the
+            # journal does not show as running has not run.  The jobs of
+            # one feeding go in one write (one group commit, one sync);
+            # each is handed once it is durable, and sent at once or taken
+            # back (_hand).
+            self.journal.updateMany([job.record for job in starting]).addCallbacks(
+                self._handAll, self._notWritten, callbackArgs=(starting,), errbackArgs=(starting,)
             )
+
+    def _handAll(self, _: object, jobs: list[TrackedJob]) -> None:
+        """
+        C{jobs} are durably running: hand each, to be sent at once or
+        taken back.
+
+        Writing jobs running ahead: if jobs ended in the pool while this
+        write was being synced, and jobs wait in line, their places stood
+        empty for a sync: that many more jobs (up to a window more) are
+        written running from now on while the window is full, so that
+        short tasks' next jobs are on disk when the workers want them.
+        One written ahead that cannot be sent at once when its write is
+        durable is taken back quietly (L{_hand}), and halves how many are:
+        long tasks keep the workers busy, and nothing is written ahead for
+        them for long.
+        """
+        self._writing -= len(jobs)
+        # Their sends to the workers go together: one write per worker.
+        writes = self.pool.writes
+        writes.hold()
+        try:
+            for job in jobs:
+                self._hand(job)
+        finally:
+            writes.release()
+        ended, self._endedWhileWriting = self._endedWhileWriting, 0
+        if ended and self._ready and not self._poolFull:
+            config = self.pool.config
+            window = config.workers * config.prefetch if self.window is None else self.window
+            if self._aheadBy < window:
+                self._aheadBy += 1
+                self.feedPool()
 
     def _hand(self, job: TrackedJob) -> None:
         if job.cancelling or job.record.state != RUNNING:
@@ -134,6 +178,14 @@ class PoolFeeding:
             return
         if refused:
             self._ended(refused[0], job)
+            return
+        if not job.sent and job.ahead:
+            # Written ahead, and the workers are still busy: back in line,
+            # and no more written ahead until they wait for jobs again.
+            call.addErrback(lambda _: None)
+            call.cancel()
+            self._aheadBy //= 2
+            self._takeBack(job, TAKE_BACK_RETRY)
             return
         if not job.sent:
             # Queued in the pool, behind calls: a job that waited there
@@ -179,10 +231,13 @@ class PoolFeeding:
         self._retryTimer = None
         self.feedPool()
 
-    def _notWritten(self, job: TrackedJob, failure: Failure) -> None:
-        self._inPool -= 1
-        self.log.failure("job {id} could not be marked running", failure, id=job.record.id)
-        self._fire(job)
+    def _notWritten(self, failure: Failure, jobs: list[TrackedJob]) -> None:
+        self._inPool -= len(jobs)
+        self._writing -= len(jobs)
+        self.log.failure("{n} jobs could not be marked running ({ids})", failure, n=len(jobs),
+                         ids=" ".join(job.record.id for job in jobs))
+        for job in jobs:
+            self._fire(job)
         self.stopIfIdle()
 
     def _progress(self, job: TrackedJob, report: bytes) -> None:
@@ -196,6 +251,8 @@ class PoolFeeding:
 
     def _ran(self, result: bytes, job: TrackedJob) -> None:
         self._inPool -= 1
+        if self._writing:
+            self._endedWhileWriting += 1
         job.call = None
         self._end(job, DONE, result=result)
         self.feedPool()
@@ -203,6 +260,8 @@ class PoolFeeding:
 
     def _ended(self, failure: Failure, job: TrackedJob) -> None:
         self._inPool -= 1
+        if self._writing:
+            self._endedWhileWriting += 1
         job.call = None
         error = failure.value
         if isinstance(error, CancelledError) or job.cancelling:

@@ -25,7 +25,6 @@ may.
 from __future__ import annotations
 
 import heapq
-import uuid
 from collections import deque
 from typing import Any, Callable
 
@@ -36,7 +35,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from taskd import _json, errors
-from taskd._jobbook import JobBook, TrackedJob, outcome, recordOnEnd
+from taskd._handback import HandBack
+from taskd._jobbook import JobBook, RandomIds, TrackedJob, outcome, recordOnEnd
 from taskd._jobfeeding import BUSY_RETRY, TAKE_BACK_RETRY, PoolFeeding
 from taskd.journal import (
     CANCELLED,
@@ -45,6 +45,7 @@ from taskd.journal import (
     QUEUED,
     RUNNING,
     SCHEDULED,
+    Added,
     Journal,
     JobRecord,
 )
@@ -58,6 +59,15 @@ DEFAULT_MAX_JOBS = 100_000
 PRUNE_INTERVAL = 60.0
 #: Jobs removed per transaction: small, so that other writes wait little.
 PRUNE_BATCH = 500
+
+#: Submits answered in one reactor turn, at most (each costs the reactor
+#: some tens of microseconds: putting the job in line, writing its
+#: C{accepted}, reading a request in its place).
+ANSWERS_PER_TURN = 8
+
+#: What L{JobService.take} tells its caller: the job's id and whether it is
+#: an earlier job's (found by its key), or a C{Failure}.
+Taken = tuple[str, bool]
 
 
 class JobService(PoolFeeding):
@@ -92,12 +102,12 @@ class JobService(PoolFeeding):
         ttl: float = DEFAULT_JOB_TTL,
         maxJobs: int = DEFAULT_MAX_JOBS,
         window: int | None = None,
-        newId: Callable[[], str] = lambda: uuid.uuid4().hex,
+        newId: Callable[[], str] | None = None,
     ) -> None:
         """
         @param clock: the clock of delays, deadlines and retention (the
             pool's reactor by default).
-        @param newId: makes a new job's id.
+        @param newId: makes a new job's id (L{RandomIds} by default).
         """
         self.pool = pool
         self.journal = journal
@@ -105,7 +115,7 @@ class JobService(PoolFeeding):
         self.maxJobs = maxJobs
         self.window = window
         self.clock: IReactorTime = pool.reactor if clock is None else clock
-        self._newId = newId
+        self._newId: Callable[[], str] = RandomIds() if newId is None else newId
         # The jobs that have not ended (and those whose end is being
         # written), by id.
         self._jobs = JobBook()
@@ -123,6 +133,22 @@ class JobService(PoolFeeding):
         # Whether the last job offered was taken back (the pool's workers
         # were busy): offer one at a time until one is sent.
         self._poolFull = False
+        # How many jobs to write running ahead (see PoolFeeding._handAll),
+        # and how many jobs' running writes are not yet durable.
+        self._aheadBy = 0
+        self._endedWhileWriting = 0
+        self._writing = 0
+        # The submits of this reactor turn, journaled together (see take).
+        self._adding: list[tuple[JobRecord, Callable[[Any], object]]] = []
+        self._addCall: IDelayedCall | None = None
+        # Submits and waiters told a slice a turn, each slice's replies to
+        # a connection in one write (the pool's write batch held).
+        self._answers = HandBack(pool.reactor, ANSWERS_PER_TURN, writes=pool.writes, after=self._afterSlice)
+        self._accepted = False
+        # The journal's own answers likewise, where it hands back slices.
+        answers = getattr(journal, "answers", None)
+        if isinstance(answers, HandBack):
+            answers.writes = pool.writes
 
     # -- life -----------------------------------------------------------------
 
@@ -179,6 +205,11 @@ class JobService(PoolFeeding):
             for timer in (self._timer, self._retryTimer, self._pruneTimer):
                 if timer is not None and timer.active():
                     timer.cancel()
+            if self._addCall is not None:
+                # Submits already taken: journaled before the journal
+                # closes, and kept for the next start.
+                self._addCall.cancel()
+                self._addGroup()
             self.stopIfIdle()
         return self._stopping
 
@@ -230,16 +261,50 @@ class JobService(PoolFeeding):
             L{errors.UnknownTask}, L{errors.PoolBusy} (C{maxJobs} jobs have
             not ended) or L{errors.PoolStopping}.
         """
+        answer: Deferred[Taken] = Deferred()
+        # The caller may cancel its answer (its connection is lost): the
+        # job is journaled and runs all the same.
+        self.take(
+            function, payload, answer.callback, runAt=runAt, key=key, timeout=timeout,
+            priority=priority, deadline=deadline,
+        )
+        return answer
+
+    def take(
+        self,
+        function: str,
+        payload: bytes,
+        tell: Callable[[Taken | Failure], object],
+        *,
+        runAt: float | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
+        priority: int | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """
+        L{submit} without a C{Deferred}: what a connection calls for each
+        submit line.  The submits of one reactor turn go to the journal as
+        one write (L{taskd.journal.Journal.addMany}), and are answered a
+        slice at a time once it is durable.
+
+        @param tell: called once with (the job's id, whether it is an
+            earlier job's), once the job is durable, or with a C{Failure}
+            (at once if the submit is refused: see L{submit}).
+        """
         if not self._running:
-            return fail(errors.PoolStopping("the daemon is not taking jobs (it is starting or stopping)"))
+            tell(Failure(errors.PoolStopping("the daemon is not taking jobs (it is starting or stopping)")))
+            return
         if function not in self.pool.registry:
-            return fail(errors.UnknownTask(f"no task named {function!r}"))
+            tell(Failure(errors.UnknownTask(f"no task named {function!r}")))
+            return
         unfinished = len(self._jobs) + self._submitting
         if unfinished >= self.maxJobs:
-            return fail(errors.PoolBusy(
+            tell(Failure(errors.PoolBusy(
                 f"the daemon holds {unfinished} jobs that have not ended, its limit "
                 "(--max-jobs); try again later"
-            ))
+            )))
+            return
         now = self.clock.seconds()
         if runAt is None or runAt <= now:
             state, runAt = QUEUED, now if runAt is None else runAt
@@ -249,27 +314,52 @@ class JobService(PoolFeeding):
             self._newId(), function, payload, state, now, runAt, key, timeout, priority, deadline
         )
         self._submitting += 1
-        d = self.journal.add(record)
-        answer: Deferred[tuple[str, bool]] = Deferred()
+        self._adding.append((record, tell))
+        if self._addCall is None:
+            self._addCall = self.pool.reactor.callLater(0, self._addGroup)
 
-        def added(result: Any) -> tuple[str, bool]:
-            self._submitting -= 1
-            if result.existing:
-                return result.id, True
-            job = TrackedJob(record)
-            self._jobs[record.id] = job
-            if self._running:
-                self.enqueueJob(job)
-                self.feedPool()
-            return record.id, False
+    def _addGroup(self) -> None:
+        """
+        Journal the submits taken since the last group, in one write.
+        """
+        self._addCall = None
+        group, self._adding = self._adding, []
+        try:
+            d = self.journal.addMany([record for record, _ in group])
+        except Exception:
+            d = fail()
+        d.addCallbacks(self._added, self._notAdded, callbackArgs=(group,), errbackArgs=(group,))
 
-        def failed(failure: Failure) -> Failure:
-            self._submitting -= 1
-            return failure
-        # The caller may cancel its answer (its connection is lost): the
-        # job is journaled and runs all the same.
-        d.addCallbacks(added, failed).addBoth(answer.callback)
-        return answer
+    def _added(self, results: list[Added], group: list[tuple[JobRecord, Callable[[Any], object]]]) -> None:
+        self._answers.tell(
+            (self._accept, (record, result, tell)) for (record, tell), result in zip(group, results)
+        )
+
+    def _accept(self, accepted: tuple[JobRecord, Added, Callable[[Any], object]]) -> None:
+        """
+        One journaled submit: the job is put in line, and its caller told.
+        """
+        record, result, tell = accepted
+        self._submitting -= 1
+        if result.existing:
+            tell((result.id, True))
+            return
+        job = TrackedJob(record)
+        self._jobs[record.id] = job
+        if self._running:
+            self.enqueueJob(job)
+            self._accepted = True
+        tell((record.id, False))
+
+    def _notAdded(self, failure: Failure, group: list[tuple[JobRecord, Callable[[Any], object]]]) -> None:
+        self._submitting -= len(group)
+        self._answers.tell((tell, failure) for _, tell in group)
+
+    def _afterSlice(self) -> None:
+        # Once for the jobs a slice of answers put in line.
+        if self._accepted:
+            self._accepted = False
+            self.feedPool()
 
     def status(self, jobId: str) -> Deferred[tuple[JobRecord, bytes | None]]:
         """
@@ -483,4 +573,4 @@ class JobService(PoolFeeding):
         self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
 
 
-__all__ = ["BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService"]
+__all__ = ["ANSWERS_PER_TURN", "BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService", "RandomIds", "Taken"]

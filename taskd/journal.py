@@ -36,6 +36,7 @@ from twisted.python.threadpool import ThreadPool
 
 from taskd import _json, errors
 from taskd._handback import HandBack
+from taskd._sqliteschema import COLUMNS, INSERT, MIGRATIONS, UPDATE, changesOf, rowOf
 
 #: A job that may start now.
 QUEUED = "queued"
@@ -184,6 +185,19 @@ class Journal(Protocol):
         Write a job's new state, timestamps, result or error.
         """
 
+    def addMany(self, records: Sequence[JobRecord]) -> Deferred[list[Added]]:
+        """
+        L{add} each of C{records}, in order, in one write: what a burst of
+        submits costs the caller once for the group.
+
+        @return: what adding each did, in the order of C{records}.
+        """
+
+    def updateMany(self, records: Sequence[JobRecord]) -> Deferred[None]:
+        """
+        L{update} each of C{records}, in one write.
+        """
+
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
         """
         @return: the job, or C{None} if the journal does not hold it.
@@ -201,41 +215,6 @@ class Journal(Protocol):
         Finish the writes asked for, and close.
         """
 
-
-def _createV1(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE jobs (
-            seq INTEGER PRIMARY KEY,
-            id TEXT NOT NULL UNIQUE,
-            key TEXT UNIQUE,
-            function TEXT NOT NULL,
-            payload BLOB NOT NULL,
-            state TEXT NOT NULL,
-            submitted REAL NOT NULL,
-            runAt REAL NOT NULL,
-            timeout REAL,
-            priority INTEGER,
-            deadline REAL,
-            started REAL,
-            finished REAL,
-            result BLOB,
-            error BLOB
-        )
-        """
-    )
-    db.execute("CREATE INDEX jobs_ended ON jobs (finished) WHERE finished IS NOT NULL")
-    db.execute("CREATE INDEX jobs_open ON jobs (seq) WHERE finished IS NULL")
-
-
-#: The schema's migrations: the function at index I takes a journal from
-#: schema version I to I + 1 (version 0 is a new, empty file).
-MIGRATIONS: Sequence[Callable[[sqlite3.Connection], None]] = (_createV1,)
-
-_COLUMNS = (
-    "id, function, payload, state, submitted, runAt, key, timeout, priority, "
-    "deadline, started, finished, result, error"
-)
 
 T = TypeVar("T")
 
@@ -256,6 +235,9 @@ class SQLiteJournal:
     The file is locked (C{flock}) while open: a second daemon given the
     same journal refuses to start rather than run its jobs again.
 
+    @ivar answers: the committed writes whose callers are not yet told,
+        told a slice a reactor turn (its C{writes} may be set: see
+        L{HandBack}).
     @ivar commits: the transactions committed so far.
     @ivar writes: the writes committed so far (C{writes / commits} is the
         mean batch).
@@ -302,8 +284,7 @@ class SQLiteJournal:
         self._committing = False
         self._closing: Deferred[None] | None = None
         self._isOpen = False
-        # Committed writes whose callers are not yet told.
-        self._answers = HandBack(clock)
+        self.answers = HandBack(clock)
 
     # -- running statements ------------------------------------------------
 
@@ -328,12 +309,12 @@ class SQLiteJournal:
         d = self._run(self._commit, [op for op, _ in batch])
 
         def committed(results: list[Any]) -> None:
-            self._answers.tell(zip([waiting for _, waiting in batch], results))
+            self.answers.tell(zip([waiting.callback for _, waiting in batch], results))
 
         def failed(failure: Failure) -> None:
             self.log.failure("the journal could not commit {n} writes", failure, n=len(batch))
             error = JournalError(f"the journal could not be written: {failure.value}")
-            self._answers.tell((waiting, Failure(error)) for _, waiting in batch)
+            self.answers.tell((waiting.callback, Failure(error)) for _, waiting in batch)
 
         d.addCallbacks(committed, failed)
         d.addBoth(self._committed)
@@ -414,7 +395,7 @@ class SQLiteJournal:
             self._migrate(db)
             self._rows = db.execute("SELECT count(*) FROM jobs").fetchone()[0]
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY seq"
+                f"SELECT {COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY seq"
             ).fetchall()
         except BaseException:
             db.close()
@@ -458,37 +439,62 @@ class SQLiteJournal:
         """
         See L{Journal.add}.
         """
+        return self.addMany((record,)).addCallback(lambda added: added[0])
 
-        def insert(db: sqlite3.Connection) -> Added:
-            if record.key is not None:
+    def addMany(self, records: Sequence[JobRecord]) -> Deferred[list[Added]]:
+        """
+        See L{Journal.addMany}: one write of the next group commit, in
+        which the jobs without a key are inserted with one C{executemany}
+        (each run of them between two jobs with a key).
+        """
+        records = list(records)
+
+        def insert(db: sqlite3.Connection) -> list[Added]:
+            added: list[Added] = []
+            plain: list[JobRecord] = []
+            for record in records:
+                if record.key is None:
+                    plain.append(record)
+                    continue
+                if plain:
+                    added.extend(self._insert(db, plain))
+                    plain = []
                 row = db.execute("SELECT id FROM jobs WHERE key = ?", (record.key,)).fetchone()
                 if row is not None:
-                    return Added(row[0], True)
-            db.execute(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id, record.function, record.payload, record.state,
-                    record.submitted, record.runAt, record.key, record.timeout,
-                    record.priority, record.deadline, record.started, record.finished,
-                    record.result, record.error,
-                ),
-            )
-            self._rows += 1
-            return Added(record.id, False)
+                    added.append(Added(row[0], True))
+                else:
+                    added.extend(self._insert(db, [record]))
+            if plain:
+                added.extend(self._insert(db, plain))
+            return added
 
         return self._write(insert)
+
+    def _insert(self, db: sqlite3.Connection, records: list[JobRecord]) -> list[Added]:
+        db.executemany(INSERT, [rowOf(record) for record in records])
+        self._rows += len(records)
+        return [Added(record.id, False) for record in records]
 
     def update(self, record: JobRecord) -> Deferred[None]:
         """
         See L{Journal.update}.
         """
+        row = changesOf(record)
 
         def change(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE jobs SET state = ?, started = ?, finished = ?, result = ?, "
-                "error = ? WHERE id = ?",
-                (record.state, record.started, record.finished, record.result, record.error, record.id),
-            )
+            db.execute(UPDATE, row)
+
+        return self._write(change)
+
+    def updateMany(self, records: Sequence[JobRecord]) -> Deferred[None]:
+        """
+        See L{Journal.updateMany}: one C{executemany}, one write of the
+        next group commit.
+        """
+        rows = [changesOf(record) for record in records]
+
+        def change(db: sqlite3.Connection) -> None:
+            db.executemany(UPDATE, rows)
 
         return self._write(change)
 
@@ -496,7 +502,7 @@ class SQLiteJournal:
         """
         See L{Journal.get}.
         """
-        d = self._run(self._read, f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (jobId,))
+        d = self._run(self._read, f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (jobId,))
         return d.addCallback(lambda rows: _record(rows[0]) if rows else None)
 
     def prune(self, endedBefore: float, limit: int) -> Deferred[int]:
@@ -543,13 +549,13 @@ class SQLiteJournal:
         closing = self._closing
         if self._db is None:
             self._stopThread()
-            self._answers.tellAll()
+            self.answers.tellAll()
             closing.callback(None)
             return
         d = self._run(self._closeDatabase)
         d.addErrback(lambda f: self.log.failure("closing the journal failed", f))
         d.addBoth(lambda _: self._stopThread())
-        d.addBoth(lambda _: self._answers.tellAll())
+        d.addBoth(lambda _: self.answers.tellAll())
         d.addBoth(lambda _: closing.callback(None))
 
     def _closeDatabase(self) -> None:

@@ -248,27 +248,38 @@ class PostgreSQLJournal(PostgreSQLConnection):
         Fails with L{errors.JournalUnavailable} while the server cannot be
         reached.
         """
+        return self.addMany((record,)).addCallback(lambda added: added[0])
 
-        def insert(db: Any) -> Added:
-            row = db.execute(
-                f"INSERT INTO taskd_jobs ({_COLUMNS}) VALUES "
-                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (key) DO NOTHING RETURNING id",
-                (
-                    record.id, record.function, record.payload, record.state,
-                    record.submitted, record.runAt, record.key, record.timeout,
-                    record.priority, record.deadline, record.started, record.finished,
-                    record.result, record.error,
-                ),
-            ).fetchone()
-            if row is None:
-                held = db.execute("SELECT id FROM taskd_jobs WHERE key = %s", (record.key,)).fetchone()
-                return Added(held[0], True)
-            if record.state == QUEUED:
+    def addMany(self, records: Sequence[JobRecord]) -> Deferred[list[Added]]:
+        """
+        See L{taskd.journal.Journal.addMany}: one write, one C{NOTIFY}.
+        """
+        records = list(records)
+
+        def insert(db: Any) -> list[Added]:
+            added = [self._insert(db, record) for record in records]
+            if any(record.state == QUEUED and not a.existing for record, a in zip(records, added)):
                 db.execute("SELECT pg_notify(%s, 'new')", (CHANNEL,))
-            return Added(record.id, False)
+            return added
 
         return self._write(insert)
+
+    def _insert(self, db: Any, record: JobRecord) -> Added:
+        row = db.execute(
+            f"INSERT INTO taskd_jobs ({_COLUMNS}) VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (key) DO NOTHING RETURNING id",
+            (
+                record.id, record.function, record.payload, record.state,
+                record.submitted, record.runAt, record.key, record.timeout,
+                record.priority, record.deadline, record.started, record.finished,
+                record.result, record.error,
+            ),
+        ).fetchone()
+        if row is None:
+            held = db.execute("SELECT id FROM taskd_jobs WHERE key = %s", (record.key,)).fetchone()
+            return Added(held[0], True)
+        return Added(record.id, False)
 
     def update(self, record: JobRecord) -> Deferred[None]:
         """
@@ -278,28 +289,40 @@ class PostgreSQLJournal(PostgreSQLConnection):
         back in the queue is released (any daemon may claim it).  Kept and
         tried again while the server cannot be reached.
         """
+        return self.updateMany((record,))
+
+    def updateMany(self, records: Sequence[JobRecord]) -> Deferred[None]:
+        """
+        See L{taskd.journal.Journal.updateMany}: one write, each job as
+        L{update} changes it.
+        """
+        records = list(records)
 
         def change(db: Any) -> None:
-            released = record.state != RUNNING
-            changed = db.execute(
-                "UPDATE taskd_jobs SET state = %s, started = %s, finished = %s, result = %s, "
-                "error = %s, owner = CASE WHEN %s THEN NULL ELSE owner END, "
-                "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
-                "WHERE id = %s AND finished IS NULL AND (owner IS NULL OR owner = %s)",
-                (record.state, record.started, record.finished, record.result, record.error,
-                 released, released, record.id, self.owner),
-            ).rowcount
-            if not changed:
-                self.log.warn(
-                    "journal: job {id} was not changed to {state}: it ended, or another "
-                    "daemon took it over after its lease expired", id=record.id, state=record.state,
-                )
-            elif record.state in FINAL_STATES:
-                db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "end:" + record.id))
-            elif record.state == QUEUED:
-                db.execute("SELECT pg_notify(%s, 'new')", (CHANNEL,))
+            for record in records:
+                self._change(db, record)
 
         return self._write(change, durable=True)
+
+    def _change(self, db: Any, record: JobRecord) -> None:
+        released = record.state != RUNNING
+        changed = db.execute(
+            "UPDATE taskd_jobs SET state = %s, started = %s, finished = %s, result = %s, "
+            "error = %s, owner = CASE WHEN %s THEN NULL ELSE owner END, "
+            "lease_until = CASE WHEN %s THEN NULL ELSE lease_until END "
+            "WHERE id = %s AND finished IS NULL AND (owner IS NULL OR owner = %s)",
+            (record.state, record.started, record.finished, record.result, record.error,
+             released, released, record.id, self.owner),
+        ).rowcount
+        if not changed:
+            self.log.warn(
+                "journal: job {id} was not changed to {state}: it ended, or another "
+                "daemon took it over after its lease expired", id=record.id, state=record.state,
+            )
+        elif record.state in FINAL_STATES:
+            db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "end:" + record.id))
+        elif record.state == QUEUED:
+            db.execute("SELECT pg_notify(%s, 'new')", (CHANNEL,))
 
     def get(self, jobId: str) -> Deferred[JobRecord | None]:
         """

@@ -92,14 +92,19 @@ class JobServiceTests(PoolTestsMixin, SynchronousTestCase):
         jobs = self.service()
         (worker,) = self.reactor.processes
         seen: list[Any] = []
-        update = jobs.journal.update
+        update, updateMany = jobs.journal.update, jobs.journal.updateMany
 
         def noting(record: JobRecord) -> Any:
             # What the worker had been sent when each change was asked for.
             seen.append((record.state, len(worker.requests())))
             return update(record)
 
+        def notingMany(records: list[JobRecord]) -> Any:
+            seen.extend((record.state, len(worker.requests())) for record in records)
+            return updateMany(records)
+
         jobs.journal.update = noting  # type: ignore[method-assign]
+        jobs.journal.updateMany = notingMany  # type: ignore[method-assign]
         jobId = self.submit(jobs)
         waiting = jobs.wait(jobId)
         self.assertEqual(worker.requests(), [("add", {"args": [1, 2]})])

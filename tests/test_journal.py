@@ -112,6 +112,8 @@ class SQLiteJournalTests(SynchronousTestCase):
         clock.turn()
         self.assertEqual(told, [f"job{n}" for n in range(2 * HAND_BACK + 3)] + ["job100"])
         self.successResultOf(later)
+        # The turn after the last slice tells nothing, and leaves no timer.
+        clock.turn()
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_closeTellsEveryone(self) -> None:
@@ -171,6 +173,78 @@ class SQLiteJournalTests(SynchronousTestCase):
             [Added("job1", False), Added("job1", True), Added("job3", False)],
         )
         self.assertIsNone(self.successResultOf(journal.get("job2")))
+
+    def test_addMany(self) -> None:
+        """
+        L{SQLiteJournal.addMany} adds a group of jobs in one write of the
+        next commit, in their order: jobs with and without keys mixed, a
+        key taken earlier in the group or before it answered with the
+        holder's id, each job's row in the group's order (a reopened
+        journal gives them back in it).
+        """
+        path = self.mktemp()
+        journal, clock = self.journal(path)
+        self.successResultOf(journal.open())
+        journal.add(record(0, key="old"))
+        clock.advance(0)
+        group = [
+            record(1), record(2), record(3, key="k"), record(4), record(5, key="k"),
+            record(6, key="old"), record(7),
+        ]
+        d = journal.addMany(group)
+        self.assertNoResult(d)
+        clock.advance(0)
+        self.assertEqual((journal.commits, journal.writes), (2, 2))
+        self.assertEqual(self.successResultOf(d), [
+            Added("job1", False), Added("job2", False), Added("job3", False), Added("job4", False),
+            Added("job3", True), Added("job0", True), Added("job7", False),
+        ])
+        self.successResultOf(journal.close())
+        again, _ = self.journal(path)
+        records = self.successResultOf(again.open())
+        self.assertEqual([r.id for r in records], ["job0", "job1", "job2", "job3", "job4", "job7"])
+        self.assertEqual(records[3], group[2])
+
+    def test_addManyFails(self) -> None:
+        """
+        A group that cannot be written (a job id taken) fails as one:
+        nothing of it is added, and the journal goes on.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        journal.add(record(1))
+        clock.advance(0)
+        failed = journal.addMany([record(2), record(1)])
+        clock.advance(0)
+        self.failureResultOf(failed, JournalError)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.IntegrityError)), 1)
+        self.assertIsNone(self.successResultOf(journal.get("job2")))
+        later = journal.add(record(3))
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(later), Added("job3", False))
+
+    def test_updateMany(self) -> None:
+        """
+        L{SQLiteJournal.updateMany} writes each job's change in one write
+        of the next commit.
+        """
+        journal, clock = self.journal()
+        self.successResultOf(journal.open())
+        journal.addMany([record(n) for n in range(3)])
+        clock.advance(0)
+        d = journal.updateMany([
+            evolve(record(0), state=RUNNING, started=150.0),
+            evolve(record(2), state=DONE, finished=160.0, result=b"3"),
+        ])
+        self.assertNoResult(d)
+        clock.advance(0)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual((journal.commits, journal.writes), (2, 2))
+        states = [self.successResultOf(journal.get(f"job{n}")) for n in range(3)]
+        self.assertEqual(
+            [(r.state, r.started, r.finished, r.result) for r in states if r is not None],
+            [(RUNNING, 150.0, None, None), (QUEUED, None, None, None), (DONE, None, 160.0, b"3")],
+        )
 
     def test_maxJobs(self) -> None:
         """

@@ -39,6 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 from twisted.web.websocket import WebSocketResource
+from wsproto.utilities import LocalProtocolError
 
 PAGE = b"""<!doctype html>
 <html><head><meta charset="utf-8"><title>taskd mailer</title></head>
@@ -242,8 +243,14 @@ class MailerProtocol:
             batch.watchers.discard(self)
 
     def send(self, message: dict[str, Any]) -> None:
-        if not self.gone:
+        if self.gone:
+            return
+        try:
             self.transport.sendTextMessage(json.dumps(message))
+        except LocalProtocolError:
+            # The page closed the WebSocket; its connection is not yet
+            # lost (connectionLost comes later): nobody to tell.
+            self.gone = True
 
 
 class _Factory:
