@@ -110,6 +110,45 @@ class WriteBatch:
         self._pipes.append(pipe)
 
 
+def holdEachTurn(reactor: Any, batch: WriteBatch) -> Callable[[], None]:
+    """
+    Hold C{batch} over each whole turn of C{reactor}: the events one poll
+    reports (both workers' replies, several clients' requests) are handled
+    before anything they wrote goes out, one write per pipe and one send
+    per connection for the whole turn.  Nothing waits past the turn, and a
+    lone event's writes go out at its end, as before.
+
+    It wraps the reactor's C{doIteration} (the poll and its events; timed
+    calls run outside it and write at once): a daemon's own process owns
+    its reactor.  A reactor without one (a test's) is left as it is.
+
+    @return: a function that puts the reactor's C{doIteration} back.
+    """
+    iterate = getattr(reactor, "doIteration", None)
+    if iterate is None:
+        return lambda: None
+    hold, release = batch.hold, batch.release
+    ownAttribute = "doIteration" in vars(reactor)
+
+    def doIteration(delay: float | None) -> None:
+        hold()
+        try:
+            iterate(delay)
+        finally:
+            release()
+
+    reactor.doIteration = doIteration
+
+    def undo() -> None:
+        if reactor.doIteration is doIteration:
+            if ownAttribute:
+                reactor.doIteration = iterate
+            else:
+                del reactor.doIteration
+
+    return undo
+
+
 class _PipeEnd:
     """
     A non-blocking pipe end that the reactor may watch.

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from taskd.gate import ListeningGate
 from taskd.jobs import JobService
+from taskd._pipes import holdEachTurn
 from taskd.listeners import describeListenError, exposureWarnings
 from taskd.pool import PoolService, ProcessPool
 from taskd.server import TaskServerFactory
@@ -61,6 +62,11 @@ class TaskdService(MultiService):
     #: daemon in a process of its own does (L{makeService} without a
     #: reactor, as twistd calls it), one in a test's process does not.
     freezeHeap = False
+    #: Whether to hold the pool's writes over each whole reactor turn (see
+    #: L{taskd._pipes.holdEachTurn}): a daemon in a process of its own
+    #: does, as for L{freezeHeap}.
+    holdTurns = False
+    _releaseTurns: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -166,6 +172,8 @@ class TaskdService(MultiService):
             listen=", ".join(self.listen),
         )
         super().startService()
+        if self.holdTurns:
+            self._releaseTurns = holdEachTurn(self._reactor, self.pool.writes)
         if self.jobs is not None:
             self.jobs.start().addCallbacks(self._jobsStarted, self._jobsFailed)
         else:
@@ -207,8 +215,15 @@ class TaskdService(MultiService):
         # Even if stopping the pool failed, the connections are closed.
         d.addBoth(lambda _: self.factory.finishConnections())
         d.addBoth(lambda _: self._stopHTTP())
+        d.addBoth(self._stopHoldingTurns)
         d.addCallback(lambda _: self.log.info("taskd stopped"))
         return d
+
+    def _stopHoldingTurns(self, result: object) -> object:
+        if self._releaseTurns is not None:
+            self._releaseTurns()
+            self._releaseTurns = None
+        return result
 
     # -- the HTTP side and draining ------------------------------------------
 

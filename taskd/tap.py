@@ -318,7 +318,7 @@ def makeService(options: Options, reactor: Any = None) -> TaskdService:
         jobs=jobs,
     )
     service = TaskdService(reactor, pool, factory, options["listen"], jobs=jobs)
-    service.freezeHeap = ownProcess
+    service.freezeHeap = service.holdTurns = ownProcess
     for description in options["listen"]:
         listener = strports.service(listenDescription(description), factory, reactor=reactor)
         # Bound now, accepting once the daemon is ready (see taskd.gate).

@@ -914,6 +914,51 @@ class WriteBatchTests(PoolTestsMixin, SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in ds[:2]], [0, 1])
 
 
+class HoldEachTurnTests(SynchronousTestCase):
+    """
+    L{taskd._pipes.holdEachTurn}: the batch is held over each whole turn
+    of the reactor, so what the turn's events write goes out at its end.
+    """
+
+    def test_heldOverTheTurn(self) -> None:
+        """
+        While the reactor's C{doIteration} runs (the poll and every event it
+        reports), the batch is held; it is released when the turn ends, even
+        if the turn raises; the function returned puts C{doIteration} back.
+        """
+        from taskd._pipes import WriteBatch, holdEachTurn
+
+        batch = WriteBatch()
+        depths: list[int] = []
+
+        class Reactor:
+            def doIteration(self, delay: float | None) -> None:
+                depths.append(batch.depth)
+                if delay == 1:
+                    raise RuntimeError("a turn that fails")
+
+        reactor = Reactor()
+        undo = holdEachTurn(reactor, batch)
+        reactor.doIteration(0)
+        self.assertEqual((depths, batch.depth), ([1], 0))
+        self.assertRaises(RuntimeError, reactor.doIteration, 1)
+        self.assertEqual((depths, batch.depth), ([1, 1], 0))
+        undo()
+        reactor.doIteration(0)
+        self.assertEqual(depths, [1, 1, 0])
+        self.assertNotIn("doIteration", vars(reactor))
+
+    def test_reactorWithoutTurns(self) -> None:
+        """
+        A reactor that has no C{doIteration} (a test's) is left as it is.
+        """
+        from taskd._pipes import WriteBatch, holdEachTurn
+
+        reactor = FakeProcessReactor()
+        holdEachTurn(reactor, WriteBatch())()
+        self.assertFalse(hasattr(reactor, "doIteration"))
+
+
 class RelayTests(PoolTestsMixin, SynchronousTestCase):
     """
     L{ProcessPool.relay}: calls answered through a callable, without a

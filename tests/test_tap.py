@@ -235,9 +235,13 @@ class MakeServiceTests(SynchronousTestCase):
 
         options = tap.Options()
         options.parseOptions(["-l", "tcp:0:interface=127.0.0.1", "-w", "1", "--journal", ":memory:"])
-        self.assertTrue(tap.makeService(options).freezeHeap)
+        own = tap.makeService(options)
+        self.assertTrue(own.freezeHeap)
+        # And holds its writes over each reactor turn (taskd._pipes.holdEachTurn).
+        self.assertTrue(own.holdTurns)
         service = tap.makeService(options, reactor=FakeProcessReactor())
         self.assertFalse(service.freezeHeap)
+        self.assertFalse(service.holdTurns)
         self.addCleanup(gc.unfreeze)
         gc.unfreeze()
         service.freezeHeap = True
