@@ -134,13 +134,8 @@ class TaskClient(Caller, Submitter):
 
     def call(self, name: str, /, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
-        Run task C{name} with these arguments: every positional and keyword
-        argument goes to the task.
-
-        @return: a C{Deferred} firing with the result, or failing with an
-            L{errors.TaskdError} (L{errors.TaskFailed} carries the remote
-            type and traceback) or L{errors.ConnectionLost}; cancelling it
-            cancels the call.
+        See L{Caller.call}: here straight to the protocol, a step less per
+        call.
         """
         return self._protocol.call(name, args, kwargs)
 
