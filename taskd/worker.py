@@ -451,11 +451,9 @@ def serve(
                 # No report may follow the reply: it would count for the next call.
                 with _progressLock:
                     _progressOut = None
-            if reply:
-                pass
-            elif type(result) is int and len(reply := b"R%d" % (result,)) <= maxResult + 1:
-                pass
-            else:
+            if not reply:
+                # (An int's digits are written there, in its try: an int too
+                # long for text is an error reply, not the loop's end.)
                 reply = encodeResult(name, result, maxResult)
         else:
             reply = runCall(reg, data[start:end], maxResult, out)

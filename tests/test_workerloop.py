@@ -43,6 +43,8 @@ def makeRegistry() -> Registry:
     reg.register(lambda n=1: 7 ** (n % 80) if type(n) is int else n, "power")
     reg.register(lambda: float("nan"), "nan")
     reg.register(lambda: {1, 2}, "aset")
+    # More digits than Python turns into a string (sys.get_int_max_str_digits).
+    reg.register(lambda: 10**5000, "huge")
     reg.register(_boom, "boom")
     reg.register(_report, "report")
     return reg
@@ -186,6 +188,20 @@ class ServeLikeRunCallTests(SynchronousTestCase):
         self.assertEqual(got[3]["type"], "bad_result")
         self.assertEqual(got[5]["exception"], "ValueError")
         self.assertEqual(got[6:9], [b'P{"a":1}', b'P"b"', b"R2"])
+
+    def test_integerTooLongForText(self) -> None:
+        """
+        An integer result with more digits than Python writes as text gives
+        runCall's error reply, and the loop goes on serving.
+        """
+        requests = [b'huge\n{"args":[]}', b'add\n{"args":[1,2]}']
+        stream = b"".join(HEADER.pack(len(b)) + b for b in requests)
+        out = io.BytesIO()
+        serve(REGISTRY, io.BytesIO(stream), out, 1 << 20)
+        got = [comparable(f) for f in frames(out.getvalue())]
+        self.assertEqual(got, expected(REGISTRY, requests, 1 << 20))
+        self.assertEqual(got[0]["type"], "bad_result")
+        self.assertEqual(got[1], b"R3")
 
     def test_longFrame(self) -> None:
         """
