@@ -42,7 +42,7 @@ from taskd.wire import (
 )
 
 if TYPE_CHECKING:
-    from taskd.connection import ConnectionOwner
+    from taskd._connectionowner import ConnectionOwner
     from taskd.jobs import JobService, Taken
     from taskd.replies import OrderedReplies
 

@@ -15,8 +15,9 @@ What is not the connection's own is in the rooms it uses: the idle and line
 timeouts (L{taskd.timeouts}), the order of replies without an id and the
 transport's write backpressure (L{taskd.replies}).  Its settings, its
 counters and the daemon-wide answers come from its factory
-(L{taskd.server.TaskServerFactory}), through L{ConnectionOwner}, so this
-module does not import the factory's.
+(L{taskd.server.TaskServerFactory}), through
+L{taskd._connectionowner.ConnectionOwner}, so this module does not import
+the factory's.
 
 Requests about background jobs and admin requests are answered in a room
 of their own, L{taskd._connectionjobs.JobRequests}, a mixin of the
@@ -25,10 +26,10 @@ protocol class.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -37,11 +38,9 @@ from zope.interface import implementer
 
 from taskd import errors
 from taskd._connectiongreeting import Greeting, describePeer
+from taskd._connectionowner import ConnectionOwner
 from taskd._connectionjobs import InFlight, JobRequests
-from taskd.jobs import JobService
-from taskd.admin import AdminCommands
-from taskd.pool import ProcessPool
-from taskd.replies import OrderedReplies, ReplySlot, Traffic, WriteBackpressure, closedNow, immediateWriter
+from taskd.replies import OrderedReplies, ReplySlot, WriteBackpressure, closedNow, immediateWriter
 from taskd.timeouts import ConnectionTimeouts
 from taskd.wire import (
     Admin,
@@ -50,7 +49,6 @@ from taskd.wire import (
     Cancel,
     ProtocolError,
     Stats,
-    StatsReply,
     Tasks,
     JOB_REQUESTS,
     decodeRequest,
@@ -62,73 +60,6 @@ from taskd.wire import (
 
 #: Longest line accepted before a connection has authenticated.
 MAX_HELLO_LINE = 4096
-
-
-class ConnectionOwner(Protocol):
-    """
-    What a L{TaskServerProtocol} reads from, and tells, its factory
-    (L{taskd.server.TaskServerFactory} is the one).
-    """
-
-    #: The pool calls are handed to.
-    pool: ProcessPool
-    #: The background jobs, or C{None} if the daemon runs none.
-    jobs: JobService | None
-    #: The longest request line accepted, in bytes.
-    maxLineLength: int
-    #: Connections accepted at once.
-    maxConnections: int
-    #: Requests per connection accepted and not yet answered before the
-    #: connection stops being read.
-    maxInFlight: int
-    #: The token clients must send in their hello, or C{None}.
-    authToken: str | None
-    #: Seconds a connection may take to authenticate.
-    authTimeout: float
-    #: Seconds a connection with no call in flight may send nothing; C{0}
-    #: for no limit.
-    idleTimeout: float
-    #: Seconds a client may take to finish a request line; C{0} for no
-    #: limit.
-    lineTimeout: float
-    #: The clock of the timeouts.
-    clock: IReactorTime
-    #: taskd's version, sent in the hello reply.
-    version: str
-    #: The connections open now (a connection adds itself).
-    connections: set[TaskServerProtocol]
-    #: Runs admin requests, or C{None} if the daemon takes none.
-    admin: AdminCommands | None
-    #: Bytes in and out of all connections (each adds its own).
-    traffic: Traffic
-    #: Whether the daemon drains or stops: a new connection's hello that
-    #: asks for a goodbye gets it at once.
-    goingAway: bool
-
-    def connectionEnded(self, protocol: TaskServerProtocol) -> None:
-        """
-        C{protocol}'s connection is lost.
-        """
-
-    def checkToken(self, token: str) -> bool:
-        """
-        @return: whether C{token} is the daemon's.
-        """
-
-    def stats(self) -> StatsReply:
-        """
-        @return: the reply to a C{stats} request.
-        """
-
-    def tasksLine(self) -> bytes:
-        """
-        @return: the encoded reply to a C{tasks} request.
-        """
-
-    def presentError(self, error: errors.TaskdError) -> errors.TaskdError:
-        """
-        @return: C{error} as clients get it.
-        """
 
 
 #: Seconds a connection being closed has to deliver its last replies

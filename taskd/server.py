@@ -7,7 +7,7 @@ set of open connections, the answers that are the same for all of them
 (C{stats}, C{tasks}), and closes them all at shutdown.
 
 Each connection is a L{TaskServerProtocol} (L{taskd.connection}); the
-factory is what it knows of the daemon (L{taskd.connection.ConnectionOwner}).
+factory is what it knows of the daemon (L{taskd._connectionowner.ConnectionOwner}).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from twisted.logger import Logger
 import taskd
 from taskd import errors
 from taskd.admin import AdminCommands
-from taskd.connection import ConnectionOwner, TaskServerProtocol
+from taskd._connectionowner import ConnectionOwner
+from taskd.connection import TaskServerProtocol
 from taskd.jobs import JobService
 from taskd.pool import ProcessPool
 from taskd.replies import Traffic
