@@ -7,7 +7,7 @@ turn, W1 with the raw client and W1 with the taskd client, the client's
 process running that checkout's code (its C{bench.measure} and
 C{taskd.client}); prints every run and the medians, with CPU per call
 of the client, the daemon and the workers.  C{--window}: this checkout's
-taskd client also runs W1 through L{taskd.client.TaskClient.map}.
+taskd client also runs W1 through L{taskd.client.TaskClient.callMany}.
 """
 
 from __future__ import annotations

@@ -4,14 +4,15 @@ bench.clientpath [--profile] [--n N]}.
 
 Runs W1's loop exactly as C{bench.measure} runs it for the taskd client
 (C{add} calls through L{taskd.client.TaskClient.call}, at most 100 at once
-through a C{DeferredSemaphore}, each result checked) on a
+in 100 lanes that each make their next call when their last is
+answered, each result checked) on a
 L{taskd.client.TaskClientProtocol} connected to a C{StringTransport}
 (C{maxInFlight} 100, as the daemon's hello says), and answers the calls
 from precomputed reply lines, 20 to a read: no daemon, no sockets, no
 reactor.  Prints the best of 5 runs in microseconds of CPU time per call:
 the client's Python path (encoding, writing, reading, decoding, the
 C{Deferred}s, the harness) and nothing else.  C{--window}: the harness
-calls through L{taskd.client.TaskClient.map} instead.
+calls through L{taskd.client.TaskClient.callMany} instead.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.clientpath", description=__doc__)
     parser.add_argument("--n", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--window", action="store_true", help="the harness uses TaskClient.map")
+    parser.add_argument("--window", action="store_true", help="the harness uses TaskClient.callMany")
     options = parser.parse_args()
     if options.profile:
         import cProfile
