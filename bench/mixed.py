@@ -83,11 +83,16 @@ def shortCalls(port: int, n: int, priority: int | None) -> dict[str, Any]:
     }
 
 
-#: The three settings: name, daemon options, the short calls' priority.
+#: The settings: name, the daemon's --prefetch and other options, the
+#: short calls' priority.  The last two send calls ahead (32 a worker at
+#: most): without a time limit, and with --prefetch-time's default (the
+#: long task, seen to take 20 ms, then waits for an idle worker).
 SETTINGS = [
-    ("no_policy", (), None),
-    ("priority", (), 10),
-    ("cap", ("--task-limit", "sleep:concurrency=1"), None),
+    ("no_policy", 1, (), None),
+    ("priority", 1, (), 10),
+    ("cap", 1, ("--task-limit", "sleep:concurrency=1"), None),
+    ("priority_prefetch32_untimed", 32, ("--prefetch-time", "0"), 10),
+    ("priority_prefetch32", 32, (), 10),
 ]
 
 
@@ -103,8 +108,8 @@ def main() -> None:
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    for name, options, priority in SETTINGS:
-        daemon = Daemon(2, 1, *options)
+    for name, prefetch, options, priority in SETTINGS:
+        daemon = Daemon(2, prefetch, *options)
         try:
             results = [shortCalls(daemon.port, n, priority) for _ in range(runs)]
         finally:

@@ -72,6 +72,9 @@ class Process:
 #: The daemon's --prefetch in the benchmark: the workloads are short tasks.
 PREFETCH = 4
 
+#: W1's second taskd row: more calls sent ahead to each worker.
+DEEP_PREFETCH = 32
+
 
 class Daemon(Process):
     def __init__(self, workers: int, prefetch: int = PREFETCH, *options: str) -> None:
@@ -372,6 +375,13 @@ def main(argv: list[str] | None = None) -> None:
                 w1["taskd_raw_prefetch1"] = repeat("W1 taskd raw, --prefetch 1", lambda: {"calls_per_s": n1 / rawclient.pipelined(plain.port, addLines, 100, addCheck)})
             finally:
                 plain.stop()
+            # Issue 19's W1 target is for the best --prefetch: short calls
+            # gain from more calls waiting in each worker's pipe.
+            deep = Daemon(2, prefetch=DEEP_PREFETCH)
+            try:
+                w1["taskd_raw_deep"] = repeat(f"W1 taskd raw, --prefetch {DEEP_PREFETCH}", lambda: pipelinedCPU(deep.port, addLines, addCheck, deep.pid, deep.workerPids()))
+            finally:
+                deep.stop()
             w1["taskd_client"] = repeat("W1 taskd client", lambda: clientCPU({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1}, daemon.pid, daemon.workerPids()))
             # The same through TaskClient.callMany, docs/client.md's way to run many calls.
             w1["taskd_client_window"] = repeat("W1 taskd client, callMany", lambda: clientCPU({"kind": "taskd-client", "port": daemon.port, "workload": "w1", "n": n1, "window": True}, daemon.pid, daemon.workerPids()))
@@ -439,8 +449,8 @@ def main(argv: list[str] | None = None) -> None:
         if want("w6"):
             w6 = results["w6"] = {}
             n6 = 10 if quick else 100
-            for name, daemonOptions, priority in mixed.SETTINGS:
-                w6Daemon = Daemon(2, 1, *daemonOptions)
+            for name, prefetch, daemonOptions, priority in mixed.SETTINGS:
+                w6Daemon = Daemon(2, prefetch, *daemonOptions)
                 try:
                     w6[name] = repeat(f"W6 short calls, {name}", lambda: mixed.shortCalls(w6Daemon.port, n6, priority))
                 finally:
@@ -498,9 +508,9 @@ def report(r: dict[str, Any]) -> None:
         if value is not None:
             rows.append((workload, system, f"{value:,.1f}", unit))
 
-    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "taskd_client_window", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
+    for name in ("taskd_raw", "taskd_raw_prefetch1", "taskd_raw_deep", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "taskd_client_window", "ampoule", "multiprocessing", "ceiling_tcp", "ceiling_pipe"):
         row("W1 throughput", name, m("w1", name, "calls_per_s"), "calls/s")
-    for name in ("taskd_raw", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "taskd_client_window", "ceiling_tcp"):
+    for name in ("taskd_raw", "taskd_raw_deep", "taskd_raw_http_off", "taskd_raw_http_on", "taskd_client", "taskd_client_window", "ceiling_tcp"):
         for part in ("client", "server", "workers"):
             row(f"W1 CPU per call, {part}", name, m("w1", name, f"cpu_us_{part}"), "us")
     for name in ("taskd_raw", "ceiling_tcp"):
@@ -518,7 +528,7 @@ def report(r: dict[str, Any]) -> None:
     for name in ("taskd", "inline"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
             row(f"W5 lateness {key[:-3]}", name, m("w5", name, key), "ms")
-    for name in ("no_policy", "priority", "cap"):
+    for name, *_ in mixed.SETTINGS:
         row("W6 short among long, p50", name, m("w6", name, "p50_ms"), "ms")
         row("W6 short among long, p99", name, m("w6", name, "p99_ms"), "ms")
     mem = r.get("memory", {})
@@ -546,6 +556,8 @@ def report(r: dict[str, Any]) -> None:
 
     target("W1 raw / ampoule", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ampoule", "calls_per_s")), 10)
     target("W1 raw / TCP line ceiling", ratio(m("w1", "taskd_raw", "calls_per_s"), m("w1", "ceiling_tcp", "calls_per_s")), 0.5)
+    best = max((v for v in (m("w1", "taskd_raw", "calls_per_s"), m("w1", "taskd_raw_deep", "calls_per_s")) if v is not None), default=None)
+    target(f"W1 raw, best of --prefetch {PREFETCH} and {DEEP_PREFETCH} / TCP line ceiling (issue 19)", ratio(best, m("w1", "ceiling_tcp", "calls_per_s")), 0.6)
     target("W1 taskd client / raw client", ratio(m("w1", "taskd_client", "calls_per_s"), m("w1", "taskd_raw", "calls_per_s")), 0.8)
     target("W1 taskd client with callMany / raw client", ratio(m("w1", "taskd_client_window", "calls_per_s"), m("w1", "taskd_raw", "calls_per_s")), 0.8)
     target("W1a / bare line server, a connection per call", ratio(m("w1a", "taskd_raw", "calls_per_s"), m("w1a", "ceiling_tcp", "calls_per_s")), 0.8)

@@ -3,6 +3,14 @@
 Handing queued calls to workers: an idle worker, a busy one's pipe (with
 C{prefetch}), or a free slot of a worker that runs several calls at once;
 waking up when a rate limit lets a held call start.
+
+A call goes ahead into a busy worker's pipe only if the calls the worker
+holds, with it, are expected to run within C{prefetchTime}: each is
+expected to take as long as its task's calls have been taking (the pool
+learns it from their replies: a longer run counts at once, a shorter one
+a quarter of the way), and a task none of whose calls has ended yet is
+expected to be quick.  So a task seen to be long waits for an idle
+worker, and no call is sent ahead behind it.
 """
 
 from __future__ import annotations
@@ -11,10 +19,35 @@ from taskd._poolstate import PoolCall, PoolRooms, PoolWorker
 from taskd._workerprocess import WorkerState
 
 
+#: How far a shorter run moves a task's expected run time towards it.
+SHORTER_WEIGHT = 0.25
+
+
 class Dispatching(PoolRooms):
     """
     A room of L{taskd.pool.ProcessPool}: see this module's docstring.
     """
+
+    def _ran(self, name: str, seconds: float) -> None:
+        """
+        A call of task C{name} ran for C{seconds} (until its reply, or its
+        timeout): update what the task's calls are expected to take.
+        """
+        runTimes = self._runTimes
+        expected = runTimes.get(name)
+        if expected is None or seconds >= expected:
+            runTimes[name] = seconds
+        else:
+            runTimes[name] = expected + (seconds - expected) * SHORTER_WEIGHT
+
+    def _fitsAhead(self, worker: PoolWorker, call: PoolCall) -> bool:
+        """
+        @return: whether C{call} may wait in busy C{worker}'s pipe: the
+            calls it holds, with this one, are expected to run within
+            C{prefetchTime}.
+        """
+        within = self.config.prefetchTime
+        return within is None or worker.expected + self._runTimes.get(call.name, 0.0) <= within
 
     def _capacity(self, worker: PoolWorker) -> int:
         """
@@ -31,12 +64,15 @@ class Dispatching(PoolRooms):
             several calls at once.
         @return: a busy worker that may take C{call} now (it runs several
             calls at once, and has room), or in its pipe, if sending ahead
-            is on.
+            is on (and, if C{call} is given, it fits: see L{_fitsAhead}).
         """
         if self._slots is not None:
             return None if call is None else self._roomFor(call)
         if self.config.prefetch == 1:
             return None
+        within = self.config.prefetchTime
+        if within is not None and call is not None:
+            within -= self._runTimes.get(call.name, 0.0)
         best = None
         for worker in self._live:
             if (
@@ -44,6 +80,7 @@ class Dispatching(PoolRooms):
                 and worker.inFlight
                 and len(worker.inFlight) < self._capacity(worker)
                 and not worker.exited
+                and (within is None or worker.expected <= within)
             ):
                 if best is None or len(worker.inFlight) < len(best.inFlight):
                     best = worker
@@ -66,6 +103,9 @@ class Dispatching(PoolRooms):
                     break
                 self._run(other, call)
                 continue
+            if worker.inFlight and not self._fitsAhead(worker, call):
+                self._putBack(call)
+                break
             self._run(worker, call)
         if not worker.inFlight:
             self._idle.append(worker)
@@ -103,6 +143,9 @@ class Dispatching(PoolRooms):
             call = queue.next()
             if call is None:
                 return
+            if not self._fitsAhead(busy, call):
+                self._putBack(call)
+                return
             self._run(busy, call)
 
     def _wakeLater(self) -> None:
@@ -135,6 +178,9 @@ class Dispatching(PoolRooms):
             call.timer.cancel()
             call.timer = None
         call.worker = worker
+        if not worker.concurrent and self.config.prefetch != 1:
+            call.expected = expected = self._runTimes.get(call.name, 0.0)
+            worker.expected += expected
         worker.run(call, call.mode)
         if call.onStart is not None:
             call.onStart()

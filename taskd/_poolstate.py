@@ -125,6 +125,9 @@ class PoolCall:
     number: int = 0
     # When it was accepted: kept only while the pool has an observer.
     submittedAt: float = 0.0
+    # The run time expected of it when it was sent to its worker (see
+    # taskd._dispatching).
+    expected: float = 0.0
     # When and where it last started.
     startedAt: float | None = None
     pid: int | None = None
@@ -176,6 +179,7 @@ class PoolRooms:
         _stopping: list[Deferred[None]]
         _graceTimer: IDelayedCall | None
         _retryPolicies: dict[str, TaskOptions]
+        _runTimes: dict[str, float]
         _retrying: set[PoolCall]
         _slots: Slots | None
         writes: WriteBatch
@@ -205,6 +209,7 @@ class PoolRooms:
         def _capacity(self, worker: PoolWorker) -> int: ...
         def _sendAheadTo(self, call: PoolCall | None) -> PoolWorker | None: ...
         def _feed(self, worker: PoolWorker) -> None: ...
+        def _ran(self, name: str, seconds: float) -> None: ...
         def _dispatch(self) -> None: ...
         def _wakeLater(self) -> None: ...
         def _run(self, worker: PoolWorker, call: PoolCall) -> None: ...

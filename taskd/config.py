@@ -128,6 +128,11 @@ class PoolConfig:
         calls.  1 (the default) sends a call only to an idle worker; more
         speeds up short tasks but lets a long task delay the calls behind
         it.
+    @ivar prefetchTime: with C{prefetch} above 1, a call is sent ahead to
+        a busy worker only if the calls it holds, with this one, are
+        expected to run within this many seconds, each expected to take
+        as long as its task's calls have been taking (see
+        C{docs/pool.md}); C{None}: only C{prefetch} limits how many.
     @ivar threads: how many calls each worker may run at once on threads
         of its own (see C{docs/tasks.md}); 1, the default, runs one call at
         a time.  The pool runs up to C{workers * threads} plain calls at
@@ -161,6 +166,7 @@ class PoolConfig:
     maxMemory: int | None = field(default=None, validator=_atLeast(1))
     maxWorkerRSS: int | None = field(default=None, validator=_atLeast(1))
     prefetch: int = field(default=1, validator=_atLeast(1))
+    prefetchTime: float | None = field(default=0.005, validator=_positiveOrNone)
     threads: int = field(default=1, validator=_atLeast(1))
     asyncConcurrency: int = field(default=100, validator=_atLeast(1))
     minRestartDelay: float = field(default=0.5, validator=_atLeast(0))

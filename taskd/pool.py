@@ -155,6 +155,9 @@ class ProcessPool(
         # Tasks with retries, and calls waiting for their next attempt.
         self._retryPolicies: dict[str, TaskOptions] = {}
         self._retrying: set[PoolCall] = set()
+        # How long each task's calls have been taking (see
+        # taskd._dispatching.Dispatching.expectedRunTime).
+        self._runTimes: dict[str, float] = {}
         self.jitter: Callable[[], float] = random.random
         # Workers that run several calls at once: their slots, and the
         # tasks whose mode is not THREAD.
@@ -294,7 +297,13 @@ class ProcessPool(
         dropped.
         """
         if call.worker is worker:
+            if call.expected:
+                worker.expected -= call.expected
+            if call.startedAt is not None and self.config.prefetch != 1 and not worker.concurrent:
+                self._ran(call.name, self.reactor.seconds() - call.startedAt)
             self._finish(call, reply if isinstance(reply, bytes) else Failure(reply))
+        if not worker.inFlight:
+            worker.expected = 0.0  # (no rounding left over)
         # (A worker that replies is READY, or being let go; or it has exited
         # and its last replies are being read: it takes nothing more.)
         if worker.state is not WorkerState.READY or worker.exited:

@@ -309,6 +309,27 @@ class PrefetchTests(RealPoolTestCase):
         self.assertEqual(many, [i + 1 for i in range(300)])
 
 
+    @inlineCallbacks
+    def test_longTaskNotSentAhead(self) -> Any:
+        """
+        Once a task's calls have been seen to take longer than
+        C{prefetchTime}, a call of it goes only to an idle worker, and a
+        call behind it waits in the queue rather than in the worker's
+        pipe.  Without the time limit, the same call goes ahead behind the
+        long one.
+        """
+        for prefetchTime, queued in [(0.005, 1), (None, 0)]:
+            pool = yield self.startPool(workers=1, prefetch=8, prefetchTime=prefetchTime)
+            yield pool.submit("sleep", [0.05])
+            self.assertEqual((yield pool.submit("add", [1, 1])), 2)
+            yield deferLater(reactor, 0, lambda: None)  # the worker is idle again
+            long = pool.submit("sleep", [0.05])
+            short = pool.submit("add", [2, 2])
+            self.assertEqual(pool.stats()["queued"], queued, prefetchTime)
+            self.assertEqual((yield gatherResults([long, short])), [0.05, 4])
+            yield pool.stop()
+
+
 class StartTests(RealPoolTestCase):
     @inlineCallbacks
     def test_importErrorInWorker(self) -> Any:

@@ -656,9 +656,10 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         """
         Calls go to idle workers first, then ahead into busy workers' pipes
         up to C{prefetch}, then to the queue; a call's timeout starts only
-        when the call reaches the head of its worker.
+        when the call reaches the head of its worker.  (No C{prefetchTime}:
+        the clock moves while the calls run.)
         """
-        pool, reactor = self.startedPool(workers=1, prefetch=2, timeout=5.0)
+        pool, reactor = self.startedPool(workers=1, prefetch=2, timeout=5.0, prefetchTime=None)
         p = reactor.processes[0]
         ds = [pool.submit("add", [i, 0]) for i in range(3)]
         self.assertEqual(len(p.written), 2)
@@ -823,6 +824,190 @@ class PrefetchTests(PoolTestsMixin, SynchronousTestCase):
         second.ready()
         second.send(b"R2")
         self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])
+
+
+class PrefetchTimeTests(PoolTestsMixin, SynchronousTestCase):
+    """
+    With C{prefetch} above 1, calls go ahead into a busy worker's pipe only
+    while the calls it holds are expected to run within C{prefetchTime}:
+    each as long as its task's calls have been taking.
+    """
+
+    def ran(self, pool: ProcessPool, reactor: FakeProcessReactor, name: str, seconds: float) -> None:
+        """
+        Run one call of C{name} on an idle worker, taking C{seconds}.
+        """
+        before = [len(p.written) for p in reactor.processes]
+        d = pool.submit(name, [1, 1])
+        [p] = [p for p, n in zip(reactor.processes, before) if len(p.written) > n]
+        reactor.advance(seconds)
+        p.send(b"R2")
+        self.assertEqual(self.successResultOf(d), 2)
+
+    def test_quickTaskGoesAhead(self) -> None:
+        """
+        Calls of a task whose calls have been quick fill the worker's pipe
+        up to C{prefetch}; so do calls of a task none of whose calls has
+        ended yet.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=4, prefetchTime=0.005)
+        p = reactor.processes[0]
+        for i in range(5):
+            pool.submit("pid", [i])
+        self.assertEqual(len(p.written), 4)
+        self.assertEqual(pool.stats()["queued"], 1)
+        for i in range(5):
+            p.send(b"R%d" % i)
+        self.ran(pool, reactor, "add", 0.001)
+        for i in range(5):
+            pool.submit("add", [i, 0])
+        self.assertEqual([r[0] for r in p.requests()[-4:]], ["add"] * 4)
+        self.assertEqual(pool.stats()["queued"], 1)
+
+    def test_longTaskWaitsForAnIdleWorker(self) -> None:
+        """
+        A task seen to take longer than C{prefetchTime} is not sent ahead,
+        and nothing is sent ahead behind one of its calls: the calls wait
+        in the queue until the worker is idle.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=4, prefetchTime=0.005)
+        self.ran(pool, reactor, "sleep", 1.0)
+        self.ran(pool, reactor, "add", 0.0)
+        p = reactor.processes[0]
+        before = len(p.written)
+        pool.submit("sleep", [1])
+        pool.submit("add", [1, 1])
+        self.assertEqual(len(p.written), before + 1)
+        self.assertEqual(pool.stats()["queued"], 1)
+        reactor.advance(1)
+        p.send(b"Rnull")
+        # The add runs now, and the next add may wait behind it.
+        self.assertEqual(p.requests()[-1], ("add", {"args": [1, 1], "kwargs": {}}))
+        pool.submit("add", [2, 2])
+        self.assertEqual(p.requests()[-1], ("add", {"args": [2, 2], "kwargs": {}}))
+
+    def test_shortCallsGoToTheQuickWorker(self) -> None:
+        """
+        With one worker running a long call and another short ones, calls
+        sent ahead go to the one whose pipe is expected to empty soon.
+        """
+        pool, reactor = self.startedPool(workers=2, prefetch=4, prefetchTime=0.005)
+        self.ran(pool, reactor, "sleep", 1.0)
+        self.ran(pool, reactor, "add", 0.0)
+        before = [len(p.written) for p in reactor.processes]
+        pool.submit("sleep", [1])
+        [sleeper] = [p for p, n in zip(reactor.processes, before) if len(p.written) > n]
+        [adder] = [p for p in reactor.processes if p is not sleeper]
+        for i in range(6):
+            pool.submit("add", [i, 0])
+        self.assertEqual([r[0] for r in sleeper.requests()[-1:]], ["sleep"])
+        self.assertEqual([r[1]["args"] for r in adder.requests()[-4:]], [[i, 0] for i in range(4)])
+        self.assertEqual(pool.stats()["queued"], 2)
+
+    def test_heldCallsCount(self) -> None:
+        """
+        What a worker holds counts, the call it runs included: with calls
+        expected to take 2 ms and C{prefetchTime} 5 ms, a worker holds two.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=10, prefetchTime=0.005)
+        self.ran(pool, reactor, "add", 0.002)
+        p = reactor.processes[0]
+        before = len(p.written)
+        for i in range(5):
+            pool.submit("add", [i, 0])
+        self.assertEqual(len(p.written), before + 2)
+        self.assertEqual(pool.stats()["queued"], 3)
+        reactor.advance(0.002)
+        p.send(b"R0")
+        self.assertEqual(pool._runTimes, {"add": 0.002})
+        self.assertEqual(len(p.written), before + 3)
+        self.assertEqual(p.requests()[-1][1]["args"], [2, 0])
+
+    def test_quickerRunsCountAQuarter(self) -> None:
+        """
+        A longer run counts at once; a quicker one moves the expected time
+        a quarter of the way to it: a task seen at 1 s once is sent ahead
+        again after a few quick calls.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=2, prefetchTime=0.5)
+        self.ran(pool, reactor, "add", 1.0)
+        self.assertEqual(pool._runTimes, {"add": 1.0})
+        for expected in [0.75, 0.5625, 0.421875]:
+            self.ran(pool, reactor, "add", 0.0)
+            self.assertEqual(pool._runTimes, {"add": expected})
+        self.ran(pool, reactor, "add", 2.0)
+        self.assertEqual(pool._runTimes, {"add": 2.0})
+
+    def test_sentAheadOnceQuickAgain(self) -> None:
+        """
+        A task's calls go ahead again once the expected time of the calls
+        a worker holds is within C{prefetchTime}.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=3, prefetchTime=0.5)
+        self.ran(pool, reactor, "add", 0.2)
+        p = reactor.processes[0]
+        before = len(p.written)
+        for i in range(3):
+            pool.submit("add", [i, 0])
+        # 0.2 + 0.2 fits in 0.5; a third would not.
+        self.assertEqual(len(p.written), before + 2)
+        p.send(b"R0")
+        p.send(b"R1")
+        p.send(b"R2")
+        self.assertEqual(pool._runTimes, {"add": 0.2 * 0.75 ** 3})
+        for i in range(3):
+            pool.submit("add", [i, 0])
+        self.assertEqual(len(p.written), before + 6)
+
+    def test_timeoutCountsAsARun(self) -> None:
+        """
+        A call that timed out counts as a run of its timeout's length: its
+        task is not sent ahead afterwards.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=4, prefetchTime=0.005)
+        d = pool.submit("sleep", [9], timeout=1.0)
+        reactor.advance(1.0)
+        self.failureResultOf(d, errors.TaskTimeout)
+        self.assertEqual(pool._runTimes, {"sleep": 1.0})
+
+    def test_noPrefetchTime(self) -> None:
+        """
+        With C{prefetchTime} C{None}, only C{prefetch} counts.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=3, prefetchTime=None)
+        self.ran(pool, reactor, "sleep", 10.0)
+        p = reactor.processes[0]
+        before = len(p.written)
+        for i in range(4):
+            pool.submit("sleep", [i])
+        self.assertEqual(len(p.written), before + 3)
+
+    def test_noPrefetch(self) -> None:
+        """
+        With C{prefetch} 1 nothing goes ahead and no run time is kept.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=1)
+        self.ran(pool, reactor, "add", 0.1)
+        self.assertEqual(pool._runTimes, {})
+
+    def test_expectedTimeGoesWithTheCalls(self) -> None:
+        """
+        A worker's expected time is what its calls add up to, and is 0
+        again once it holds none.
+        """
+        pool, reactor = self.startedPool(workers=1, prefetch=4, prefetchTime=0.005)
+        self.ran(pool, reactor, "add", 0.001)
+        [worker] = pool._live
+        self.assertEqual(worker.expected, 0.0)
+        for i in range(3):
+            pool.submit("add", [i, 0])
+        self.assertAlmostEqual(worker.expected, 0.003)
+        p = reactor.processes[0]
+        p.send(b"R0")
+        self.assertAlmostEqual(worker.expected, 0.002)
+        p.send(b"R1")
+        p.send(b"R2")
+        self.assertEqual(worker.expected, 0.0)
 
 
 class WriteBatchTests(PoolTestsMixin, SynchronousTestCase):

@@ -66,6 +66,7 @@ class OptionsTests(SynchronousTestCase):
                 "max-memory": None,
                 "max-worker-rss": None,
                 "prefetch": 1,
+                "prefetch-time": 0.005,
                 "threads": 1,
                 "async-concurrency": 100,
                 "auth-token-file": None,
@@ -156,6 +157,17 @@ class OptionsTests(SynchronousTestCase):
             {"mail": TaskOptions(priority=5, concurrency=2, rate="10/s"), "a.b:c": TaskOptions(rate="3/h")},
         )
 
+    def test_prefetchTime(self) -> None:
+        """
+        C{--prefetch-time SECONDS} becomes L{PoolConfig.prefetchTime}; 0
+        lifts the limit (C{None}); the default is 5 ms.
+        """
+        for args, value in [([], 0.005), (["--prefetch-time", "0.02"], 0.02), (["--prefetch-time", "0"], None)]:
+            options = tap.Options()
+            options.parseOptions(["-l", "tcp:0", "--prefetch", "8", *args])
+            config = tap.poolConfig(options)
+            self.assertEqual((config.prefetch, config.prefetchTime), (8, value), args)
+
     def test_badValues(self) -> None:
         """
         Bad values are refused with a message naming the option.
@@ -167,6 +179,7 @@ class OptionsTests(SynchronousTestCase):
             (["--timeout", "0"], "--timeout '0': must be a number of seconds above 0"),
             (["--auth-timeout", "0"], "--auth-timeout '0': must be a number of seconds above 0"),
             (["--grace", "nan"], "--grace 'nan': must be a number of seconds (0 or more)"),
+            (["--prefetch-time", "-1"], "--prefetch-time '-1': must be a number of seconds (0 or more)"),
             (["--max-queue", "-5"], "--max-queue '-5': must be a whole number of at least 0"),
             (["--idle-timeout", "-1"], "--idle-timeout '-1': must be a number of seconds (0 or more)"),
             (["--line-timeout", "inf"], "--line-timeout 'inf': must be a number of seconds (0 or more)"),
