@@ -1,8 +1,9 @@
 """
 W1 (20,000 C{add} calls, 100 in flight, the raw client) against daemons
-that differ only in C{--prefetch}, interleaved: C{python -m bench.prefetch
+that differ only in C{--prefetch}, interleaved: C{python -m bench.prefetch [--w1a]
 [ROUNDS] [DEPTHS] [-- DAEMON OPTIONS...]}, e.g. C{python -m bench.prefetch
-5 4,16,32,64}.  Prints each daemon's calls per second in every round and
+5 4,16,32,64}; C{--w1a}: W1a instead (a connection per call, 100 at
+once).  Prints each daemon's calls per second in every round and
 the medians of the calls per second and of the CPU time per call of the
 client, the daemon and its workers.
 """
@@ -22,6 +23,9 @@ def main(argv: list[str]) -> None:
     options: list[str] = []
     if "--" in argv:
         argv, options = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    w1a = "--w1a" in argv
+    argv = [a for a in argv if a != "--w1a"]
+    measure = run.connectionsCPU if w1a else run.pipelinedCPU
     rounds = int(argv[0]) if argv else 5
     depths = [int(d) for d in argv[1].split(",")] if len(argv) > 1 else [4, 16, 32, 64]
     lines = [request("add", [i, 1], i) for i in range(CALLS)]
@@ -36,11 +40,11 @@ def main(argv: list[str]) -> None:
         results: dict[int, list[dict[str, float]]] = {d: [] for d in depths}
         for _ in range(rounds):
             for depth, daemon in daemons.items():
-                results[depth].append(run.pipelinedCPU(daemon.port, lines, check, daemon.pid, daemon.workerPids()))
+                results[depth].append(measure(daemon.port, lines, check, daemon.pid, daemon.workerPids()))
     finally:
         for daemon in daemons.values():
             daemon.stop()
-    print(f"W1, {CALLS:,} calls, {rounds} rounds, medians; CPU per call: client / daemon / workers")
+    print(f"{'W1a' if w1a else 'W1'}, {CALLS:,} calls, {rounds} rounds, medians; CPU per call: client / daemon / workers")
     for depth, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         each = ", ".join(f"{r['calls_per_s']:,.0f}" for r in runs)
