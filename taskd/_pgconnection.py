@@ -27,6 +27,14 @@ MAX_BACKOFF = 5.0
 T = TypeVar("T")
 
 
+class CommitUnknown(errors.JournalUnavailable):
+    """
+    The connection was lost during a transaction's C{COMMIT}: it may have
+    been committed (a write that may run again is, once the server is
+    back: see L{PostgreSQLConnection._write}).
+    """
+
+
 class PostgreSQLConnection:
     """
     A daemon's connection to PostgreSQL: statements on one thread of its
@@ -77,7 +85,9 @@ class PostgreSQLConnection:
         self._nextAttempt = 0.0
         self._lastError = ""
         self._connectedSince = 0.0
-        self._pending: list[tuple[Callable[[Any], Any], Deferred[Any], bool]] = []
+        # (the write, its caller, kept while unreachable, kept only once its
+        # commit's outcome is unknown (False: at once)).
+        self._pending: list[tuple[Callable[[Any], Any], Deferred[Any], bool, bool]] = []
         self._flushCall: Any = None
         self._committing = False
         self._closing: Deferred[None] | None = None
@@ -138,16 +148,20 @@ class PostgreSQLConnection:
         import psycopg
 
         db = self._connection()
+        committing = False
         try:
             with db.transaction():
-                return [op(db) for op in ops]
-        except psycopg.OperationalError as e:
+                results = [op(db) for op in ops]
+                committing = True
+            return results
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self._down(e)
-            raise errors.JournalUnavailable(
-                f"the jobs' journal (PostgreSQL) is unreachable: {self._lastError}"
-            ) from None
-        except psycopg.InterfaceError as e:
-            self._down(e)
+            if committing:
+                # Lost during the COMMIT: it may have been committed.
+                raise CommitUnknown(
+                    "the jobs' journal (PostgreSQL) was lost while committing, so whether "
+                    f"it committed is not known: {self._lastError}"
+                ) from None
             raise errors.JournalUnavailable(
                 f"the jobs' journal (PostgreSQL) is unreachable: {self._lastError}"
             ) from None
@@ -168,17 +182,22 @@ class PostgreSQLConnection:
             ))
         return self._run(lambda: self._transaction([op])[0])
 
-    def _write(self, op: Callable[[Any], T], durable: bool = False) -> Deferred[T]:
+    def _write(self, op: Callable[[Any], T], durable: bool = False, again: bool = False) -> Deferred[T]:
         """
         Ask for a write, committed with the others asked for meanwhile.
 
         @param durable: keep it, and try again, while the server is
             unreachable (a job's change of state), rather than fail it.
+        @param again: if the connection is lost during its commit (the
+            write may have been committed), keep it, as a durable one, and
+            run it again once the server is back, rather than fail it: for
+            a write whose second run finds what its first did (an add: its
+            caller must not be told it failed if it was committed).
         """
         if not self._isOpen or self._closing is not None:
             raise JournalError("the journal is not open")
         d: Deferred[T] = Deferred()
-        self._pending.append((op, d, durable))
+        self._pending.append((op, d, durable or again, durable))
         self._schedule(0)
         return d
 
@@ -190,25 +209,27 @@ class PostgreSQLConnection:
         self._flushCall = None
         batch, self._pending = self._pending, []
         self._committing = True
-        d = self._run(self._commit, [op for op, _, _ in batch])
+        d = self._run(self._commit, [entry[0] for entry in batch])
 
         def committed(results: list[Any]) -> None:
-            for (_, waiting, _), result in zip(batch, results):
-                waiting.callback(result)
+            for entry, result in zip(batch, results):
+                entry[1].callback(result)
 
         def failed(failure: Failure) -> None:
             unavailable = failure.check(errors.JournalUnavailable) is not None
+            unknown = failure.check(CommitUnknown) is not None
             if not unavailable:
                 self.log.failure("the journal could not commit {n} writes", failure, n=len(batch))
             error = failure.value
             if not isinstance(error, errors.TaskdError):
                 error = JournalError(f"the journal could not be written: {error}")
             kept = []
-            for entry in batch:
-                if entry[2] and unavailable and self._closing is None:
-                    kept.append(entry)
+            for op, waiting, keep, keptNow in batch:
+                if keep and (keptNow or unknown) and unavailable and self._closing is None:
+                    # Kept from now on, whatever the next failure.
+                    kept.append((op, waiting, True, True))
                 else:
-                    entry[1].errback(error)
+                    waiting.errback(error)
             # Durable writes go first again, once the server is back.
             self._pending[:0] = kept
 
@@ -329,4 +350,4 @@ class PostgreSQLConnection:
 
 
 
-__all__ = ["MAX_BACKOFF", "PostgreSQLConnection"]
+__all__ = ["MAX_BACKOFF", "CommitUnknown", "PostgreSQLConnection"]
