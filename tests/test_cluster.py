@@ -706,6 +706,61 @@ class PostgreSQLServerTests(SynchronousTestCase):
         self.assertRaises(psycopg.OperationalError, server.start, 0.0)
         self.assertIsNone(server.pid)
         self.assertIsNotNone(server._process.poll())
+        server.destroy()
+        # Its watcher was told, and has exited.
+        self.assertEqual(server._watcher.returncode, 0)
+        self.assertFalse(os.path.exists(server.dir))
+
+    def test_diesWithTheProcessThatStartedIt(self) -> None:
+        """
+        The shared server of a test process that is SIGKILLed (trial's
+        timeout, CI's) does not outlive it: its watcher stops the
+        postmaster (gone, by its PID, within 30 s) and removes its
+        directory.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        program = (
+            "import sys, time\n"
+            f"sys.path.insert(0, {root!r})\n"
+            "from tests.pgserver import sharedServer\n"
+            "server = sharedServer()\n"
+            "print(server.pid, server.dir, flush=True)\n"
+            "time.sleep(600)\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        pid, directory = child.stdout.readline().decode().split()  # type: ignore[union-attr]
+        postmaster = int(pid)
+
+        def leftover() -> None:
+            # Before the watcher (or should it fail): stop what was left.
+            if running(postmaster):
+                os.kill(postmaster, signal.SIGKILL)
+            shutil.rmtree(directory, ignore_errors=True)
+
+        self.addCleanup(leftover)
+        self.assertTrue(running(postmaster))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while running(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertFalse(running(postmaster), f"the postmaster {postmaster} outlived its test process")
+        while os.path.exists(directory) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertFalse(os.path.exists(directory))
+
+
+def running(pid: int) -> bool:
+    """
+    @return: whether process C{pid} runs (a zombie does not).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class PostgreSQLDiscoveryTests(SynchronousTestCase):
