@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail
@@ -23,6 +24,9 @@ from taskd.journal import JournalError
 
 #: The longest wait between two attempts to reconnect, in seconds.
 MAX_BACKOFF = 5.0
+#: Reads sent to the journal's thread together, at most (see
+#: L{PostgreSQLConnection._read}).
+READS_PER_BATCH = 32
 
 T = TypeVar("T")
 
@@ -90,6 +94,8 @@ class PostgreSQLConnection:
         self._pending: list[tuple[Callable[[Any], Any], Deferred[Any], bool, bool]] = []
         self._flushCall: Any = None
         self._committing = False
+        self._reads: deque[tuple[Callable[[Any], Any], Deferred[Any]]] = deque()
+        self._reading = False
         self._closing: Deferred[None] | None = None
         self._isOpen = False
         self._stopListening = threading.Event()
@@ -174,13 +180,87 @@ class PostgreSQLConnection:
         return deferToThreadPool(self._reactor, self._threadPool, f, *args)
 
     def _read(self, op: Callable[[Any], T]) -> Deferred[T]:
+        """
+        Ask for a read (one statement).  Reads wait in a line of their
+        own and go to the journal's thread L{READS_PER_BATCH} at a time,
+        one batch at once: a write (a lease's renewal) waits behind one
+        batch at most, however many reads are asked (thousands of C{job}
+        requests), rather than behind every one of them.
+        """
         if not self._isOpen or self._closing is not None:
             # A job request while the daemon starts or stops: an answer,
             # not an internal error.
             return fail(errors.JournalUnavailable(
                 "the jobs' journal is not open (the daemon is starting or stopping)"
             ))
-        return self._run(lambda: self._transaction([op])[0])
+        d: Deferred[T] = Deferred()
+        self._reads.append((op, d))
+        if not self._reading:
+            self._readNext()
+        return d
+
+    def _readNext(self) -> None:
+        reads = self._reads
+        if not reads:
+            self._reading = False
+            return
+        self._reading = True
+        batch = [reads.popleft() for _ in range(min(READS_PER_BATCH, len(reads)))]
+        try:
+            d = self._run(self._readBatch, [op for op, _ in batch])
+        except JournalError:
+            # Closed meanwhile: these and the reads after them fail.
+            batch.extend(reads)
+            reads.clear()
+            self._reading = False
+            for _, waiting in batch:
+                waiting.errback(errors.JournalUnavailable(
+                    "the jobs' journal is not open (the daemon is starting or stopping)"
+                ))
+            return
+
+        def done(outcomes: list[tuple[bool, Any]]) -> None:
+            for (_, waiting), (ok, value) in zip(batch, outcomes):
+                if ok:
+                    waiting.callback(value)
+                else:
+                    waiting.errback(value)
+
+        def failed(failure: Failure) -> None:
+            for _, waiting in batch:
+                waiting.errback(failure.value)
+
+        d.addCallbacks(done, failed)
+        d.addBoth(lambda _: self._readNext())
+
+    def _readBatch(self, ops: list[Callable[[Any], Any]]) -> list[tuple[bool, Any]]:
+        """
+        Run reads, each its own statement (autocommit: one round trip
+        each), in the journal's thread.
+
+        @return: (whether it succeeded, its result or its exception) for
+            each of C{ops}; once the connection is lost, the rest fail
+            with L{errors.JournalUnavailable}.
+        """
+        import psycopg
+
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db = self._connection()
+        except errors.JournalUnavailable as e:
+            return [(False, e)] * len(ops)
+        for op in ops:
+            try:
+                outcomes.append((True, op(db)))
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                self._down(e)
+                lost = errors.JournalUnavailable(
+                    f"the jobs' journal (PostgreSQL) is unreachable: {self._lastError}"
+                )
+                return outcomes + [(False, lost)] * (len(ops) - len(outcomes))
+            except Exception as e:
+                outcomes.append((False, e))
+        return outcomes
 
     def _write(self, op: Callable[[Any], T], durable: bool = False, again: bool = False) -> Deferred[T]:
         """
@@ -350,4 +430,4 @@ class PostgreSQLConnection:
 
 
 
-__all__ = ["MAX_BACKOFF", "CommitUnknown", "PostgreSQLConnection"]
+__all__ = ["MAX_BACKOFF", "READS_PER_BATCH", "CommitUnknown", "PostgreSQLConnection"]

@@ -111,6 +111,30 @@ class PostgreSQLJournalTests(TestCase):
         self.assertEqual([r.id for r in again], ["job2"])
 
     @inlineCallbacks
+    def test_renewalNotBehindReads(self) -> Any:
+        """
+        A lease's renewal asked while hundreds of reads wait (a burst of
+        C{job} requests) is written after one batch of them at most
+        (L{READS_PER_BATCH}), not after all: a daemon asked about many jobs
+        keeps its leases (renewed every third of a lease), and nobody
+        reaps the jobs it runs.
+        """
+        from taskd._pgconnection import READS_PER_BATCH
+
+        journal = yield self.journal(owner="busy")
+        yield journal.add(record(1))
+        yield journal.claim(1, 500.0)
+        answered: list[int] = []
+        gets = [journal.get("job1").addCallback(lambda r, k=k: answered.append(k) or r) for k in range(300)]
+        renewedAfter: list[int] = []
+        held = yield journal.renew().addCallback(lambda held: renewedAfter.append(len(answered)) or held)
+        self.assertEqual(held, [("job1", False)])
+        records = yield gatherResults(gets)
+        self.assertEqual({r.state for r in records}, {RUNNING})
+        self.assertEqual(answered, list(range(300)))
+        self.assertLessEqual(renewedAfter[0], 2 * READS_PER_BATCH)
+
+    @inlineCallbacks
     def test_renewKeepsTheLease(self) -> Any:
         """
         Renewed every third of its length, a lease never expires: nobody
