@@ -126,12 +126,10 @@ class JournalFailureTests(PoolTestsMixin, SynchronousTestCase):
         self.reactor.advance(0)
         self.assertEqual(self.successResultOf(waiting), b"3")
 
-    def test_endNotWrittenIsNotLost(self) -> None:
+    def endedUnwritten(self) -> tuple[JobService, str, Any]:
         """
-        A job whose end the journal fails to write is answered for as the
-        journal holds it (running), its waiters wait, and its end is
-        written again every L{WRITE_RETRY} until it is durable; then its
-        waiters get its result.
+        @return: a service, a job of it that returned 3 but whose end
+            (C{done}) the journal refuses to write, and a wait for it.
         """
         jobs = self.service()
         (worker,) = self.reactor.processes
@@ -140,6 +138,16 @@ class JournalFailureTests(PoolTestsMixin, SynchronousTestCase):
         waiting = jobs.wait(jobId)
         worker.send(b"R3")
         self.reactor.advance(0)
+        return jobs, jobId, waiting
+
+    def test_endNotWrittenIsNotLost(self) -> None:
+        """
+        A job whose end the journal fails to write is answered for as the
+        journal holds it (running), its waiters wait, and its end is
+        written again every L{WRITE_RETRY} until it is durable; then its
+        waiters get its result.
+        """
+        jobs, jobId, waiting = self.endedUnwritten()
         self.reactor.advance(WRITE_RETRY)
         self.assertEqual(len(self.flushLoggedErrors(sqlite3.IntegrityError)), 2)
         self.assertNoResult(waiting)
@@ -161,13 +169,7 @@ class JournalFailureTests(PoolTestsMixin, SynchronousTestCase):
         journal closes).  The next start treats the job as the journal
         holds it: interrupted, as after a crash.
         """
-        jobs = self.service()
-        (worker,) = self.reactor.processes
-        self.db.execute(REFUSE.format(DONE))
-        jobId, _ = self.successResultOf(self.submitted(jobs))
-        waiting = jobs.wait(jobId)
-        worker.send(b"R3")
-        self.reactor.advance(0)
+        jobs, jobId, waiting = self.endedUnwritten()
         stopped = jobs.stop()
         self.reactor.advance(0)
         self.successResultOf(stopped)
