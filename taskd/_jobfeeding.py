@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from attrs import evolve
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, fail
 from twisted.python.failure import Failure
 
-from taskd import errors
-from taskd._jobbook import TrackedJob
+from taskd import _json, errors
+from taskd._jobbook import TrackedJob, outcome
 from taskd.journal import CANCELLED, DONE, EXPIRED, FAILED, INTERRUPTED, QUEUED, RUNNING
 
 if TYPE_CHECKING:
@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
     from twisted.logger import Logger
 
-    from taskd.journal import Journal
+    from twisted.internet.defer import Deferred
+
+    from taskd._jobbook import JobBook
+    from taskd.journal import JobRecord, Journal
     from taskd.pool import ProcessPool
 
 #: Seconds before a job refused by a full pool queue is offered again.
@@ -32,6 +35,9 @@ BUSY_RETRY = 0.5
 #: Seconds before a job taken back from a pool whose workers were all busy
 #: (see L{taskd.jobs.JobService}) is offered again.
 TAKE_BACK_RETRY = 0.1
+#: Seconds before a job's change that the journal failed to write (a full
+#: disk) is written again: jobs it would have started, a job's end.
+WRITE_RETRY = 1.0
 
 
 class PoolFeeding:
@@ -54,18 +60,9 @@ class PoolFeeding:
         _endedWhileWriting: int
         _writing: int
         _retryTimer: IDelayedCall | None
-
-        def _end(
-            self,
-            job: TrackedJob,
-            state: str,
-            result: bytes | None = None,
-            error: errors.TaskdError | None = None,
-        ) -> None:
-            ...
-
-        def _fire(self, job: TrackedJob) -> None:
-            ...
+        _jobs: JobBook
+        _stopping: Deferred[None] | None
+        _unwritten: dict[str, tuple[IDelayedCall, TrackedJob, JobRecord, JobRecord]]
 
         def _retries(self, function: str) -> int:
             ...
@@ -232,12 +229,25 @@ class PoolFeeding:
         self.feedPool()
 
     def _notWritten(self, failure: Failure, jobs: list[TrackedJob]) -> None:
+        """
+        C{jobs}' running could not be written (the journal failed: a full
+        disk): the journal still holds them queued, and so do they, at the
+        head of the line, offered again after L{WRITE_RETRY}.  None was
+        handed to the pool; none is lost.
+        """
         self._inPool -= len(jobs)
         self._writing -= len(jobs)
-        self.log.failure("{n} jobs could not be marked running ({ids})", failure, n=len(jobs),
-                         ids=" ".join(job.record.id for job in jobs))
-        for job in jobs:
-            self._fire(job)
+        self.log.warn("jobs: {n} jobs could not be written running ({error}); they wait, "
+                      "queued, and are offered again in {s} s", n=len(jobs),
+                      error=failure.getErrorMessage(), s=WRITE_RETRY)
+        for job in reversed(jobs):
+            job.record = evolve(job.record, state=QUEUED, started=None)
+            if job.cancelling:
+                job.cancelling = False
+                self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
+            else:
+                self._ready.appendleft(job)
+        self._retryLater(WRITE_RETRY)
         self.stopIfIdle()
 
     def _progress(self, job: TrackedJob, report: bytes) -> None:
@@ -278,6 +288,84 @@ class PoolFeeding:
         self.feedPool()
         self.stopIfIdle()
 
+    # -- ending ------------------------------------------------------------------
+
+    def _end(
+        self,
+        job: TrackedJob,
+        state: str,
+        result: bytes | None = None,
+        error: errors.TaskdError | None = None,
+    ) -> None:
+        """
+        Write the job's end; once it is durable, tell its waiters and
+        forget it (the journal answers for it from then on).
+        """
+        was = job.record
+        job.record = evolve(
+            was,
+            state=state,
+            finished=self.clock.seconds(),
+            result=result,
+            error=None if error is None else _json.encodeASCII(error.toDict()),
+        )
+        job.progress = None
+        self._writeEnd(job, job.record, was)
+
+    def _writeEnd(self, job: TrackedJob, ended: JobRecord, was: JobRecord) -> None:
+        self._unwritten.pop(ended.id, None)
+        job.record = ended
+        try:
+            d = self.journal.update(ended)
+        except Exception:
+            d = fail()
+        d.addCallbacks(self._endWritten, self._endNotWritten, callbackArgs=(job,),
+                       errbackArgs=(job, ended, was))
+
+    def _endWritten(self, _: object, job: TrackedJob) -> None:
+        self._fire(job)
+        if self._jobs.get(job.record.id) is job:
+            del self._jobs[job.record.id]
+
+    def _endNotWritten(self, failure: Failure, job: TrackedJob, ended: JobRecord, was: JobRecord) -> None:
+        """
+        The journal failed to write C{job}'s end (a full disk): the job is
+        answered for as the journal holds it (C{was}), its waiters wait,
+        and its end is written again after L{WRITE_RETRY} (at once when a
+        stop is asked).  Once a stop is asked, an end not written fails
+        its waiters with L{errors.JournalUnavailable}, and the journal
+        answers for the job as it holds it.
+        """
+        job.record = was
+        if self._stopping is None:
+            timer = self.clock.callLater(WRITE_RETRY, self._writeEnd, job, ended, was)
+            self._unwritten[ended.id] = (timer, job, ended, was)
+            return
+        error = errors.JournalUnavailable(
+            f"the job ended {ended.state}, but the journal could not write it "
+            f"({failure.getErrorMessage()}); the journal holds it as {was.state}"
+        )
+        waiters, job.waiters = job.waiters, []
+        for waiter, _ in waiters:
+            if not waiter.called:
+                waiter.errback(error)
+        if self._jobs.get(ended.id) is job:
+            del self._jobs[ended.id]
+
+    def _writeEndsNow(self) -> None:
+        """
+        Write now the ends waiting for L{WRITE_RETRY} (a stop is asked).
+        """
+        for timer, job, ended, was in list(self._unwritten.values()):
+            timer.cancel()
+            self._writeEnd(job, ended, was)
+
+    def _fire(self, job: TrackedJob) -> None:
+        waiters, job.waiters = job.waiters, []
+        for waiter, _ in waiters:
+            if not waiter.called:
+                outcome(job.record).chainDeferred(waiter)
+
     def _stoppedWhileRunning(self, job: TrackedJob, error: errors.PoolStopping) -> None:
         """
         The pool stopped with the job in it: if the pool says it never
@@ -294,4 +382,4 @@ class PoolFeeding:
         ))
 
 
-__all__ = ["BUSY_RETRY", "TAKE_BACK_RETRY", "PoolFeeding"]
+__all__ = ["BUSY_RETRY", "TAKE_BACK_RETRY", "WRITE_RETRY", "PoolFeeding"]

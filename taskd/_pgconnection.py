@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail
@@ -23,8 +24,19 @@ from taskd.journal import JournalError
 
 #: The longest wait between two attempts to reconnect, in seconds.
 MAX_BACKOFF = 5.0
+#: Reads sent to the journal's thread together, at most (see
+#: L{PostgreSQLConnection._read}).
+READS_PER_BATCH = 32
 
 T = TypeVar("T")
+
+
+class CommitUnknown(errors.JournalUnavailable):
+    """
+    The connection was lost during a transaction's C{COMMIT}: it may have
+    been committed (a write that may run again is, once the server is
+    back: see L{PostgreSQLConnection._write}).
+    """
 
 
 class PostgreSQLConnection:
@@ -77,9 +89,13 @@ class PostgreSQLConnection:
         self._nextAttempt = 0.0
         self._lastError = ""
         self._connectedSince = 0.0
-        self._pending: list[tuple[Callable[[Any], Any], Deferred[Any], bool]] = []
+        # (the write, its caller, kept while unreachable, kept only once its
+        # commit's outcome is unknown (False: at once)).
+        self._pending: list[tuple[Callable[[Any], Any], Deferred[Any], bool, bool]] = []
         self._flushCall: Any = None
         self._committing = False
+        self._reads: deque[tuple[Callable[[Any], Any], Deferred[Any]]] = deque()
+        self._reading = False
         self._closing: Deferred[None] | None = None
         self._isOpen = False
         self._stopListening = threading.Event()
@@ -138,16 +154,20 @@ class PostgreSQLConnection:
         import psycopg
 
         db = self._connection()
+        committing = False
         try:
             with db.transaction():
-                return [op(db) for op in ops]
-        except psycopg.OperationalError as e:
+                results = [op(db) for op in ops]
+                committing = True
+            return results
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             self._down(e)
-            raise errors.JournalUnavailable(
-                f"the jobs' journal (PostgreSQL) is unreachable: {self._lastError}"
-            ) from None
-        except psycopg.InterfaceError as e:
-            self._down(e)
+            if committing:
+                # Lost during the COMMIT: it may have been committed.
+                raise CommitUnknown(
+                    "the jobs' journal (PostgreSQL) was lost while committing, so whether "
+                    f"it committed is not known: {self._lastError}"
+                ) from None
             raise errors.JournalUnavailable(
                 f"the jobs' journal (PostgreSQL) is unreachable: {self._lastError}"
             ) from None
@@ -160,25 +180,104 @@ class PostgreSQLConnection:
         return deferToThreadPool(self._reactor, self._threadPool, f, *args)
 
     def _read(self, op: Callable[[Any], T]) -> Deferred[T]:
+        """
+        Ask for a read (one statement).  Reads wait in a line of their
+        own and go to the journal's thread L{READS_PER_BATCH} at a time,
+        one batch at once: a write (a lease's renewal) waits behind one
+        batch at most, however many reads are asked (thousands of C{job}
+        requests), rather than behind every one of them.
+        """
         if not self._isOpen or self._closing is not None:
             # A job request while the daemon starts or stops: an answer,
             # not an internal error.
             return fail(errors.JournalUnavailable(
                 "the jobs' journal is not open (the daemon is starting or stopping)"
             ))
-        return self._run(lambda: self._transaction([op])[0])
+        d: Deferred[T] = Deferred()
+        self._reads.append((op, d))
+        if not self._reading:
+            self._readNext()
+        return d
 
-    def _write(self, op: Callable[[Any], T], durable: bool = False) -> Deferred[T]:
+    def _readNext(self) -> None:
+        reads = self._reads
+        if not reads:
+            self._reading = False
+            return
+        self._reading = True
+        batch = [reads.popleft() for _ in range(min(READS_PER_BATCH, len(reads)))]
+        try:
+            d = self._run(self._readBatch, [op for op, _ in batch])
+        except JournalError:
+            # Closed meanwhile: these and the reads after them fail.
+            batch.extend(reads)
+            reads.clear()
+            self._reading = False
+            for _, waiting in batch:
+                waiting.errback(errors.JournalUnavailable(
+                    "the jobs' journal is not open (the daemon is starting or stopping)"
+                ))
+            return
+
+        def done(outcomes: list[tuple[bool, Any]]) -> None:
+            for (_, waiting), (ok, value) in zip(batch, outcomes):
+                if ok:
+                    waiting.callback(value)
+                else:
+                    waiting.errback(value)
+
+        def failed(failure: Failure) -> None:
+            for _, waiting in batch:
+                waiting.errback(failure.value)
+
+        d.addCallbacks(done, failed)
+        d.addBoth(lambda _: self._readNext())
+
+    def _readBatch(self, ops: list[Callable[[Any], Any]]) -> list[tuple[bool, Any]]:
+        """
+        Run reads, each its own statement (autocommit: one round trip
+        each), in the journal's thread.
+
+        @return: (whether it succeeded, its result or its exception) for
+            each of C{ops}; once the connection is lost, the rest fail
+            with L{errors.JournalUnavailable}.
+        """
+        import psycopg
+
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db = self._connection()
+        except errors.JournalUnavailable as e:
+            return [(False, e)] * len(ops)
+        for op in ops:
+            try:
+                outcomes.append((True, op(db)))
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                self._down(e)
+                lost = errors.JournalUnavailable(
+                    f"the jobs' journal (PostgreSQL) is unreachable: {self._lastError}"
+                )
+                return outcomes + [(False, lost)] * (len(ops) - len(outcomes))
+            except Exception as e:
+                outcomes.append((False, e))
+        return outcomes
+
+    def _write(self, op: Callable[[Any], T], durable: bool = False, again: bool = False) -> Deferred[T]:
         """
         Ask for a write, committed with the others asked for meanwhile.
 
         @param durable: keep it, and try again, while the server is
             unreachable (a job's change of state), rather than fail it.
+        @param again: if the connection is lost during its commit (the
+            write may have been committed), keep it, as a durable one, and
+            run it again once the server is back, rather than fail it: for
+            a write whose second run finds what its first did (an add: its
+            caller must not be told it failed if it was committed).
         """
         if not self._isOpen or self._closing is not None:
             raise JournalError("the journal is not open")
         d: Deferred[T] = Deferred()
-        self._pending.append((op, d, durable))
+        self._pending.append((op, d, durable or again, durable))
         self._schedule(0)
         return d
 
@@ -190,25 +289,27 @@ class PostgreSQLConnection:
         self._flushCall = None
         batch, self._pending = self._pending, []
         self._committing = True
-        d = self._run(self._commit, [op for op, _, _ in batch])
+        d = self._run(self._commit, [entry[0] for entry in batch])
 
         def committed(results: list[Any]) -> None:
-            for (_, waiting, _), result in zip(batch, results):
-                waiting.callback(result)
+            for entry, result in zip(batch, results):
+                entry[1].callback(result)
 
         def failed(failure: Failure) -> None:
             unavailable = failure.check(errors.JournalUnavailable) is not None
+            unknown = failure.check(CommitUnknown) is not None
             if not unavailable:
                 self.log.failure("the journal could not commit {n} writes", failure, n=len(batch))
             error = failure.value
             if not isinstance(error, errors.TaskdError):
                 error = JournalError(f"the journal could not be written: {error}")
             kept = []
-            for entry in batch:
-                if entry[2] and unavailable and self._closing is None:
-                    kept.append(entry)
+            for op, waiting, keep, keptNow in batch:
+                if keep and (keptNow or unknown) and unavailable and self._closing is None:
+                    # Kept from now on, whatever the next failure.
+                    kept.append((op, waiting, True, True))
                 else:
-                    entry[1].errback(error)
+                    waiting.errback(error)
             # Durable writes go first again, once the server is back.
             self._pending[:0] = kept
 
@@ -329,4 +430,4 @@ class PostgreSQLConnection:
 
 
 
-__all__ = ["MAX_BACKOFF", "PostgreSQLConnection"]
+__all__ = ["MAX_BACKOFF", "READS_PER_BATCH", "CommitUnknown", "PostgreSQLConnection"]

@@ -34,10 +34,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from taskd import _json, errors
+from taskd import errors
 from taskd._handback import HandBack
 from taskd._jobbook import JobBook, RandomIds, TrackedJob, outcome, recordOnEnd
-from taskd._jobfeeding import BUSY_RETRY, TAKE_BACK_RETRY, PoolFeeding
+from taskd._jobfeeding import BUSY_RETRY, TAKE_BACK_RETRY, WRITE_RETRY, PoolFeeding
 from taskd.journal import (
     CANCELLED,
     FINAL_STATES,
@@ -127,6 +127,9 @@ class JobService(PoolFeeding):
         self._timer: IDelayedCall | None = None
         self._timerAt = 0.0
         self._retryTimer: IDelayedCall | None = None
+        # The jobs whose end the journal failed to write, by id: written
+        # again after WRITE_RETRY (see PoolFeeding._endNotWritten).
+        self._unwritten: dict[str, tuple[IDelayedCall, TrackedJob, JobRecord, JobRecord]] = {}
         self._pruneTimer: IDelayedCall | None = None
         self._running = False
         self._stopping: Deferred[None] | None = None
@@ -210,6 +213,7 @@ class JobService(PoolFeeding):
                 # closes, and kept for the next start.
                 self._addCall.cancel()
                 self._addGroup()
+            self._writeEndsNow()
             self.stopIfIdle()
         return self._stopping
 
@@ -353,6 +357,12 @@ class JobService(PoolFeeding):
 
     def _notAdded(self, failure: Failure, group: list[tuple[JobRecord, Callable[[Any], object]]]) -> None:
         self._submitting -= len(group)
+        if not isinstance(failure.value, errors.TaskdError):
+            # The journal failed (a full disk): nothing of the group was
+            # written, and the submitters are told so precisely.
+            failure = Failure(errors.JournalUnavailable(
+                f"the job was not accepted: {failure.getErrorMessage()}; try again later"
+            ))
         self._answers.tell((tell, failure) for _, tell in group)
 
     def _afterSlice(self) -> None:
@@ -412,7 +422,9 @@ class JobService(PoolFeeding):
         done: Deferred[JobRecord] = Deferred()
         job.waiters.append((recordOnEnd(job, done), None))
         state = job.record.state
-        if state in (QUEUED, SCHEDULED):
+        if jobId in self._unwritten:
+            pass  # It has ended: its end is written again soon.
+        elif state in (QUEUED, SCHEDULED):
             self._unqueue(job)
             self._end(job, CANCELLED, error=errors.TaskCancelled("the job was cancelled"))
         elif state == RUNNING and not job.cancelling:
@@ -514,41 +526,6 @@ class JobService(PoolFeeding):
         self._arm()
         self.feedPool()
 
-    # -- ending -------------------------------------------------------------------
-
-    def _end(
-        self,
-        job: TrackedJob,
-        state: str,
-        result: bytes | None = None,
-        error: errors.TaskdError | None = None,
-    ) -> None:
-        """
-        Write the job's end; once it is durable, tell its waiters and
-        forget it (the journal answers for it from then on).
-        """
-        job.record = evolve(
-            job.record,
-            state=state,
-            finished=self.clock.seconds(),
-            result=result,
-            error=None if error is None else _json.encodeASCII(error.toDict()),
-        )
-        job.progress = None
-
-        def written(_: object) -> None:
-            self._fire(job)
-            if self._jobs.get(job.record.id) is job:
-                del self._jobs[job.record.id]
-
-        self.journal.update(job.record).addBoth(written)
-
-    def _fire(self, job: TrackedJob) -> None:
-        waiters, job.waiters = job.waiters, []
-        for waiter, _ in waiters:
-            if not waiter.called:
-                outcome(job.record).chainDeferred(waiter)
-
     # -- retention ---------------------------------------------------------------
 
     def _prune(self) -> None:
@@ -573,4 +550,7 @@ class JobService(PoolFeeding):
         self.journal.prune(self.clock.seconds() - self.ttl, PRUNE_BATCH).addCallbacks(pruned, failed)
 
 
-__all__ = ["ANSWERS_PER_TURN", "BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY", "JobService", "RandomIds", "Taken"]
+__all__ = [
+    "ANSWERS_PER_TURN", "BUSY_RETRY", "DEFAULT_JOB_TTL", "DEFAULT_MAX_JOBS", "TAKE_BACK_RETRY",
+    "WRITE_RETRY", "JobService", "RandomIds", "Taken",
+]

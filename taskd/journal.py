@@ -329,6 +329,9 @@ class SQLiteJournal:
     def _commit(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         db = self._db
         assert db is not None
+        # The rows' count as committed: the ops and the removals below
+        # change it as they go, and a failed transaction changes nothing.
+        rows = self._rows
         db.execute("BEGIN IMMEDIATE")
         try:
             results = [op(db) for op in ops]
@@ -340,7 +343,11 @@ class SQLiteJournal:
                 ).rowcount
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rows = rows
+            # SQLite has rolled back already after some errors (a full
+            # disk): a ROLLBACK then would raise, hiding the error.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self.commits += 1
         self.writes += len(ops)
@@ -419,7 +426,8 @@ class SQLiteJournal:
                 db.execute(f"PRAGMA user_version = {step + 1}")
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             self.log.info(
                 "journal {path}: schema version {version}", path=self.path, version=step + 1
@@ -576,24 +584,7 @@ class SQLiteJournal:
 
 
 __all__ = [
-    "Added",
-    "CANCELLED",
-    "DEFAULT_JOURNAL",
-    "DONE",
-    "EXPIRED",
-    "FAILED",
-    "FINAL_STATES",
-    "IN_MEMORY",
-    "INTERRUPTED",
-    "Journal",
-    "JobRecord",
-    "JournalError",
-    "MIGRATIONS",
-    "QUEUED",
-    "RUNNING",
-    "SCHEDULED",
-    "SQLiteJournal",
-    "UNFINISHED_STATES",
-    "describeJob",
-    "jobError",
+    "Added", "CANCELLED", "DEFAULT_JOURNAL", "DONE", "EXPIRED", "FAILED", "FINAL_STATES",
+    "IN_MEMORY", "INTERRUPTED", "Journal", "JobRecord", "JournalError", "MIGRATIONS", "QUEUED",
+    "RUNNING", "SCHEDULED", "SQLiteJournal", "UNFINISHED_STATES", "describeJob", "jobError",
 ]

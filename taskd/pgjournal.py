@@ -26,7 +26,9 @@ goes away, the journal reconnects with a backoff (0.1 s doubling up to
 L{taskd._pgconnection.MAX_BACKOFF}); meanwhile submits and reads fail with
 L{taskd.errors.JournalUnavailable}, and a job's state changes
 (L{PostgreSQLJournal.update}) wait and are written once it is back:
-nothing that was acknowledged is lost.
+nothing that was acknowledged is lost.  An add whose connection is lost
+during its C{COMMIT} waits too, and runs again (finding the job its first
+run may have committed): a refused add leaves no job behind.
 
 The schema's version is in the table C{taskd_schema}; opening runs the
 L{PG_MIGRATIONS} from it up, under an advisory lock (daemons starting
@@ -262,13 +264,16 @@ class PostgreSQLJournal(PostgreSQLConnection):
                 db.execute("SELECT pg_notify(%s, 'new')", (CHANNEL,))
             return added
 
-        return self._write(insert)
+        # Run again if the connection is lost during its commit: a job the
+        # first run added is found by its id (and its caller told it was
+        # accepted), so a submit refused leaves no job behind.
+        return self._write(insert, again=True)
 
     def _insert(self, db: Any, record: JobRecord) -> Added:
         row = db.execute(
             f"INSERT INTO taskd_jobs ({_COLUMNS}) VALUES "
             "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (key) DO NOTHING RETURNING id",
+            "ON CONFLICT DO NOTHING RETURNING id",
             (
                 record.id, record.function, record.payload, record.state,
                 record.submitted, record.runAt, record.key, record.timeout,
@@ -277,7 +282,17 @@ class PostgreSQLJournal(PostgreSQLConnection):
             ),
         ).fetchone()
         if row is None:
+            mine = db.execute(
+                "SELECT 1 FROM taskd_jobs WHERE id = %s AND function = %s AND submitted = %s",
+                (record.id, record.function, record.submitted),
+            ).fetchone()
+            if mine is not None:
+                # Added by this write's first run, committed as the
+                # connection was lost.
+                return Added(record.id, False)
             held = db.execute("SELECT id FROM taskd_jobs WHERE key = %s", (record.key,)).fetchone()
+            if held is None:
+                raise JournalError(f"the job id {record.id!r} is taken by another job")
             return Added(held[0], True)
         return Added(record.id, False)
 

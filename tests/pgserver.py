@@ -6,6 +6,15 @@ to race for), stopped by its PID at the end.
 PostgreSQL refuses to run as root: when the tests run as root (CI), the
 server runs as the C{postgres} user (created by the Debian package) through
 C{runuser}.
+
+A server dies with the process that started it, however that process
+ends: beside each server runs a tiny watcher (L{WATCHER}, a process of its
+own session, so that what kills the tests' process group spares it) that
+holds the read end of a pipe whose write end only the starting process
+holds.  The process that ends (a SIGKILL, trial's timeout) closes it: at
+the end of the pipe, the watcher stops the server (SIGINT, a fast
+shutdown, then SIGKILL to its process group) and removes its directory.
+L{PostgreSQLServer.destroy} tells the watcher that it did that itself.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -25,6 +35,58 @@ import time
 #: kin (C{postgresqlNN-server}), a source build's default prefix.  Each
 #: version has a directory of its own; the newest is taken.
 BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin")
+
+
+#: The watcher's program: C{python -c WATCHER DIRECTORY}, its standard
+#: input the read end of the pipe.  It reads lines: C{group G} (the
+#: server's process group is G), C{stopped} (it has none now), C{gone}
+#: (the directory is removed: exit).  At the end of the pipe without
+#: C{gone}, it stops the group it knows of (SIGINT, then SIGKILL after
+#: 5 s), and removes the directory.
+WATCHER = """
+import os, shutil, signal, sys, time
+def running(group):
+    try:
+        os.killpg(group, 0)
+    except OSError:
+        return False
+    # Zombies (not reaped yet) do not count.
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == group:
+            return True
+    return not os.path.isdir("/proc")
+group, rest = None, b""
+while True:
+    data = os.read(0, 4096)
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\\n")
+    for line in lines:
+        word, _, value = line.decode().partition(" ")
+        if word == "group":
+            group = int(value)
+        elif word == "stopped":
+            group = None
+        elif word == "gone":
+            sys.exit(0)
+if group is not None:
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except OSError:
+            break
+        deadline = time.monotonic() + 5
+        while running(group) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not running(group):
+            break
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
 
 
 def versionKey(path: str) -> tuple[int, ...]:
@@ -86,6 +148,8 @@ class PostgreSQLServer:
 
     @ivar dsn: a libpq connection string for its C{postgres} database.
     @ivar pid: the postmaster's process id while it runs.
+    @ivar dir: its directory (data, socket, log), removed by L{destroy} or
+        by its watcher.
     """
 
     def __init__(self) -> None:
@@ -100,6 +164,15 @@ class PostgreSQLServer:
             os.chown(self.dir, entry.pw_uid, entry.pw_gid)
         self.dsn = f"postgresql:///postgres?host={self.dir}&user={self.user}"
         self.pid: int | None = None
+        # The watcher: the write end of its pipe is this process's alone
+        # (os.pipe's ends are not inherited by the programs it starts).
+        read, watch = os.pipe()
+        self._watch: int | None = watch
+        self._watcher = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", WATCHER, self.dir], stdin=read,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        os.close(read)
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", self.user, "--no-sync", "-E", "UTF8")
 
     def _command(self, program: str, *args: str) -> list[str]:
@@ -126,6 +199,7 @@ class PostgreSQLServer:
         )
         log.close()
         self._process = process
+        self._tell(f"group {process.pid}")
         pidFile = os.path.join(self.data, "postmaster.pid")
         deadline = time.monotonic() + timeout
         import psycopg
@@ -150,6 +224,13 @@ class PostgreSQLServer:
         with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
             return f.read()
 
+    def _tell(self, line: str) -> None:
+        """
+        Tell the watcher C{line}.
+        """
+        if self._watch is not None:
+            os.write(self._watch, line.encode() + b"\n")
+
     def _killGroup(self, process: subprocess.Popen[bytes]) -> None:
         """
         Kill C{process} and the server it started (a session of their own).
@@ -159,6 +240,7 @@ class PostgreSQLServer:
         except ProcessLookupError:
             pass
         process.wait(30)
+        self._tell("stopped")
 
     def stop(self, sig: int = signal.SIGINT) -> None:
         """
@@ -172,13 +254,19 @@ class PostgreSQLServer:
             pass
         self._process.wait(30)
         self.pid = None
+        self._tell("stopped")
 
     def destroy(self) -> None:
         """
-        Stop the server and remove its directory.
+        Stop the server and remove its directory; the watcher exits.
         """
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self._watch is not None:
+            self._tell("gone")
+            os.close(self._watch)
+            self._watch = None
+            self._watcher.wait(30)
 
 
 _shared: PostgreSQLServer | None = None
@@ -188,7 +276,8 @@ def sharedServer() -> PostgreSQLServer:
     """
     @return: the one server the tests of this process share (each test
         uses a database of its own), started on first use and stopped when
-        the process exits.
+        the process exits (by C{atexit}, or by its watcher if the process
+        is killed).
     """
     global _shared
     if _shared is None:

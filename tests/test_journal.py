@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from taskd._handback import HAND_BACK
+from taskd._sqliteschema import createV1
 from taskd.journal import (
     DONE,
     IN_MEMORY,
@@ -370,6 +371,106 @@ class SQLiteJournalTests(SynchronousTestCase):
         self.assertRaises(JournalError, journal.add, record(2))
         again, _ = self.journal(path)
         self.assertEqual([r.id for r in self.successResultOf(again.open())], ["job1"])
+
+
+class FailedCommitTests(SynchronousTestCase):
+    """
+    A group commit that fails (a constraint violated, a full disk) changes
+    nothing: not the file, and not the count of rows the journal keeps to
+    enforce C{maxJobs}, so that no job that ended is removed before its
+    time, and the journal does not grow past C{maxJobs}.
+    """
+
+    def journal(self, **kw: Any) -> tuple[SQLiteJournal, TurnClock, list[sqlite3.Connection]]:
+        """
+        @return: an open journal, its clock, and (in a list) its
+            connection, caught by its schema's migration, to fill its disk
+            with C{PRAGMA max_page_count}.
+        """
+        connections: list[sqlite3.Connection] = []
+
+        def createAndCatch(db: sqlite3.Connection) -> None:
+            createV1(db)
+            connections.append(db)
+
+        clock = TurnClock()
+        journal = SQLiteJournal(self.mktemp(), clock, threaded=False, migrations=(createAndCatch,), **kw)
+        self.addCleanup(journal.close)
+        self.successResultOf(journal.open())
+        return journal, clock, connections
+
+    def present(self, journal: SQLiteJournal, *ids: str) -> list[bool]:
+        return [self.successResultOf(journal.get(i)) is not None for i in ids]
+
+    def test_failedAddsNotCounted(self) -> None:
+        """
+        The jobs of a group that failed (one of its writes broke a
+        constraint: a job id taken) are not counted: with C{maxJobs} rows
+        in the file, a job that ended is not removed to make room.
+        """
+        journal, clock, _ = self.journal(maxJobs=3)
+        journal.addMany([record(0), record(1)])
+        clock.advance(0)
+        journal.update(evolve(record(0), state=DONE, finished=200.0))
+        clock.advance(0)
+        added, taken = journal.add(record(2)), journal.add(record(1))
+        clock.advance(0)
+        for d in (added, taken):
+            self.assertIn("UNIQUE constraint failed: jobs.id", str(self.failureResultOf(d, JournalError).value))
+        self.flushLoggedErrors(sqlite3.IntegrityError)
+        journal.add(record(3))
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(journal.size()), 3)
+        self.assertEqual(self.present(journal, "job0", "job1", "job2", "job3"), [True, True, False, True])
+
+    def test_failedRemovalsNotCounted(self) -> None:
+        """
+        The jobs a failed group would have removed (by L{SQLiteJournal.prune})
+        are counted still: the journal does not grow past C{maxJobs}.
+        """
+        journal, clock, _ = self.journal(maxJobs=3)
+        journal.addMany([record(0), record(1), record(2)])
+        clock.advance(0)
+        journal.updateMany([evolve(record(n), state=DONE, finished=200.0 + n) for n in (0, 1)])
+        clock.advance(0)
+        pruned, taken = journal.prune(1000.0, 10), journal.add(record(2))
+        clock.advance(0)
+        self.failureResultOf(pruned, JournalError)
+        self.failureResultOf(taken, JournalError)
+        self.flushLoggedErrors(sqlite3.IntegrityError)
+        self.assertEqual(self.present(journal, "job0", "job1"), [True, True])
+        journal.addMany([record(3), record(4)])
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(journal.size()), 3)
+        self.assertEqual(self.present(journal, "job0", "job1", "job3", "job4"), [False, False, True, True])
+
+    def test_diskFull(self) -> None:
+        """
+        A group that fills the disk (here: the file may not grow, C{PRAGMA
+        max_page_count}) fails with SQLite's own error ("database or disk
+        is full", not that of a rollback SQLite had done already); nothing
+        of it is written or counted, and once there is room the journal
+        goes on: with C{maxJobs} rows, the job that ended is kept.
+        """
+        journal, clock, (db,) = self.journal(maxJobs=2)
+        journal.add(record(0))
+        clock.advance(0)
+        journal.update(evolve(record(0), state=DONE, finished=200.0))
+        clock.advance(0)
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        big = evolve(record(2), payload=b'{"args":["%s"]}' % (b"x" * 100_000,))
+        small, large = journal.add(record(1)), journal.add(big)
+        clock.advance(0)
+        for d in (small, large):
+            failure = self.failureResultOf(d, JournalError)
+            self.assertEqual(str(failure.value), "the journal could not be written: database or disk is full")
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        db.execute("PRAGMA max_page_count = 1000000")
+        self.assertEqual(self.present(journal, "job1", "job2"), [False, False])
+        journal.add(record(3))
+        clock.advance(0)
+        self.assertEqual(self.present(journal, "job0", "job1", "job2", "job3"), [True, False, False, True])
 
 
 class ThreadedJournalTests(TestCase):

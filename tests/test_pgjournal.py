@@ -6,17 +6,22 @@ against both backends), on throwaway PostgreSQL servers.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 from typing import Any
 
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from taskd import errors
-from taskd.journal import CANCELLED, DONE, INTERRUPTED, QUEUED, RUNNING, JournalError
+from taskd.journal import CANCELLED, DONE, INTERRUPTED, QUEUED, RUNNING, Added, JournalError
 from tests.pgserver import PostgreSQLServer, dropDatabase, freshDatabase, skipReason
 from tests.test_journal import record
 from tests.test_pool import waitFor
@@ -104,6 +109,30 @@ class PostgreSQLJournalTests(TestCase):
         self.assertEqual((yield alive.get("job1")).state, INTERRUPTED)
         again = yield alive.claim(10, 800.0)
         self.assertEqual([r.id for r in again], ["job2"])
+
+    @inlineCallbacks
+    def test_renewalNotBehindReads(self) -> Any:
+        """
+        A lease's renewal asked while hundreds of reads wait (a burst of
+        C{job} requests) is written after one batch of them at most
+        (L{READS_PER_BATCH}), not after all: a daemon asked about many jobs
+        keeps its leases (renewed every third of a lease), and nobody
+        reaps the jobs it runs.
+        """
+        from taskd._pgconnection import READS_PER_BATCH
+
+        journal = yield self.journal(owner="busy")
+        yield journal.add(record(1))
+        yield journal.claim(1, 500.0)
+        answered: list[int] = []
+        gets = [journal.get("job1").addCallback(lambda r, k=k: answered.append(k) or r) for k in range(300)]
+        renewedAfter: list[int] = []
+        held = yield journal.renew().addCallback(lambda held: renewedAfter.append(len(answered)) or held)
+        self.assertEqual(held, [("job1", False)])
+        records = yield gatherResults(gets)
+        self.assertEqual({r.state for r in records}, {RUNNING})
+        self.assertEqual(answered, list(range(300)))
+        self.assertLessEqual(renewedAfter[0], 2 * READS_PER_BATCH)
 
     @inlineCallbacks
     def test_renewKeepsTheLease(self) -> Any:
@@ -237,3 +266,113 @@ class PostgreSQLJournalTests(TestCase):
         self.assertEqual(
             str(failure), "the jobs' journal is not open (the daemon is starting or stopping)"
         )
+
+
+#: PostgreSQL's answer to a C{COMMIT} that committed (CommandComplete).
+COMMITTED = b"C\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class _Relay(Protocol):
+    """
+    One side of a L{CommitLosingProxy}'s connection: what it reads, its
+    peer writes.
+    """
+
+    peer: _Relay | None = None
+    proxy: CommitLosingProxy
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.peer is not None
+        self.peer.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer is not None:
+            self.peer.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class _FromServer(_Relay):
+    def dataReceived(self, data: bytes) -> None:
+        if self.proxy.armed and COMMITTED in data:
+            # Committed, and the client never learns it.
+            self.proxy.armed = False
+            self.proxy.lost += 1
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            assert self.peer is not None
+            self.peer.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        super().dataReceived(data)
+
+
+class _FromClient(_Relay):
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        server = _FromServer()
+        server.proxy, server.peer, self.peer = self.proxy, self, server
+
+        def connected(_: object) -> None:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+        endpoint = UNIXClientEndpoint(reactor, self.proxy.socket)
+        connectProtocol(endpoint, server).addCallbacks(
+            connected, lambda _: self.transport.abortConnection()  # type: ignore[union-attr]
+        )
+
+
+class CommitLosingProxy(Factory):
+    """
+    A proxy in front of a PostgreSQL server's unix socket that, once
+    C{armed}, drops the connection whose transaction just committed
+    instead of passing on the C{COMMIT}'s answer: the client loses the
+    connection during a commit that took place.
+    """
+
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+        self.armed = False
+        self.lost = 0
+
+    def buildProtocol(self, addr: Any) -> _FromClient:
+        relay = _FromClient()
+        relay.proxy = self
+        return relay
+
+
+class CommitLostTests(TestCase):
+    """
+    The connection lost during the C{COMMIT} of an add that was committed:
+    its caller must not be told it failed (a submit refused would leave a
+    job behind, which runs).
+    """
+
+    skip = skipReason()
+
+    @inlineCallbacks
+    def test_addCommittedAsTheConnectionWasLost(self) -> Any:
+        """
+        An add whose connection is lost as it commits is kept and run again
+        once the journal has reconnected; the second run finds the job the
+        first one committed, and the caller is told it was added, once.
+        """
+        import psycopg
+
+        from taskd.pgjournal import PostgreSQLJournal
+        from tests.pgserver import sharedServer
+
+        dsn = freshDatabase()
+        self.addCleanup(dropDatabase, dsn)
+        server = sharedServer()
+        here = tempfile.mkdtemp(prefix="taskd-proxy-")
+        self.addCleanup(shutil.rmtree, here, True)
+        proxy = CommitLosingProxy(os.path.join(server.dir, ".s.PGSQL.5432"))
+        port = reactor.listenUNIX(os.path.join(here, ".s.PGSQL.5432"), proxy)
+        self.addCleanup(port.stopListening)
+        journal = PostgreSQLJournal(dsn.replace(f"host={server.dir}", f"host={here}"), reactor, listen=False)
+        self.addCleanup(journal.close)
+        yield journal.open()
+        proxy.armed = True
+        added = yield journal.add(record(1))
+        self.assertEqual(added, Added("job1", False))
+        self.assertEqual((proxy.lost, journal.reconnects), (1, 1))
+        with psycopg.connect(dsn, autocommit=True) as db:
+            rows = db.execute("SELECT id FROM taskd_jobs").fetchall()
+        self.assertEqual(rows, [("job1",)])
