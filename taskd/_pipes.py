@@ -22,6 +22,7 @@ import os
 from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -81,6 +82,8 @@ class WriteBatch:
 
     __slots__ = ("depth", "_pipes")
 
+    log = Logger()
+
     def __init__(self) -> None:
         self.depth = 0
         self._pipes: list[Flushable] = []
@@ -99,7 +102,13 @@ class WriteBatch:
         if not self.depth and self._pipes:
             pipes, self._pipes = self._pipes, []
             for pipe in pipes:
-                pipe.flush()
+                try:
+                    pipe.flush()
+                except Exception:
+                    # A bug in one must not leave the others' writes held
+                    # for good: each is in the list only once, when its
+                    # first write is held.
+                    self.log.failure("flushing {pipe!r} failed", pipe=pipe)
 
     def held(self, pipe: Flushable) -> None:
         """

@@ -1034,6 +1034,38 @@ class WriteBatchTests(PoolTestsMixin, SynchronousTestCase):
         self.addCleanup(os.close, readEnd)
         return RequestPipe(FakeProcessReactor(), writeEnd, batch), readEnd
 
+    def test_oneFailingFlushStopsNoOther(self) -> None:
+        """
+        If flushing one held pipe raises (a bug), the others held in the
+        same batch are still flushed, and the error is logged.
+        """
+        from taskd._pipes import WriteBatch
+
+        class Broken:
+            def flush(self) -> None:
+                raise RuntimeError("broken on purpose")
+
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        batch = WriteBatch()
+        first, firstEnd = self.pipe(batch)
+        second, secondEnd = self.pipe(batch)
+        batch.hold()
+        first.write(b"a")
+        batch.held(Broken())
+        second.write(b"x")
+        batch.release()
+        self.assertEqual((os.read(firstEnd, 10), os.read(secondEnd, 10)), (b"a", b"x"))
+        [failure] = [e["log_failure"] for e in events if "log_failure" in e]
+        self.assertEqual(str(failure.value), "broken on purpose")
+        self.flushLoggedErrors(RuntimeError)
+        # The batch is whole again: the next hold and release write.
+        batch.hold()
+        first.write(b"b")
+        batch.release()
+        self.assertEqual(os.read(firstEnd, 10), b"b")
+
     def test_heldUntilTheOutermostRelease(self) -> None:
         """
         Writes to held pipes wait, in order, until the outermost release,
