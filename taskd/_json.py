@@ -246,7 +246,7 @@ def _fastBytes(value: Any) -> bytes | None:
     return out
 
 
-def _mayHoldBigInteger(data: bytes, value: Any) -> bool:
+def mayHoldBigInteger(data: bytes, value: Any) -> bool:
     """
     @param value: what orjson decoded from C{data}.
     @return: whether C{data} may hold an integer orjson decoded as a float:
@@ -279,7 +279,7 @@ def fastLoads(data: str | bytes | bytearray) -> Any:
         value = orjson.loads(raw)
     except ValueError:  # orjson.JSONDecodeError is one
         return stdlibLoads(data)
-    if _mayHoldBigInteger(raw, value):
+    if mayHoldBigInteger(raw, value):
         return stdlibLoads(data)
     return value
 
@@ -293,7 +293,7 @@ def fastLoadsUTF8(data: bytes) -> Any:
         value = orjson.loads(data)
     except ValueError:
         return stdlibLoadsUTF8(data)
-    if _mayHoldBigInteger(data, value):
+    if mayHoldBigInteger(data, value):
         return stdlibLoadsUTF8(data)
     return value
 
@@ -308,7 +308,7 @@ def fastLoadsFrame(data: bytes) -> Any:
         except ValueError:
             pass
         else:
-            if not _mayHoldBigInteger(data, value):
+            if not mayHoldBigInteger(data, value):
                 return value
     return stdlibLoadsFrame(data)
 

@@ -54,6 +54,19 @@ REGISTRY = makeRegistry()
 names = st.sampled_from(["add", "echo", "first", "power", "nan", "aset", "boom", "report", "nope", "ädd", ""])
 
 
+# Longer than 512 bytes: the loop looks for integers orjson made floats of
+# only where the decoded value holds a float (taskd._json.mayHoldBigInteger).
+_PAD = b'"' + b"x" * 600 + b'"'
+LONG_PAYLOADS = [
+    b'{"args":[12345678901234567890123,' + _PAD + b"]}",
+    b'{"args":[' + _PAD + b',[-12345678901234567890123,1.5]]}',
+    b'{"args":[18446744073709551615,-9223372036854775808,' + _PAD + b"]}",
+    b'{"args":[18446744073709551616,' + _PAD + b"]}",
+    b'{"args":[1.25,' + _PAD + b',"12345678901234567890"]}',
+    b'{"args":[' + _PAD + b"]," + b'"id":99999999999999999999999}',
+]
+
+
 def _payload(draw: Any) -> bytes:
     return draw(
         st.one_of(
@@ -71,7 +84,7 @@ def _payload(draw: Any) -> bytes:
                 b'{"args":[1e400]}', b'{"args":["\\ud800"]}', b'\xef\xbb\xbf{"args":[1]}', b'{"args":[1]} ',
                 b'{"args":[1],"args":[2,3]}', b'{"args":[' + b"[" * 3000 + b"]" * 3000 + b"]}",
                 b'{"args":["\xed\xa0\x80"]}', b'{"args":[1,', b'{"args":[30]}', b'{"args":[3000]}',
-            ]),
+            ] + LONG_PAYLOADS),
             st.binary(max_size=30).map(lambda b: b"{" + b),
         )
     )
@@ -188,6 +201,31 @@ class ServeLikeRunCallTests(SynchronousTestCase):
         self.assertEqual(got[3]["type"], "bad_result")
         self.assertEqual(got[5]["exception"], "ValueError")
         self.assertEqual(got[6:9], [b'P{"a":1}', b'P"b"', b"R2"])
+
+    def test_bigIntegersInLongRequests(self) -> None:
+        """
+        In a request longer than 512 bytes, integers beyond 64 bits (which
+        orjson decodes as floats) reach the task exactly, as L{runCall}
+        gives them, beside floats or not.
+        """
+        requests = [b"echo\n" + p for p in LONG_PAYLOADS]
+        stream = b"".join(HEADER.pack(len(b)) + b for b in requests)
+        out = io.BytesIO()
+        serve(REGISTRY, io.BytesIO(stream), out, 1 << 20)
+        got = [comparable(f) for f in frames(out.getvalue())]
+        self.assertEqual(got, expected(REGISTRY, requests, 1 << 20))
+        x = "x" * 600
+        self.assertEqual(
+            [json.loads(f[1:]) for f in got],
+            [
+                [12345678901234567890123, x],
+                [x, [-12345678901234567890123, 1.5]],
+                [18446744073709551615, -9223372036854775808, x],
+                [18446744073709551616, x],
+                [1.25, x, "12345678901234567890"],
+                [x],
+            ],
+        )
 
     def test_integerTooLongForText(self) -> None:
         """
