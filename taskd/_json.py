@@ -246,7 +246,7 @@ def _fastBytes(value: Any) -> bytes | None:
     return out
 
 
-def mayHoldBigInteger(data: bytes, value: Any) -> bool:
+def mayHoldBigInteger(data: bytes | memoryview, value: Any) -> bool:
     """
     @param value: what orjson decoded from C{data}.
     @return: whether C{data} may hold an integer orjson decoded as a float:
@@ -258,6 +258,8 @@ def mayHoldBigInteger(data: bytes, value: Any) -> bool:
         return False
     if len(data) > 512 and _plain(value) == _NO_FLOATS:
         return False
+    if type(data) is not bytes:
+        data = bytes(data)
     return (
         len(data) - len(data.translate(None, _DIGITS)) >= 19
         and _LONG_RUN in data.translate(_DIGITS_ONLY)

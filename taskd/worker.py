@@ -240,6 +240,18 @@ def encodeResult(name: str, result: Any, maxResult: int) -> bytes:
     @return: the payload of the C{R} frame carrying what task C{name}
         returned, or of the C{E} frame saying why it cannot be sent.
     """
+    head, body = resultParts(name, result, maxResult)
+    return head + body if body else head
+
+
+def resultParts(name: str, result: Any, maxResult: int) -> tuple[bytes, bytes]:
+    """
+    L{encodeResult}'s payload in two parts, so that a long result need not
+    be copied to join them.
+
+    @return: C{RESULT} and the result's JSON; or the payload of the C{E}
+        frame saying why it cannot be sent, and C{b""}.
+    """
     try:
         # An exact int encodes as its digits, whatever its size (json's
         # encoder writes int.__repr__): no need to ask the codec.
@@ -249,19 +261,19 @@ def encodeResult(name: str, result: Any, maxResult: int) -> bytes:
             errors.ResultNotSerializable(
                 f"task {name!r} returned a value JSON cannot hold: {_safeStr(e)}"
             )
-        )
+        ), b""
     except RecursionError:
         return _error(
             errors.ResultNotSerializable(f"task {name!r} returned a value nested too deeply")
-        )
+        ), b""
     if len(encoded) > maxResult:
         return _error(
             errors.ResultTooLarge(
                 f"task {name!r} returned {len(encoded)} bytes of JSON; "
                 f"the limit is {maxResult}"
             )
-        )
-    return RESULT + encoded
+        ), b""
+    return RESULT, encoded
 
 
 def runCall(
@@ -386,13 +398,15 @@ def serve(
     # Whatever is waiting in the pipe, up to this much, in one read.
     readSome = getattr(inp, "read1", read)
     write = _writer(out)
+    writeParts = _partsWriter(out, write)
+    fast = _json.FAST
     unpack = HEADER.unpack_from
     pack = HEADER.pack
     getTask = reg.get
     # The call's JSON: orjson's values are the standard library's for what
     # it takes (taskd._json says which), with the check of long integers
-    # made below; it refuses the rest.
-    decode = _orjsonLoads if _json.FAST else _json.stdlibLoadsUTF8
+    # made below; it refuses the rest.  (Bytes, or with orjson a memoryview.)
+    decode: Callable[[Any], Any] = _orjsonLoads if _json.FAST else _json.stdlibLoadsUTF8
     if stop is None:
         stop = StopSignal()
     data, at = b"", 0
@@ -427,7 +441,13 @@ def serve(
         function = getTask(name) if newline >= 0 else None
         request = None
         if function is not None and end > newline + 1 and data[newline + 1] == 123:  # "{"
-            payload = data[newline + 1 : end]
+            # A long payload is decoded where it lies (orjson reads a
+            # memoryview): no copy of it.
+            payload: bytes | memoryview = (
+                memoryview(data)[newline + 1 : end]
+                if fast and end - newline > _LONG
+                else data[newline + 1 : end]
+            )
             try:
                 request = decode(payload)
             except (ValueError, RecursionError):
@@ -455,10 +475,17 @@ def serve(
             if not reply:
                 # (An int's digits are written there, in its try: an int too
                 # long for text is an error reply, not the loop's end.)
-                reply = encodeResult(name, result, maxResult)
+                head, body = resultParts(name, result, maxResult)
+                if len(body) > _LONG:
+                    # A long result is written from where it lies, beside
+                    # its frame's header: no copies of it.
+                    writeParts(pack(len(head) + len(body)) + head, body)
+                    head = b""
+                reply = head + body if head else b""
         else:
             reply = runCall(reg, data[start:end], maxResult, out)
-        write(pack(len(reply)) + reply)
+        if reply:
+            write(pack(len(reply)) + reply)
         if stop.asked:
             return "signal"
         if memory is not None and memory.exceeded():
@@ -467,6 +494,9 @@ def serve(
 
 # How much the worker reads from its request pipe at once.
 _READ_SIZE = 65536
+# From this many bytes on, a payload is decoded and a result written
+# without copying it: below, the copy costs less than avoiding it.
+_LONG = 4096
 
 
 def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
@@ -494,6 +524,30 @@ def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
                 written += os.write(fd, view[written:])
 
     return writeAll
+
+
+def _partsWriter(out: IO[bytes], write: Callable[[bytes], None]) -> Callable[[bytes, bytes], None]:
+    """
+    @param write: what L{_writer} gave for C{out}.
+    @return: a function writing a frame given in two parts (its header and
+        kind, its body) at once: with one C{writev} to C{out}'s file
+        descriptor, if it has one, rather than joining them first.
+    """
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return lambda head, body: write(head + body)
+
+    def writeBoth(head: bytes, body: bytes) -> None:
+        written = os.writev(fd, (head, body))
+        total = len(head) + len(body)
+        if written < total:
+            # Cut short (by a signal): the rest, joined.
+            view = memoryview(head + body)
+            while written < total:
+                written += os.write(fd, view[written:])
+
+    return writeBoth
 
 
 def _dieWithParent(parent: int) -> bool:

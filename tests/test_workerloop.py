@@ -7,10 +7,12 @@ exactly as L{runCall} does, however the frames arrive.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import signal
+import termios
 import threading
 from typing import Any
 
@@ -64,6 +66,9 @@ LONG_PAYLOADS = [
     b'{"args":[18446744073709551616,' + _PAD + b"]}",
     b'{"args":[1.25,' + _PAD + b',"12345678901234567890"]}',
     b'{"args":[' + _PAD + b"]," + b'"id":99999999999999999999999}',
+    # Over 4 KiB: decoded where it lies in the read (a memoryview).
+    b'{"args":[0.5,"' + b"y" * 5000 + b'",-12345678901234567890123]}',
+    b'{"args":["' + b"y" * 5000 + b'",12345678901234567890123]}',
 ]
 
 
@@ -224,6 +229,8 @@ class ServeLikeRunCallTests(SynchronousTestCase):
                 [18446744073709551616, x],
                 [1.25, x, "12345678901234567890"],
                 [x],
+                [0.5, "y" * 5000, -12345678901234567890123],
+                ["y" * 5000, 12345678901234567890123],
             ],
         )
 
@@ -254,6 +261,41 @@ class ServeLikeRunCallTests(SynchronousTestCase):
         self.assertEqual(got[:2], [b"R" + _json.encode([value])] * 2)
         self.assertEqual(comparable(got[2])["type"], "task_failed")
         self.assertEqual(len(got), 3)
+
+    def test_longResultWriteCutShort(self) -> None:
+        """
+        A long result is written from where it lies, its frame's header
+        beside it (one C{writev}); if a signal cuts that write short once
+        the pipe is full, the rest follows: the frame arrives whole.
+        """
+        replyRead, replyWrite = os.pipe()
+        self.addCleanup(os.close, replyRead)
+        capacity = fcntl.fcntl(replyWrite, fcntl.F_SETPIPE_SZ, 65536)
+        previous = signal.signal(signal.SIGUSR1, lambda *args: None)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        value = "z" * (3 * capacity)
+        body = b"echo\n" + _json.encode({"args": [value]})
+        main = threading.get_ident()
+        replies = io.BytesIO()
+
+        def interruptThenDrain() -> None:
+            # Once the pipe is full, the worker's write waits: interrupt it.
+            waiting = bytearray(4)
+            while True:
+                fcntl.ioctl(replyRead, termios.FIONREAD, waiting)
+                if int.from_bytes(waiting, "little") >= capacity:
+                    break
+                threading.Event().wait(0.001)
+            signal.pthread_kill(main, signal.SIGUSR1)
+            while chunk := os.read(replyRead, 1 << 20):
+                replies.write(chunk)
+
+        thread = threading.Thread(target=interruptThenDrain)
+        thread.start()
+        with os.fdopen(replyWrite, "wb") as out:
+            self.assertIsNone(serve(REGISTRY, io.BytesIO(HEADER.pack(len(body)) + body), out, 1 << 20))
+        thread.join()
+        self.assertEqual(frames(replies.getvalue()), [b"R" + _json.encode([value])])
 
     def test_endInAFrame(self) -> None:
         """
