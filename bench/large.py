@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server", choices=["taskd", "line", "both"], default="both", help="which to count")
     parser.add_argument("--functions", action="store_true", help="also the C functions that cost most per call")
     parser.add_argument("--cpu", nargs="?", type=int, const=3, metavar="RUNS", help="measure W4's MB/s and CPU per call instead (RUNS alternate runs)")
+    parser.add_argument("--keep", action="store_true", help="keep callgrind's files (for callgrind_annotate --tree=caller) and print where")
     options = parser.parse_args(argv)
     if options.cpu:
         cpu(options.cpu, options.size)
@@ -283,7 +284,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"taskd (daemon) / bare line server: {perCall['taskd'] / perCall['line']:.2f}")
             print(f"taskd (daemon + workers) / bare line server: {(perCall['taskd'] + perCall['workers']) / perCall['line']:.2f}")
     finally:
-        shutil.rmtree(outDir, ignore_errors=True)
+        if options.keep:
+            print(f"callgrind's files: {outDir}")
+        else:
+            shutil.rmtree(outDir, ignore_errors=True)
 
 
 if __name__ == "__main__":

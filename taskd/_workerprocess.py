@@ -423,7 +423,12 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         (tag,) = TAG.unpack_from(rest)
         body = rest[4:]
         try:
-            value = _json.loadsFrame(body)
+            if kind == TAGGED_ERROR:
+                value = _json.loadsFrame(body)
+            else:
+                # Relayed as they are: only checked.
+                _json.checkFrame(body)
+                value = None
         except (ValueError, RecursionError):
             self._misbehaved(f"a {kind!r} frame that is not one JSON value")
             return
