@@ -240,18 +240,6 @@ def encodeResult(name: str, result: Any, maxResult: int) -> bytes:
     @return: the payload of the C{R} frame carrying what task C{name}
         returned, or of the C{E} frame saying why it cannot be sent.
     """
-    head, body = resultParts(name, result, maxResult)
-    return head + body if body else head
-
-
-def resultParts(name: str, result: Any, maxResult: int) -> tuple[bytes, bytes]:
-    """
-    L{encodeResult}'s payload in two parts, so that a long result need not
-    be copied to join them.
-
-    @return: C{RESULT} and the result's JSON; or the payload of the C{E}
-        frame saying why it cannot be sent, and C{b""}.
-    """
     try:
         # An exact int encodes as its digits, whatever its size (json's
         # encoder writes int.__repr__): no need to ask the codec.
@@ -261,19 +249,19 @@ def resultParts(name: str, result: Any, maxResult: int) -> tuple[bytes, bytes]:
             errors.ResultNotSerializable(
                 f"task {name!r} returned a value JSON cannot hold: {_safeStr(e)}"
             )
-        ), b""
+        )
     except RecursionError:
         return _error(
             errors.ResultNotSerializable(f"task {name!r} returned a value nested too deeply")
-        ), b""
+        )
     if len(encoded) > maxResult:
         return _error(
             errors.ResultTooLarge(
                 f"task {name!r} returned {len(encoded)} bytes of JSON; "
                 f"the limit is {maxResult}"
             )
-        ), b""
-    return RESULT, encoded
+        )
+    return RESULT + encoded
 
 
 def runCall(
@@ -399,7 +387,7 @@ def serve(
     readSome = getattr(inp, "read1", read)
     write = _writer(out)
     writeParts = _partsWriter(out, write)
-    fast = _json.FAST
+    fast, long, digits = _json.FAST, _LONG, _DIGITS
     unpack = HEADER.unpack_from
     pack = HEADER.pack
     getTask = reg.get
@@ -441,22 +429,28 @@ def serve(
         function = getTask(name) if newline >= 0 else None
         request = None
         if function is not None and end > newline + 1 and data[newline + 1] == 123:  # "{"
-            # A long payload is decoded where it lies (orjson reads a
-            # memoryview): no copy of it.
-            payload: bytes | memoryview = (
-                memoryview(data)[newline + 1 : end]
-                if fast and end - newline > _LONG
-                else data[newline + 1 : end]
-            )
-            try:
-                request = decode(payload)
-            except (ValueError, RecursionError):
-                pass
-            # An integer orjson made a float of: such a call goes runCall's
-            # way (see taskd._json).  (Not by counting the digits of the
-            # payload: of a 64 KiB string, that costs more than decoding it.)
-            if request is not None and _json.FAST and _json.mayHoldBigInteger(payload, request):
-                request = None
+            if length <= long:
+                payload = data[newline + 1 : end]
+                try:
+                    request = decode(payload)
+                except (ValueError, RecursionError):
+                    pass
+                # 19 digits or more may be an integer orjson made a float
+                # of: such a call goes runCall's way (see taskd._json).
+                if len(payload) - len(payload.translate(None, digits)) >= 19:
+                    request = None
+            else:
+                # A long payload: decoded where it lies (orjson reads a
+                # memoryview), no copy of it; and looked at for integers
+                # orjson made floats of as taskd._json does (counting its
+                # digits costs more than decoding a long string).
+                view = memoryview(data)[newline + 1 : end] if fast else data[newline + 1 : end]
+                try:
+                    request = decode(view)
+                except (ValueError, RecursionError):
+                    pass
+                if request is not None and fast and _json.mayHoldBigInteger(view, request):
+                    request = None
         args = request.get("args") if type(request) is dict and "kwargs" not in request else None
         if type(args) is list:
             with _progressLock:
@@ -475,17 +469,15 @@ def serve(
             if not reply:
                 # (An int's digits are written there, in its try: an int too
                 # long for text is an error reply, not the loop's end.)
-                head, body = resultParts(name, result, maxResult)
-                if len(body) > _LONG:
-                    # A long result is written from where it lies, beside
-                    # its frame's header: no copies of it.
-                    writeParts(pack(len(head) + len(body)) + head, body)
-                    head = b""
-                reply = head + body if head else b""
+                reply = encodeResult(name, result, maxResult)
         else:
             reply = runCall(reg, data[start:end], maxResult, out)
-        if reply:
+        if len(reply) <= long:
             write(pack(len(reply)) + reply)
+        else:
+            # A long reply is written from where it lies, beside its
+            # frame's header: no copy of it.
+            writeParts(pack(len(reply)), reply)
         if stop.asked:
             return "signal"
         if memory is not None and memory.exceeded():
@@ -497,6 +489,7 @@ _READ_SIZE = 65536
 # From this many bytes on, a payload is decoded and a result written
 # without copying it: below, the copy costs less than avoiding it.
 _LONG = 4096
+_DIGITS = b"0123456789"
 
 
 def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
@@ -529,8 +522,8 @@ def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
 def _partsWriter(out: IO[bytes], write: Callable[[bytes], None]) -> Callable[[bytes, bytes], None]:
     """
     @param write: what L{_writer} gave for C{out}.
-    @return: a function writing a frame given in two parts (its header and
-        kind, its body) at once: with one C{writev} to C{out}'s file
+    @return: a function writing a frame given in two parts (its length
+        prefix, the rest) at once: with one C{writev} to C{out}'s file
         descriptor, if it has one, rather than joining them first.
     """
     try:
