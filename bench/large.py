@@ -18,6 +18,10 @@ against a daemon and the line server, alternately, C{RUNS} times each
 per call of the client, the server and the workers (from
 C{/proc/PID/stat}), then their medians.
 
+C{--syscalls} counts instead the daemon's system calls per call during
+500 calls of W4 (C{strace -c} attached to its threads): reads of the
+reply pipes, sends, receives, polls.
+
 C{--functions} also prints, for the daemon and a worker, the C functions
 whose own (exclusive) instructions per call are largest (the difference
 of C{callgrind_annotate}'s figures between the two runs): where a call's
@@ -246,6 +250,36 @@ def cpu(runs: int, size: int, calls: int = 2000) -> None:
             os.unlink(portFile)
 
 
+def syscalls(size: int, calls: int = 500) -> None:
+    """
+    Count the daemon's system calls per call during W4 (C{strace -c}).
+    """
+    from bench.rawclient import pipelined, request
+    from bench.run import Daemon
+
+    value = "x" * size
+    lines = [request("echo", [value], i) for i in range(calls)]
+    daemon = Daemon(2)
+    out = tempfile.mktemp()
+    try:
+        pipelined(daemon.port, lines[:IN_FLIGHT], IN_FLIGHT, lambda i, result: result == value)
+        threads = sum((["-p", tid] for tid in os.listdir(f"/proc/{daemon.pid}/task")), [])
+        tracer = subprocess.Popen(["strace", "-c", "-o", out, *threads], stderr=subprocess.DEVNULL)
+        time.sleep(1)  # attached
+        pipelined(daemon.port, lines, IN_FLIGHT, lambda i, result: result == value)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait()
+        with open(out) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 5 and parts[3].isdigit():
+                    print(f"{parts[-1]:<14} {int(parts[3]) / calls:6.2f} per call")
+    finally:
+        daemon.stop()
+        if os.path.exists(out):
+            os.unlink(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.large", description=__doc__)
     parser.add_argument("size", nargs="?", type=int, default=SIZE, help="characters per echoed string (default 65536)")
@@ -253,7 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--functions", action="store_true", help="also the C functions that cost most per call")
     parser.add_argument("--cpu", nargs="?", type=int, const=3, metavar="RUNS", help="measure W4's MB/s and CPU per call instead (RUNS alternate runs)")
     parser.add_argument("--keep", action="store_true", help="keep callgrind's files (for callgrind_annotate --tree=caller) and print where")
+    parser.add_argument("--syscalls", action="store_true", help="count the daemon's system calls per call instead (strace -c)")
     options = parser.parse_args(argv)
+    if options.syscalls:
+        syscalls(options.size)
+        return
     if options.cpu:
         cpu(options.cpu, options.size)
         return
