@@ -423,12 +423,8 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         (tag,) = TAG.unpack_from(rest)
         body = rest[4:]
         try:
-            if kind == TAGGED_ERROR:
-                value = _json.loadsFrame(body)
-            else:
-                # Relayed as they are: only checked.
-                _json.checkFrame(body)
-                value = None
+            # Results and progress are relayed as they are: only checked.
+            value = _json.loadsFrame(body) if kind == TAGGED_ERROR else _json.checkFrame(body)
         except (ValueError, RecursionError):
             self._misbehaved(f"a {kind!r} frame that is not one JSON value")
             return

@@ -57,6 +57,7 @@ from taskd._frames import (
     splitArguments,
 )
 from taskd.registry import Registry, loadTaskModules, registry as _registry
+from taskd._workerio import frameWriters
 
 # Where progress reports of the running call go: nowhere outside a call.
 _progressLock = threading.Lock()
@@ -385,8 +386,7 @@ def serve(
     read = inp.read
     # Whatever is waiting in the pipe, up to this much, in one read.
     readSome = getattr(inp, "read1", read)
-    write = _writer(out)
-    writeParts = _partsWriter(out, write)
+    write, writeParts = frameWriters(out)
     fast, long, digits = _json.FAST, _LONG, _DIGITS
     unpack = HEADER.unpack_from
     pack = HEADER.pack
@@ -490,57 +490,6 @@ _READ_SIZE = 65536
 # without copying it: below, the copy costs less than avoiding it.
 _LONG = 4096
 _DIGITS = b"0123456789"
-
-
-def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
-    """
-    @return: a function writing a whole frame to C{out} at once: straight
-        to its file descriptor, if it has one (one system call, no copy
-        into a buffer), or by C{write} and C{flush}.
-    """
-    try:
-        fd = out.fileno()
-        out.flush()
-    except (AttributeError, OSError, ValueError):
-
-        def writeAndFlush(data: bytes) -> None:
-            out.write(data)
-            out.flush()
-
-        return writeAndFlush
-
-    def writeAll(data: bytes) -> None:
-        written = os.write(fd, data)
-        if written < len(data):
-            view = memoryview(data)
-            while written < len(data):
-                written += os.write(fd, view[written:])
-
-    return writeAll
-
-
-def _partsWriter(out: IO[bytes], write: Callable[[bytes], None]) -> Callable[[bytes, bytes], None]:
-    """
-    @param write: what L{_writer} gave for C{out}.
-    @return: a function writing a frame given in two parts (its length
-        prefix, the rest) at once: with one C{writev} to C{out}'s file
-        descriptor, if it has one, rather than joining them first.
-    """
-    try:
-        fd = out.fileno()
-    except (AttributeError, OSError, ValueError):
-        return lambda head, body: write(head + body)
-
-    def writeBoth(head: bytes, body: bytes) -> None:
-        written = os.writev(fd, (head, body))
-        total = len(head) + len(body)
-        if written < total:
-            # Cut short (by a signal): the rest, joined.
-            view = memoryview(head + body)
-            while written < total:
-                written += os.write(fd, view[written:])
-
-    return writeBoth
 
 
 def _dieWithParent(parent: int) -> bool:
