@@ -16,6 +16,9 @@ callgrind: connections made one at a time (connect, send a call, read the
 reply, close), 1,500 minus 500, divided by 1,000: what one connection
 costs each server, and their ratio, whatever the machine's load.
 
+C{--large [SIZE]} counts W4's path (64 KiB echoes) in a real daemon, its
+workers and the bare line server: see L{bench.large}.
+
 C{--client [--window]} and C{--worker} count the Python client's path
 (L{bench.clientpath}) and the worker's loop (L{bench.workerpath}) the same
 way, per call.
@@ -140,6 +143,12 @@ def served(n: int, server: str, concurrent: int = 1) -> int:
 
 
 def main() -> None:
+    if "--large" in sys.argv:
+        # W4's path (issue 19, large payloads): bench.large's options follow.
+        from bench import large
+
+        large.main([a for a in sys.argv[1:] if a != "--large"])
+        return
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--observed", action="store_true", help="with the daemon's observer (taskd.activity, as --http sets)")
     parser.add_argument("--connections", action="store_true", help="W1a's path: a connection per call, taskd and the bare line server")

@@ -434,8 +434,13 @@ def main(argv: list[str] | None = None) -> None:
 
         if want("w4"):
             w4 = results["w4"] = {}
-            w4["taskd_raw"] = repeat("W4 taskd raw", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(daemon.port, echoLines, 50, echoCheck) / 1e6})
-            w4["ceiling_tcp"] = repeat("W4 line ceiling", lambda: {"mb_per_s": n4 * 65536 * 2 / rawclient.pipelined(linePort, echoLines, 50, echoCheck) / 1e6})
+            def w4CPU(port: int, server: int, workers: Sequence[int] = ()) -> dict[str, Any]:
+                # MB/s, and each process's CPU time per call (issue 19).
+                r = withCPU(lambda: rawclient.pipelined(port, echoLines, 50, echoCheck), n4, server, workers)
+                return dict(r, mb_per_s=r["calls_per_s"] * 65536 * 2 / 1e6)
+
+            w4["taskd_raw"] = repeat("W4 taskd raw", lambda: w4CPU(daemon.port, daemon.pid, daemon.workerPids()))
+            w4["ceiling_tcp"] = repeat("W4 line ceiling", lambda: w4CPU(linePort, line.popen.pid))
             w4["multiprocessing"] = repeat("W4 multiprocessing", lambda: measure({"kind": "multiprocessing", "workers": 2, "workload": "w4", "n": n4, "size": 65536}))
             if ampoule:
                 # AMP caps a value near 64 KiB: ampoule echoes 60 KiB.
@@ -525,6 +530,9 @@ def report(r: dict[str, Any]) -> None:
         row("W3 200 x 20 ms CPU", name, m("w3", name, "seconds"), "s")
     for name in ("taskd_raw", "ampoule_60k", "multiprocessing", "ceiling_tcp"):
         row("W4 64 KiB echo", name, m("w4", name, "mb_per_s"), "MB/s")
+    for name in ("taskd_raw", "ceiling_tcp"):
+        for part in ("client", "server", "workers"):
+            row(f"W4 CPU per call, {part}", name, m("w4", name, f"cpu_us_{part}"), "us")
     for name in ("taskd", "inline"):
         for key in ("p50_ms", "p99_ms", "max_ms"):
             row(f"W5 lateness {key[:-3]}", name, m("w5", name, key), "ms")

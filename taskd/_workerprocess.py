@@ -360,8 +360,7 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
         finally:
             batch.release()
 
-    def _frameReceived(self, frame: bytes) -> None:
-        kind, body = frame[:1], frame[1:]
+    def _frameReceived(self, kind: bytes, body: bytes) -> None:
         try:
             if kind == RESULT or kind == PROGRESS:
                 # Relayed as they are: only checked.
@@ -409,27 +408,27 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
             )
             self._events.workerLeaving(self, self.leavingBecause)
         else:
-            self._misbehaved(f"an unexpected frame {frame[:16]!r}")
+            self._misbehaved(f"an unexpected frame {kind + body[:15]!r}")
 
-    def _taggedFrameReceived(self, frame: bytes) -> None:
+    def _taggedFrameReceived(self, kind: bytes, rest: bytes) -> None:
         """
         A frame from a worker that runs several calls at once: replies and
         progress name their call by its tag.
         """
-        kind = frame[:1]
         if kind != TAGGED_RESULT and kind != TAGGED_ERROR and kind != TAGGED_PROGRESS:
             if kind == RESULT or kind == PROGRESS or (kind == ERROR and self.state is not WorkerState.STARTING):
-                self._misbehaved(f"an untagged frame {frame[:16]!r}")
+                self._misbehaved(f"an untagged frame {kind + rest[:15]!r}")
             else:
-                self._frameReceived(frame)
+                self._frameReceived(kind, rest)
             return
-        if len(frame) < 5:
+        if len(rest) < 4:
             self._misbehaved(f"a {kind!r} frame without a tag")
             return
-        (tag,) = TAG.unpack_from(frame, 1)
-        body = frame[5:]
+        (tag,) = TAG.unpack_from(rest)
+        body = rest[4:]
         try:
-            value = _json.loadsFrame(body)
+            # Results and progress are relayed as they are: only checked.
+            value = _json.loadsFrame(body) if kind == TAGGED_ERROR else _json.checkFrame(body)
         except (ValueError, RecursionError):
             self._misbehaved(f"a {kind!r} frame that is not one JSON value")
             return

@@ -57,6 +57,7 @@ from taskd._frames import (
     splitArguments,
 )
 from taskd.registry import Registry, loadTaskModules, registry as _registry
+from taskd._workerio import frameWriters
 
 # Where progress reports of the running call go: nowhere outside a call.
 _progressLock = threading.Lock()
@@ -385,14 +386,15 @@ def serve(
     read = inp.read
     # Whatever is waiting in the pipe, up to this much, in one read.
     readSome = getattr(inp, "read1", read)
-    write = _writer(out)
+    write, writeParts = frameWriters(out)
+    fast, long, digits = _json.FAST, _LONG, _DIGITS
     unpack = HEADER.unpack_from
     pack = HEADER.pack
     getTask = reg.get
     # The call's JSON: orjson's values are the standard library's for what
     # it takes (taskd._json says which), with the check of long integers
-    # made below; it refuses the rest.
-    decode = _orjsonLoads if _json.FAST else _json.stdlibLoadsUTF8
+    # made below; it refuses the rest.  (Bytes, or with orjson a memoryview.)
+    decode: Callable[[Any], Any] = _orjsonLoads if _json.FAST else _json.stdlibLoadsUTF8
     if stop is None:
         stop = StopSignal()
     data, at = b"", 0
@@ -427,15 +429,28 @@ def serve(
         function = getTask(name) if newline >= 0 else None
         request = None
         if function is not None and end > newline + 1 and data[newline + 1] == 123:  # "{"
-            payload = data[newline + 1 : end]
-            try:
-                request = decode(payload)
-            except (ValueError, RecursionError):
-                pass
-            # 19 digits or more may be an integer orjson made a float of:
-            # such a call goes runCall's way (see taskd._json).
-            if len(payload) - len(payload.translate(None, _DIGITS)) >= 19:
-                request = None
+            if length <= long:
+                payload = data[newline + 1 : end]
+                try:
+                    request = decode(payload)
+                except (ValueError, RecursionError):
+                    pass
+                # 19 digits or more may be an integer orjson made a float
+                # of: such a call goes runCall's way (see taskd._json).
+                if len(payload) - len(payload.translate(None, digits)) >= 19:
+                    request = None
+            else:
+                # A long payload: decoded where it lies (orjson reads a
+                # memoryview), no copy of it; and looked at for integers
+                # orjson made floats of as taskd._json does (counting its
+                # digits costs more than decoding a long string).
+                view = memoryview(data)[newline + 1 : end] if fast else data[newline + 1 : end]
+                try:
+                    request = decode(view)
+                except (ValueError, RecursionError):
+                    pass
+                if request is not None and fast and _json.mayHoldBigInteger(view, request):
+                    request = None
         args = request.get("args") if type(request) is dict and "kwargs" not in request else None
         if type(args) is list:
             with _progressLock:
@@ -457,7 +472,12 @@ def serve(
                 reply = encodeResult(name, result, maxResult)
         else:
             reply = runCall(reg, data[start:end], maxResult, out)
-        write(pack(len(reply)) + reply)
+        if len(reply) <= long:
+            write(pack(len(reply)) + reply)
+        else:
+            # A long reply is written from where it lies, beside its
+            # frame's header: no copy of it.
+            writeParts(pack(len(reply)), reply)
         if stop.asked:
             return "signal"
         if memory is not None and memory.exceeded():
@@ -466,34 +486,10 @@ def serve(
 
 # How much the worker reads from its request pipe at once.
 _READ_SIZE = 65536
+# From this many bytes on, a payload is decoded and a result written
+# without copying it: below, the copy costs less than avoiding it.
+_LONG = 4096
 _DIGITS = b"0123456789"
-
-
-def _writer(out: IO[bytes]) -> Callable[[bytes], None]:
-    """
-    @return: a function writing a whole frame to C{out} at once: straight
-        to its file descriptor, if it has one (one system call, no copy
-        into a buffer), or by C{write} and C{flush}.
-    """
-    try:
-        fd = out.fileno()
-        out.flush()
-    except (AttributeError, OSError, ValueError):
-
-        def writeAndFlush(data: bytes) -> None:
-            out.write(data)
-            out.flush()
-
-        return writeAndFlush
-
-    def writeAll(data: bytes) -> None:
-        written = os.write(fd, data)
-        if written < len(data):
-            view = memoryview(data)
-            while written < len(data):
-                written += os.write(fd, view[written:])
-
-    return writeAll
 
 
 def _dieWithParent(parent: int) -> bool:

@@ -311,3 +311,80 @@ class FastPathTests(SynchronousTestCase):
         self.assertIs(_json.encodeASCII, _json.fastEncodeASCII)
         self.assertIs(_json.loadsFrame, _json.fastLoadsFrame)
         self.assertIs(_json.checkFrame, _json.fastCheckFrame)
+
+
+# Pieces of a string frame's inside: plain ASCII, and everything that makes
+# a frame something else: quotes, backslashes and escapes (good and bad),
+# control characters, DEL, non-ASCII UTF-8, bytes that are not UTF-8, an
+# encoded surrogate.
+_framePieces = st.sampled_from(
+    [b"x", b"ab c", b"~", b'"', b"\\", b'\\"', b"\\n", b"\\u00e9", b"\\ud800", b"\\x", b"\\u12", b"\x00", b"\x1f",
+     b"\n", b"\t", b"\x7f", "\u00e9".encode(), "\u2028".encode(), b"\xff", b"\xed\xa0\x80", b"\xc3"]
+)
+
+
+def _stringFrame(pieces: list[bytes], pad: int, at: int, quotes: tuple[bytes, bytes]) -> bytes:
+    inside = b"".join(pieces)
+    at %= len(inside) + 1
+    return quotes[0] + inside[:at] + b"x" * pad + inside[at:] + quotes[1]
+
+
+class PlainStringFrameTests(SynchronousTestCase):
+    """
+    L{_json.plainStringFrame}, the quick check of a long result frame that
+    is one string: it takes only what the full check takes, and the full
+    check decides everything else, so L{_json.fastCheckFrame} accepts and
+    refuses exactly what L{_json.stdlibCheckFrame} does.
+    """
+
+    def setUp(self) -> None:
+        needsOrjson()
+
+    @settings(max_examples=1500, deadline=None)
+    @given(
+        st.lists(_framePieces, max_size=6),
+        st.sampled_from([0, 10, _json.PLAIN_STRING_FROM, 70000]),
+        st.integers(0, 100),
+        st.sampled_from([(b'"', b'"'), (b'"', b""), (b"", b'"'), (b'"', b'" '), (b' "', b'"'), (b'"', b'"\n'), (b"[", b"]")]),
+    )
+    def test_sameAsTheFullCheck(self, pieces: list[bytes], pad: int, at: int, quotes: tuple[bytes, bytes]) -> None:
+        """
+        Any frame that looks like a string, short or long, with anything
+        inside: what the quick check takes, the full check takes, and the
+        fast frame check accepts and refuses exactly what the standard
+        library's does.
+        """
+        data = _stringFrame(pieces, pad, at, quotes)
+        if _json.plainStringFrame(data):
+            self.assertEqual(outcome(_json.stdlibCheckFrame, data)[0], "value")
+        self.assertEqual(outcome(_json.fastCheckFrame, data)[0], outcome(_json.stdlibCheckFrame, data)[0])
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7F, blacklist_characters='"\\'), max_size=300), st.integers(0, 5000))
+    def test_takesPlainASCII(self, text: str, pad: int) -> None:
+        """
+        A string of printable ASCII (DEL included) without quotes or
+        backslashes, as the worker encodes it, is taken by the quick check:
+        the full decode is skipped.
+        """
+        data = _json.encode(text + "y" * pad)
+        self.assertTrue(_json.plainStringFrame(data))
+        self.assertIsNone(_json.fastCheckFrame(data))
+
+    def test_examples(self) -> None:
+        """
+        64 KiB of ASCII is taken; a control character, a stray quote, a
+        missing quote, a byte that is not UTF-8 are refused (by the full
+        check); escapes and non-ASCII text are not taken by the quick check
+        but accepted by the full one.
+        """
+        body = b"x" * 65536
+        self.assertTrue(_json.plainStringFrame(b'"' + body + b'"'))
+        for bad in [b'"' + body + b'\x1f"', b'"' + body + b'"x"', b'"' + body, b'"' + body + b'\xff"', b'"', b'"' + body + b'\n"']:
+            self.assertFalse(_json.plainStringFrame(bad))
+            self.assertRaises(ValueError, _json.fastCheckFrame, bad)
+            self.assertRaises(ValueError, _json.stdlibCheckFrame, bad)
+        for good in [b'"' + body + b'\\n"', b'"' + body + "\u00e9".encode() + b'"', b'"' + body + b'\\ud800"']:
+            self.assertFalse(_json.plainStringFrame(good))
+            self.assertIsNone(_json.fastCheckFrame(good))
+            self.assertIsNone(_json.stdlibCheckFrame(good))

@@ -10,6 +10,7 @@ import os
 import signal
 from typing import Any
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -545,10 +546,58 @@ class FrameDecoderTests(SynchronousTestCase):
         stream = b"".join(frame(f) for f in frames)
         for size in (1, 3, 4, 5, 4096, len(stream)):
             got: list[bytes] = []
-            decoder = FrameDecoder(got.append, self.fail, 100000)
+            decoder = FrameDecoder(lambda kind, body: got.append(kind + body), self.fail, 100000)
             for i in range(0, len(stream), size):
                 decoder.feed(stream[i : i + size])
             self.assertEqual(got, frames)
+
+    def cut(self, stream: bytes, cuts: list[int]) -> list[bytes]:
+        """
+        @return: C{stream} cut at the offsets C{cuts} (any order, any
+            value: taken modulo its length).
+        """
+        points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+        return [stream[a:b] for a, b in zip(points, points[1:])]
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.binary(max_size=40) | st.sampled_from([b"R" + b"x" * 3000, b"", b"E"]), max_size=8),
+        st.lists(st.integers(0, 10**6), max_size=12),
+    )
+    def test_anyFramesAnyCuts(self, frames: list[bytes], cuts: list[int]) -> None:
+        """
+        Any frames, the stream cut anywhere (inside a header, right after
+        it, after a frame's kind, in its body): each frame comes out once,
+        whole, in order, as its kind (its first byte, C{b""} if empty) and
+        the rest.
+        """
+        stream = b"".join(frame(f) for f in frames)
+        got: list[tuple[bytes, bytes]] = []
+        decoder = FrameDecoder(lambda kind, body: got.append((kind, body)), self.fail, 100000)
+        for chunk in self.cut(stream, cuts):
+            decoder.feed(chunk)
+        self.assertEqual(got, [(f[:1], f[1:]) for f in frames])
+        self.assertTrue(all(type(kind) is bytes and type(body) is bytes for kind, body in got))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.binary(max_size=20), max_size=4),
+        st.integers(101, 2**32 - 1),
+        st.binary(max_size=200),
+        st.lists(st.integers(0, 10**6), max_size=8),
+    )
+    def test_tooLongAnyCuts(self, frames: list[bytes], length: int, after: bytes, cuts: list[int]) -> None:
+        """
+        However the stream is cut, the frames before one announced over the
+        limit come out, then its length once, and nothing after it.
+        """
+        stream = b"".join(frame(f) for f in frames) + HEADER.pack(length) + after
+        got: list[bytes] = []
+        tooLong: list[int] = []
+        decoder = FrameDecoder(lambda kind, body: got.append(kind + body), tooLong.append, 100)
+        for chunk in self.cut(stream, cuts):
+            decoder.feed(chunk)
+        self.assertEqual((got, tooLong), (frames, [length]))
 
 
 class OutputTests(PoolTestsMixin, SynchronousTestCase):

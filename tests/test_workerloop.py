@@ -7,10 +7,12 @@ exactly as L{runCall} does, however the frames arrive.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import signal
+import termios
 import threading
 from typing import Any
 
@@ -54,6 +56,22 @@ REGISTRY = makeRegistry()
 names = st.sampled_from(["add", "echo", "first", "power", "nan", "aset", "boom", "report", "nope", "ädd", ""])
 
 
+# Longer than 512 bytes: the loop looks for integers orjson made floats of
+# only where the decoded value holds a float (taskd._json.mayHoldBigInteger).
+_PAD = b'"' + b"x" * 600 + b'"'
+LONG_PAYLOADS = [
+    b'{"args":[12345678901234567890123,' + _PAD + b"]}",
+    b'{"args":[' + _PAD + b',[-12345678901234567890123,1.5]]}',
+    b'{"args":[18446744073709551615,-9223372036854775808,' + _PAD + b"]}",
+    b'{"args":[18446744073709551616,' + _PAD + b"]}",
+    b'{"args":[1.25,' + _PAD + b',"12345678901234567890"]}',
+    b'{"args":[' + _PAD + b"]," + b'"id":99999999999999999999999}',
+    # Over 4 KiB: decoded where it lies in the read (a memoryview).
+    b'{"args":[0.5,"' + b"y" * 5000 + b'",-12345678901234567890123]}',
+    b'{"args":["' + b"y" * 5000 + b'",12345678901234567890123]}',
+]
+
+
 def _payload(draw: Any) -> bytes:
     return draw(
         st.one_of(
@@ -71,7 +89,7 @@ def _payload(draw: Any) -> bytes:
                 b'{"args":[1e400]}', b'{"args":["\\ud800"]}', b'\xef\xbb\xbf{"args":[1]}', b'{"args":[1]} ',
                 b'{"args":[1],"args":[2,3]}', b'{"args":[' + b"[" * 3000 + b"]" * 3000 + b"]}",
                 b'{"args":["\xed\xa0\x80"]}', b'{"args":[1,', b'{"args":[30]}', b'{"args":[3000]}',
-            ]),
+            ] + LONG_PAYLOADS),
             st.binary(max_size=30).map(lambda b: b"{" + b),
         )
     )
@@ -189,6 +207,33 @@ class ServeLikeRunCallTests(SynchronousTestCase):
         self.assertEqual(got[5]["exception"], "ValueError")
         self.assertEqual(got[6:9], [b'P{"a":1}', b'P"b"', b"R2"])
 
+    def test_bigIntegersInLongRequests(self) -> None:
+        """
+        In a request longer than 512 bytes, integers beyond 64 bits (which
+        orjson decodes as floats) reach the task exactly, as L{runCall}
+        gives them, beside floats or not.
+        """
+        requests = [b"echo\n" + p for p in LONG_PAYLOADS]
+        stream = b"".join(HEADER.pack(len(b)) + b for b in requests)
+        out = io.BytesIO()
+        serve(REGISTRY, io.BytesIO(stream), out, 1 << 20)
+        got = [comparable(f) for f in frames(out.getvalue())]
+        self.assertEqual(got, expected(REGISTRY, requests, 1 << 20))
+        x = "x" * 600
+        self.assertEqual(
+            [json.loads(f[1:]) for f in got],
+            [
+                [12345678901234567890123, x],
+                [x, [-12345678901234567890123, 1.5]],
+                [18446744073709551615, -9223372036854775808, x],
+                [18446744073709551616, x],
+                [1.25, x, "12345678901234567890"],
+                [x],
+                [0.5, "y" * 5000, -12345678901234567890123],
+                ["y" * 5000, 12345678901234567890123],
+            ],
+        )
+
     def test_integerTooLongForText(self) -> None:
         """
         An integer result with more digits than Python writes as text gives
@@ -216,6 +261,41 @@ class ServeLikeRunCallTests(SynchronousTestCase):
         self.assertEqual(got[:2], [b"R" + _json.encode([value])] * 2)
         self.assertEqual(comparable(got[2])["type"], "task_failed")
         self.assertEqual(len(got), 3)
+
+    def test_longResultWriteCutShort(self) -> None:
+        """
+        A long result is written from where it lies, its frame's header
+        beside it (one C{writev}); if a signal cuts that write short once
+        the pipe is full, the rest follows: the frame arrives whole.
+        """
+        replyRead, replyWrite = os.pipe()
+        self.addCleanup(os.close, replyRead)
+        capacity = fcntl.fcntl(replyWrite, fcntl.F_SETPIPE_SZ, 65536)
+        previous = signal.signal(signal.SIGUSR1, lambda *args: None)
+        self.addCleanup(signal.signal, signal.SIGUSR1, previous)
+        value = "z" * (3 * capacity)
+        body = b"echo\n" + _json.encode({"args": [value]})
+        main = threading.get_ident()
+        replies = io.BytesIO()
+
+        def interruptThenDrain() -> None:
+            # Once the pipe is full, the worker's write waits: interrupt it.
+            waiting = bytearray(4)
+            while True:
+                fcntl.ioctl(replyRead, termios.FIONREAD, waiting)
+                if int.from_bytes(waiting, "little") >= capacity:
+                    break
+                threading.Event().wait(0.001)
+            signal.pthread_kill(main, signal.SIGUSR1)
+            while chunk := os.read(replyRead, 1 << 20):
+                replies.write(chunk)
+
+        thread = threading.Thread(target=interruptThenDrain)
+        thread.start()
+        with os.fdopen(replyWrite, "wb") as out:
+            self.assertIsNone(serve(REGISTRY, io.BytesIO(HEADER.pack(len(body)) + body), out, 1 << 20))
+        thread.join()
+        self.assertEqual(frames(replies.getvalue()), [b"R" + _json.encode([value])])
 
     def test_endInAFrame(self) -> None:
         """

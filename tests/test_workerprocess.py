@@ -305,7 +305,7 @@ class ReviewFindingsTests(PoolTestsMixin, SynchronousTestCase):
 
         frames: list[bytes] = []
         tooLong: list[int] = []
-        decoder = FrameDecoder(frames.append, tooLong.append, 10)
+        decoder = FrameDecoder(lambda kind, body: frames.append(kind + body), tooLong.append, 10)
         decoder.feed(HEADER.pack(1000) + b"x" * 10)
         decoder.feed(frame(b"R1") * 3)
         self.assertEqual((frames, tooLong), ([], [1000]))
