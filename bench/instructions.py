@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 
 def relay(n: int, observed: bool) -> None:
@@ -86,6 +87,54 @@ def count(n: int, observed: bool, extra: tuple[str, ...] = ()) -> int:
     return int(match.group(1))
 
 
+def underValgrind(
+    valgrind: list[str],
+    command: list[str],
+    portFile: str,
+    ready: re.Pattern[bytes] | None,
+    timeout: float,
+    serve: Callable[[int], object],
+) -> tuple[str, int]:
+    """
+    Start C{command} under C{valgrind}, wait until it listens (its port
+    read from its log with C{ready}, or from C{portFile}), C{serve(port)},
+    and stop it (SIGTERM, by its PID).
+
+    @return: what it and valgrind wrote, and its PID.
+    """
+    from bench.run import ENV, ROOT
+
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            valgrind + command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env=dict(ENV, PYTHONHASHSEED="0"),
+        )
+        try:
+            port = None
+            deadline = time.monotonic() + timeout
+            while port is None and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.2)
+                if ready is not None:
+                    log.seek(0)
+                    match = ready.search(log.read())
+                    port = int(match.group(1)) if match else None
+                elif os.path.exists(portFile) and os.path.getsize(portFile):
+                    with open(portFile) as f:
+                        port = int(f.read())
+            if port is None:
+                log.seek(0)
+                raise SystemExit(f"{command} did not start under valgrind:\n{log.read().decode(errors='replace')}")
+            serve(port)
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+            process.wait()
+            if os.path.exists(portFile):
+                os.unlink(portFile)
+        log.seek(0)
+        return log.read().decode(errors="replace"), process.pid
+
+
 def served(n: int, server: str, concurrent: int = 1) -> int:
     """
     @param server: C{"taskd"} or C{"line"} (the bare line server).
@@ -93,7 +142,6 @@ def served(n: int, server: str, concurrent: int = 1) -> int:
         its start to its end, when it serves C{n} connections one at a time.
     """
     from bench.rawclient import connectionPerCall, request
-    from bench.run import ENV, ROOT
 
     valgrind = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
     portFile = tempfile.mktemp()
@@ -106,36 +154,11 @@ def served(n: int, server: str, concurrent: int = 1) -> int:
     else:
         command = [sys.executable, "-m", "bench.servers", "line", portFile]
         ready = None
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            valgrind + command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(ENV, PYTHONHASHSEED="0"),
-        )
-        try:
-            port = None
-            deadline = time.monotonic() + 300
-            while port is None and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.2)
-                if ready is not None:
-                    log.seek(0)
-                    match = ready.search(log.read())
-                    port = int(match.group(1)) if match else None
-                elif os.path.exists(portFile) and os.path.getsize(portFile):
-                    with open(portFile) as f:
-                        port = int(f.read())
-            if port is None:
-                log.seek(0)
-                raise SystemExit(f"{server} did not start under valgrind:\n{log.read().decode(errors='replace')}")
-            lines = [request("add", [i, 1]) for i in range(n)]
-            connectionPerCall(port, lines, concurrent, lambda i, result: result == i + 1)
-        finally:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-            process.wait()
-            if os.path.exists(portFile):
-                os.unlink(portFile)
-        log.seek(0)
-        out = log.read().decode(errors="replace")
+    lines = [request("add", [i, 1]) for i in range(n)]
+    out, _ = underValgrind(
+        valgrind, command, portFile, ready, 300,
+        lambda port: connectionPerCall(port, lines, concurrent, lambda i, result: result == i + 1),
+    )
     match = re.search(r"Collected : (\d+)", out)
     if match is None:
         raise SystemExit(f"no count in callgrind's output:\n{out}")

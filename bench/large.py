@@ -84,7 +84,8 @@ def served(n: int, server: str, size: int, outDir: str) -> Counted:
     @param outDir: where callgrind's files go (one per process).
     """
     from bench.rawclient import pipelined, request
-    from bench.run import ENV, PREFETCH, ROOT
+    from bench.instructions import underValgrind
+    from bench.run import PREFETCH
 
     valgrind = [
         "valgrind", "--tool=callgrind", "--trace-children=yes",
@@ -103,48 +104,23 @@ def served(n: int, server: str, size: int, outDir: str) -> Counted:
         ready = None
     value = "x" * size
     lines = [request("echo", [value], i) for i in range(n)]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            valgrind + command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=dict(ENV, PYTHONHASHSEED="0"),
-        )
-        try:
-            port = None
-            deadline = time.monotonic() + 600
-            while port is None and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.2)
-                if ready is not None:
-                    log.seek(0)
-                    match = ready.search(log.read())
-                    port = int(match.group(1)) if match else None
-                elif os.path.exists(portFile) and os.path.getsize(portFile):
-                    with open(portFile) as f:
-                        port = int(f.read())
-            if port is None:
-                log.seek(0)
-                raise SystemExit(f"{server} did not start under valgrind:\n{log.read().decode(errors='replace')}")
-            pipelined(port, lines, IN_FLIGHT, lambda i, result: result == value)
-        finally:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-            process.wait()
-            if os.path.exists(portFile):
-                os.unlink(portFile)
-        log.seek(0)
-        out = log.read().decode(errors="replace")
+    out, serverPid = underValgrind(
+        valgrind, command, portFile, ready, 600,
+        lambda port: pipelined(port, lines, IN_FLIGHT, lambda i, result: result == value),
+    )
     counts: dict[int, int] = {}
     for pid, collected in re.findall(r"==(\d+)== Collected : (\d+)", out):
         # A worker forks, then execs: the last count of a PID is its whole.
         counts[int(pid)] = int(collected)
-    if process.pid not in counts:
+    if serverPid not in counts:
         raise SystemExit(f"no count for {server} in callgrind's output:\n{out}")
     files = {
         int(name.rsplit(".", 1)[1]): os.path.join(outDir, name)
         for name in os.listdir(outDir)
         if name.startswith(f"{server}.{n}.")
     }
-    workers = sum(c for pid, c in counts.items() if pid != process.pid)
-    return Counted(counts[process.pid], workers, files, process.pid)
+    workers = sum(c for pid, c in counts.items() if pid != serverPid)
+    return Counted(counts[serverPid], workers, files, serverPid)
 
 
 def functions(path: str) -> dict[str, int]:

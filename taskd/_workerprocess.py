@@ -118,9 +118,7 @@ class WorkerProcess(ProcessProtocol, Lifecycle[WorkerState], Generic[C]):
     @ivar concurrent: whether it runs several calls at once (it was given
         L{Slots}).
     @ivar calls: how many calls it has answered.
-    @ivar expected: the pool's reckoning of how long the calls in
-        L{inFlight} take to run, in seconds (see
-        L{taskd._dispatching.Dispatching}).
+    @ivar expected: the seconds the pool expects its L{inFlight} to run.
     @ivar pid: its process id, once spawned; also its process group's.
     @ivar startError: why it could not start, if it said so.
     @ivar leavingBecause: why it said goodbye, if it did.
