@@ -491,10 +491,18 @@ class InterruptTests(TwistdMixin, TestCase):
         process.signalProcess("INT")
         yield deferLater(reactor, 0.5, lambda: None)
         self.assertFalse(proto.ended.called, "the first Ctrl-C waits for the cancels to be written")
+        # Two SIGINTs that arrive before Python runs its handler are one:
+        # on a loaded machine the first may not have been handled yet, so
+        # Ctrl-C is pressed again until the process ends.
         sent = time.monotonic()
-        process.signalProcess("INT")
+        for _ in range(20):
+            if proto.ended.called:
+                break
+            process.signalProcess("INT")
+            yield deferLater(reactor, 0.2, lambda: None)
         out, err, status = yield proto.ended
-        self.assertLess(proto.endedAt - sent, 1.0)
+        # Well before the first Ctrl-C's 5 s are over.
+        self.assertLess(proto.endedAt - sent, 3.0)
         self.assertEqual((out, status), (b"", 130))
         self.assertEqual(err.decode().splitlines()[-1], "taskd: SIGINT again: exiting at once")
         peer.transport.resumeProducing()
