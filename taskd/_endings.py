@@ -86,7 +86,7 @@ class CallEndings(PoolRooms):
         worker = call.worker
         call.timer = None
         if worker is not None:
-            if call.timeout is not None and not worker.concurrent:
+            if call.timeout is not None and self.config.prefetch != 1 and not worker.concurrent:
                 self._ran(call.name, call.timeout)  # at least
             # Let the worker go first: answering the call may start others
             # (a freed cap, a caller's retry), which must not go to it.

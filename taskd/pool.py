@@ -155,8 +155,8 @@ class ProcessPool(
         # Tasks with retries, and calls waiting for their next attempt.
         self._retryPolicies: dict[str, TaskOptions] = {}
         self._retrying: set[PoolCall] = set()
-        # How long each task's calls have been taking (see
-        # taskd._dispatching.Dispatching.expectedRunTime).
+        # How long each task's calls have been taking, with prefetch (see
+        # taskd._dispatching).
         self._runTimes: dict[str, float] = {}
         self.jitter: Callable[[], float] = random.random
         # Workers that run several calls at once: their slots, and the
