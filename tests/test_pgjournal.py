@@ -18,11 +18,16 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from taskd import errors
+from taskd.jobs import ANSWERS_PER_TURN
 from taskd.journal import CANCELLED, DONE, INTERRUPTED, QUEUED, RUNNING, Added, JournalError
+from tests.fakes import PoolTestsMixin
 from tests.pgserver import PostgreSQLServer, dropDatabase, freshDatabase, skipReason
+from tests.test_handback import turn
+from tests.test_jobs import START, registry
 from tests.test_journal import record
 from tests.test_pool import waitFor
 
@@ -376,3 +381,103 @@ class CommitLostTests(TestCase):
         with psycopg.connect(dsn, autocommit=True) as db:
             rows = db.execute("SELECT id FROM taskd_jobs").fetchall()
         self.assertEqual(rows, [("job1",)])
+
+
+class InTurn:
+    """
+    A thread pool that runs what it is given at once, in the caller's
+    thread (the journal's statements, on a real server): its results reach
+    the reactor, as from a thread, in the next turn.
+    """
+
+    def callInThreadWithCallback(self, onResult: Any, f: Any, *args: Any, **kw: Any) -> None:
+        try:
+            result = f(*args, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+    def stop(self) -> None:
+        pass
+
+
+class HandBackTests(PoolTestsMixin, SynchronousTestCase):
+    """
+    The answers of a group commit on PostgreSQL told a slice a reactor
+    turn, as on SQLite: a real server, its statements run in the test's
+    thread, above a pool of fake workers, turned one reactor turn at a time.
+    """
+
+    skip = skipReason()
+
+    def setUp(self) -> None:
+        self.dsn = freshDatabase()
+        self.addCleanup(dropDatabase, self.dsn)
+
+    def journal(self, clock: Any, **kw: Any) -> Any:
+        from taskd.pgjournal import PostgreSQLJournal
+
+        class InTurnJournal(PostgreSQLJournal):
+            def _startThread(self) -> None:
+                self._threadPool = InTurn()  # type: ignore[assignment]
+
+        # Results "from the thread" come in the next turn.
+        clock.callFromThread = lambda f, *a, **k: clock.callLater(0, f, *a, **k)
+        journal = InTurnJournal(self.dsn, clock, listen=False, **kw)
+        self.addCleanup(lambda: (journal.close(), clock.advance(0)))
+        return journal
+
+    def turns(self, clock: Any, told: list[Any], n: int) -> list[int]:
+        """
+        Turn C{clock} until C{told} holds C{n} answers (50 turns at most).
+
+        @return: how many C{told} held after each turn.
+        """
+        counts: list[int] = []
+        while len(told) < n and len(counts) < 50:
+            turn(clock)
+            counts.append(len(told))
+        return counts
+
+    def test_submitsAnsweredASliceATurn(self) -> None:
+        """
+        The C{accepted} answers of a large group of submits committed in
+        one transaction go back over several reactor turns,
+        L{ANSWERS_PER_TURN} a turn, each slice inside one hold of the
+        pool's write batch, in order, none lost or doubled: the slicing
+        of L{taskd.jobs.JobService}, the same on both journals.
+        """
+        from taskd.sharedjobs import SharedJobService
+
+        pool, clock = self.startedPool(1, registry=registry())
+        clock.advance(START - clock.seconds())
+        ids = iter(f"j{n}" for n in range(1, 1000))
+        jobs = SharedJobService(pool, self.journal(clock), newId=lambda: next(ids), window=0)
+        started = jobs.start()
+        clock.advance(0)
+        self.successResultOf(started)
+        told: list[Any] = []
+        depths: list[int] = []
+
+        def tell(reply: Any) -> None:
+            depths.append(pool.writes.depth)
+            told.append(reply)
+
+        n = 3 * ANSWERS_PER_TURN + 3
+        for i in range(n):
+            jobs.take("add", b'{"args":[%d,1]}' % (i,), tell, runAt=START + 60)
+        commits = jobs.journal.commits
+        counts = self.turns(clock, told, n)
+        # One turn journals the group, one commits it, one hands back the
+        # commit's result: its first slice.
+        self.assertEqual(counts, [0, 0] + [ANSWERS_PER_TURN * k for k in (1, 2, 3)] + [n])
+        turn(clock)
+        self.assertEqual(told, [(f"j{i + 1}", False) for i in range(n)])
+        self.assertEqual(depths, [1] * n)
+        self.assertEqual(jobs.journal.commits, commits + 1)
+        size = jobs.journal.size()
+        clock.advance(0)
+        self.assertEqual(self.successResultOf(size), n)
+        jobs.stop()
+        clock.advance(0)
