@@ -391,9 +391,10 @@ _byType.update({cls.type: cls for cls in (UnknownJob, JobInterrupted)})
 
 class JournalUnavailable(TaskdError):
     """
-    The daemon cannot reach its jobs' journal (a PostgreSQL server that is
-    down or unreachable): the job was not accepted; try again once it is
-    back.  Jobs accepted earlier are safe in the database.
+    The daemon cannot reach or write its jobs' journal (a PostgreSQL server
+    that is down or unreachable, an SQLite file on a full disk): the job
+    was not accepted and left no trace; try again once the journal is back.
+    Jobs accepted earlier are safe in it (see C{docs/jobs.md}).
     """
 
     type = "journal_unavailable"
