@@ -392,9 +392,11 @@ _byType.update({cls.type: cls for cls in (UnknownJob, JobInterrupted)})
 class JournalUnavailable(TaskdError):
     """
     The daemon cannot reach or write its jobs' journal (a PostgreSQL server
-    that is down or unreachable, an SQLite file on a full disk): the job
-    was not accepted and left no trace; try again once the journal is back.
-    Jobs accepted earlier are safe in it (see C{docs/jobs.md}).
+    that is down or unreachable, an SQLite file on a full disk).  For a
+    submit: the job was not accepted and left no trace; try again once the
+    journal is back.  For a C{wait} at the daemon's stop: the job's end
+    could not be written, and the next start treats it as interrupted.
+    Jobs accepted earlier are safe in the journal (see C{docs/jobs.md}).
     """
 
     type = "journal_unavailable"
