@@ -25,6 +25,7 @@ from taskd._frames import HEADER
 from taskd.worker import StopSignal, progress, runCall, serve
 
 from tests.test_json import edgeValues, values
+from tests.test_worker import frames
 
 
 def _boom(*args: Any) -> None:
@@ -107,15 +108,6 @@ def _encodable(value: Any) -> bool:
 def bodies(draw: Any) -> bytes:
     name = draw(names).encode("utf-8")
     return name + b"\n" + _payload(draw) if draw(st.integers(0, 20)) else name
-
-
-def frames(data: bytes) -> list[bytes]:
-    out = []
-    while data:
-        (n,) = HEADER.unpack(data[:4])
-        out.append(data[4 : 4 + n])
-        data = data[4 + n :]
-    return out
 
 
 def comparable(frame: bytes) -> Any:
