@@ -40,14 +40,17 @@ class Dispatching(PoolRooms):
         else:
             runTimes[name] = expected + (seconds - expected) * SHORTER_WEIGHT
 
-    def _fitsAhead(self, worker: PoolWorker, call: PoolCall) -> bool:
+    def _fitsAhead(self, worker: PoolWorker, call: PoolCall | None) -> bool:
         """
-        @return: whether C{call} may wait in busy C{worker}'s pipe: the
-            calls it holds, with this one, are expected to run within
-            C{prefetchTime}.
+        @return: whether C{call} (or, if C{None}, a call expected to be
+            quick) may wait in busy C{worker}'s pipe: the calls it holds,
+            with this one, are expected to run within C{prefetchTime}.
         """
         within = self.config.prefetchTime
-        return within is None or worker.expected + self._runTimes.get(call.name, 0.0) <= within
+        if within is None:
+            return True
+        expected = 0.0 if call is None else self._runTimes.get(call.name, 0.0)
+        return worker.expected + expected <= within
 
     def _capacity(self, worker: PoolWorker) -> int:
         """
@@ -70,9 +73,6 @@ class Dispatching(PoolRooms):
             return None if call is None else self._roomFor(call)
         if self.config.prefetch == 1:
             return None
-        within = self.config.prefetchTime
-        if within is not None and call is not None:
-            within -= self._runTimes.get(call.name, 0.0)
         best = None
         for worker in self._live:
             if (
@@ -80,7 +80,7 @@ class Dispatching(PoolRooms):
                 and worker.inFlight
                 and len(worker.inFlight) < self._capacity(worker)
                 and not worker.exited
-                and (within is None or worker.expected <= within)
+                and self._fitsAhead(worker, call)
             ):
                 if best is None or len(worker.inFlight) < len(best.inFlight):
                     best = worker
